@@ -1,0 +1,22 @@
+"""fpt-ref: reference implementation of composable function-preserving transformer expansions.
+
+Gesmundo & Maile, arXiv:2308.06103. The specification is PAPER.md; it overrides this code.
+"""
+from .expansions import (Block, add_heads, add_layer, expand_attention, expand_heads, expand_hidden,
+                         expand_mlp)
+from .forward import forward, residual_streams
+from .init import init_model, random_inputs
+from .io import FormatError, load, save
+from .metrics import error_stats, tolerance_ulps
+from .model import Head, Layer, Model, dims, named_tensors, param_count
+from .plan import PlanError, Step, apply_step, parse_plan, run_plan
+from .verify import verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Model", "Layer", "Head", "Block", "init_model", "random_inputs", "forward", "residual_streams",
+    "load", "save", "FormatError", "expand_mlp", "add_heads", "expand_heads", "expand_attention",
+    "expand_hidden", "add_layer", "parse_plan", "run_plan", "apply_step", "Step", "PlanError",
+    "verify", "error_stats", "tolerance_ulps", "dims", "named_tensors", "param_count",
+]

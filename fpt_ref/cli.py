@@ -1,0 +1,211 @@
+"""The ``fpt-ref`` command line.
+
+Core commands live here; other packages add theirs through a ``register(subparsers)``
+function (see ``EXTENSIONS``), which must stay cheap: heavy imports happen only when the
+command runs. User errors print one line on stderr and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+DEMO_PLAN = "mlp p=48 layers=0,1; add_heads count=2; heads v=12 layers=1 heads=0; attention k=12; hidden h=24; add_layer at=1"
+DEMO_MODEL = dict(h=16, p=32, heads=2, k=8, v=8, layers=2, out_dim=10, max_seq=12, vocab=50, eps=1e-6,
+                  causal=True, dtype="float64", seed=0)
+
+# modules that add sub-commands: "module:function"
+EXTENSIONS = ["proofs.cli:register", "fpt_ref.vectors:register", "fpt_ref.draw:register", "benchmarks.cli:register"]
+
+
+class UsageError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line on stderr, exit 2 (argparse would print the usage too)
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _int(name):
+    def conv(text):
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+    return conv
+
+
+def cmd_init(args) -> int:
+    from .init import init_model
+    from .io import save
+    from .model import param_count
+
+    model = init_model(h=args.h, p=args.p, heads=args.heads, k=args.k, v=args.v, layers=args.layers,
+                       out_dim=args.out_dim, max_seq=args.max_seq, vocab=args.vocab, eps=args.eps,
+                       causal=args.causal, dtype=args.dtype, seed=args.seed)
+    save(model, args.out)
+    print(f"wrote {args.out}: {param_count(model)} parameters")
+    return 0
+
+
+def format_table(rows: list) -> str:
+    head = f"{'step':<32} {'dims':<60} {'params':>8} {'max abs':>10} {'max ulp':>8} {'tol ulp':>8}  ok"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        err = "-" if r["max_abs"] is None else f"{r['max_abs']:.2e}"
+        ulp = "-" if r["max_ulp"] is None else f"{r['max_ulp']:.1f}"
+        tol = "-" if r["tol_ulp"] is None else f"{r['tol_ulp']:.0f}"
+        ok = "-" if r["ok"] is None else ("yes" if r["ok"] else "NO")
+        lines.append(f"{r['step']:<32} {r['dims']:<60} {r['params']:>8} {err:>10} {ulp:>8} {tol:>8}  {ok}")
+    return "\n".join(lines)
+
+
+def _run_and_print(model, plan, init, seed, manifest, batch=4, seq=None):
+    from .model import dims_summary, param_count
+    from .plan import run_plan
+
+    results = run_plan(model, plan, init=init, seed=seed, check=True, batch=batch, seq=seq)
+    rows = [{"step": "(base)", "dims": dims_summary(model), "params": param_count(model), "max_abs": None,
+             "max_ulp": None, "tol_ulp": None, "ok": None}]
+    rows += [r.row() for r in results]
+    print(format_table(rows))
+    if manifest:
+        for r in results:
+            print(f"\nmanifest of step: {r.step}")
+            for block in r.manifest:
+                print(f"  {block}")
+    return results
+
+
+def cmd_expand(args) -> int:
+    from .io import load, save
+
+    model = load(args.model)
+    results = _run_and_print(model, args.plan, args.init, args.seed, args.manifest)
+    save(results[-1].model, args.out)
+    print(f"wrote {args.out}")
+    return 0 if all(r.error["ok"] for r in results) else 1
+
+
+def cmd_verify(args) -> int:
+    from .io import load
+    from .verify import verify
+
+    a, b = load(args.a), load(args.b)
+    st = verify(a, b, batch=args.batch, seq=args.seq, seed=args.seed)
+    print(f"max abs {st['max_abs']:.3e}  max rel {st['max_rel']:.3e}  max ulp {st['max_ulp']:.2f}  "
+          f"(tolerance {st['tol_ulp']:.0f} ulp): {'preserved' if st['ok'] else 'NOT preserved'}")
+    return 0 if st["ok"] else 1
+
+
+def cmd_info(args) -> int:
+    from .io import load
+    from .model import param_count
+
+    m = load(args.model)
+    print(f"{args.model}: h={m.h} o={m.o} N={m.N} s_max={m.s_max} vocab={m.vocab} dtype={m.dtype} "
+          f"norm_eps={m.norm_eps!r} causal={str(m.causal).lower()} params={param_count(m)}")
+    for n, layer in enumerate(m.layers):
+        heads = ", ".join(f"{e}:k={hd.k},v={hd.v}" for e, hd in enumerate(layer.heads))
+        print(f"  layer {n}: p={layer.p} E={layer.E} heads [{heads}]")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .init import init_model
+
+    model = init_model(**DEMO_MODEL)
+    print(f"demo model: {DEMO_MODEL}")
+    print(f"plan: {DEMO_PLAN}\n")
+    results = _run_and_print(model, DEMO_PLAN, "normal", args.seed, args.manifest)
+    ok = all(r.error["ok"] for r in results)
+    print(f"\nall {len(results)} steps preserved the function: {'yes' if ok else 'NO'}")
+    summary = _proof_summary()
+    if summary:
+        print(summary)
+    return 0 if ok else 1
+
+
+def _proof_summary():
+    try:
+        mod = importlib.import_module("proofs")
+    except ImportError:
+        return None
+    fn = getattr(mod, "summary_line", None)
+    return fn() if fn else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fpt-ref", description="Composable function-preserving transformer expansions (reference).")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
+
+    s = sub.add_parser("init", help="write a random model")
+    for name, default in (("h", 16), ("p", 32), ("heads", 2), ("k", 8), ("v", 8), ("layers", 2)):
+        s.add_argument(f"--{name}", type=_int(f"--{name}"), default=default)
+    s.add_argument("--out-dim", type=_int("--out-dim"), default=10)
+    s.add_argument("--max-seq", type=_int("--max-seq"), default=12)
+    s.add_argument("--vocab", type=_int("--vocab"), default=None)
+    s.add_argument("--eps", type=float, default=0.0)
+    s.add_argument("--causal", action="store_true")
+    s.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    s.add_argument("--seed", type=_int("--seed"), default=0)
+    s.add_argument("-o", "--out", required=True)
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("expand", help="apply a plan of expansions, checking each step")
+    s.add_argument("model")
+    s.add_argument("--plan", required=True, help="';'-separated steps or a JSON file")
+    s.add_argument("--init", choices=["normal", "zeros"], default="normal")
+    s.add_argument("--seed", type=_int("--seed"), default=0)
+    s.add_argument("--manifest", action="store_true", help="print every new or changed block and its role")
+    s.add_argument("-o", "--out", required=True)
+    s.set_defaults(func=cmd_expand)
+
+    s = sub.add_parser("verify", help="compare two models on the same random inputs")
+    s.add_argument("a")
+    s.add_argument("b")
+    s.add_argument("--batch", type=_int("--batch"), default=4)
+    s.add_argument("--seq", type=_int("--seq"), default=None)
+    s.add_argument("--seed", type=_int("--seed"), default=0)
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("info", help="dimensions and parameter count of a model file")
+    s.add_argument("model")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("demo", help="all six expansions composed on a built-in model")
+    s.add_argument("--seed", type=_int("--seed"), default=0)
+    s.add_argument("--manifest", action="store_true")
+    s.set_defaults(func=cmd_demo)
+
+    for ext in EXTENSIONS:
+        mod_name, fn_name = ext.split(":")
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and (mod_name == exc.name or mod_name.startswith(exc.name + ".")):
+                continue  # that part of the project is not present
+            raise
+        getattr(mod, fn_name)(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    from .io import FormatError
+    from .plan import PlanError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except (PlanError, FormatError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError,
+            TypeError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"fpt-ref: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

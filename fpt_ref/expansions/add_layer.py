@@ -1,0 +1,76 @@
+"""Layer addition (paper Definition/Theorem 3.6)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..model import Head, Layer, Model
+from ._common import Builder, check_int, finish
+
+
+def add_layer(model: Model, at: int, *, p=None, heads=None, k=None, v=None, init="normal", seed=0,
+              return_manifest=False):
+    """Insert a new layer at position ``at`` in ``0..N`` (paper section 3.6).
+
+    Constrained: the new layer's ``W_O`` (every head's block), ``W_l2`` and ``b_l2`` are zero,
+    so both residual branches add zero and the layer is the identity.
+    Free: both gain vectors, every ``W_Q,e``, ``W_K,e``, ``W_V,e``, ``W_l1`` and ``b_l1``.
+
+    Parameters
+    ----------
+    model : Model
+    at : int
+        Position of the new layer; layers ``at..N-1`` move up by one.
+    p, heads, k, v : int, optional
+        Dimensions of the new layer. Defaults come from the layer it follows (layer ``at-1``;
+        layer 0 when ``at == 0``): its ``p``, its heads' ``(k, v)``. Giving ``heads`` gives
+        that many heads of that layer's first head's ``(k, v)``; ``k`` / ``v`` set every head's.
+        A model with no layers needs all four.
+    init, seed, return_manifest : see :func:`fpt_ref.expand_mlp`.
+    """
+    if isinstance(at, bool) or not isinstance(at, int) or not 0 <= at <= model.N:
+        raise ValueError(f"at: position {at!r} is out of range 0..{model.N} for a model with N={model.N} layers")
+    for name, val in (("p", p), ("heads", heads), ("k", k), ("v", v)):
+        if val is not None:
+            check_int(name, val, 1)
+    xp, h = model.xp, model.h
+    if model.N == 0:
+        if None in (p, heads, k, v):
+            raise ValueError("p, heads, k, v: a model with no layers has no layer to copy dimensions from; give all four")
+        ones = xp.ones((h,), dtype=model.dtype)
+        ref = None
+    else:
+        ref = model.layers[at - 1 if at > 0 else 0]
+    p = ref.p if p is None else p
+    if heads is None and ref is not None:
+        kv = [(hd.k if k is None else k, hd.v if v is None else v) for hd in ref.heads]
+    else:
+        kv = [(ref.heads[0].k if k is None else k, ref.heads[0].v if v is None else v)] * heads
+
+    b = Builder(model, init, seed)
+    pre = f"layers.{at}"
+
+    def like(e, name):
+        if ref is None:
+            return None
+        return getattr(ref.heads[min(e, ref.E - 1)], name)
+
+    new_heads = tuple(
+        Head(
+            w_q=b.whole(f"{pre}.heads.{e}.w_q", b.free((h, ke), like(e, "w_q"))),  # [h, k]
+            w_k=b.whole(f"{pre}.heads.{e}.w_k", b.free((h, ke), like(e, "w_k"))),  # [h, k]
+            w_v=b.whole(f"{pre}.heads.{e}.w_v", b.free((h, ve), like(e, "w_v"))),  # [h, v]
+            w_o=b.whole(f"{pre}.heads.{e}.w_o", b.zeros((ve, h))),  # [v, h]  zero
+        )
+        for e, (ke, ve) in enumerate(kv)
+    )
+    layer = Layer(
+        norm_mha=b.whole(f"{pre}.norm_mha", b.free((h,), ones if ref is None else ref.norm_mha)),  # [h]
+        heads=new_heads,
+        norm_mlp=b.whole(f"{pre}.norm_mlp", b.free((h,), ones if ref is None else ref.norm_mlp)),  # [h]
+        w_l1=b.whole(f"{pre}.w_l1", b.free((h, p), None if ref is None else ref.w_l1)),  # [h, p]
+        b_l1=b.whole(f"{pre}.b_l1", b.free((p,), None if ref is None else ref.b_l1)),  # [p]
+        w_l2=b.whole(f"{pre}.w_l2", b.zeros((p, h))),  # [p, h]  zero
+        b_l2=b.whole(f"{pre}.b_l2", b.zeros((h,))),  # [h]  zero
+    )
+    layers = model.layers[:at] + (layer,) + model.layers[at:]
+    return finish(replace(model, layers=layers), b.blocks, return_manifest)

@@ -1,0 +1,45 @@
+"""Heads expansion (paper Definition/Theorem 3.3)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..model import Model
+from ._common import Builder, check_grows, finish, head_indices, layer_indices
+
+
+def expand_heads(model: Model, v: int, layers=None, heads=None, *, init="normal", seed=0,
+                 return_manifest=False):
+    """Grow the value size ``v -> v^`` of the chosen heads (paper section 3.3).
+
+    ``W_V,e -> [W_V,e  M_V,e]`` (h x v^), ``W_O,e -> [[W_O,e], [M_O,e]]`` (v^ x h).
+
+    Constrained: ``M_O,e = 0`` ((v^-v) x h). Free: ``M_V,e`` (h x (v^-v)).
+    The new value columns reach the output only through the zero rows ``M_O,e``.
+
+    Parameters
+    ----------
+    model : Model
+    v : int
+        New value size ``v^``; must exceed each chosen head's current ``v``.
+    layers : int or sequence of int, optional
+        Layers (default: all).
+    heads : int or sequence of int, optional
+        Heads within each chosen layer (default: all heads of that layer).
+    init, seed, return_manifest : see :func:`fpt_ref.expand_mlp`.
+    """
+    chosen = layer_indices(model, layers)
+    b = Builder(model, init, seed)
+    new_layers = list(model.layers)
+    for n in chosen:
+        L = model.layers[n]
+        new_heads = list(L.heads)
+        for e in head_indices(model, n, heads):
+            H = L.heads[e]
+            v_new = check_grows("v", v, H.v, f"head {e} of layer {n}")
+            d = v_new - H.v
+            pre = f"layers.{n}.heads.{e}"
+            w_v = b.concat(f"{pre}.w_v", [b.copied(H.w_v), b.free((model.h, d), H.w_v)], axis=1)  # [h, v^]
+            w_o = b.concat(f"{pre}.w_o", [b.copied(H.w_o), b.zeros((d, model.h))], axis=0)  # [v^, h]
+            new_heads[e] = replace(H, w_v=w_v, w_o=w_o)
+        new_layers[n] = replace(L, heads=tuple(new_heads))
+    return finish(replace(model, layers=tuple(new_layers)), b.blocks, return_manifest)

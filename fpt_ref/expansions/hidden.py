@@ -1,0 +1,72 @@
+"""Hidden dimension expansion (paper Definition/Theorem 3.5)."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from ..model import Head, Layer, Model
+from ._common import Builder, check_grows, finish
+
+
+def expand_hidden(model: Model, h: int, *, init="normal", seed=0, return_manifest=False):
+    """Grow the hidden size ``h -> h^`` of the whole model (paper section 3.5).
+
+    Constrained (new columns, zero): ``embed`` (``M_I``), ``pos`` (``M_P``), every ``W_O,e``,
+    ``W_l2`` and ``b_l2``. Scaled: every gain vector ``g`` by ``sqrt(h/h^)``, and ``norm_eps``
+    by ``h/h^`` (PAPER.md trap 2: exact only with this rescaling when ``eps > 0``).
+    Free: the new entries of every ``g``; the new rows of ``W_out``, ``W_l1`` and every
+    ``W_Q,e``, ``W_K,e``, ``W_V,e``.
+
+    By induction every residual stream is ``[X_n, 0]``; the RMS over ``h^`` entries is
+    ``sqrt(h/h^)`` times the RMS over ``h``, which the gain scaling cancels.
+
+    Parameters
+    ----------
+    model : Model
+    h : int
+        New hidden size ``h^ > h``.
+    init, seed, return_manifest : see :func:`fpt_ref.expand_mlp`.
+    """
+    h_new = check_grows("h", h, model.h, "the model")
+    d = h_new - model.h
+    f = math.sqrt(model.h / h_new)
+    b = Builder(model, init, seed)
+
+    def cols(name, arr, role):  # new zero (or free) columns / entries on the last axis
+        new = b.zeros(arr.shape[:-1] + (d,)) if role == "zero" else b.free(arr.shape[:-1] + (d,), arr)
+        return b.concat(name, [b.copied(arr), new], axis=arr.ndim - 1)
+
+    def rows(name, arr):  # new free rows
+        return b.concat(name, [b.copied(arr), b.free((d,) + arr.shape[1:], arr)], axis=0)
+
+    def gain(name, g):  # g * sqrt(h/h^), then free entries
+        scaled = b.scaled(g, f)
+        return b.concat(name, [scaled, b.free((d,), scaled.array)], axis=0)
+
+    embed = None if model.embed is None else cols("embed", model.embed, "zero")  # [vocab, h^]  M_I = 0
+    pos = cols("pos", model.pos, "zero")  # [s_max, h^]  M_P = 0
+    w_out = rows("w_out", model.w_out)  # [h^, o]
+    layers = []
+    for n, L in enumerate(model.layers):
+        pre = f"layers.{n}"
+        heads = tuple(
+            Head(
+                w_q=rows(f"{pre}.heads.{e}.w_q", H.w_q),  # [h^, k]
+                w_k=rows(f"{pre}.heads.{e}.w_k", H.w_k),  # [h^, k]
+                w_v=rows(f"{pre}.heads.{e}.w_v", H.w_v),  # [h^, v]
+                w_o=cols(f"{pre}.heads.{e}.w_o", H.w_o, "zero"),  # [v, h^]
+            )
+            for e, H in enumerate(L.heads)
+        )
+        layers.append(Layer(
+            norm_mha=gain(f"{pre}.norm_mha", L.norm_mha),  # [h^]
+            heads=heads,
+            norm_mlp=gain(f"{pre}.norm_mlp", L.norm_mlp),  # [h^]
+            w_l1=rows(f"{pre}.w_l1", L.w_l1),  # [h^, p]
+            b_l1=L.b_l1,  # [p]  unchanged
+            w_l2=cols(f"{pre}.w_l2", L.w_l2, "zero"),  # [p, h^]
+            b_l2=cols(f"{pre}.b_l2", L.b_l2, "zero"),  # [h^]
+        ))
+    out = replace(model, embed=embed, pos=pos, w_out=w_out, layers=tuple(layers),
+                  norm_eps=model.norm_eps * model.h / h_new)
+    return finish(out, b.blocks, return_manifest)

@@ -1,0 +1,46 @@
+"""MLP expansion (paper Definition/Theorem 3.1)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..model import Model
+from ._common import Builder, check_grows, finish, layer_indices
+
+
+def expand_mlp(model: Model, p: int, layers=None, *, init="normal", seed=0, return_manifest=False):
+    """Grow the MLP inner size ``p -> p^`` of the chosen layers (paper section 3.1).
+
+    ``W_l1 -> [W_l1  M_l1]`` (h x p^), ``b_l1 -> [b_l1  m_b_l1]`` (p^),
+    ``W_l2 -> [[W_l2], [M_l2]]`` (p^ x h).
+
+    Constrained: ``M_l2 = 0`` ((p^-p) x h). Free: ``M_l1`` (h x (p^-p)), ``m_b_l1`` (p^-p).
+    The new hidden units are multiplied by the zero rows ``M_l2``, so the output is unchanged.
+
+    Parameters
+    ----------
+    model : Model
+    p : int
+        New MLP size ``p^``; must exceed the current ``p_n`` of every chosen layer.
+    layers : int or sequence of int, optional
+        Layers to expand (default: all).
+    init, seed : free-block initializer and its seed (see :class:`Builder`).
+    return_manifest : bool
+        Also return the list of :class:`Block` records.
+
+    Returns
+    -------
+    Model (and the manifest when ``return_manifest``).
+    """
+    chosen = layer_indices(model, layers)
+    b = Builder(model, init, seed)
+    new_layers = list(model.layers)
+    for n in chosen:
+        L = model.layers[n]
+        p_new = check_grows("p", p, L.p, f"layer {n}")
+        d = p_new - L.p
+        pre = f"layers.{n}"
+        w_l1 = b.concat(f"{pre}.w_l1", [b.copied(L.w_l1), b.free((model.h, d), L.w_l1)], axis=1)  # [h, p^]
+        b_l1 = b.concat(f"{pre}.b_l1", [b.copied(L.b_l1), b.free((d,), L.b_l1)], axis=0)  # [p^]
+        w_l2 = b.concat(f"{pre}.w_l2", [b.copied(L.w_l2), b.zeros((d, model.h))], axis=0)  # [p^, h]
+        new_layers[n] = replace(L, w_l1=w_l1, b_l1=b_l1, w_l2=w_l2)
+    return finish(replace(model, layers=tuple(new_layers)), b.blocks, return_manifest)

@@ -1,0 +1,159 @@
+"""The forward pass of PAPER.md section 1 (paper eqs. 1-5), NumPy or CuPy.
+
+The spec (PAPER.md) overrides this implementation. Row-vector convention: activations
+are ``[b, s, h]`` and weights multiply on the right. No Python loop runs over batch or
+sequence positions; heads of equal ``(k, v)`` are batched into one matmul.
+"""
+from __future__ import annotations
+
+import math
+
+from .model import Layer, Model
+from .xp import array_namespace as _xp
+
+
+def rms_norm(x, g, eps: float):
+    """``Norm(X)_ij = x_ij g_j / sqrt(mean_c x_ic^2 + eps)``.
+
+    x: [b, s, h], g: [h] -> [b, s, h]
+    """
+    xp = _xp(x)
+    ms = xp.mean(x * x, axis=-1, keepdims=True)  # [b, s, 1]
+    return x * g / xp.sqrt(ms + eps)  # [b, s, h]
+
+
+def attention(q, k, v, causal: bool):
+    """``softmax_rows(Q K^T / sqrt(k)) V`` for a stack of heads.
+
+    q, k: [b, G, s, k], v: [b, G, s, v] -> [b, G, s, v]
+    """
+    xp = _xp(q)
+    logits = (q @ xp.swapaxes(k, -1, -2)) / math.sqrt(q.shape[-1])  # [b, G, s, s]
+    if causal:
+        s = logits.shape[-1]
+        mask = xp.tril(xp.ones((s, s), dtype=bool))  # [s, s]
+        logits = xp.where(mask, logits, -xp.inf)  # [b, G, s, s]
+    logits = logits - xp.max(logits, axis=-1, keepdims=True)  # [b, G, s, s] (same softmax)
+    w = xp.exp(logits)  # [b, G, s, s]
+    w = w / xp.sum(w, axis=-1, keepdims=True)  # [b, G, s, s]
+    return w @ v  # [b, G, s, v]
+
+
+def head_groups(layer: Layer) -> list:
+    """Indices of the layer's heads grouped by equal ``(k, v)``, in first-seen order."""
+    groups: dict = {}
+    for e, head in enumerate(layer.heads):
+        groups.setdefault((head.k, head.v), []).append(e)
+    return [(kv, idx) for kv, idx in groups.items()]
+
+
+def mha(layer: Layer, x, causal: bool):
+    """``MHA(X) = [H_1 ... H_E] W_O``; x: [b, s, h] -> [b, s, h].
+
+    One matmul computes Q, K and V of every head; heads are regrouped by ``(k, v)`` so each
+    group runs as one batched attention. Concatenating the heads' outputs in group order and
+    the rows of ``W_O`` in the same order computes the same sum as the paper's ordering.
+    """
+    xp = _xp(x)
+    b, s, _ = x.shape
+    groups = head_groups(layer)
+    w_qkv = xp.concatenate(
+        [layer.heads[e].w_q for _, idx in groups for e in idx]
+        + [layer.heads[e].w_k for _, idx in groups for e in idx]
+        + [layer.heads[e].w_v for _, idx in groups for e in idx],
+        axis=1,
+    )  # [h, sum(2k + v)]
+    qkv = x @ w_qkv  # [b, s, sum(2k + v)]
+    n_q = sum(k * len(idx) for (k, _), idx in groups)
+    n_v = sum(v * len(idx) for (_, v), idx in groups)
+    outs = []
+    oq, ok, ov = 0, n_q, 2 * n_q
+    for (k, v), idx in groups:
+        G = len(idx)
+        q = qkv[..., oq : oq + G * k].reshape(b, s, G, k).transpose(0, 2, 1, 3)  # [b, G, s, k]
+        kk = qkv[..., ok : ok + G * k].reshape(b, s, G, k).transpose(0, 2, 1, 3)  # [b, G, s, k]
+        vv = qkv[..., ov : ov + G * v].reshape(b, s, G, v).transpose(0, 2, 1, 3)  # [b, G, s, v]
+        oq, ok, ov = oq + G * k, ok + G * k, ov + G * v
+        hg = attention(q, kk, vv, causal)  # [b, G, s, v]
+        outs.append(hg.transpose(0, 2, 1, 3).reshape(b, s, G * v))  # [b, s, G v]
+    assert ov == 2 * n_q + n_v
+    heads_out = outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=-1)  # [b, s, sum v]
+    w_o = xp.concatenate([layer.heads[e].w_o for _, idx in groups for e in idx], axis=0)  # [sum v, h]
+    return heads_out @ w_o  # [b, s, h]
+
+
+def mlp(layer: Layer, x):
+    """``MLP(X) = ReLU(X W_l1 + b_l1) W_l2 + b_l2``; x: [b, s, h] -> [b, s, h]."""
+    xp = _xp(x)
+    a = x @ layer.w_l1 + layer.b_l1  # [b, s, p]
+    return xp.maximum(a, 0) @ layer.w_l2 + layer.b_l2  # [b, s, h]
+
+
+def block(model: Model, layer: Layer, x):
+    """One layer: ``X' = X + MHA(Norm(X))``, ``X_next = X' + MLP(Norm(X'))``; [b, s, h]."""
+    x = x + mha(layer, rms_norm(x, layer.norm_mha, model.norm_eps), model.causal)  # [b, s, h]
+    return x + mlp(layer, rms_norm(x, layer.norm_mlp, model.norm_eps))  # [b, s, h]
+
+
+def embed_inputs(model: Model, x):
+    """``X_1 = I + P``: token ids [b, s] (or real inputs [b, s, h]) -> [b, s, h].
+
+    Validates the input against the model and raises ``ValueError`` naming ``x``.
+    """
+    xp = model.xp
+    x = xp.asarray(x)
+    if model.embed is not None:
+        if x.dtype.kind not in "iu":
+            raise ValueError(f"x: this model has an embedding table, so x must hold integer token ids, got dtype {x.dtype}")
+        if x.ndim != 2:
+            raise ValueError(f"x: token ids must have shape [s] or [b, s], got {list(x.shape)}")
+        if x.size and (int(x.min()) < 0 or int(x.max()) >= model.vocab):
+            raise ValueError(f"x: token ids must lie in [0, {model.vocab}), got range [{int(x.min())}, {int(x.max())}]")
+        inp = model.embed[x]  # [b, s, h]
+    else:
+        if x.dtype.kind != "f":
+            raise ValueError(f"x: this model has no embedding table, so x must be real-valued [s, h] or [b, s, h], got dtype {x.dtype}")
+        if x.ndim != 3 or x.shape[-1] != model.h:
+            raise ValueError(f"x: real-valued inputs must have shape [s, {model.h}] or [b, s, {model.h}], got {list(x.shape)}")
+        inp = x.astype(model.dtype, copy=False)  # [b, s, h]
+    s = x.shape[1]
+    if s < 1 or s > model.s_max:
+        raise ValueError(f"x: sequence length {s} must be between 1 and s_max={model.s_max}")
+    return inp + model.pos[:s]  # [b, s, h]
+
+
+def _batched(model: Model, x):
+    """Add a batch axis to unbatched input; returns (x, was_unbatched)."""
+    xp = model.xp
+    x = xp.asarray(x)
+    unbatched = x.ndim == (1 if model.embed is not None else 2)
+    return (x[None] if unbatched else x), unbatched
+
+
+def residual_streams(model: Model, x) -> list:
+    """The residual streams ``[X_1, ..., X_{N+1}]``, each [b, s, h] (or [s, h] unbatched)."""
+    xb, unbatched = _batched(model, x)
+    streams = [embed_inputs(model, xb)]  # X_1 [b, s, h]
+    for layer in model.layers:
+        streams.append(block(model, layer, streams[-1]))  # X_{n+1} [b, s, h]
+    return [r[0] for r in streams] if unbatched else streams
+
+
+def forward(model: Model, x):
+    """``Output = X_{N+1} W_out``.
+
+    Parameters
+    ----------
+    model : Model
+    x : token ids [s] or [b, s] (model with ``embed``), else real inputs [s, h] or [b, s, h]
+
+    Returns
+    -------
+    array [s, o] or [b, s, o], in the model's dtype and array library.
+    """
+    xb, unbatched = _batched(model, x)
+    X = embed_inputs(model, xb)  # [b, s, h]
+    for layer in model.layers:
+        X = block(model, layer, X)  # [b, s, h]
+    out = X @ model.w_out  # [b, s, o]
+    return out[0] if unbatched else out

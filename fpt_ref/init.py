@@ -1,0 +1,74 @@
+"""Random models for demos, tests and benchmarks."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .model import Head, Layer, Model
+
+IntOrList = Union[int, Sequence[int]]
+
+
+def _per_layer(name: str, value: IntOrList, layers: int) -> list:
+    vals = [value] * layers if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else list(value)
+    if len(vals) != layers:
+        raise ValueError(f"{name}: expected one value per layer ({layers}), got {len(vals)}")
+    for x in vals:
+        if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 1:
+            raise ValueError(f"{name}: every value must be an integer >= 1, got {x!r}")
+    return [int(x) for x in vals]
+
+
+def init_model(h: int = 16, p: IntOrList = 32, heads: IntOrList = 2, k: IntOrList = 8, v: IntOrList = 8,
+               layers: int = 2, out_dim: int = 10, max_seq: int = 12, vocab: Optional[int] = None,
+               eps: float = 0.0, causal: bool = False, dtype="float64", seed: int = 0, xp=np) -> Model:
+    """A randomly initialised model.
+
+    ``p``, ``heads``, ``k``, ``v`` are one int for every layer or a list with one per layer.
+    Weights are drawn ``N(0, 1/fan_in)``; gains ``1 + N(0, 0.1^2)``; biases ``N(0, 0.1^2)``;
+    embedding and positions ``N(0, 1)`` and ``N(0, 0.1^2)``. ``xp`` picks NumPy or CuPy.
+    """
+    for name, val, lo in (("h", h, 1), ("layers", layers, 0), ("out_dim", out_dim, 1), ("max_seq", max_seq, 1)):
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < lo:
+            raise ValueError(f"{name}: must be an integer >= {lo}, got {val!r}")
+    if vocab is not None and (not isinstance(vocab, (int, np.integer)) or vocab < 1):
+        raise ValueError(f"vocab: must be an integer >= 1, got {vocab!r}")
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"dtype: must be float32 or float64, got {dtype!r}")
+    ps, Es, ks, vs = (_per_layer(n, val, layers) for n, val in (("p", p), ("heads", heads), ("k", k), ("v", v)))
+    rng = np.random.default_rng(seed)
+
+    def w(*shape, std=None):
+        std = 1.0 / math.sqrt(shape[0]) if std is None else std
+        return xp.asarray(rng.normal(0.0, std, size=shape), dtype=dtype)
+
+    def gain():
+        return xp.asarray(1.0 + rng.normal(0.0, 0.1, size=h), dtype=dtype)
+
+    layer_list = []
+    for n in range(layers):
+        hs = tuple(Head(w(h, ks[n]), w(h, ks[n]), w(h, vs[n]), w(vs[n], h)) for _ in range(Es[n]))
+        layer_list.append(Layer(norm_mha=gain(), heads=hs, norm_mlp=gain(), w_l1=w(h, ps[n]),
+                                b_l1=w(ps[n], std=0.1), w_l2=w(ps[n], h), b_l2=w(h, std=0.1)))
+    return Model(
+        embed=None if vocab is None else w(vocab, h, std=1.0),
+        pos=w(max_seq, h, std=0.1),
+        w_out=w(h, out_dim),
+        layers=tuple(layer_list),
+        norm_eps=float(eps),
+        causal=bool(causal),
+    )
+
+
+def random_inputs(model: Model, batch: int = 4, seq: Optional[int] = None, seed: int = 0, h: Optional[int] = None):
+    """Inputs for ``model``: token ids [batch, seq] or real inputs [batch, seq, h] (NumPy).
+
+    ``h`` draws real inputs of a smaller width (to be zero-padded for a wider model).
+    """
+    rng = np.random.default_rng(seed)
+    seq = model.s_max if seq is None else seq
+    if model.embed is not None:
+        return rng.integers(0, model.vocab, size=(batch, seq))
+    return rng.normal(0.0, 1.0, size=(batch, seq, model.h if h is None else h)).astype(model.dtype)

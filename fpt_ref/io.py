@@ -1,0 +1,104 @@
+"""The model file format (README, "File format"): one safetensors file per model."""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from .model import Head, Layer, Model, named_tensors
+from .xp import to_numpy
+
+FORMAT = "fpt-ref/1"
+
+_LAYER = re.compile(r"^layers\.(\d+)\.(norm_mha|norm_mlp|w_l1|b_l1|w_l2|b_l2)$")
+_HEAD = re.compile(r"^layers\.(\d+)\.heads\.(\d+)\.(w_q|w_k|w_v|w_o)$")
+
+
+class FormatError(ValueError):
+    """A model file that does not follow the documented layout."""
+
+
+def save(model: Model, path) -> None:
+    """Write ``model`` to ``path`` (safetensors; CuPy arrays are copied to the host)."""
+    tensors = {name: np.ascontiguousarray(to_numpy(a)) for name, a in named_tensors(model).items()}
+    meta = {"format": FORMAT, "norm_eps": repr(float(model.norm_eps)), "causal": "true" if model.causal else "false"}
+    save_file(tensors, os.fspath(path), metadata=meta)
+
+
+def load(path, xp=np) -> Model:
+    """Read a model written by :func:`save`; ``xp=cupy`` puts it on the GPU.
+
+    Raises ``FileNotFoundError`` for a missing file and :class:`FormatError` naming the
+    tensor and shapes for a missing, extra, misnamed or wrongly shaped tensor or bad metadata.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="numpy") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FormatError(f"{path}: not a readable safetensors file ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise FormatError(f"{path}: metadata format is {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        eps = float(meta.get("norm_eps", "0.0"))
+    except ValueError:
+        raise FormatError(f"{path}: metadata norm_eps={meta.get('norm_eps')!r} is not a float") from None
+    causal = meta.get("causal", "false")
+    if causal not in ("true", "false"):
+        raise FormatError(f"{path}: metadata causal={causal!r}, expected 'true' or 'false'")
+
+    layer_parts: dict = {}
+    head_parts: dict = {}
+    for name in tensors:
+        if name in ("embed", "pos", "w_out"):
+            continue
+        m = _HEAD.match(name)
+        if m:
+            head_parts.setdefault(int(m[1]), {}).setdefault(int(m[2]), set()).add(m[3])
+            continue
+        m = _LAYER.match(name)
+        if m:
+            layer_parts.setdefault(int(m[1]), set()).add(m[2])
+            continue
+        raise FormatError(f"{path}: unexpected tensor {name!r} with shape {list(tensors[name].shape)}")
+    for req in ("pos", "w_out"):
+        if req not in tensors:
+            raise FormatError(f"{path}: missing tensor {req!r}")
+    n_layers = 1 + max(list(layer_parts) + list(head_parts), default=-1)
+
+    def get(name):
+        if name not in tensors:
+            raise FormatError(f"{path}: missing tensor {name!r}")
+        return xp.asarray(tensors[name])
+
+    layers = []
+    for n in range(n_layers):
+        heads_here = head_parts.get(n, {})
+        n_heads = 1 + max(heads_here, default=-1)
+        heads = tuple(
+            Head(*(get(f"layers.{n}.heads.{e}.{w}") for w in ("w_q", "w_k", "w_v", "w_o")))
+            for e in range(n_heads)
+        )
+        if not heads:
+            raise FormatError(f"{path}: layer {n} has no heads (missing tensor 'layers.{n}.heads.0.w_q')")
+        layers.append(Layer(
+            norm_mha=get(f"layers.{n}.norm_mha"), heads=heads, norm_mlp=get(f"layers.{n}.norm_mlp"),
+            w_l1=get(f"layers.{n}.w_l1"), b_l1=get(f"layers.{n}.b_l1"),
+            w_l2=get(f"layers.{n}.w_l2"), b_l2=get(f"layers.{n}.b_l2"),
+        ))
+    try:
+        return Model(
+            embed=xp.asarray(tensors["embed"]) if "embed" in tensors else None,
+            pos=get("pos"), w_out=get("w_out"), layers=tuple(layers),
+            norm_eps=eps, causal=causal == "true",
+        )
+    except (ValueError, TypeError) as exc:
+        raise FormatError(f"{path}: {exc}") from None

@@ -1,0 +1,68 @@
+"""Preservation error and its derived tolerance.
+
+Error measures (``ref`` is the reference output, ``out`` the one compared with it):
+
+- ``max_abs = max |out - ref|``
+- ``max_rel = max |out - ref| / max |ref|``          (normwise: relative to the output scale)
+- ``max_ulp = max |out - ref| / ulp(max |ref|)``     ulps of the output scale, where
+  ``ulp(x) = numpy.spacing(x)`` in the compared dtype (so ``max_ulp`` is dtype-aware)
+
+Tolerance (documented in the README, "Tolerance"). Standard forward error analysis bounds
+a computed dot product of length ``n`` by ``gamma_n = n u / (1 - n u)`` times the sum of
+absolute products (Higham, *Accuracy and Stability of Numerical Algorithms*, ch. 3). Along
+one path through the model the reductions are: the norm's mean (``h``), the Q/K/V matmul
+(``h``), the logits (``k``), the softmax sum (``s``), the weighted sum of values (``s``),
+the output projection (sum of the layer's ``v_e``), the second norm (``h``), ``W_l1``
+(``h``) and ``W_l2`` (``p``) per layer, and ``W_out`` (``h``). Their total ``L(model, s)``
+bounds, in units of ``u`` times the output scale, the rounding error of one forward pass of
+a well-conditioned model (the nonlinearities are assumed not to amplify errors by more
+than O(1), which the property tests check empirically over thousands of random models).
+Two models that compute the same exact function therefore agree to
+
+    tolerance_ulps = L(a, s) + L(b, s) + 4
+
+ulps of the output scale, the ``+ 4`` covering the rounding of the ``sqrt`` scalings
+(gains, ``W_K``, epsilon) applied when expanding. Observed errors are a few ulps.
+"""
+from __future__ import annotations
+
+from .model import Model
+from .xp import to_numpy
+
+import numpy as np
+
+
+def reduction_length(model: Model, s: int) -> int:
+    """``L(model, s)``: total reduction length along one path of the forward pass."""
+    total = model.h  # W_out
+    for layer in model.layers:
+        k_max = max(hd.k for hd in layer.heads)
+        sum_v = sum(hd.v for hd in layer.heads)
+        total += 4 * model.h + k_max + 2 * s + sum_v + layer.p
+    return total
+
+
+def tolerance_ulps(a: Model, b: Model, s: int) -> float:
+    """Derived bound on the preservation error, in ulps of the output scale (module doc)."""
+    return float(reduction_length(a, s) + reduction_length(b, s) + 4)
+
+
+def error_stats(ref, out) -> dict:
+    """``max_abs``, ``max_rel``, ``max_ulp`` of ``out`` against ``ref`` (same shape and dtype).
+
+    NaN or inf anywhere gives ``inf`` for all three.
+    """
+    ref = np.asarray(to_numpy(ref))
+    out = np.asarray(to_numpy(out))
+    if ref.shape != out.shape:
+        raise ValueError(f"shapes differ: reference {list(ref.shape)} vs compared {list(out.shape)}")
+    if not (np.all(np.isfinite(ref)) and np.all(np.isfinite(out))):
+        return {"max_abs": float("inf"), "max_rel": float("inf"), "max_ulp": float("inf")}
+    diff = float(np.max(np.abs(out.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    ulp = float(np.spacing(ref.dtype.type(scale))) if scale > 0 else float(np.finfo(ref.dtype).tiny)
+    return {
+        "max_abs": diff,
+        "max_rel": diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf")),
+        "max_ulp": diff / ulp,
+    }

@@ -1,0 +1,228 @@
+"""Parameter containers for the transformer of PAPER.md section 1.
+
+A model is a tree of frozen dataclasses holding arrays (NumPy or CuPy). The containers
+hold no state beyond their arrays and two options; every function in this package takes
+them as input and returns new ones. Returned models may share untouched arrays with their
+inputs, so treat the arrays as read-only.
+
+Shapes use the paper's symbols: ``h`` hidden size, ``o`` output size, ``p_n`` MLP width
+of layer ``n``, ``k_ne``/``v_ne`` key/value size of head ``e`` of layer ``n``, ``s_max``
+rows of positional parameters, ``vocab`` rows of the optional embedding table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Optional, Tuple
+
+from .xp import array_namespace
+
+Array = Any
+
+
+@dataclass(frozen=True)
+class Head:
+    """One attention head: ``W_Q,e`` [h, k], ``W_K,e`` [h, k], ``W_V,e`` [h, v], ``W_O,e`` [v, h]."""
+
+    w_q: Array  # [h, k]
+    w_k: Array  # [h, k]
+    w_v: Array  # [h, v]
+    w_o: Array  # [v, h]  the e-th block of rows of W_O
+
+    @property
+    def k(self) -> int:
+        return int(self.w_q.shape[1])
+
+    @property
+    def v(self) -> int:
+        return int(self.w_v.shape[1])
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One transformer layer: Norm^MHA gains, heads, Norm^MLP gains and the MLP."""
+
+    norm_mha: Array  # [h]
+    heads: Tuple[Head, ...]
+    norm_mlp: Array  # [h]
+    w_l1: Array  # [h, p]
+    b_l1: Array  # [p]
+    w_l2: Array  # [p, h]
+    b_l2: Array  # [h]
+
+    @property
+    def p(self) -> int:
+        return int(self.w_l1.shape[1])
+
+    @property
+    def E(self) -> int:
+        return len(self.heads)
+
+
+@dataclass(frozen=True)
+class Model:
+    """The whole model of PAPER.md section 1.
+
+    Parameters
+    ----------
+    embed : array [vocab, h] or None
+        Token table giving the input representation ``I``; ``None`` for real-valued inputs.
+    pos : array [s_max, h]
+        Positional parameters ``P``; the first ``s`` rows are used.
+    w_out : array [h, o]
+    layers : tuple of Layer
+    norm_eps : float
+        Epsilon inside the RMS norm (0 is the paper's norm).
+    causal : bool
+        Whether attention is causally masked.
+    """
+
+    embed: Optional[Array]
+    pos: Array  # [s_max, h]
+    w_out: Array  # [h, o]
+    layers: Tuple[Layer, ...]
+    norm_eps: float = 0.0
+    causal: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(self.layers))
+        for layer in self.layers:
+            object.__setattr__(layer, "heads", tuple(layer.heads))
+        validate(self)
+
+    # ---- dimensions -------------------------------------------------------------------
+    @property
+    def h(self) -> int:
+        return int(self.pos.shape[1])
+
+    @property
+    def o(self) -> int:
+        return int(self.w_out.shape[1])
+
+    @property
+    def N(self) -> int:
+        return len(self.layers)
+
+    @property
+    def s_max(self) -> int:
+        return int(self.pos.shape[0])
+
+    @property
+    def vocab(self) -> Optional[int]:
+        return None if self.embed is None else int(self.embed.shape[0])
+
+    @property
+    def dtype(self):
+        return self.pos.dtype
+
+    @property
+    def xp(self):
+        return array_namespace(self.pos)
+
+    def replace(self, **changes) -> "Model":
+        """A new model with some fields replaced (validated again)."""
+        return replace(self, **changes)
+
+
+def named_tensors(model: Model) -> dict:
+    """All parameters under their file-format names (README, "File format")."""
+    out = {}
+    if model.embed is not None:
+        out["embed"] = model.embed
+    out["pos"] = model.pos
+    out["w_out"] = model.w_out
+    for n, layer in enumerate(model.layers):
+        out[f"layers.{n}.norm_mha"] = layer.norm_mha
+        for e, head in enumerate(layer.heads):
+            for f in fields(Head):
+                out[f"layers.{n}.heads.{e}.{f.name}"] = getattr(head, f.name)
+        for name in ("norm_mlp", "w_l1", "b_l1", "w_l2", "b_l2"):
+            out[f"layers.{n}.{name}"] = getattr(layer, name)
+    return out
+
+
+def param_count(model: Model) -> int:
+    """Number of scalar parameters."""
+    return int(sum(int(a.size) for a in named_tensors(model).values()))
+
+
+def dims(model: Model) -> dict:
+    """Dimensions as plain Python values: h, o, s_max, vocab, and per layer p and (k, v) per head."""
+    return {
+        "h": model.h,
+        "o": model.o,
+        "s_max": model.s_max,
+        "vocab": model.vocab,
+        "N": model.N,
+        "layers": [
+            {"p": layer.p, "heads": [[hd.k, hd.v] for hd in layer.heads]} for layer in model.layers
+        ],
+    }
+
+
+def dims_summary(model: Model) -> str:
+    """Short text such as ``h=16 N=2 [p=32 E=2 kv=8/8,8/8] [...]``."""
+    parts = []
+    for layer in model.layers:
+        kv = ",".join(f"{hd.k}/{hd.v}" for hd in layer.heads)
+        parts.append(f"[p={layer.p} E={layer.E} k/v={kv}]")
+    return f"h={model.h} N={model.N} " + " ".join(parts)
+
+
+def _expect(name: str, arr, shape: tuple, dtype, xp) -> None:
+    if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
+        raise TypeError(f"{name}: expected an array, got {type(arr).__name__}")
+    if array_namespace(arr) is not xp:
+        raise TypeError(f"{name}: all parameters must live in one array library (NumPy or CuPy)")
+    if arr.dtype != dtype:
+        raise TypeError(f"{name}: dtype {arr.dtype} differs from the model's dtype {dtype}")
+    if len(arr.shape) != len(shape) or any(
+        want is not None and int(got) != want for got, want in zip(arr.shape, shape)
+    ):
+        want = "[" + ", ".join("?" if w is None else str(w) for w in shape) + "]"
+        raise ValueError(f"{name}: shape {list(arr.shape)} does not match expected {want}")
+    if any(int(d) < 1 for d in arr.shape):
+        raise ValueError(f"{name}: every dimension must be at least 1, got shape {list(arr.shape)}")
+
+
+def validate(model: Model) -> None:
+    """Check every tensor's shape and dtype against the model's dimensions.
+
+    Raises ``ValueError``/``TypeError`` naming the offending tensor and the shapes.
+    """
+    if not hasattr(model.pos, "shape") or len(model.pos.shape) != 2:
+        raise ValueError(f"pos: expected shape [s_max, h], got {getattr(model.pos, 'shape', None)}")
+    xp = array_namespace(model.pos)
+    dtype = model.pos.dtype
+    if dtype not in (xp.float32, xp.float64):
+        raise TypeError(f"pos: dtype must be float32 or float64, got {dtype}")
+    h = int(model.pos.shape[1])
+    _expect("pos", model.pos, (None, h), dtype, xp)
+    if model.embed is not None:
+        _expect("embed", model.embed, (None, h), dtype, xp)
+    _expect("w_out", model.w_out, (h, None), dtype, xp)
+    if not isinstance(model.norm_eps, (int, float)) or model.norm_eps < 0:
+        raise ValueError(f"norm_eps: must be a float >= 0, got {model.norm_eps!r}")
+    if not isinstance(model.causal, bool):
+        raise TypeError(f"causal: must be a bool, got {model.causal!r}")
+    for n, layer in enumerate(model.layers):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"layers.{n}: expected a Layer, got {type(layer).__name__}")
+        pre = f"layers.{n}"
+        if len(layer.heads) < 1:
+            raise ValueError(f"{pre}.heads: a layer needs at least one head")
+        _expect(f"{pre}.norm_mha", layer.norm_mha, (h,), dtype, xp)
+        _expect(f"{pre}.norm_mlp", layer.norm_mlp, (h,), dtype, xp)
+        _expect(f"{pre}.w_l1", layer.w_l1, (h, None), dtype, xp)
+        p = int(layer.w_l1.shape[1])
+        _expect(f"{pre}.b_l1", layer.b_l1, (p,), dtype, xp)
+        _expect(f"{pre}.w_l2", layer.w_l2, (p, h), dtype, xp)
+        _expect(f"{pre}.b_l2", layer.b_l2, (h,), dtype, xp)
+        for e, head in enumerate(layer.heads):
+            if not isinstance(head, Head):
+                raise TypeError(f"{pre}.heads.{e}: expected a Head, got {type(head).__name__}")
+            hp = f"{pre}.heads.{e}"
+            _expect(f"{hp}.w_q", head.w_q, (h, None), dtype, xp)
+            k = int(head.w_q.shape[1])
+            _expect(f"{hp}.w_k", head.w_k, (h, k), dtype, xp)
+            _expect(f"{hp}.w_v", head.w_v, (h, None), dtype, xp)
+            _expect(f"{hp}.w_o", head.w_o, (int(head.w_v.shape[1]), h), dtype, xp)

@@ -1,0 +1,51 @@
+"""Run two models on the same inputs and measure how far apart their outputs are."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .forward import forward
+from .init import random_inputs
+from .metrics import error_stats, tolerance_ulps
+from .model import Model
+
+
+def common_inputs(a: Model, b: Model, batch: int = 4, seq: Optional[int] = None, seed: int = 0):
+    """Inputs valid for both models: ``(x_a, x_b)``.
+
+    Token ids are drawn below both vocabularies; real inputs are drawn at ``a``'s width and
+    zero-padded to ``b``'s (the new input columns of a hidden expansion are zero, Theorem 3.5).
+    """
+    if (a.embed is None) != (b.embed is None):
+        raise ValueError("models: one takes token ids and the other real-valued inputs; they cannot be compared")
+    if a.o != b.o:
+        raise ValueError(f"models: output sizes differ (o={a.o} vs o={b.o})")
+    s_max = min(a.s_max, b.s_max)
+    seq = s_max if seq is None else seq
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= s_max:
+        raise ValueError(f"seq: must be between 1 and {s_max} (the smaller s_max), got {seq!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch: must be an integer >= 1, got {batch!r}")
+    if a.embed is not None:
+        small = a if a.vocab <= b.vocab else b
+        x = random_inputs(small, batch, seq, seed)
+        return x, x
+    if b.h < a.h:
+        raise ValueError(f"models: the second model is narrower (h={b.h}) than the first (h={a.h}); give the smaller model first")
+    x = random_inputs(a, batch, seq, seed)
+    pad = [(0, 0), (0, 0), (0, b.h - a.h)]
+    return x, np.pad(x, pad).astype(b.dtype)
+
+
+def verify(a: Model, b: Model, batch: int = 4, seq: Optional[int] = None, seed: int = 0) -> dict:
+    """Compare ``forward(a, x)`` with ``forward(b, x)`` on common random inputs.
+
+    Returns ``max_abs``, ``max_rel``, ``max_ulp`` (see :mod:`fpt_ref.metrics`), ``tol_ulp``
+    (the derived tolerance) and ``ok`` (``max_ulp <= tol_ulp``).
+    """
+    xa, xb = common_inputs(a, b, batch, seq, seed)
+    stats = error_stats(forward(a, xa), forward(b, xb))
+    stats["tol_ulp"] = tolerance_ulps(a, b, xa.shape[1])
+    stats["ok"] = bool(stats["max_ulp"] <= stats["tol_ulp"])
+    return stats
