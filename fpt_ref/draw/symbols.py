@@ -1,0 +1,63 @@
+"""Paper symbols for the tensors of the file format (PAPER.md section 1) and their axes.
+
+Only labels live here: which blocks are new, zero, scaled or copied always comes from an
+expansion's manifest (:class:`fpt_ref.expansions.Block`), never from these names.
+"""
+from __future__ import annotations
+
+import re
+
+# tensor kind -> (paper symbol in mathtext, axis symbols)
+TENSORS = {
+    "embed": (r"$I$ (token table)", ("vocab", "h")),
+    "pos": (r"$P$", ("s_max", "h")),
+    "w_out": (r"$W_{out}$", ("h", "o")),
+    "norm_mha": (r"$g^{MHA}$", ("h",)),
+    "norm_mlp": (r"$g^{MLP}$", ("h",)),
+    "w_l1": (r"$W_{l1}$", ("h", "p")),
+    "b_l1": (r"$b_{l1}$", ("p",)),
+    "w_l2": (r"$W_{l2}$", ("p", "h")),
+    "b_l2": (r"$b_{l2}$", ("h",)),
+    "w_q": (r"$W_{Q,e}$", ("h", "k")),
+    "w_k": (r"$W_{K,e}$", ("h", "k")),
+    "w_v": (r"$W_{V,e}$", ("h", "v")),
+    "w_o": (r"$W_{O,e}$", ("v", "h")),
+}
+
+_TEX = {"s_max": r"s_{max}", "vocab": r"\mathrm{vocab}"}
+_NAME = re.compile(r"^(?:layers\.(\d+)\.)?(?:heads\.(\d+)\.)?(\w+)$")
+
+
+def parse_name(name: str):
+    """``(kind, layer, head)`` of a file-format tensor name; layer/head are ``None`` when absent.
+
+    >>> parse_name("layers.1.heads.0.w_k")
+    ('w_k', 1, 0)
+    """
+    m = _NAME.match(name)
+    if not m or m.group(3) not in TENSORS:
+        raise ValueError(f"tensor name: {name!r} is not a parameter of the file format")
+    layer, head, kind = m.groups()
+    return kind, None if layer is None else int(layer), None if head is None else int(head)
+
+
+def title(name: str) -> str:
+    """Paper symbol and position, e.g. ``$W_{K,e}$  layer 1, head 0``."""
+    kind, n, e = parse_name(name)
+    where = []
+    if n is not None:
+        where.append(f"layer {n}")
+    if e is not None:
+        where.append(f"head {e}")
+    return TENSORS[kind][0] + ("  " + ", ".join(where) if where else "")
+
+
+def axis_symbols(name: str) -> tuple:
+    """The paper's symbol for each axis of tensor ``name`` (``("h", "p")`` for ``w_l1``)."""
+    return TENSORS[parse_name(name)[0]][1]
+
+
+def sym(s: str, hat: bool = False) -> str:
+    """Mathtext of one dimension symbol, hatted (``\\hat{p}``) for the expanded size."""
+    t = _TEX.get(s, s)
+    return rf"\hat{{{t}}}" if hat else t

@@ -1,0 +1,57 @@
+"""Shared pytest configuration: hypothesis profiles, GPU detection, preservation records."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Profiles: "ci" (default) runs the documented number of cases; "dev" is quicker; "thorough" is for soak runs.
+# "ci" is derandomized so that CI runs are reproducible; "thorough" explores new random cases.
+settings.register_profile("ci", deadline=None, derandomize=True, database=None,
+                          suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+settings.register_profile("dev", parent=settings.get_profile("ci"))
+settings.register_profile("thorough", parent=settings.get_profile("ci"), derandomize=False)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(PROFILE)
+_SCALE = {"ci": 1.0, "dev": 0.1, "thorough": 10.0}[PROFILE]
+
+
+def examples(n: int) -> int:
+    """The number of generated cases for a property test: ``n`` in CI, scaled by the profile."""
+    return max(1, int(n * _SCALE))
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and sees at least one usable CUDA device."""
+    try:
+        import cupy  # noqa: F401
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # ImportError, CUDA driver/runtime errors: no usable GPU
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if gpu_available():
+        return
+    skip = pytest.mark.skip(reason="no usable GPU (CuPy missing or no CUDA device)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+# Largest preservation errors seen by the property tests, printed at the end of the run.
+PRESERVATION_RECORDS: dict = {}
+
+
+def record_preservation(key: str, ulp: float, tol: float) -> None:
+    worst = PRESERVATION_RECORDS.get(key, (0.0, 0.0, 0))
+    PRESERVATION_RECORDS[key] = (max(worst[0], ulp), max(worst[1], ulp / tol if tol else 0.0), worst[2] + 1)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if PRESERVATION_RECORDS:
+        terminalreporter.section("preservation error (ulps of the output scale)")
+        for key, (ulp, frac, n) in sorted(PRESERVATION_RECORDS.items()):
+            terminalreporter.write_line(f"{key}: {n} cases, max {ulp:.2f} ulp, max {100 * frac:.2f}% of the derived tolerance")

@@ -1,0 +1,77 @@
+"""Property tests: random heterogeneous models and random compositions of 1-8 expansions
+preserve the function, within the derived tolerance of fpt_ref.metrics (ulps of the output
+scale). The "ci" hypothesis profile runs 600 + 400 + 200 = 1,200 generated cases.
+"""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fpt_ref
+from fpt_ref.metrics import tolerance_ulps
+
+from conftest import examples, record_preservation
+from naive import naive_forward
+from strategies import build_model, draw_step, model_specs
+
+
+def _inputs(model, rng, h_pad=None):
+    s = int(rng.integers(1, model.s_max + 1))
+    b = int(rng.integers(1, 3))
+    if model.embed is not None:
+        return rng.integers(0, model.vocab, size=(b, s)), None
+    x = rng.normal(size=(b, s, model.h)).astype(model.dtype)
+    return x, np.pad(x, [(0, 0), (0, 0), (0, h_pad - model.h)])
+
+
+def _ulps(ref, out):
+    """max |out - ref| in ulps of max |ref| (computed here, independently of fpt_ref.metrics)."""
+    ref, out = np.asarray(ref), np.asarray(out)
+    assert ref.shape == out.shape and ref.dtype == out.dtype
+    assert np.all(np.isfinite(out))
+    scale = np.max(np.abs(ref))
+    diff = np.max(np.abs(out.astype(np.float64) - ref.astype(np.float64)))
+    return 0.0 if diff == 0 else float(diff / np.spacing(ref.dtype.type(scale)))
+
+
+def _check_composition(data, dtype):
+    spec = data.draw(model_specs(dtype=dtype), label="model")
+    base = build_model(spec)
+    n_steps = data.draw(st.integers(1, 8), label="n_steps")
+    model = base
+    for i in range(n_steps):
+        op, kw = draw_step(data, model)
+        init = data.draw(st.sampled_from(["normal", "normal", "zeros"]), label="init")
+        model = fpt_ref.apply_step(model, fpt_ref.Step(op, kw), init=init, seed=i)
+    rng = np.random.default_rng(spec["seed"])
+    x, x_pad = _inputs(base, rng, model.h)
+    ref = fpt_ref.forward(base, x)
+    out = fpt_ref.forward(model, x if x_pad is None else x_pad)
+    ulp = _ulps(ref, out)
+    tol = tolerance_ulps(base, model, x.shape[1])
+    record_preservation(f"composition {dtype}", ulp, tol)
+    assert ulp <= tol, f"preservation error {ulp:.1f} ulp exceeds the derived tolerance {tol:.0f} ulp"
+
+
+@settings(max_examples=examples(600))
+@given(st.data())
+def test_random_compositions_preserve_float64(data):
+    _check_composition(data, "float64")
+
+
+@settings(max_examples=examples(400))
+@given(st.data())
+def test_random_compositions_preserve_float32(data):
+    _check_composition(data, "float32")
+
+
+@settings(max_examples=examples(200))
+@given(model_specs(dtype="float64"), st.integers(0, 2**32 - 1))
+def test_forward_matches_naive_implementation(spec, seed):
+    model = build_model(spec)
+    x, _ = _inputs(model, np.random.default_rng(seed), model.h)
+    ulp = _ulps(naive_forward(model, x), fpt_ref.forward(model, x))
+    tol = tolerance_ulps(model, model, x.shape[1])
+    record_preservation("forward vs naive float64", ulp, tol)
+    assert ulp <= tol
