@@ -1,0 +1,109 @@
+"""The fpt-ref command line, end to end through subprocesses."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fpt_ref
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fpt_ref", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    path = d / "base.safetensors"
+    r = run("init", "--h", 8, "--p", 12, "--heads", 2, "--k", 4, "--v", 4, "--layers", 2, "--out-dim", 5,
+            "--max-seq", 6, "--vocab", 30, "--eps", 1e-5, "--causal", "-o", path)
+    assert r.returncode == 0, r.stderr
+    return path
+
+
+def test_init_writes_the_requested_model(base):
+    m = fpt_ref.load(base)
+    assert (m.h, m.o, m.N, m.s_max, m.vocab, m.norm_eps, m.causal) == (8, 5, 2, 6, 30, 1e-5, True)
+    assert [(L.p, L.E, L.heads[0].k, L.heads[0].v) for L in m.layers] == [(12, 2, 4, 4)] * 2
+
+
+def test_expand_writes_a_model_satisfying_every_constraint(base, tmp_path):
+    out = tmp_path / "big.safetensors"
+    r = run("expand", base, "--plan", "mlp p=16 layers=0; attention k=6; hidden h=10", "--manifest", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "mlp p=16 layers=0" in r.stdout and "hidden h=10" in r.stdout
+    assert "layers.0.w_l2[12:16, 0:8] zero" in r.stdout  # the manifest, before the hidden step
+    a, b = fpt_ref.load(base), fpt_ref.load(out)
+    assert b.h == 10 and b.layers[0].p == 16 and b.layers[1].p == 12
+    assert b.norm_eps == 1e-5 * 8 / 10
+    # PAPER.md section 2, inspected tensor by tensor
+    assert np.all(b.layers[0].w_l2[12:] == 0)
+    for L in b.layers:
+        assert np.all(L.w_l2[:, 8:] == 0) and np.all(L.b_l2[8:] == 0)
+        for H in L.heads:
+            assert np.all(H.w_k[:8, 4:] == 0) and np.all(H.w_o[:, 8:] == 0)
+    assert np.all(b.embed[:, 8:] == 0) and np.all(b.pos[:, 8:] == 0)
+    for La, Lb in zip(a.layers, b.layers):
+        assert np.array_equal(Lb.norm_mha[:8], La.norm_mha * np.sqrt(8 / 10))
+        for Ha, Hb in zip(La.heads, Lb.heads):
+            assert np.array_equal(Hb.w_k[:8, :4], Ha.w_k * np.sqrt(6 / 4))
+    r = run("verify", base, out)
+    assert r.returncode == 0 and "preserved" in r.stdout
+
+
+def test_expand_with_json_plan_and_zeros_init(base, tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text('[{"op": "add_heads", "count": 1, "layers": [1]}, {"op": "add_layer", "at": 0}]')
+    out = tmp_path / "big.safetensors"
+    r = run("expand", base, "--plan", plan, "--init", "zeros", "-o", out)
+    assert r.returncode == 0, r.stderr
+    b = fpt_ref.load(out)
+    assert b.N == 3 and b.layers[2].E == 3 and np.all(b.layers[2].heads[2].w_q == 0)
+
+
+def test_verify_detects_a_different_function(base, tmp_path):
+    other = tmp_path / "other.safetensors"
+    assert run("init", "--h", 8, "--p", 12, "--heads", 2, "--k", 4, "--v", 4, "--out-dim", 5, "--max-seq", 6,
+               "--vocab", 30, "--eps", 1e-5, "--causal", "--seed", 1, "-o", other).returncode == 0
+    r = run("verify", base, other)
+    assert r.returncode == 1 and "NOT preserved" in r.stdout
+
+
+def test_info(base):
+    r = run("info", base)
+    assert r.returncode == 0
+    assert "h=8 o=5 N=2" in r.stdout and "layer 1: p=12 E=2" in r.stdout and "params=" in r.stdout
+
+
+def test_demo():
+    r = run("demo")
+    assert r.returncode == 0, r.stderr
+    for step in ("mlp p=48", "add_heads count=2", "heads v=12", "attention k=12", "hidden h=24", "add_layer at=1"):
+        assert step in r.stdout
+    assert "all 6 steps preserved the function: yes" in r.stdout
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["expand", "missing.safetensors", "--plan", "mlp p=4", "-o", "x.safetensors"], "no such file"),
+    (["expand", "BASE", "--plan", "mlp p=4", "-o", "x.safetensors"], "p: p=4 does not grow layer 0"),
+    (["expand", "BASE", "--plan", "grow p=4", "-o", "x.safetensors"], "unknown step"),
+    (["expand", "BASE", "--plan", "mlp p=20 layers=5", "-o", "x.safetensors"], "out of range"),
+    (["verify", "BASE"], "the following arguments are required"),
+    (["init", "--h", "x", "-o", "y"], "--h must be an integer"),
+    (["init", "--h", "0", "-o", "y"], "h: must be an integer >= 1"),
+    (["nosuchcommand"], "invalid choice"),
+    (["info", "NOTAMODEL"], "not a readable safetensors file"),
+])
+def test_user_errors_print_one_line_and_exit_2(base, tmp_path, args, msg):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("hello")
+    args = [str(base) if a == "BASE" else str(bad) if a == "NOTAMODEL" else a for a in args]
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and msg in lines[0], r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,115 @@
+"""The forward pass: the function of PAPER.md section 1, its options and its input checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fpt_ref
+from fpt_ref.forward import rms_norm
+
+from naive import naive_forward
+from test_expansions import hetero_model
+
+
+def test_matches_naive_on_heterogeneous_model():
+    m = hetero_model()
+    x = np.random.default_rng(0).integers(0, 50, size=(3, 5))
+    ref, out = naive_forward(m, x), fpt_ref.forward(m, x)
+    assert out.shape == (3, 5, 3) and out.dtype == np.float64
+    assert np.max(np.abs(ref - out)) <= fpt_ref.tolerance_ulps(m, m, 5) * np.spacing(np.max(np.abs(ref)))
+
+
+def test_rms_norm_is_the_papers_formula():
+    x = np.array([[[3.0, 4.0]]])
+    g = np.array([2.0, 0.5])
+    # mean of squares = 12.5, so Norm(x) = x * g / sqrt(12.5 + eps)
+    assert np.allclose(rms_norm(x, g, 0.0), [[[6 / np.sqrt(12.5), 2 / np.sqrt(12.5)]]], rtol=1e-15)
+    assert np.allclose(rms_norm(x, g, 0.5), [[[6 / np.sqrt(13.0), 2 / np.sqrt(13.0)]]], rtol=1e-15)
+
+
+def test_unbatched_equals_batched():
+    m = hetero_model()
+    x = np.random.default_rng(1).integers(0, 50, size=(2, 4))
+    out = fpt_ref.forward(m, x)
+    assert np.array_equal(fpt_ref.forward(m, x[1]), out[1])
+    mr = hetero_model(vocab=None)
+    xr = np.random.default_rng(1).normal(size=(2, 4, 6))
+    assert np.allclose(fpt_ref.forward(mr, xr[0]), fpt_ref.forward(mr, xr)[0], rtol=0, atol=1e-14)
+
+
+def test_causal_output_does_not_see_the_future():
+    m = hetero_model(causal=True)
+    x = np.random.default_rng(2).integers(0, 50, size=(1, 5))
+    y = x.copy()
+    y[0, 3:] = (y[0, 3:] + 1) % 50
+    a, b = fpt_ref.forward(m, x), fpt_ref.forward(m, y)
+    assert np.array_equal(a[0, :3], b[0, :3]) and not np.allclose(a[0, 3:], b[0, 3:])
+    nc = m.replace(causal=False)
+    assert not np.allclose(fpt_ref.forward(nc, x)[0, :3], fpt_ref.forward(nc, y)[0, :3])
+
+
+def test_eps_changes_the_function():
+    m = hetero_model(eps=0.0)
+    x = np.random.default_rng(3).integers(0, 50, size=(1, 5))
+    assert not np.allclose(fpt_ref.forward(m, x), fpt_ref.forward(m.replace(norm_eps=0.5), x))
+
+
+def test_float32_keeps_dtype_and_is_close_to_float64():
+    m64 = hetero_model()
+    m32 = hetero_model(dtype="float32")
+    x = np.random.default_rng(4).integers(0, 50, size=(2, 5))
+    o32, o64 = fpt_ref.forward(m32, x), fpt_ref.forward(m64, x)
+    assert o32.dtype == np.float32
+    # the same parameters rounded to float32: agreement to float32 precision times the reduction length
+    L = fpt_ref.metrics.reduction_length(m64, 5)
+    assert np.max(np.abs(o32 - o64)) <= 2 * L * np.finfo(np.float32).eps * np.max(np.abs(o64))
+
+
+def test_real_valued_inputs_keep_model_dtype():
+    m = hetero_model(vocab=None, dtype="float32")
+    out = fpt_ref.forward(m, np.ones((2, 3, 6), dtype=np.float64))
+    assert out.dtype == np.float32 and out.shape == (2, 3, 3)
+
+
+def test_inputs_not_mutated():
+    m = hetero_model(vocab=None)
+    x = np.random.default_rng(5).normal(size=(2, 3, 6))
+    x.flags.writeable = False
+    fpt_ref.forward(m, x)
+    fpt_ref.residual_streams(m, x)
+
+
+def test_residual_streams():
+    m = hetero_model()
+    x = np.random.default_rng(6).integers(0, 50, size=(2, 5))
+    rs = fpt_ref.residual_streams(m, x)
+    assert len(rs) == m.N + 1 and all(r.shape == (2, 5, 6) for r in rs)
+    assert np.array_equal(rs[0], m.embed[x] + m.pos[:5])
+    assert np.array_equal(rs[-1] @ m.w_out, fpt_ref.forward(m, x))
+
+
+@pytest.mark.parametrize("vocab,x,msg", [
+    (50, np.zeros((2, 3)), "integer token ids"),
+    (50, np.array([[0, 50]]), r"\[0, 50\)"),
+    (50, np.array([[-1, 0]]), r"\[0, 50\)"),
+    (50, np.zeros((1, 6), dtype=int), "s_max=5"),
+    (50, np.zeros((1, 2, 3), dtype=int), r"\[s\] or \[b, s\]"),
+    (None, np.zeros((2, 3), dtype=int), "real-valued"),
+    (None, np.zeros((2, 3, 4)), r"\[2, 3, 4\]"),
+])
+def test_bad_inputs(vocab, x, msg):
+    m = hetero_model(vocab=vocab)
+    with pytest.raises(ValueError, match=msg) as exc:
+        fpt_ref.forward(m, x)
+    assert str(exc.value).startswith("x:")
+
+
+def test_model_validation_names_tensor_and_shapes():
+    m = hetero_model()
+    bad_layer = m.layers[0].__class__(**{**m.layers[0].__dict__, "w_l2": np.zeros((4, 6))})
+    with pytest.raises(ValueError, match=r"layers\.0\.w_l2: shape \[4, 6\] does not match expected \[5, 6\]"):
+        m.replace(layers=(bad_layer,) + m.layers[1:])
+    with pytest.raises(TypeError, match="w_out: dtype float32"):
+        m.replace(w_out=m.w_out.astype(np.float32))
+    with pytest.raises(ValueError, match="norm_eps"):
+        m.replace(norm_eps=-1.0)

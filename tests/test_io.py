@@ -1,0 +1,87 @@
+"""The safetensors file format: bit-exact round trip and clear errors for bad files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import fpt_ref
+from fpt_ref.model import named_tensors
+
+from test_expansions import hetero_model
+
+
+@pytest.mark.parametrize("vocab,dtype,eps,causal", [(50, "float64", 1e-6, True), (None, "float32", 0.0, False),
+                                                    (7, "float64", 1 / 3, False)])
+def test_save_load_bit_exact(tmp_path, vocab, dtype, eps, causal):
+    m = fpt_ref.expand_heads(hetero_model(vocab=vocab, dtype=dtype, eps=eps, causal=causal), 6, layers=[1], heads=[0])
+    path = tmp_path / "m.safetensors"
+    fpt_ref.save(m, path)
+    back = fpt_ref.load(path)
+    a, b = named_tensors(m), named_tensors(back)
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+        assert a[k].tobytes() == b[k].tobytes(), k
+    assert back.norm_eps == m.norm_eps and back.causal == m.causal
+
+
+def test_file_names_are_the_documented_layout(tmp_path):
+    m = hetero_model()
+    path = tmp_path / "m.safetensors"
+    fpt_ref.save(m, path)
+    names = set(load_file(str(path)))
+    assert {"embed", "pos", "w_out", "layers.0.norm_mha", "layers.0.heads.0.w_q", "layers.0.heads.1.w_o",
+            "layers.1.heads.3.w_k", "layers.1.norm_mlp", "layers.1.w_l1", "layers.1.b_l1", "layers.1.w_l2",
+            "layers.1.b_l2"} <= names
+    from safetensors import safe_open
+    with safe_open(str(path), framework="numpy") as f:
+        assert f.metadata() == {"format": "fpt-ref/1", "norm_eps": "1e-06", "causal": "true"}
+
+
+def _write(tmp_path, tensors, meta=None):
+    path = tmp_path / "bad.safetensors"
+    save_file(tensors, str(path), metadata=meta or {"format": "fpt-ref/1", "norm_eps": "0.0", "causal": "false"})
+    return path
+
+
+def _tensors():
+    return {k: np.ascontiguousarray(v) for k, v in named_tensors(hetero_model()).items()}
+
+
+def test_missing_tensor(tmp_path):
+    t = _tensors()
+    del t["layers.1.w_l2"]
+    with pytest.raises(fpt_ref.FormatError, match="missing tensor 'layers.1.w_l2'"):
+        fpt_ref.load(_write(tmp_path, t))
+
+
+def test_extra_or_misnamed_tensor(tmp_path):
+    t = _tensors()
+    t["layers.0.w_l3"] = np.zeros(3)
+    with pytest.raises(fpt_ref.FormatError, match=r"unexpected tensor 'layers.0.w_l3' with shape \[3\]"):
+        fpt_ref.load(_write(tmp_path, t))
+
+
+def test_wrong_shape(tmp_path):
+    t = _tensors()
+    t["layers.0.heads.1.w_k"] = np.zeros((6, 4))
+    with pytest.raises(fpt_ref.FormatError, match=r"layers.0.heads.1.w_k: shape \[6, 4\] does not match expected \[6, 3\]"):
+        fpt_ref.load(_write(tmp_path, t))
+
+
+@pytest.mark.parametrize("meta,msg", [({"format": "other/2"}, "format"),
+                                      ({"format": "fpt-ref/1", "norm_eps": "abc"}, "norm_eps"),
+                                      ({"format": "fpt-ref/1", "causal": "yes"}, "causal")])
+def test_bad_metadata(tmp_path, meta, msg):
+    with pytest.raises(fpt_ref.FormatError, match=msg):
+        fpt_ref.load(_write(tmp_path, _tensors(), meta))
+
+
+def test_not_a_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        fpt_ref.load(tmp_path / "nope.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not safetensors")
+    with pytest.raises(fpt_ref.FormatError, match="not a readable safetensors file"):
+        fpt_ref.load(junk)

@@ -1,0 +1,75 @@
+"""Plans: parsing (text and JSON), errors, and running them."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import fpt_ref
+from fpt_ref import PlanError, Step, parse_plan
+
+from test_expansions import hetero_model
+
+TEXT = "mlp p=48 layers=0,1; add_heads count=2\nheads v=12 layers=1 heads=0; attention k=12; hidden h=24; add_layer at=1"
+STEPS = [
+    Step("mlp", {"p": 48, "layers": [0, 1]}), Step("add_heads", {"count": 2}),
+    Step("heads", {"v": 12, "layers": [1], "heads": [0]}), Step("attention", {"k": 12}),
+    Step("hidden", {"h": 24}), Step("add_layer", {"at": 1}),
+]
+
+
+def test_parse_text():
+    assert parse_plan(TEXT) == STEPS
+
+
+def test_parse_json_string_and_file(tmp_path):
+    obj = [{"op": s.op, **s.args} for s in STEPS]
+    assert parse_plan(json.dumps(obj)) == STEPS
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(obj))
+    assert parse_plan(str(path)) == STEPS
+    assert parse_plan(obj) == STEPS
+
+
+def test_str_round_trip():
+    assert parse_plan("; ".join(map(str, STEPS))) == STEPS
+
+
+@pytest.mark.parametrize("plan,msg", [
+    ("grow p=4", "unknown step 'grow'"),
+    ("mlp q=4", "has no key 'q'"),
+    ("mlp p=x", "is not an integer"),
+    ("mlp p=4,5", "takes one integer"),
+    ("mlp layers=0", "needs p="),
+    ("mlp p", "is not key=value"),
+    ("mlp p=4 p=5", "given twice"),
+    ("", "no steps"),
+    (" ; ", "no steps"),
+    ("[{\"p\": 4}]", "'op' key"),
+    ("[1, 2", "invalid JSON"),
+    ("missing.json", "cannot read"),
+    ("heads v=4 heads=a,b", "list of integers"),
+])
+def test_plan_errors(plan, msg):
+    with pytest.raises(PlanError, match=msg):
+        parse_plan(plan)
+
+
+def test_indices_refer_to_the_model_when_the_step_runs():
+    m = hetero_model()  # 2 layers
+    res = fpt_ref.run_plan(m, "add_layer at=2; mlp p=12 layers=2")
+    assert res[-1].model.layers[2].p == 12 and res[-1].model.N == 3
+    with pytest.raises(ValueError, match="layers: layer index 2 is out of range"):
+        fpt_ref.run_plan(m, "mlp p=12 layers=2; add_layer at=2")
+
+
+def test_run_plan_reports_each_step_against_the_original():
+    m = hetero_model()
+    res = fpt_ref.run_plan(m, TEXT.replace("48", "9").replace("12", "7").replace("24", "10"), seed=4)
+    assert [r.step for r in res] == parse_plan(TEXT.replace("48", "9").replace("12", "7").replace("24", "10"))
+    assert all(r.error["ok"] for r in res)
+    assert res[-1].model.h == 10 and res[-1].model.N == 3
+    # the seed makes runs reproducible; a different seed changes free blocks only
+    again = fpt_ref.run_plan(m, [s for s in parse_plan("mlp p=9")], seed=4)
+    assert np.array_equal(again[0].model.layers[0].w_l1, res[0].model.layers[0].w_l1)
