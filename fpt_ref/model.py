@@ -226,3 +226,25 @@ def validate(model: Model) -> None:
             _expect(f"{hp}.w_k", head.w_k, (h, k), dtype, xp)
             _expect(f"{hp}.w_v", head.w_v, (h, None), dtype, xp)
             _expect(f"{hp}.w_o", head.w_o, (int(head.w_v.shape[1]), h), dtype, xp)
+
+
+def convert(model: Model, xp=None, dtype=None) -> Model:
+    """The same model in another array library (``xp``: numpy or cupy) and/or dtype.
+
+    Values are converted exactly when the dtype is unchanged or widened; float64 -> float32
+    rounds each parameter once.
+    """
+    xp = model.xp if xp is None else xp
+    dtype = model.dtype if dtype is None else dtype
+
+    def conv(a):
+        return xp.asarray(a.get() if type(a).__module__.startswith("cupy") and xp.__name__ == "numpy" else a, dtype=dtype)
+
+    layers = tuple(
+        replace(L, norm_mha=conv(L.norm_mha), norm_mlp=conv(L.norm_mlp), w_l1=conv(L.w_l1), b_l1=conv(L.b_l1),
+                w_l2=conv(L.w_l2), b_l2=conv(L.b_l2),
+                heads=tuple(Head(conv(H.w_q), conv(H.w_k), conv(H.w_v), conv(H.w_o)) for H in L.heads))
+        for L in model.layers
+    )
+    return replace(model, embed=None if model.embed is None else conv(model.embed), pos=conv(model.pos),
+                   w_out=conv(model.w_out), layers=layers)

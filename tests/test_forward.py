@@ -113,3 +113,11 @@ def test_model_validation_names_tensor_and_shapes():
         m.replace(w_out=m.w_out.astype(np.float32))
     with pytest.raises(ValueError, match="norm_eps"):
         m.replace(norm_eps=-1.0)
+
+
+def test_convert_dtype():
+    m = hetero_model()
+    m32 = fpt_ref.convert(m, dtype="float32")
+    assert m32.dtype == np.float32 and np.array_equal(m32.w_out, m.w_out.astype(np.float32))
+    back = fpt_ref.convert(m32, dtype="float64")
+    assert np.array_equal(back.w_out, m32.w_out.astype(np.float64))
