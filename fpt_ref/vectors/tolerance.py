@@ -1,0 +1,144 @@
+"""Tolerance policy for comparing another implementation with the reference vectors.
+
+A tensor ``T`` (``residual.{n}`` or ``output``) computed by another implementation in
+dtype ``d`` passes when, element by element,
+
+    |actual - ref| <= atol_T + rtol_T * |ref|
+    rtol_T = L_T * (u_d + u_64)
+    atol_T = rtol_T * S_T,       S_T = RMS of the reference tensor
+
+where ``u_d = eps(d) / 2`` is the unit roundoff of ``d`` (``u_64`` that of the float64
+reference, whose own rounding error is part of the difference) and ``L_T`` is the number of
+rounding steps on one path from the stored float64 inputs to ``T`` (standard forward error
+analysis: a dot product of length ``n`` carries ``gamma_n ~ n u`` relative to the sum of
+absolute products, Higham, *Accuracy and Stability of Numerical Algorithms*, ch. 3):
+
+- ``L(residual.0) = C_IN``: rounding the input representation ``I`` and ``P`` to ``d``
+  and the sum ``I + P``;
+- ``L(residual.n) = L(residual.{n-1}) + R_{n-1} + C_LAYER``, with ``R`` the reductions of
+  one layer as counted by :func:`fpt_ref.metrics.reduction_length` (the two norms' means
+  ``2h``, Q/K/V ``h``, logits ``k_max``, softmax sum and weighted sum ``2s``, ``W_O``
+  ``sum v_e``, ``W_l1`` ``h``, ``W_l2`` ``p``) and ``C_LAYER`` the layer's elementwise
+  roundings (see :data:`C_LAYER`);
+- ``L(output) = L(residual.N) + h + C_OUT`` (``W_out``).
+
+The absolute term exists because an entry near zero is usually a cancellation of summands
+of ordinary size: its error is proportional to the size of the summands (the stream's
+RMS), not to the entry. The relative term covers entries larger than the RMS. Errors
+from earlier layers are assumed to pass through later ones with gain O(1); this and the
+whole bound are validated empirically (docs/vectors.md, "Tolerance policy").
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..metrics import reduction_length
+from ..model import Model
+
+#: rounding steps before layer 0: I and P rounded to the compared dtype, and I + P.
+C_IN = 3
+#: elementwise roundings of one layer, beyond its reductions: per norm x^2, + eps, sqrt,
+#: divide, gain (5, twice: 10); logit scaling, max subtraction, exp, softmax divide (4);
+#: two bias additions and two residual additions (4); rounding the layer's ten parameter
+#: tensors W_Q, W_K, W_V, W_O, W_l1, W_l2, b_l1, b_l2 and both g to the compared dtype (10).
+C_LAYER = 28
+#: rounding W_out to the compared dtype.
+C_OUT = 1
+
+#: dtypes an implementation may be compared in.
+DTYPES = ("float32", "float64")
+
+
+def unit_roundoff(dtype) -> float:
+    """``u = eps / 2`` of a floating dtype (2**-24 for float32, 2**-53 for float64)."""
+    return float(np.finfo(np.dtype(dtype)).eps) / 2.0
+
+
+def path_lengths(model: Model, s: int) -> dict:
+    """``L_T`` for ``residual.0 .. residual.N`` and ``output`` (module doc).
+
+    Parameters
+    ----------
+    model : Model
+    s : int
+        Sequence length of the inputs.
+
+    Returns
+    -------
+    dict name -> int
+    """
+    out = {}
+    for n in range(model.N + 1):
+        # reduction_length counts W_out (h) plus the first n layers' reductions
+        first_n = model.replace(layers=model.layers[:n])
+        out[f"residual.{n}"] = C_IN + reduction_length(first_n, s) - model.h + n * C_LAYER
+    out["output"] = C_IN + reduction_length(model, s) + model.N * C_LAYER + C_OUT
+    return out
+
+
+def tolerances(model: Model, s: int, reference: dict) -> dict:
+    """Per-dtype, per-tensor ``atol``/``rtol`` for ``reference`` (module doc).
+
+    Parameters
+    ----------
+    model : Model
+    s : int
+        Sequence length of the inputs.
+    reference : dict name -> float64 array
+        ``output`` [b, s, o] and ``residual.{n}`` [b, s, h].
+
+    Returns
+    -------
+    dict dtype -> name -> {"L", "scale", "rtol", "atol"}
+    """
+    lengths = path_lengths(model, s)
+    missing = sorted(set(lengths) - set(reference))
+    if missing:
+        raise ValueError(f"reference: missing tensors {missing}")
+    out = {}
+    for dt in DTYPES:
+        u = unit_roundoff(dt) + unit_roundoff(np.float64)
+        per = {}
+        for name, L in lengths.items():
+            ref = np.asarray(reference[name], dtype=np.float64)
+            scale = float(np.sqrt(np.mean(ref * ref))) if ref.size else 0.0
+            rtol = L * u
+            per[name] = {"L": int(L), "scale": scale, "rtol": rtol, "atol": rtol * scale}
+        out[dt] = per
+    return out
+
+
+def excess(ref, actual, atol: float, rtol: float):
+    """``|actual - ref| / (atol + rtol |ref|)`` elementwise (pass where <= 1); float64 arrays."""
+    ref = np.asarray(ref, dtype=np.float64)
+    diff = np.abs(np.asarray(actual, dtype=np.float64) - ref)  # same shape as ref
+    bound = atol + rtol * np.abs(ref)  # same shape as ref
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(diff == 0, 0.0, diff / bound)
+
+
+def top2_gap(output):
+    """Gap between the largest and second largest entry along the last axis.
+
+    output: [..., o] -> [...] (``inf`` where ``o == 1``)
+    """
+    out = np.asarray(output, dtype=np.float64)
+    if out.shape[-1] < 2:
+        return np.full(out.shape[:-1], np.inf)
+    top = np.sort(out, axis=-1)[..., -2:]  # [..., 2]
+    return top[..., 1] - top[..., 0]
+
+
+def decidable(output, atol: float, rtol: float):
+    """Positions where the argmax of ``output`` [..., o] cannot flip within the tolerance.
+
+    An implementation within tolerance may move the top two entries ``a >= b`` towards each
+    other by at most ``atol + rtol |a|`` and ``atol + rtol |b|``; the argmax is decidable where
+    the gap ``a - b`` exceeds their sum. Returns a bool array [...].
+    """
+    out = np.asarray(output, dtype=np.float64)
+    if out.shape[-1] < 2:
+        return np.ones(out.shape[:-1], dtype=bool)
+    top = np.sort(out, axis=-1)[..., -2:]  # [..., 2]
+    slack = 2 * atol + rtol * (np.abs(top[..., 0]) + np.abs(top[..., 1]))  # [...]
+    return (top[..., 1] - top[..., 0]) > slack

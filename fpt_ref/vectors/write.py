@@ -1,0 +1,243 @@
+"""Build the cases of :mod:`fpt_ref.vectors.cases` and write one directory per case.
+
+Layout of ``DIR`` (docs/vectors.md):
+
+    DIR/index.json                      every case: name, path, kind, step, parent
+    DIR/<family>/<case>/model.safetensors    the model (fpt_ref.save, float64)
+                        inputs.safetensors   ``tokens`` [b, s] int64 or ``inputs`` [b, s, h] float64
+                        outputs.safetensors  ``output`` [b, s, o], ``residual.{n}`` [b, s, h], n = 0..N
+                        manifest.json        what the case is, dims, blocks, tolerances, seeds, versions
+                        vectors.npz          inputs and outputs again, for NumPy-only users
+                        model.npz            the model's tensors again (same names as model.safetensors)
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from .. import __version__
+from ..forward import forward, residual_streams
+from ..init import init_model, random_inputs
+from ..io import save
+from ..metrics import error_stats
+from ..model import Model, dims, named_tensors, param_count
+from ..plan import apply_step, parse_plan
+from .cases import EXPANSIONS, FAMILIES, Config, Family, base_kwargs, plan_steps, single_steps
+from .tolerance import C_IN, C_LAYER, C_OUT, decidable, tolerances, top2_gap
+
+FORMAT = "fpt-ref-vectors/1"
+#: attempts at drawing a family's inputs so that no argmax is a float32 near-tie
+INPUT_ATTEMPTS = 50
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case: a model, how it was made, and the manifest blocks of the step that made it."""
+
+    name: str  # "<family>/<case>"
+    family: Family
+    kind: str  # "base" | "expansion" | "plan-step"
+    model: Model
+    step: Optional[str] = None
+    step_index: Optional[int] = None  # 1-based, plan steps only
+    plan: Optional[str] = None
+    parent: Optional[str] = None
+    blocks: tuple = ()
+    seed: Optional[int] = None  # seed of init_model (base) or of the expansion's free blocks
+
+
+def family_seed(seed: int, index: int) -> int:
+    """Seed of family ``index``'s base model."""
+    return seed * 1000 + 101 * index
+
+
+def build_family(cfg: Config, fam: Family, fseed: int) -> list:
+    """All cases of one family: base, the six single expansions, the composed plan's steps."""
+    base = init_model(**base_kwargs(cfg, fam, fseed))
+    root = f"{fam.name}/base"
+    cases = [Case(root, fam, "base", base, seed=fseed)]
+    for j, (op, text) in enumerate(single_steps(base).items()):
+        assert op == EXPANSIONS[j]
+        (step,) = parse_plan(text)
+        sd = fseed + 1 + j
+        model, blocks = apply_step(base, step, seed=sd, return_manifest=True)
+        cases.append(Case(f"{fam.name}/{op}", fam, "expansion", model, str(step), parent=root,
+                          blocks=tuple(blocks), seed=sd))
+    plan = plan_steps(base, cfg)
+    steps = parse_plan(plan)
+    current, parent = base, root
+    for i, step in enumerate(steps, start=1):
+        sd = fseed + 10 + i
+        current, blocks = apply_step(current, step, seed=sd, return_manifest=True)
+        name = f"{fam.name}/plan.{i}-{step.op}"
+        cases.append(Case(name, fam, "plan-step", current, str(step), i, "; ".join(map(str, steps)), parent,
+                          tuple(blocks), sd))
+        parent = name
+    return cases
+
+
+def case_inputs(model: Model, x_base):
+    """The family's inputs for ``model``: tokens as they are, real inputs zero-padded to ``h``.
+
+    Returns int64 [b, s] or float64 [b, s, h].
+    """
+    x = np.asarray(x_base)
+    if model.embed is not None:
+        return x.astype(np.int64)  # [b, s]
+    pad = model.h - x.shape[-1]
+    return np.pad(x, [(0, 0), (0, 0), (0, pad)]).astype(np.float64)  # [b, s, h]
+
+
+def reference(model: Model, x) -> dict:
+    """float64 ``output`` [b, s, o] and ``residual.{n}`` [b, s, h], n = 0..N."""
+    streams = residual_streams(model, x)  # N + 1 of [b, s, h]
+    out = {"output": np.asarray(forward(model, x))}  # [b, s, o]
+    out.update({f"residual.{n}": np.asarray(r) for n, r in enumerate(streams)})
+    return out
+
+
+def choose_inputs(cases: list, cfg: Config, fseed: int):
+    """Draw the family's inputs so that no case has a float32 argmax near-tie.
+
+    Returns ``(x_base, inputs_seed, refs, tols)`` with ``refs``/``tols`` per case name.
+    After :data:`INPUT_ATTEMPTS` draws the last one is kept and its near-ties recorded.
+    """
+    base = cases[0].model
+    s = cfg.seq
+    for attempt in range(INPUT_ATTEMPTS):
+        iseed = fseed + 500 + attempt
+        x = random_inputs(base, batch=cfg.batch, seq=s, seed=iseed)  # [b, s] or [b, s, h]
+        refs, tols, ok = {}, {}, True
+        for c in cases:
+            refs[c.name] = reference(c.model, case_inputs(c.model, x))
+            tols[c.name] = tolerances(c.model, s, refs[c.name])
+            t = tols[c.name]["float32"]["output"]
+            ok = ok and bool(np.all(decidable(refs[c.name]["output"], t["atol"], t["rtol"])))
+        if ok:
+            break
+    return x, iseed, refs, tols
+
+
+def _versions() -> dict:
+    import safetensors
+
+    return {"fpt_ref": __version__, "numpy": np.__version__, "safetensors": safetensors.__version__,
+            "python": platform.python_version()}
+
+
+def _role_summary(blocks) -> dict:
+    out = {}
+    for b in blocks:
+        out.setdefault(b.role, [])
+        if b.tensor not in out[b.role]:
+            out[b.role].append(b.tensor)
+    return out
+
+
+def manifest(case: Case, cfg: Config, seed: int, x, iseed: int, ref: dict, tol: dict, root_out,
+             parent_out) -> dict:
+    """The manifest.json content of one case (docs/vectors.md, "Manifest")."""
+    m = case.model
+    s = x.shape[1]
+    argmax = {"min_top2_gap": float(np.min(top2_gap(ref["output"])))}
+    for dt, per in tol.items():
+        dec = decidable(ref["output"], per["output"]["atol"], per["output"]["rtol"])
+        argmax[f"near_ties_{dt}"] = [list(map(int, ix)) for ix in np.argwhere(~dec)]
+    what = {
+        "base": "base model",
+        "expansion": f"the single expansion '{case.step}' applied to {case.parent}",
+        "plan-step": f"step {case.step_index} ('{case.step}') of the plan '{case.plan}', applied to {case.parent}",
+    }[case.kind]
+    return {
+        "format": FORMAT,
+        "case": case.name,
+        "family": case.family.name,
+        "kind": case.kind,
+        "description": what,
+        "step": case.step,
+        "step_index": case.step_index,
+        "plan": case.plan,
+        "parent": case.parent,
+        "root": f"{case.family.name}/base",
+        "model": {
+            "file": "model.safetensors",
+            "dtype": "float64",
+            "norm_eps": float(m.norm_eps),
+            "causal": bool(m.causal),
+            "input": "tokens" if m.embed is not None else "inputs",
+            "dims": dims(m),
+            "params": param_count(m),
+        },
+        "inputs": {"name": "tokens" if m.embed is not None else "inputs", "shape": list(x.shape),
+                   "dtype": str(x.dtype)},
+        "outputs": {name: list(a.shape) for name, a in ref.items()},
+        "blocks": [b.to_dict() for b in case.blocks],
+        "block_roles": _role_summary(case.blocks),
+        "tolerance": {
+            "rule": "|actual - ref| <= atol + rtol * |ref| elementwise; rtol = L * (u_dtype + u_float64), "
+                    "atol = rtol * RMS(ref)",
+            "constants": {"C_IN": C_IN, "C_LAYER": C_LAYER, "C_OUT": C_OUT},
+            **tol,
+        },
+        "argmax": argmax,
+        "preservation": {
+            "vs_root": error_stats(root_out, ref["output"]),
+            "vs_parent": None if parent_out is None else error_stats(parent_out, ref["output"]),
+        },
+        "seed": seed,
+        "seeds": {"model_or_step": case.seed, "inputs": iseed},
+        "config": cfg.to_dict(),
+        "versions": _versions(),
+        "files": {"model": "model.safetensors", "inputs": "inputs.safetensors", "outputs": "outputs.safetensors",
+                  "npz": "vectors.npz", "model_npz": "model.npz"},
+    }
+
+
+def write_case(case_dir: str, case: Case, x, ref: dict, man: dict) -> None:
+    """Write the five files of one case into ``case_dir`` (created)."""
+    os.makedirs(case_dir, exist_ok=True)
+    save(case.model, os.path.join(case_dir, "model.safetensors"))
+    in_name = man["inputs"]["name"]
+    save_file({in_name: np.ascontiguousarray(x)}, os.path.join(case_dir, "inputs.safetensors"))
+    save_file({k: np.ascontiguousarray(v) for k, v in ref.items()}, os.path.join(case_dir, "outputs.safetensors"))
+    np.savez(os.path.join(case_dir, "vectors.npz"), **{in_name: x}, **ref)
+    np.savez(os.path.join(case_dir, "model.npz"), **{k: np.asarray(v) for k, v in named_tensors(case.model).items()})
+    with open(os.path.join(case_dir, "manifest.json"), "w") as f:
+        json.dump(man, f, indent=1)
+        f.write("\n")
+
+
+def write_vectors(out_dir, cfg: Config, seed: int = 0) -> list:
+    """Build every case of ``cfg`` and write it under ``out_dir``; returns the index entries.
+
+    Raises ``ValueError`` when ``out_dir`` exists and is not a directory, or when the
+    config's dimensions do not allow the expansions (message names the step).
+    """
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"-o: {out_dir} exists and is not a directory")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"--seed: must be an integer >= 0, got {seed!r}")
+    index = []
+    for fi, fam in enumerate(FAMILIES):
+        fseed = family_seed(seed, fi)
+        cases = build_family(cfg, fam, fseed)
+        x_base, iseed, refs, tols = choose_inputs(cases, cfg, fseed)
+        root_out = refs[cases[0].name]["output"]
+        for c in cases:
+            x = case_inputs(c.model, x_base)
+            ref = refs[c.name]
+            parent_out = None if c.parent is None else refs[c.parent]["output"]
+            man = manifest(c, cfg, seed, x, iseed, ref, tols[c.name], root_out, parent_out)
+            write_case(os.path.join(out_dir, *c.name.split("/")), c, x, ref, man)
+            index.append({"case": c.name, "path": c.name, "kind": c.kind, "step": c.step, "parent": c.parent})
+    with open(os.path.join(out_dir, "index.json"), "w") as f:
+        json.dump({"format": FORMAT, "config": cfg.to_dict(), "seed": seed, "cases": index}, f, indent=1)
+        f.write("\n")
+    return index
