@@ -51,14 +51,19 @@ def cmd_init(args) -> int:
 
 
 def format_table(rows: list) -> str:
-    head = f"{'step':<32} {'dims':<60} {'params':>8} {'max abs':>10} {'max ulp':>8} {'tol ulp':>8}  ok"
+    """One row per step: step, dims, parameter count, max abs error, max ulp error, tolerance."""
+    w_step = max(len("step"), *(len(r["step"]) for r in rows))
+    w_dims = max(len("dims"), *(len(r["dims"]) for r in rows))
+
+    def num(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    head = f"{'step':<{w_step}}  {'dims':<{w_dims}}  {'params':>8}  {'max abs':>9}  {'max ulp':>7}  {'tol ulp':>7}  ok"
     lines = [head, "-" * len(head)]
     for r in rows:
-        err = "-" if r["max_abs"] is None else f"{r['max_abs']:.2e}"
-        ulp = "-" if r["max_ulp"] is None else f"{r['max_ulp']:.1f}"
-        tol = "-" if r["tol_ulp"] is None else f"{r['tol_ulp']:.0f}"
         ok = "-" if r["ok"] is None else ("yes" if r["ok"] else "NO")
-        lines.append(f"{r['step']:<32} {r['dims']:<60} {r['params']:>8} {err:>10} {ulp:>8} {tol:>8}  {ok}")
+        lines.append(f"{r['step']:<{w_step}}  {r['dims']:<{w_dims}}  {r['params']:>8}  {num(r['max_abs'], '.2e'):>9}  "
+                     f"{num(r['max_ulp'], '.1f'):>7}  {num(r['tol_ulp'], '.0f'):>7}  {ok}")
     return "\n".join(lines)
 
 
@@ -202,8 +207,7 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    except (PlanError, FormatError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError,
-            TypeError) as exc:
+    except (PlanError, FormatError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"fpt-ref: error: {msg}", file=sys.stderr)
         return 2

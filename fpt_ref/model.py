@@ -49,6 +49,9 @@ class Layer:
     w_l2: Array  # [p, h]
     b_l2: Array  # [h]
 
+    def __post_init__(self):
+        object.__setattr__(self, "heads", tuple(self.heads))
+
     @property
     def p(self) -> int:
         return int(self.w_l1.shape[1])
@@ -85,8 +88,6 @@ class Model:
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
-        for layer in self.layers:
-            object.__setattr__(layer, "heads", tuple(layer.heads))
         validate(self)
 
     # ---- dimensions -------------------------------------------------------------------
@@ -160,12 +161,18 @@ def dims(model: Model) -> dict:
 
 
 def dims_summary(model: Model) -> str:
-    """Short text such as ``h=16 N=2 [p=32 E=2 kv=8/8,8/8] [...]``."""
-    parts = []
+    """Short text such as ``h=16 | p=32 E=2 k/v=8/8x2 | p=48 E=3 k/v=8/8x2,12/8``."""
+    parts = [f"h={model.h}"]
     for layer in model.layers:
-        kv = ",".join(f"{hd.k}/{hd.v}" for hd in layer.heads)
-        parts.append(f"[p={layer.p} E={layer.E} k/v={kv}]")
-    return f"h={model.h} N={model.N} " + " ".join(parts)
+        runs: list = []  # consecutive heads of equal (k, v) as [k, v, count]
+        for hd in layer.heads:
+            if runs and runs[-1][:2] == [hd.k, hd.v]:
+                runs[-1][2] += 1
+            else:
+                runs.append([hd.k, hd.v, 1])
+        kv = ",".join(f"{k}/{v}" + (f"x{c}" if c > 1 else "") for k, v, c in runs)
+        parts.append(f"p={layer.p} E={layer.E} k/v={kv}")
+    return " | ".join(parts)
 
 
 def _expect(name: str, arr, shape: tuple, dtype, xp) -> None:
