@@ -71,7 +71,7 @@ def legend_handles():
 
     out = []
     for role, st in ROLE_STYLE.items():
-        face = "#9a9a9a" if role == "zero" else "white"
+        face = "#9a9a9a" if role in ("zero", "scaled") else "white"
         out.append(Patch(facecolor=face, edgecolor=st["color"], linestyle=st["linestyle"],
                          linewidth=st["linewidth"], hatch=st["hatch"], label=st["label"]))
     return out
