@@ -1,0 +1,202 @@
+"""Entry-level proof and numeric refutation of one preservation claim.
+
+``prove_equal(base, expanded, activation)`` runs both symbolic models through one
+:class:`~proofs.symbolic.Kernel` and expands every entry of ``expanded - base`` output:
+all exactly 0 is a proof (for every real value of every symbol, including every free new
+block); anything else is "not proved". ``counterexample`` evaluates both models at random
+numbers (``PREC`` digits) and reports where and by how much their outputs differ.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import sympy as sp
+
+from .symbolic import ACTIVATIONS, PREC, Kernel, SHead, SLayer, SModel, forward, model_symbols
+
+# a numeric difference counts as real when it exceeds this (evaluation error is ~10^-PREC)
+DIFF_THRESHOLD = sp.Float("1e-20", PREC)
+
+
+@dataclass
+class Counterexample:
+    """Numbers at which the two models' outputs differ."""
+
+    values: dict  # symbol name -> value (float64 numbers, evaluated exactly to PREC digits)
+    entry: tuple  # (i, j) of the output with the largest difference
+    original: sp.Float
+    expanded: sp.Float
+    max_abs_diff: sp.Float
+    seed: int
+    activation_instance: str = ""
+
+    def line(self) -> str:
+        i, j = self.entry
+        return (f"counterexample (seed {self.seed}, {len(self.values)} random values): output[{i},{j}] "
+                f"original {sp.N(self.original, 12)} vs expanded {sp.N(self.expanded, 12)}, "
+                f"|difference| = {sp.N(self.max_abs_diff, 6)}{self.activation_instance}")
+
+
+@dataclass
+class EntryResult:
+    status: str  # "proved" | "refuted" | "not proved"
+    residual_terms: int = 0  # number of nonzero output entries left after reduction
+    atoms: int = 0
+    counterexample: Optional[Counterexample] = None
+    free_blocks: list = field(default_factory=list)  # new blocks whose symbols stayed free
+
+
+class NumKernel(Kernel):
+    """The same operations evaluated at numbers (``PREC`` digits), no canonical forms or atoms."""
+
+    def __init__(self, activation: str = "relu", prec: int = PREC):
+        super().__init__(activation, let_streams=False)
+        self.prec = prec
+
+    def canon(self, e):
+        return sp.N(e, self.prec)
+
+    def exp(self, arg):
+        return sp.N(sp.exp(sp.N(arg, self.prec)), self.prec)
+
+    def rsqrt(self, arg):
+        return sp.N(1 / sp.sqrt(sp.N(arg, self.prec)), self.prec)
+
+    def recip(self, arg):
+        return sp.N(1 / sp.N(arg, self.prec), self.prec)
+
+    def act(self, arg):
+        return sp.N(ACTIVATIONS[self.activation][1](sp.N(arg, self.prec)), self.prec)
+
+    def let(self, e):
+        return sp.N(e, self.prec)
+
+
+def substitute(m: SModel, values: dict) -> SModel:
+    """The model with every symbol replaced by its value (a new model)."""
+    f = lambda M: M.xreplace(values)  # noqa: E731
+    layers = tuple(SLayer(f(L.norm_mha), tuple(SHead(f(H.w_q), f(H.w_k), f(H.w_v), f(H.w_o)) for H in L.heads),
+                          f(L.norm_mlp), f(L.w_l1), f(L.b_l1), f(L.w_l2), f(L.b_l2)) for L in m.layers)
+    eps = m.eps.xreplace(values) if isinstance(m.eps, sp.Basic) else m.eps
+    return SModel(f(m.inp), f(m.pos), f(m.w_out), layers, eps=eps, causal=m.causal)
+
+
+def evaluate(m: SModel, values: dict, activation: str = "relu", prec: int = PREC) -> sp.Matrix:
+    """Output [s, o] of the model at ``values`` {Symbol: number}, to ``prec`` digits."""
+    vals = {s: sp.Float(v, prec) for s, v in values.items()}
+    return forward(substitute(m, vals), NumKernel(activation, prec))
+
+
+def random_values(symbols, seed: int, fixed: Optional[dict] = None) -> dict:
+    """Seeded N(0, 1) float64 values for ``symbols`` (sorted by name); ``fixed`` overrides some."""
+    syms = sorted(symbols, key=lambda s: s.name)
+    rng = np.random.default_rng(seed)
+    vals = {s: float(x) for s, x in zip(syms, rng.normal(0.0, 1.0, size=len(syms)))}
+    for s, v in (fixed or {}).items():
+        vals[s] = v
+    return vals
+
+
+def positive_fix(symbols) -> dict:
+    """Symbols declared positive (epsilon) get a positive value, 1e-6 as in the authors' notebook."""
+    return {s: 1e-6 for s in symbols if s.is_positive}
+
+
+def counterexample(base: SModel, expanded: SModel, activation: str = "relu", seeds=range(4),
+                   fixed: Optional[dict] = None) -> Optional[Counterexample]:
+    """The first seeded random point where the outputs differ by more than ``DIFF_THRESHOLD``."""
+    syms = model_symbols(base) | model_symbols(expanded)
+    fix = positive_fix(syms)
+    fix.update(fixed or {})
+    for seed in seeds:
+        vals = random_values(syms, seed, fix)
+        y0 = evaluate(base, vals, activation)
+        y1 = evaluate(expanded, vals, activation)
+        diffs = [abs(a - b) for a, b in zip(y1, y0)]
+        best = max(range(len(diffs)), key=lambda t: diffs[t])
+        if diffs[best] > DIFF_THRESHOLD:
+            entry = divmod(best, y0.cols)
+            inst = "" if ACTIVATIONS[activation][0] else " (activation f evaluated as softplus, f(0) = log 2)"
+            return Counterexample({s.name: v for s, v in vals.items()}, entry, y0[best], y1[best], diffs[best],
+                                  int(seed), inst)
+    return None
+
+
+def prove_equal(base: SModel, expanded: SModel, activation: str = "relu", blocks: Optional[dict] = None,
+                refute: bool = True) -> EntryResult:
+    """Prove ``forward(expanded) == forward(base)`` entrywise, or refute it with numbers.
+
+    Returns "proved" when every entry of the difference reduces to exactly 0, "refuted"
+    when a numeric counterexample exists, otherwise "not proved".
+    """
+    K = Kernel(activation)
+    y0 = forward(base, K)
+    y1 = forward(expanded, K)
+    diff = [K.canon(a - b) for a, b in zip(y1, y0)]
+    left = sum(1 for d in diff if d != 0)
+    syms = model_symbols(expanded)
+    free = [name for name, Ms in (blocks or {}).items() if any(M.free_symbols & syms for M in Ms)]
+    if left == 0:
+        return EntryResult("proved", 0, len(K.defs), None, free)
+    cx = counterexample(base, expanded, activation) if refute else None
+    return EntryResult("refuted" if cx else "not proved", left, len(K.defs), cx, free)
+
+
+# ---- fast float64 screen (used to rule out candidate constraint sets in searches) --------
+ACT_NP = {
+    "relu": lambda a: np.maximum(a, 0.0),
+    "gelu": lambda a: 0.5 * a * (1.0 + np.vectorize(__import__("math").erf)(a / np.sqrt(2.0))),
+    "silu": lambda a: a / (1.0 + np.exp(-a)),
+    "f": lambda a: np.log1p(np.exp(a)),  # softplus, the numeric instance of the generic f
+}
+
+
+def _np(M, values) -> np.ndarray:
+    return np.array([[float(M[i, j].xreplace(values)) for j in range(M.cols)] for i in range(M.rows)])  # [r, c]
+
+
+def numpy_forward(m: SModel, values: dict, activation: str = "relu") -> np.ndarray:
+    """float64 output [s, o] of the symbolic model at ``values`` (an independent NumPy evaluation)."""
+    X = _np(m.inp, values) + _np(m.pos, values)  # [s, h]
+    eps = float(sp.sympify(m.eps).xreplace(values))
+    s = X.shape[0]
+    mask = np.tril(np.ones((s, s), dtype=bool)) if m.causal else np.ones((s, s), dtype=bool)  # [s, s]
+    f = ACT_NP[activation]
+
+    def norm(X, g):
+        return X * _np(g, values) / np.sqrt(np.mean(X * X, axis=1, keepdims=True) + eps)  # [s, h]
+
+    for L in m.layers:
+        N = norm(X, L.norm_mha)  # [s, h]
+        outs = []
+        for H in L.heads:
+            Q, Km, V = N @ _np(H.w_q, values), N @ _np(H.w_k, values), N @ _np(H.w_v, values)
+            lg = np.where(mask, Q @ Km.T / np.sqrt(Q.shape[1]), -np.inf)  # [s, s]
+            w = np.exp(lg - lg.max(axis=1, keepdims=True))  # [s, s]
+            outs.append((w / w.sum(axis=1, keepdims=True)) @ V)  # [s, v]
+        X = X + np.hstack(outs) @ np.vstack([_np(H.w_o, values) for H in L.heads])  # [s, h]
+        N = norm(X, L.norm_mlp)  # [s, h]
+        X = X + f(N @ _np(L.w_l1, values) + _np(L.b_l1, values)) @ _np(L.w_l2, values) + _np(L.b_l2, values)
+    return X @ _np(m.w_out, values)  # [s, o]
+
+
+def float_screen(base: SModel, expanded: SModel, activation: str = "relu", seeds=(0, 1)) -> float:
+    """Largest relative float64 output difference over seeded random points.
+
+    float64 rounding of these tiny models is below 1e-13 relative, so a value above
+    ``SCREEN_THRESHOLD`` means the functions differ.
+    """
+    syms = model_symbols(base) | model_symbols(expanded)
+    fix = positive_fix(syms)
+    worst = 0.0
+    for seed in seeds:
+        vals = random_values(syms, seed, fix)
+        y0 = numpy_forward(base, vals, activation)
+        y1 = numpy_forward(expanded, vals, activation)
+        worst = max(worst, float(np.max(np.abs(y1 - y0)) / max(1.0, float(np.max(np.abs(y0))))))
+    return worst
+
+
+SCREEN_THRESHOLD = 1e-8
