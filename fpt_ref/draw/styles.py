@@ -22,7 +22,7 @@ CMAP = "cividis"
 # Okabe-Ito colour-blind-safe colours
 ROLE_STYLE = {
     "copied": dict(color="#000000", linestyle="-", linewidth=1.4, hatch=None, label="copied (unchanged)"),
-    "scaled": dict(color="#E69F00", linestyle="-.", linewidth=2.8, hatch="..", label="scaled (x factor)"),
+    "scaled": dict(color="#D55E00", linestyle="-.", linewidth=2.8, hatch="..", label="scaled (x factor)"),
     "zero": dict(color="#0072B2", linestyle="-", linewidth=3.2, hatch="///", label="zero (constrained)"),
     "free": dict(color="#009E73", linestyle="--", linewidth=2.8, hatch=None, label="free (any value)"),
 }

@@ -1,0 +1,180 @@
+"""Tests of ``fpt-ref draw`` (fpt_ref/draw): the figures show exactly the manifest's blocks.
+
+Expected blocks are written out by hand from the theorems (PAPER.md section 2), never taken
+from the drawing code. Figures are rendered with matplotlib's Agg backend.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")
+
+from fpt_ref.cli import DEMO_MODEL, DEMO_PLAN, main  # noqa: E402
+from fpt_ref.draw import draw_plan  # noqa: E402
+from fpt_ref.draw.architecture import model_figure, track  # noqa: E402
+from fpt_ref.draw.blocks import axis_map, select_tensors, group_manifest, step_figure  # noqa: E402
+from fpt_ref.draw.styles import ROLE_STYLE  # noqa: E402
+from fpt_ref.expansions import add_heads, add_layer, expand_attention, expand_hidden, expand_mlp  # noqa: E402
+from fpt_ref.init import init_model  # noqa: E402
+from fpt_ref.io import save  # noqa: E402
+from fpt_ref.model import named_tensors  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def outlines(fig) -> set:
+    """``(role, tensor, "r0:r1,c0:c1")`` of every block outline drawn in ``fig``."""
+    out = set()
+    for ax in fig.axes:
+        for p in ax.patches:
+            gid = p.get_gid()
+            if gid and gid.split("|")[0] in ROLE_STYLE:
+                role, tensor, idx = gid.split("|")
+                out.add((role, tensor, idx))
+    return out
+
+
+def axes_by_gid(fig) -> dict:
+    return {ax.get_gid(): ax for ax in fig.axes if ax.get_gid()}
+
+
+def small(**kw):
+    args = dict(h=4, p=6, heads=1, k=2, v=2, layers=1, out_dim=3, max_seq=5, vocab=7, eps=1e-6, seed=3)
+    args.update(kw)
+    return init_model(**args)
+
+
+def test_mlp_step_outlines_are_the_theorem_blocks():
+    m = small()
+    m2, man = expand_mlp(m, 9, return_manifest=True)
+    fig = step_figure(m, m2, man, title="mlp p=9")
+    # Theorem 3.1 with h=4, p=6, p^=9: W_l1 gains free columns 6:9, b_l1 free entries 6:9,
+    # W_l2 gains zero rows 6:9; the old blocks are copied.
+    assert outlines(fig) == {
+        ("copied", "layers.0.w_l1", "0:4,0:6"), ("free", "layers.0.w_l1", "0:4,6:9"),
+        ("copied", "layers.0.b_l1", "0:1,0:6"), ("free", "layers.0.b_l1", "0:1,6:9"),
+        ("copied", "layers.0.w_l2", "0:6,0:4"), ("zero", "layers.0.w_l2", "6:9,0:4"),
+    }
+    axes = axes_by_gid(fig)
+    after = np.asarray(axes["after|layers.0.w_l2"].images[0].get_array())
+    np.testing.assert_array_equal(after, np.asarray(m2.layers[0].w_l2))  # the heat map is the real tensor
+    assert np.all(after[6:9] == 0.0)
+    before = np.asarray(axes["before|layers.0.w_l2"].images[0].get_array())
+    np.testing.assert_array_equal(before, np.asarray(m.layers[0].w_l2))
+
+
+def test_attention_step_shows_scaled_and_zero_blocks_both_mirrors():
+    m = small(k=2)
+    for scale, scaled, zero, free in (("W_K", "w_k", "w_k", "w_q"), ("W_Q", "w_q", "w_q", "w_k")):
+        m2, man = expand_attention(m, 8, scale=scale, return_manifest=True)
+        got = outlines(step_figure(m, m2, man))
+        pre = "layers.0.heads.0."
+        assert ("scaled", pre + scaled, "0:4,0:2") in got
+        assert ("zero", pre + zero, "0:4,2:8") in got
+        assert ("free", pre + free, "0:4,2:8") in got
+        assert ("copied", pre + free, "0:4,0:2") in got
+        assert len(got) == 4
+
+
+def test_new_tensor_has_no_before_heat_map():
+    m = small()
+    m2, man = add_heads(m, 1, return_manifest=True)
+    fig = step_figure(m, m2, man)
+    axes = axes_by_gid(fig)
+    assert len(axes["before|layers.0.heads.1.w_o"].images) == 0  # "did not exist"
+    assert ("zero", "layers.0.heads.1.w_o", "0:2,0:4") in outlines(fig)
+
+
+def test_role_styles_differ_without_colour():
+    """Greyscale print: each role must differ from every other by line style, width or hatch."""
+    keys = {role: (st["linestyle"], st["linewidth"], st["hatch"]) for role, st in ROLE_STYLE.items()}
+    assert len(set(keys.values())) == 4
+    assert set(ROLE_STYLE) == {"copied", "scaled", "zero", "free"}
+
+
+def test_cap_draws_every_role_and_lists_the_rest():
+    m = small(h=6, layers=3, heads=3)
+    m2, man = expand_hidden(m, 9, return_manifest=True)
+    groups = group_manifest(man)
+    chosen, omitted = select_tensors(groups, max_tensors=3)
+    assert len(chosen) == 3 and len(chosen) + len(omitted) == len(groups)
+    drawn_roles = {b.role for n in chosen for b in groups[n]}
+    assert drawn_roles == {"copied", "scaled", "zero", "free"}
+    fig = step_figure(m, m2, man, max_tensors=3)
+    assert len(fig._fpt_cards) == 3
+    text = " ".join(t.get_text() for t in fig.texts)
+    assert f"not drawn ({len(omitted)})" in text
+    with pytest.raises(ValueError, match="max_tensors"):
+        select_tensors(groups, max_tensors=0)
+
+
+def test_long_axis_is_subsampled_but_keeps_narrow_new_blocks():
+    am = axis_map((0, 1000, 1002), max_cells=64)
+    assert len(am.idx) <= 64 + 3
+    assert am.disp[-1] - am.disp[-2] == 2  # the 2 new entries keep their own cells
+    assert np.all(am.idx[am.disp[-2]:] >= 1000) and np.all(am.idx[: am.disp[-2]] < 1000)
+    m = small(p=300)
+    m2, man = expand_mlp(m, 302, return_manifest=True)
+    fig = step_figure(m, m2, man, max_cells=40)
+    img = np.asarray(axes_by_gid(fig)["after|layers.0.w_l2"].images[0].get_array())
+    assert img.shape[0] < 60 and img.shape[1] == 4
+    assert np.all(img[-2:] == 0.0) and np.all(np.abs(img[:-2]).max(axis=1) > 0)
+
+
+def test_model_figure_tracks_new_layers_and_heads():
+    m = small(layers=2, heads=2)
+    m1, man1 = add_heads(m, 1, layers=[0], return_manifest=True)
+    m2, man2 = add_layer(m1, 0, return_manifest=True)
+    infos = track(m, [m1, m2], [man1, man2])
+    # the new layer is layer 0 (step 2); old layers 0, 1 moved to 1, 2; old layer 0 gained head 2 in step 1
+    assert [i.origin for i in infos] == [None, 0, 1]
+    assert infos[0].added_by == 1 and infos[0].zero == {"w_o", "w_l2", "b_l2"}
+    assert infos[1].heads == [(0, None), (1, None), (None, 0)]
+    assert infos[2].heads == [(0, None), (1, None)]
+    fig = model_figure(m, m2, [m1, m2], [man1, man2])
+    gids = {p.get_gid() for ax in fig.axes for p in ax.patches if p.get_gid()}
+    assert "layer|after|0|new" in gids and "layer|after|1|old" in gids
+    assert "head|after|1|2|new" in gids and "head|after|1|1|old" in gids
+    assert "layer|before|0|old" in gids and not any(g.startswith("layer|before") and g.endswith("new") for g in gids)
+
+
+def test_demo_plan_figures(tmp_path):
+    model = init_model(**DEMO_MODEL)
+    snapshot = {k: np.array(v) for k, v in named_tensors(model).items()}
+    paths = draw_plan(model, DEMO_PLAN, str(tmp_path), dpi=40)
+    names = [os.path.basename(p) for p in paths]
+    assert names == ["step1_mlp.png", "step2_add_heads.png", "step3_heads.png", "step4_attention.png",
+                     "step5_hidden.png", "step6_add_layer.png", "model.png"]
+    for p in paths:
+        with open(p, "rb") as f:
+            assert f.read(8) == PNG_MAGIC
+        assert os.path.getsize(p) > 5000
+    for k, v in named_tensors(model).items():  # drawing never mutates the model
+        np.testing.assert_array_equal(v, snapshot[k])
+
+
+def test_cli_draw_and_errors(tmp_path, capsys):
+    path = str(tmp_path / "m.safetensors")
+    save(small(), path)
+    out = str(tmp_path / "figs")
+    assert main(["draw", path, "--plan", "mlp p=8; add_layer at=1", "-o", out, "--dpi", "30"]) == 0
+    assert sorted(os.listdir(out)) == ["model.png", "step1_mlp.png", "step2_add_layer.png"]
+    capsys.readouterr()
+    assert main(["draw", str(tmp_path / "missing.safetensors"), "--plan", "mlp p=8", "-o", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.safetensors" in err
+    assert main(["draw", path, "-o", out]) == 2
+    assert "--plan" in capsys.readouterr().err
+    assert main(["draw", path, "--plan", "mlp p=2", "-o", out]) == 2  # does not grow p=6
+    assert "p=2" in capsys.readouterr().err
+
+
+def test_register_is_cheap():
+    code = "import sys, fpt_ref.draw; assert 'matplotlib' not in sys.modules, 'matplotlib imported at module level'"
+    subprocess.run([sys.executable, "-c", code], check=True)
