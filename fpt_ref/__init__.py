@@ -7,7 +7,7 @@ from .expansions import (Block, add_heads, add_layer, expand_attention, expand_h
 from .forward import forward, residual_streams
 from .init import init_model, random_inputs
 from .io import FormatError, load, save
-from .metrics import error_stats, tolerance_ulps
+from .metrics import error_stats, natural_scale, tolerance_abs, tolerance_ulps
 from .model import Head, Layer, Model, convert, dims, named_tensors, param_count
 from .plan import PlanError, Step, apply_step, parse_plan, run_plan
 from .verify import verify
@@ -18,5 +18,5 @@ __all__ = [
     "Model", "Layer", "Head", "Block", "init_model", "random_inputs", "forward", "residual_streams",
     "load", "save", "FormatError", "expand_mlp", "add_heads", "expand_heads", "expand_attention",
     "expand_hidden", "add_layer", "parse_plan", "run_plan", "apply_step", "Step", "PlanError",
-    "verify", "convert", "error_stats", "tolerance_ulps", "dims", "named_tensors", "param_count",
+    "verify", "convert", "error_stats", "tolerance_ulps", "tolerance_abs", "natural_scale", "dims", "named_tensors", "param_count",
 ]

@@ -5,10 +5,11 @@ from typing import Optional
 
 import numpy as np
 
-from .forward import forward
+from .forward import forward, residual_streams
 from .init import random_inputs
-from .metrics import error_stats, tolerance_ulps
+from .metrics import error_stats, natural_scale, tolerance_abs
 from .model import Model
+from .xp import to_numpy
 
 
 def common_inputs(a: Model, b: Model, batch: int = 4, seq: Optional[int] = None, seed: int = 0):
@@ -41,11 +42,17 @@ def common_inputs(a: Model, b: Model, batch: int = 4, seq: Optional[int] = None,
 def verify(a: Model, b: Model, batch: int = 4, seq: Optional[int] = None, seed: int = 0) -> dict:
     """Compare ``forward(a, x)`` with ``forward(b, x)`` on common random inputs.
 
-    Returns ``max_abs``, ``max_rel``, ``max_ulp`` (see :mod:`fpt_ref.metrics`), ``tol_ulp``
-    (the derived tolerance) and ``ok`` (``max_ulp <= tol_ulp``).
+    Returns ``max_abs``, ``max_rel``, ``max_ulp`` (see :mod:`fpt_ref.metrics`), the derived
+    tolerance as ``tol_abs`` and, in the unit of ``max_ulp``, ``tol_ulp``, and ``ok``
+    (``max_abs <= tol_abs``).
     """
     xa, xb = common_inputs(a, b, batch, seq, seed)
-    stats = error_stats(forward(a, xa), forward(b, xb))
-    stats["tol_ulp"] = tolerance_ulps(a, b, xa.shape[1])
-    stats["ok"] = bool(stats["max_ulp"] <= stats["tol_ulp"])
+    last = residual_streams(a, xa)[-1]  # X_{N+1} of a [b, s, h]
+    ref = last @ a.w_out  # [b, s, o]  = forward(a, xa)
+    stats = error_stats(ref, forward(b, xb))
+    tol = tolerance_abs(a, b, xa.shape[1], natural_scale(a, last))
+    ulp_out = float(np.spacing(np.dtype(a.dtype).type(np.max(np.abs(to_numpy(ref))))))
+    stats["tol_abs"] = tol
+    stats["tol_ulp"] = tol / ulp_out if ulp_out > 0 else float("inf")
+    stats["ok"] = bool(stats["max_abs"] <= tol)
     return stats

@@ -45,9 +45,10 @@ def pytest_collection_modifyitems(config, items):
 PRESERVATION_RECORDS: dict = {}
 
 
-def record_preservation(key: str, ulp: float, tol: float) -> None:
+def record_preservation(key: str, ulp: float, frac: float) -> None:
+    """Record one case: its error in ulps of the output scale and the fraction of the tolerance used."""
     worst = PRESERVATION_RECORDS.get(key, (0.0, 0.0, 0))
-    PRESERVATION_RECORDS[key] = (max(worst[0], ulp), max(worst[1], ulp / tol if tol else 0.0), worst[2] + 1)
+    PRESERVATION_RECORDS[key] = (max(worst[0], ulp), max(worst[1], frac), worst[2] + 1)
 
 
 def pytest_terminal_summary(terminalreporter):
