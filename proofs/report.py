@@ -102,7 +102,7 @@ def chain_latex(c: Chain) -> List[str]:
     for st in c.steps:
         if st.kind == "iff":
             eq, unknown, sol = st.expr
-            out.append(f"{tex(eq.lhs)} = {tex(eq.rhs)} \\iff {tex(unknown)} = {tex(sol)}")
+            out.append(f"{tex(eq.lhs)} = {tex(eq.rhs)} \\quad \\Leftrightarrow \\quad {tex(unknown)} = {tex(sol)}")
         else:
             out.append(f"{tex(prev)} = {tex(st.expr)}")
         prev = _step_expr(st)

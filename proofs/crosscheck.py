@@ -1,0 +1,72 @@
+"""Tie the symbolic models to fpt_ref (issue 3, section 5).
+
+``to_fpt`` turns a symbolic model and numbers for its symbols into an ``fpt_ref.Model`` and
+an input array, so the symbolic forward pass can be compared with ``fpt_ref.forward``.
+``values_from_fpt`` reads the values of a symbolic expanded model's new symbols out of a
+model expanded by fpt_ref, position by position, so the symbolic expansions can be
+compared with fpt_ref's expansion functions tensor by tensor.
+"""
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from .entries import _np
+from .symbolic import SModel, tensors
+
+
+def to_fpt(m: SModel, values: dict):
+    """``(fpt_ref.Model, I)``: the model at ``values`` (float64) and its input [s, h]."""
+    from fpt_ref.model import Head, Layer, Model
+
+    layers = tuple(
+        Layer(norm_mha=_np(L.norm_mha, values)[0],  # [h]
+              heads=tuple(Head(_np(H.w_q, values), _np(H.w_k, values), _np(H.w_v, values), _np(H.w_o, values))
+                          for H in L.heads),
+              norm_mlp=_np(L.norm_mlp, values)[0],  # [h]
+              w_l1=_np(L.w_l1, values), b_l1=_np(L.b_l1, values)[0],  # [h, p], [p]
+              w_l2=_np(L.w_l2, values), b_l2=_np(L.b_l2, values)[0])  # [p, h], [h]
+        for L in m.layers)
+    eps = float(sp.sympify(m.eps).xreplace(values))
+    model = Model(embed=None, pos=_np(m.pos, values), w_out=_np(m.w_out, values), layers=layers, norm_eps=eps,
+                  causal=m.causal)
+    return model, _np(m.inp, values)  # [s, h]
+
+
+def values_from_fpt(sym: SModel, fpt_model, known: dict) -> dict:
+    """Values for the bare symbols of ``sym``'s tensors not in ``known``, read at the same
+    position of the same tensor of ``fpt_model`` (fpt_ref's file-format names)."""
+    from fpt_ref.model import named_tensors
+
+    arrays = named_tensors(fpt_model)
+    out = dict(known)
+    for name, M in tensors(sym).items():
+        if name == "I":
+            continue
+        arr = np.asarray(arrays[name])
+        arr = arr.reshape(M.shape)  # biases and gains are rows [1, n] here, vectors [n] there
+        for i in range(M.rows):
+            for j in range(M.cols):
+                e = M[i, j]
+                if e.is_Symbol and e not in out:
+                    out[e] = float(arr[i, j])
+    return out
+
+
+def tensor_mismatches(sym: SModel, fpt_model, values: dict, rel: float) -> list:
+    """Names of tensors whose symbolic entries at ``values`` differ from fpt_ref's by more than
+    ``rel`` relative to the tensor's largest entry (zero blocks must match exactly)."""
+    from fpt_ref.model import named_tensors
+
+    arrays = named_tensors(fpt_model)
+    bad = []
+    for name, M in tensors(sym).items():
+        if name == "I":
+            continue
+        ours = _np(M, values)
+        theirs = np.asarray(arrays[name]).reshape(M.shape)
+        zero = np.array([[M[i, j] == 0 for j in range(M.cols)] for i in range(M.rows)])
+        scale = max(1.0, float(np.max(np.abs(theirs))))
+        if np.any(theirs[zero] != 0) or np.max(np.abs(ours - theirs)) > rel * scale:
+            bad.append(name)
+    return bad
