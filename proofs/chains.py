@@ -270,22 +270,21 @@ def _heads_chains() -> List[Chain]:
 
 def _attention_chains(scale: str) -> List[Chain]:
     WQ, MQ, WK, MK = M("W_Q", h, k), M("M_Q", h, kh - k), M("W_K", h, k), M("M_K", h, kh - k)
-    c = sp.sqrt(kh / k)
+    c = sp.Symbol("c", positive=True)  # the scaling factor, c = sqrt(k^/k)
     if scale == "W_K":
         Q, K = X * BlockMatrix([[WQ, MQ]]), X * BlockMatrix([[c * WK, MK]])
         zero, name = {MK: Z(h, kh - k)}, "M_K = 0"
-        mixed = X * MQ * MK.T * X.T
     else:
         Q, K = X * BlockMatrix([[c * WQ, MQ]]), X * BlockMatrix([[WK, MK]])
         zero, name = {MQ: Z(h, kh - k)}, "M_Q = 0"
-        mixed = X * MQ * MK.T * X.T
+    mixed = X * MQ * MK.T * X.T
     old = X * WQ * WK.T * X.T
-    return [Chain(f"logits (scaling {scale})", Q * K.T / sp.sqrt(kh), [
+    return [Chain(f"logits (scaling {scale} by c)", Q * K.T / sp.sqrt(kh), [
         Step(c / sp.sqrt(kh) * old + mixed / sp.sqrt(kh), "block product"),
         Step(c / sp.sqrt(kh) * old, name, zero),
-        Step(old / sp.sqrt(k), "sqrt(k^/k) / sqrt(k^) = 1/sqrt(k)"),
-        Step((X * WQ) * (X * WK).T / sp.sqrt(k), "transpose of a product"),
-    ], "equal logits give equal (masked) softmax weights; W_V is unchanged, so the head output is")]
+        Step(old / sp.sqrt(k), "c = sqrt(k^/k), so c / sqrt(k^) = 1/sqrt(k)", {c: sp.sqrt(kh / k)}),
+    ], "= (X W_Q)(X W_K)^T / sqrt(k): equal logits give equal (masked) softmax weights; W_V is unchanged, "
+       "so the head output is")]
 
 
 def _hidden_chains(with_eps: bool) -> List[Chain]:
@@ -306,8 +305,7 @@ def _hidden_chains(with_eps: bool) -> List[Chain]:
     ]
     if with_eps:
         chains.append(Chain("inverse RMS (eps^ = eps h/h^)", 1 / sp.sqrt(q / hh + eps * h / hh), [
-            Step(1 / sp.sqrt(c ** 2 * (q / h + eps)), "factor h/h^"),
-            Step(1 / (c * sp.sqrt(q / h + eps)), "sqrt(a b) = sqrt(a) sqrt(b) for a, b > 0"),
+            Step(sp.sqrt(hh / h) / sp.sqrt(q / h + eps), "factor h/h^ out of the root (a, b > 0: sqrt(a b) = sqrt(a) sqrt(b))"),
         ], "R^ = sqrt(h^/h) R with R = diag(1/sqrt(q_i/h + eps))"))
         chains.append(Chain("only if: the rescaled epsilon is forced",
                             sp.Eq(c ** 2 * (q / h + eps), q / hh + epsh), [

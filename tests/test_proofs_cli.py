@@ -1,0 +1,131 @@
+"""`fpt-ref prove` end to end, through a subprocess: the full set, user constraint sets, exit codes, LaTeX."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+NAMES = ["mlp", "add_heads", "heads", "attention", "hidden", "add_layer", "eps", "compose"]
+
+
+def prove(*args, cwd=None):
+    r = subprocess.run([sys.executable, "-m", "fpt_ref", "prove", *args], capture_output=True, text=True,
+                       cwd=cwd or ROOT, timeout=300)
+    return r.returncode, r.stdout, r.stderr
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    d = tmp_path_factory.mktemp("prove")
+    tex, md = str(d / "proofs.tex"), str(d / "proofs.md")
+    rc, out, err = prove("--all", "--latex", tex, "--markdown", md)
+    return rc, out, err, tex, md
+
+
+def _rows(out):
+    """{(theorem, level): (status, detail)} from the text report."""
+    rows = {}
+    for line in out.splitlines():
+        m = re.match(r"^(\S+)\s+(.+?)\s{2,}(proved|refuted|not proved)\s+([\d.]+) s  (.*)$", line)
+        if m:
+            rows[(m.group(1), m.group(2).strip())] = (m.group(3), m.group(5))
+    return rows
+
+
+def test_all_exit_code_and_every_level_proved(full):
+    rc, out, err, _, _ = full
+    assert rc == 0, out + err
+    rows = _rows(out)
+    for name in NAMES:
+        assert rows[(name, "symbolic sizes")][0] == "proved"
+        assert rows[(name, "entries ReLU")][0] == "proved"
+        assert rows[(name, "entries causal GELU")][0] == "proved"
+    for name in NAMES[:7]:
+        assert rows[(name, "entries causal SiLU")][0] == "proved"
+    assert re.search(r"^all \d+ claims hold", out, re.M)
+    # time per theorem is recorded
+    assert all(re.search(rf"^{n}\s+total\s+[\d.]+ s", out, re.M) for n in NAMES)
+
+
+def test_all_refutes_every_dropped_constraint(full):
+    rows = _rows(full[1])
+    drops = {k: v for k, v in rows.items() if k[1].startswith("drop ")}
+    expected = {"mlp": 1, "add_heads": 1, "heads": 1, "attention": 2, "hidden": 6, "add_layer": 3, "eps": 7}
+    for name, n in expected.items():
+        mine = [v for k, v in drops.items() if k[0] == name]
+        assert len(mine) == n, name
+        assert all(st == "refuted" and "counterexample" in d and "|difference|" in d for st, d in mine)
+
+
+def test_all_lists_the_minimal_sets(full):
+    rows = _rows(full[1])
+    mlp = rows[("mlp", "minimal sets (ReLU)")]
+    assert mlp[0] == "proved" and "{M_l2}" in mlp[1] and "{M_l1, m_b_l1}" in mlp[1]
+    assert rows[("mlp", "minimal sets (any activation f)")][1].startswith("{M_l2}  [")
+    assert "{M_K}" in rows[("attention", "minimal sets (W_K scaled)")][1]
+    assert "{M_Q}" in rows[("attention", "minimal sets (W_Q scaled)")][1]
+    assert rows[("hidden", "minimal sets (g scaled)")][1].startswith("{M_I, M_P, M_O, M_l2, m_b_l2}  [")
+    assert "{W_O, W_l2, b_l2}" in rows[("add_layer", "minimal sets")][1]
+
+
+def test_latex_of_every_chain_renders(full):
+    from matplotlib.mathtext import MathTextParser
+
+    tex = open(full[3]).read()
+    assert tex.startswith(r"\documentclass") and tex.rstrip().endswith(r"\end{document}")
+    maths = re.findall(r"\\\[ (.*?) \\\]", tex)
+    assert len(maths) > 40
+    parser = MathTextParser("path")
+    for m in maths:
+        parser.parse(f"${m}$")  # raises ValueError on anything mathtext cannot typeset
+    assert "NOT checked" not in tex
+
+
+def test_markdown_holds_chains_and_counterexample_values(full):
+    md = open(full[4]).read()
+    assert "| mlp | symbolic sizes | proved |" in md
+    assert "## Counterexamples" in md and "values:" in md
+    assert "[block product; ok]" in md
+
+
+@pytest.mark.parametrize("args,code,word", [
+    (["attention", "--zero", "M_Q", "--scale", "W_Q"], 0, "proved"),
+    (["attention", "--zero", "none"], 1, "refuted"),
+    (["mlp", "--zero", "M_l1,m_b_l1"], 0, "proved"),
+])
+def test_user_constraint_sets(args, code, word):
+    rc, out, err = prove(*args)
+    assert rc == code, out + err
+    assert all(word in line for line in out.splitlines() if line.startswith(args[0]) and " total " not in line)
+    if word == "refuted":
+        assert "counterexample" in out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["nonsense"], "unknown theorem 'nonsense'"),
+    (["mlp", "--zero", "M_X"], "M_X"),
+    (["attention", "--scale", "W_V"], "W_V"),
+    (["mlp", "heads", "--zero", "none"], "exactly one theorem"),
+    ([], "at least one theorem"),
+])
+def test_bad_usage_exits_2_with_one_line(args, needle, capsys):
+    from fpt_ref.cli import main
+
+    rc = main(["prove", *args])  # in-process: the same code path as the console script
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err
+
+
+def test_bad_usage_through_a_subprocess():
+    rc, out, err = prove("mlp", "--zero", "M_l1,M_X")
+    assert rc == 2 and err.strip() == "fpt-ref: error: --zero: unknown name(s) M_X for mlp; valid: M_l1, m_b_l1, M_l2 or 'none'"
+
+
+def test_list_blocks():
+    rc, out, _ = prove("--list-blocks", "attention")
+    assert rc == 0 and "M_Q" in out and "M_K" in out and "scale W_K" in out
