@@ -178,3 +178,13 @@ def test_cli_draw_and_errors(tmp_path, capsys):
 def test_register_is_cheap():
     code = "import sys, fpt_ref.draw; assert 'matplotlib' not in sys.modules, 'matplotlib imported at module level'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_committed_figures_are_small_pngs():
+    """docs/figures: `fpt-ref draw demo` output (palette-quantized), embedded by README and tutorial."""
+    fig_dir = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "figures")
+    for name in ("step1_mlp.png", "step4_attention.png", "step5_hidden.png", "model.png"):
+        path = os.path.join(fig_dir, name)
+        with open(path, "rb") as f:
+            assert f.read(8) == PNG_MAGIC, name
+        assert 10_000 < os.path.getsize(path) < 200_000, name

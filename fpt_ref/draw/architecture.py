@@ -65,6 +65,16 @@ def track(before: Model, models: Sequence[Model], manifests: Sequence[Sequence])
     return state
 
 
+def _heads_shown(heads: list) -> list:
+    """Indices of the heads drawn in a layer: all if few, else old ones first and every new one kept."""
+    if len(heads) <= MAX_HEADS:
+        return list(range(len(heads)))
+    room = MAX_HEADS - 1  # one chip says "+n more"
+    new = [e for e, (orig, _) in enumerate(heads) if orig is None][: room // 2]
+    old = [e for e in range(len(heads)) if e not in new][: room - len(new)]
+    return sorted(old + new)
+
+
 def _fmt_dim(symbol: str, new: int, old: Optional[int]) -> tuple:
     """(mathtext label, grown?)"""
     if old is None or old == new:
@@ -118,7 +128,7 @@ def model_figure(before: Model, after: Model, models: Sequence[Model], manifests
         return p
 
     for col, (m, infos, label) in enumerate(((before, info_before, "before"), (after, info_after, "after"))):
-        ax = fig.add_axes((0.02 + col * 0.49, 0.04, 0.47, 1 - 1.5 / fig.get_figheight()))
+        ax = fig.add_axes((0.02 + col * 0.49, 0.04, 0.47, 0.96 - 1.5 / fig.get_figheight()))
         ax.set_xlim(-0.2, layer_w + 0.2)
         ax.set_ylim(-0.2, height)
         ax.set_axis_off()
@@ -156,8 +166,7 @@ def model_figure(before: Model, after: Model, models: Sequence[Model], manifests
             # heads
             x = left
             ax.text(x, y + layer_h - 0.1, f"MHA: E={L.E} heads", fontsize=10.5, va="top")
-            E_draw = L.E if L.E <= MAX_HEADS else MAX_HEADS - 1
-            for e in range(E_draw):
+            for e in _heads_shown(info.heads):
                 hd = L.heads[e]
                 horig, hstep = info.heads[e]
                 old = src.heads[horig] if (src is not None and horig is not None) else None
@@ -169,8 +178,8 @@ def model_figure(before: Model, after: Model, models: Sequence[Model], manifests
                 if is_new and not new_layer:
                     ax.text(x + chip_w / 2, y + 0.08, "new", ha="center", fontsize=9, fontweight="bold")
                 x += chip_w + chip_gap
-            if L.E > E_draw:
-                box(ax, x, y + 0.22, chip_w, layer_h - 0.72, f"+{L.E - E_draw}\nmore", fs=10.5)
+            if L.E > MAX_HEADS:
+                box(ax, x, y + 0.22, chip_w, layer_h - 0.72, f"+{L.E - MAX_HEADS + 1}\nmore", fs=11)
             # MLP
             xm = layer_w - mlp_w - 0.3
             pt, pg = _fmt_dim("p", L.p, src.p if (src is not None and col) else None)

@@ -369,34 +369,43 @@ def step_figure(before: Model, after: Model, manifest: Sequence, *, title: str =
         raise ValueError("manifest: empty, nothing to draw")
     chosen, omitted = select_tensors(groups, max_tensors)
     cards = [make_card(n, groups[n], before, after, max_cells) for n in chosen]
-    c = cell_size(cards)
-    sizes = [card_size(cd, c) for cd in cards]
-    pos, body_w, body_h = _pack(sizes, max_width)
-    head, foot = 1.25, 1.75
+    # one card per row if that stays short enough, else narrower cards side by side
+    for limit in (13.0, 8.2):
+        c = cell_size(cards, max_width=min(limit, max_width))
+        sizes = [card_size(cd, c) for cd in cards]
+        pos, body_w, body_h = _pack(sizes, max_width)
+        if body_h <= 12.0:
+            break
     fw = max(body_w + 0.1, 12.0)
-    fh = head + body_h + foot
-    fig = Figure(figsize=(fw, fh), dpi=100)
-    fig.text(0.012, 1 - 0.12 / fh, title, fontsize=17, fontweight="bold", va="top", ha="left")
-    roles = sorted({b.role for b in manifest}, key=list(styles.ROLE_STYLE).index)
-    sub = (subtitle + "    " if subtitle else "") + "roles in this step (from its manifest): " + ", ".join(roles)
-    fig.text(0.012, 1 - 0.55 / fh, sub, fontsize=11, va="top", ha="left", color="#333333")
-    for cd, (x, y) in zip(cards, pos):
-        draw_card(fig, cd, x, head + y, c, fw, fh)
-    # footer: legend, then caption (left) and colour bar (right)
-    fy = (foot - 0.1) / fh
-    fig.legend(handles=styles.legend_handles(), loc="upper left", bbox_to_anchor=(0.01, fy), ncol=4, fontsize=12,
-               frameon=False, handlelength=3.2, handleheight=1.6, borderaxespad=0, columnspacing=2.0)
-    cax = fig.add_axes((1 - 3.6 / fw, 1 - 0.62 / fh, 3.3 / fw, 0.16 / fh))
-    cb = fig.colorbar(ScalarMappable(Normalize(-1, 1), styles.CMAP), cax=cax, orientation="horizontal")
-    cb.set_ticks([-1, 0, 1])
-    cb.set_ticklabels(["−max", "0", "+max"])
-    cb.ax.tick_params(labelsize=9)
-    cb.set_label("heat map: value, scaled per tensor", fontsize=9)
     lines = list(notes)
     if omitted:
         lines.append(f"Also changed, not drawn ({len(omitted)}): " + _kinds_text(omitted))
     text = "\n".join(_wrap(line, int(fw * 10.5)) for line in lines)
-    fig.text(0.012, (foot - 0.62) / fh, text, fontsize=10.5, va="top", ha="left")
+    head = 1.35 if subtitle else 1.0
+    foot = 1.25 + 0.2 * (text.count("\n") + 1 if text else 0)
+    fh = head + body_h + foot
+    fig = Figure(figsize=(fw, fh), dpi=100)
+    fig.text(0.012, 1 - 0.12 / fh, title, fontsize=17, fontweight="bold", va="top", ha="left")
+    roles = sorted({b.role for b in manifest}, key=list(styles.ROLE_STYLE).index)
+    y_sub = 0.55
+    if subtitle:
+        fig.text(0.012, 1 - y_sub / fh, subtitle, fontsize=12, va="top", ha="left")
+        y_sub += 0.32
+    fig.text(0.012, 1 - y_sub / fh, "roles in this step (from its manifest): " + ", ".join(roles), fontsize=11,
+             va="top", ha="left", color="#333333")
+    for cd, (x, y) in zip(cards, pos):
+        draw_card(fig, cd, x, head + y, c, fw, fh)
+    # footer: legend (2 x 2) and colour bar side by side, then the caption
+    fig.legend(handles=styles.legend_handles(), loc="upper left", bbox_to_anchor=(0.01, (foot - 0.1) / fh), ncol=2,
+               fontsize=12, frameon=False, handlelength=3.2, handleheight=1.5, borderaxespad=0, columnspacing=2.0)
+    cax = fig.add_axes((7.6 / fw, (foot - 0.45) / fh, min(3.6, fw - 8.2) / fw, 0.17 / fh))
+    cb = fig.colorbar(ScalarMappable(Normalize(-1, 1), styles.CMAP), cax=cax, orientation="horizontal")
+    cb.set_ticks([-1, 0, 1])
+    cb.set_ticklabels(["−max", "0", "+max"])
+    cb.ax.tick_params(labelsize=10)
+    cb.set_label("heat map: value / max |value| of the tensor", fontsize=10)
+    if text:
+        fig.text(0.012, (foot - 1.2) / fh, text, fontsize=10.5, va="top", ha="left")
     fig._fpt_cards = cards  # for tests and callers: what was drawn
     fig._fpt_omitted = omitted
     return fig
