@@ -196,17 +196,43 @@ def test_path_lengths_by_hand():
     assert path_lengths(model, 5) == {"residual.0": 3, "residual.1": 68, "residual.2": 133, "output": 138}
 
 
-def test_tolerance_values_by_hand():
-    model = fpt_ref.init_model(h=4, p=6, heads=1, k=2, v=3, layers=1, out_dim=3, max_seq=5)
-    ref = {"residual.0": np.full((1, 5, 4), 2.0), "residual.1": np.full((1, 5, 4), -3.0),
-           "output": np.array([[[3.0, 4.0, 0.0]]] * 5).reshape(1, 5, 3)}
-    tol = tolerances(model, 5, ref)
+def _hand_model(layers):
+    """h=2, one token; with ``layers`` one layer whose W_O = 0 and whose MLP is worked out by hand."""
+    f = np.array
+    lay = fpt_ref.Layer(norm_mha=f([1.0, 1.0]), heads=(fpt_ref.Head(f([[1.0], [0.0]]), f([[1.0], [0.0]]),
+                                                                     f([[1.0], [0.0]]), f([[0.0, 0.0]])),),
+                        norm_mlp=f([1.0, 1.0]), w_l1=f([[1.0], [0.0]]), b_l1=f([0.0]), w_l2=f([[2.0, -3.0]]),
+                        b_l2=f([0.5, 0.5]))
+    return fpt_ref.Model(embed=f([[1.0, -2.0]]), pos=f([[0.5, 0.5]]), w_out=f([[1.0], [1.0]]),
+                         layers=(lay,) if layers else ())
+
+
+def test_natural_scales_and_tolerances_by_hand():
+    """X_1 = [1, -2] + [0.5, 0.5] = [1.5, -1.5]; Norm(X_1) = [1, -1]; ReLU(a) = 1;
+    X_2 = X_1 + 1 * [2, -3] + [0.5, 0.5] = [4, -4]; output = 4 - 4 = 0 (cancellation)."""
+    x = np.array([[0]])
     u32, u64 = 2.0 ** -24, 2.0 ** -53
-    assert tol["float32"]["residual.0"]["rtol"] == 3 * (u32 + u64)
-    assert tol["float32"]["residual.0"]["atol"] == pytest.approx(3 * (u32 + u64) * 2.0, rel=1e-15)
-    assert tol["float64"]["residual.1"]["atol"] == pytest.approx(68 * 2 * u64 * 3.0, rel=1e-15)
-    assert tol["float32"]["output"]["L"] == 73  # 68 + h + 1
-    assert tol["float32"]["output"]["scale"] == pytest.approx(math.sqrt(25 / 3))  # RMS of [3, 4, 0]
+    m0 = _hand_model(False)
+    ref0 = {"residual.0": np.array([[[1.5, -1.5]]]), "output": np.array([[[0.0]]])}
+    assert np.array_equal(np.asarray(fpt_ref.forward(m0, x)), ref0["output"])
+    tol = tolerances(m0, x, ref0)
+    assert tol["float32"]["residual.0"]["scale"] == 2.5  # max(|1| + |0.5|, |-2| + |0.5|)
+    assert tol["float32"]["output"]["scale"] == 3.0  # |1.5| + |-1.5|, although the output is 0
+    assert tol["float32"]["output"]["L"] == 6  # C_IN 3 + h 2 + C_OUT 1
+    assert tol["float32"]["output"]["rtol"] == 6 * (u32 + u64)
+    assert tol["float32"]["output"]["atol"] == 6 * (u32 + u64) * 3.0
+    assert tol["float64"]["residual.0"]["atol"] == 3 * (2 * u64) * 2.5
+
+    m1 = _hand_model(True)
+    streams = fpt_ref.residual_streams(m1, x)
+    assert np.array_equal(streams[1], [[[4.0, -4.0]]]) and np.array_equal(fpt_ref.forward(m1, x), [[[0.0]]])
+    ref1 = {"residual.0": streams[0], "residual.1": streams[1], "output": np.array([[[0.0]]])}
+    tol = tolerances(m1, x, ref1)["float32"]
+    # residual.1 terms: |X_1| + |H||W_O| (W_O = 0) + |ReLU(a)||W_l2| + |b_l2| = [1.5+0+2+0.5, 1.5+0+3+0.5]
+    assert tol["residual.1"]["scale"] == 5.0
+    assert tol["output"]["scale"] == 8.0  # |4| + |-4|
+    # per layer 4h + k + 2s + v + p = 8 + 1 + 2 + 1 + 1 = 13, + C_LAYER 28
+    assert (tol["residual.1"]["L"], tol["output"]["L"]) == (3 + 13 + 28, 3 + 13 + 28 + 2 + 1)
 
 
 def test_decidable_argmax():

@@ -5,34 +5,41 @@ dtype ``d`` passes when, element by element,
 
     |actual - ref| <= atol_T + rtol_T * |ref|
     rtol_T = L_T * (u_d + u_64)
-    atol_T = rtol_T * S_T,       S_T = RMS of the reference tensor
+    atol_T = rtol_T * S_T
 
 where ``u_d = eps(d) / 2`` is the unit roundoff of ``d`` (``u_64`` that of the float64
-reference, whose own rounding error is part of the difference) and ``L_T`` is the number of
-rounding steps on one path from the stored float64 inputs to ``T`` (standard forward error
-analysis: a dot product of length ``n`` carries ``gamma_n ~ n u`` relative to the sum of
-absolute products, Higham, *Accuracy and Stability of Numerical Algorithms*, ch. 3):
+reference, whose own rounding is part of the difference), ``L_T`` the number of rounding
+steps on one path from the stored float64 inputs to ``T`` and ``S_T`` the *natural scale*
+of ``T``: the largest sum of absolute values of the summands that make up an entry of ``T``.
 
-- ``L(residual.0) = C_IN``: rounding the input representation ``I`` and ``P`` to ``d``
-  and the sum ``I + P``;
-- ``L(residual.n) = L(residual.{n-1}) + R_{n-1} + C_LAYER``, with ``R`` the reductions of
-  one layer as counted by :func:`fpt_ref.metrics.reduction_length` (the two norms' means
+Derivation (standard forward error analysis, Higham, *Accuracy and Stability of Numerical
+Algorithms*, ch. 3): a computed sum or dot product of length ``n`` is within
+``gamma_n ~ n u`` times the sum of the absolute values of its terms, which cancellation
+can make much larger than the result; hence ``S_T`` and not ``|T|`` (the absolute term),
+while the relative term covers entries as large as ``S_T``. Lengths:
+
+- ``L(residual.0) = C_IN``: rounding ``I`` and ``P`` to ``d``, and ``I + P``;
+- ``L(residual.n) = L(residual.{n-1}) + R_{n-1} + C_LAYER``, ``R`` being one layer's
+  reductions as counted by :func:`fpt_ref.metrics.reduction_length` (the norms' means
   ``2h``, Q/K/V ``h``, logits ``k_max``, softmax sum and weighted sum ``2s``, ``W_O``
-  ``sum v_e``, ``W_l1`` ``h``, ``W_l2`` ``p``) and ``C_LAYER`` the layer's elementwise
-  roundings (see :data:`C_LAYER`);
+  ``sum v_e``, ``W_l1`` ``h``, ``W_l2`` ``p``) and ``C_LAYER`` its elementwise roundings;
 - ``L(output) = L(residual.N) + h + C_OUT`` (``W_out``).
 
-The absolute term exists because an entry near zero is usually a cancellation of summands
-of ordinary size: its error is proportional to the size of the summands (the stream's
-RMS), not to the entry. The relative term covers entries larger than the RMS. Errors
-from earlier layers are assumed to pass through later ones with gain O(1); this and the
-whole bound are validated empirically (docs/vectors.md, "Tolerance policy").
+Natural scales (:func:`natural_scales`, from the float64 reference):
+``S(residual.0) = max(|I| + |P|)``;
+``S(residual.{n+1}) = max(|X_n| + sum_e |H_e| |W_O,e| + |ReLU(a)| |W_l2| + |b_l2|)`` with
+``H_e`` the head outputs and ``a`` the ``W_l1`` pre-activation of layer ``n``;
+``S(output) = max(|X_{N+1}| |W_out|)`` (:func:`fpt_ref.metrics.natural_scale`).
+
+Errors from earlier layers are assumed to pass through later ones with gain O(1); this and
+the whole bound are validated empirically (docs/vectors.md, "Tolerance policy").
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..metrics import reduction_length
+from ..forward import attention, rms_norm
+from ..metrics import natural_scale, reduction_length
 from ..model import Model
 
 #: rounding steps before layer 0: I and P rounded to the compared dtype, and I + P.
@@ -76,35 +83,62 @@ def path_lengths(model: Model, s: int) -> dict:
     return out
 
 
-def tolerances(model: Model, s: int, reference: dict) -> dict:
-    """Per-dtype, per-tensor ``atol``/``rtol`` for ``reference`` (module doc).
+def natural_scales(model: Model, x) -> dict:
+    """``S_T`` of ``residual.0 .. residual.N`` and ``output`` (module doc), float64.
 
     Parameters
     ----------
     model : Model
-    s : int
-        Sequence length of the inputs.
+    x : token ids [b, s] or real inputs [b, s, h]
+    """
+    xp = model.xp
+    x = xp.asarray(x)
+    s = x.shape[1]
+    inp = model.embed[x] if model.embed is not None else x.astype(model.dtype)  # [b, s, h]
+    X = inp + model.pos[:s]  # X_1 [b, s, h]
+    out = {"residual.0": float(xp.max(xp.abs(inp) + xp.abs(model.pos[:s])))}
+    for n, L in enumerate(model.layers):
+        a = rms_norm(X, L.norm_mha, model.norm_eps)  # [b, s, h]
+        mha = xp.zeros_like(X)  # [b, s, h]
+        mha_abs = xp.zeros_like(X)  # [b, s, h]
+        for hd in L.heads:
+            H = attention((a @ hd.w_q)[:, None], (a @ hd.w_k)[:, None], (a @ hd.w_v)[:, None], model.causal)[:, 0]  # [b, s, v]
+            mha = mha + H @ hd.w_o  # [b, s, h]
+            mha_abs = mha_abs + xp.abs(H) @ xp.abs(hd.w_o)  # [b, s, h]
+        X1 = X + mha  # X'_n [b, s, h]
+        act = xp.maximum(rms_norm(X1, L.norm_mlp, model.norm_eps) @ L.w_l1 + L.b_l1, 0)  # [b, s, p]
+        X2 = X1 + act @ L.w_l2 + L.b_l2  # X_{n+1} [b, s, h]
+        terms = xp.abs(X) + mha_abs + xp.abs(act) @ xp.abs(L.w_l2) + xp.abs(L.b_l2)  # [b, s, h]
+        out[f"residual.{n + 1}"] = float(xp.max(terms))
+        X = X2
+    out["output"] = natural_scale(model, X)
+    return out
+
+
+def tolerances(model: Model, x, reference: dict) -> dict:
+    """Per-dtype, per-tensor ``atol``/``rtol`` for the case ``(model, x)`` (module doc).
+
+    Parameters
+    ----------
+    model : Model
+    x : token ids [b, s] or real inputs [b, s, h]
     reference : dict name -> float64 array
-        ``output`` [b, s, o] and ``residual.{n}`` [b, s, h].
+        ``output`` [b, s, o] and ``residual.{n}`` [b, s, h] (only the names are used).
 
     Returns
     -------
     dict dtype -> name -> {"L", "scale", "rtol", "atol"}
     """
-    lengths = path_lengths(model, s)
+    lengths = path_lengths(model, int(x.shape[1]))
     missing = sorted(set(lengths) - set(reference))
     if missing:
         raise ValueError(f"reference: missing tensors {missing}")
+    scales = natural_scales(model, x)
     out = {}
     for dt in DTYPES:
         u = unit_roundoff(dt) + unit_roundoff(np.float64)
-        per = {}
-        for name, L in lengths.items():
-            ref = np.asarray(reference[name], dtype=np.float64)
-            scale = float(np.sqrt(np.mean(ref * ref))) if ref.size else 0.0
-            rtol = L * u
-            per[name] = {"L": int(L), "scale": scale, "rtol": rtol, "atol": rtol * scale}
-        out[dt] = per
+        out[dt] = {name: {"L": int(L), "scale": scales[name], "rtol": L * u, "atol": L * u * scales[name]}
+                   for name, L in lengths.items()}
     return out
 
 

@@ -117,7 +117,7 @@ def choose_inputs(cases: list, cfg: Config, fseed: int):
         refs, tols, ok = {}, {}, True
         for c in cases:
             refs[c.name] = reference(c.model, case_inputs(c.model, x))
-            tols[c.name] = tolerances(c.model, s, refs[c.name])
+            tols[c.name] = tolerances(c.model, case_inputs(c.model, x), refs[c.name])
             t = tols[c.name]["float32"]["output"]
             ok = ok and bool(np.all(decidable(refs[c.name]["output"], t["atol"], t["rtol"])))
         if ok:
@@ -182,7 +182,7 @@ def manifest(case: Case, cfg: Config, seed: int, x, iseed: int, ref: dict, tol: 
         "block_roles": _role_summary(case.blocks),
         "tolerance": {
             "rule": "|actual - ref| <= atol + rtol * |ref| elementwise; rtol = L * (u_dtype + u_float64), "
-                    "atol = rtol * RMS(ref)",
+                    "atol = rtol * scale (scale: largest sum of absolute summands of an entry)",
             "constants": {"C_IN": C_IN, "C_LAYER": C_LAYER, "C_OUT": C_OUT},
             **tol,
         },
