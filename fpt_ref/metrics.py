@@ -13,9 +13,11 @@ a computed dot product ``x . w`` of length ``n`` by ``gamma_n |x| . |w|`` with
 ch. 3): the error scales with the sum of absolute products, not with the result, which
 cancellation can make arbitrarily small. Hence the *natural output scale*
 
-    S = max over entries of |X_{N+1}| @ |W_out|      (>= max |Output|)
+    S = max over entries of M_{N+1} @ |W_out|      (>= max |Output|)
 
-of the reference model on the same inputs. Along one path through the model the reductions
+of the reference model on the same inputs, where ``M_{N+1} >= |X_{N+1}|`` is the running
+magnitude of the terms the last residual stream sums (:func:`magnitude_streams`): residual
+additions cancel too, and their rounding error scales with ``M``, not with ``X``. Along one path through the model the reductions
 are: the norm's mean (``h``), the Q/K/V matmul (``h``), the logits (``k``), the softmax sum
 (``s``), the weighted sum of values (``s``), the output projection (sum of the layer's
 ``v_e``), the second norm (``h``), ``W_l1`` (``h``) and ``W_l2`` (``p``) per layer, and
@@ -53,9 +55,48 @@ def tolerance_ulps(a: Model, b: Model, s: int) -> float:
 
 
 def natural_scale(model: Model, last_stream) -> float:
-    """``S = max |X_{N+1}| @ |W_out|`` from the last residual stream [..., s, h] of ``model``."""
+    """``max |X| @ |W_out|`` for a last residual stream ``X`` [..., s, h] of ``model``.
+
+    Given the magnitude stream ``M_{N+1}`` of :func:`magnitude_streams` (``>= |X_{N+1}|``)
+    this is the natural output scale ``S`` of the module doc.
+    """
     xp = model.xp
     return float(xp.max(xp.abs(last_stream) @ xp.abs(model.w_out))) if last_stream.size else 0.0
+
+
+def magnitude_streams(model: Model, x) -> list:
+    """Running magnitudes ``M_1 .. M_{N+1}`` [b, s, h] bounding the terms each residual sums.
+
+    A residual stream is a sum of terms (input, positions, every branch output); its rounding
+    error is bounded relative to the sum of their absolute values, not to the stream itself,
+    which cancellation can make small. So, with ``Xn = Norm(X)`` from the actual streams:
+
+        M_1   = |I| + |P|
+        M'_n  = M_n  + max_s(|Xn| @ |W_V|) @ |W_O|           (|softmax V| <= max over rows of |V|)
+        M_n+1 = M'_n + (|Xn'| @ |W_l1| + |b_l1|) @ |W_l2| + |b_l2|
+
+    ``x`` as for :func:`fpt_ref.forward` (batched or not).
+    """
+    from .forward import _batched, embed_inputs, mha, mlp, rms_norm  # the forward's own pieces
+
+    xp = model.xp
+    xb, unbatched = _batched(model, x)
+    X = embed_inputs(model, xb)  # X_1 [b, s, h]
+    inp = X - model.pos[: X.shape[1]]  # I [b, s, h]
+    M = xp.abs(inp) + xp.abs(model.pos[: X.shape[1]])  # M_1 [b, s, h]
+    out = [M]
+    for L in model.layers:
+        xn = rms_norm(X, L.norm_mha, model.norm_eps)  # [b, s, h]
+        w_v = xp.concatenate([hd.w_v for hd in L.heads], axis=1)  # [h, sum v]
+        w_o = xp.concatenate([hd.w_o for hd in L.heads], axis=0)  # [sum v, h]
+        v_max = xp.max(xp.abs(xn) @ xp.abs(w_v), axis=-2, keepdims=True)  # [b, 1, sum v]
+        M = M + v_max @ xp.abs(w_o)  # M'_n [b, s, h]
+        X = X + mha(L, xn, model.causal)  # X'_n [b, s, h]
+        xn = rms_norm(X, L.norm_mlp, model.norm_eps)  # [b, s, h]
+        M = M + (xp.abs(xn) @ xp.abs(L.w_l1) + xp.abs(L.b_l1)) @ xp.abs(L.w_l2) + xp.abs(L.b_l2)  # M_{n+1}
+        X = X + mlp(L, xn)  # X_{n+1} [b, s, h]
+        out.append(M)
+    return [m[0] for m in out] if unbatched else out
 
 
 def tolerance_abs(a: Model, b: Model, s: int, scale: float) -> float:

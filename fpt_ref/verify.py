@@ -5,9 +5,9 @@ from typing import Optional
 
 import numpy as np
 
-from .forward import forward, residual_streams
+from .forward import forward
 from .init import random_inputs
-from .metrics import error_stats, natural_scale, tolerance_abs
+from .metrics import error_stats, magnitude_streams, natural_scale, tolerance_abs
 from .model import Model
 from .xp import to_numpy
 
@@ -47,10 +47,9 @@ def verify(a: Model, b: Model, batch: int = 4, seq: Optional[int] = None, seed: 
     (``max_abs <= tol_abs``).
     """
     xa, xb = common_inputs(a, b, batch, seq, seed)
-    last = residual_streams(a, xa)[-1]  # X_{N+1} of a [b, s, h]
-    ref = last @ a.w_out  # [b, s, o]  = forward(a, xa)
+    ref = forward(a, xa)  # [b, s, o]
     stats = error_stats(ref, forward(b, xb))
-    tol = tolerance_abs(a, b, xa.shape[1], natural_scale(a, last))
+    tol = tolerance_abs(a, b, xa.shape[1], natural_scale(a, magnitude_streams(a, xa)[-1]))
     ulp_out = float(np.spacing(np.dtype(a.dtype).type(np.max(np.abs(to_numpy(ref))))))
     stats["tol_abs"] = tol
     stats["tol_ulp"] = tol / ulp_out if ulp_out > 0 else float("inf")

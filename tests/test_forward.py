@@ -121,3 +121,16 @@ def test_convert_dtype():
     assert m32.dtype == np.float32 and np.array_equal(m32.w_out, m.w_out.astype(np.float32))
     back = fpt_ref.convert(m32, dtype="float64")
     assert np.array_equal(back.w_out, m32.w_out.astype(np.float64))
+
+
+def test_magnitude_streams_bound_the_residual_streams():
+    from fpt_ref.metrics import magnitude_streams
+
+    m = hetero_model()
+    x = np.random.default_rng(7).integers(0, 50, size=(2, 5))
+    Ms, Xs = magnitude_streams(m, x), fpt_ref.residual_streams(m, x)
+    assert len(Ms) == len(Xs)
+    for M, X in zip(Ms, Xs):
+        assert M.shape == X.shape and np.all(M >= np.abs(X) * (1 - 1e-12))
+    assert all(np.all(b >= a) for a, b in zip(Ms, Ms[1:]))  # magnitudes only grow
+
