@@ -107,7 +107,7 @@ def test_cap_draws_every_role_and_lists_the_rest():
     drawn_roles = {b.role for n in chosen for b in groups[n]}
     assert drawn_roles == {"copied", "scaled", "zero", "free"}
     fig = step_figure(m, m2, man, max_tensors=3)
-    assert len(fig._fpt_cards) == 3
+    assert len(fig.fpt_cards) == 3
     text = " ".join(t.get_text() for t in fig.texts)
     assert f"not drawn ({len(omitted)})" in text
     with pytest.raises(ValueError, match="max_tensors"):

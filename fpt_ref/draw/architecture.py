@@ -88,6 +88,9 @@ def model_figure(before: Model, after: Model, models: Sequence[Model], manifests
 
     ``models``/``manifests``: every step's resulting model and manifest (to tell new layers
     and heads from old ones); ``title``: a line under the heading (e.g. the plan).
+    The figure's attribute ``fpt_layers`` holds the :class:`LayerInfo` of every final layer;
+    layer and head boxes carry gids ``"layer|before/after|n|new/old"`` and
+    ``"head|before/after|n|e|new/old"``.
     """
     from matplotlib.figure import Figure
     from matplotlib.patches import FancyBboxPatch
@@ -191,5 +194,5 @@ def model_figure(before: Model, after: Model, models: Sequence[Model], manifests
                labels=["existing layer / head", "new layer / head (added by a step)"], loc="lower right", bbox_to_anchor=(0.985, 0.0),
                fontsize=11, ncol=2, frameon=False, handlelength=3, handleheight=1.5)
     fig.text(0.02, 0.012, r"bold with a hat ($\hat{p}$, $\hat{k}$, ...) = dimension grown by the plan", fontsize=11)
-    fig._fpt_layers = info_after
+    fig.fpt_layers = info_after
     return fig

@@ -359,6 +359,14 @@ def step_figure(before: Model, after: Model, manifest: Sequence, *, title: str =
         Axes longer than this are drawn subsampled.
     max_width : float
         Figure width limit in inches (cards wrap onto new rows).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With two extra attributes: ``fpt_cards`` (the drawn :class:`Card` records, in
+        manifest order) and ``fpt_omitted`` (names of the touched tensors not drawn). Every
+        block outline carries the gid ``"role|tensor|r0:r1,c0:c1"`` and every heat-map axes
+        ``"before|tensor"`` / ``"after|tensor"``.
     """
     from matplotlib.figure import Figure
     from matplotlib.colors import Normalize
@@ -406,8 +414,8 @@ def step_figure(before: Model, after: Model, manifest: Sequence, *, title: str =
     cb.set_label("heat map: value / max |value| of the tensor", fontsize=10)
     if text:
         fig.text(0.012, (foot - 1.2) / fh, text, fontsize=10.5, va="top", ha="left")
-    fig._fpt_cards = cards  # for tests and callers: what was drawn
-    fig._fpt_omitted = omitted
+    fig.fpt_cards = cards  # for tests and callers: what was drawn
+    fig.fpt_omitted = omitted
     return fig
 
 
