@@ -20,7 +20,7 @@ from fpt_ref.draw import draw_plan  # noqa: E402
 from fpt_ref.draw.architecture import model_figure, track  # noqa: E402
 from fpt_ref.draw.blocks import axis_map, select_tensors, group_manifest, step_figure  # noqa: E402
 from fpt_ref.draw.styles import ROLE_STYLE  # noqa: E402
-from fpt_ref.expansions import add_heads, add_layer, expand_attention, expand_hidden, expand_mlp  # noqa: E402
+from fpt_ref.expansions import add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp  # noqa: E402
 from fpt_ref.init import init_model  # noqa: E402
 from fpt_ref.io import save  # noqa: E402
 from fpt_ref.model import named_tensors  # noqa: E402
@@ -82,13 +82,31 @@ def test_attention_step_shows_scaled_and_zero_blocks_both_mirrors():
         assert len(got) == 4
 
 
-def test_new_tensor_has_no_before_heat_map():
-    m = small()
+def test_new_head_and_stacked_w_o():
+    m = small(heads=1, v=2)
     m2, man = add_heads(m, 1, return_manifest=True)
     fig = step_figure(m, m2, man)
     axes = axes_by_gid(fig)
-    assert len(axes["before|layers.0.heads.1.w_o"].images) == 0  # "did not exist"
-    assert ("zero", "layers.0.heads.1.w_o", "0:2,0:4") in outlines(fig)
+    assert len(axes["before|layers.0.heads.1.w_q"].images) == 0  # "did not exist"
+    got = outlines(fig)
+    # W_O = [W_O,0; W_O,1] is (2 v) x h = 4 x 4: head 0's rows 0:2 copied, the new head's rows 2:4 zero (M_O)
+    assert ("copied", "layers.0.W_O", "0:2,0:4") in got and ("zero", "layers.0.W_O", "2:4,0:4") in got
+    stack = np.asarray(axes["after|layers.0.W_O"].images[0].get_array())
+    np.testing.assert_array_equal(stack[:2], np.asarray(m.layers[0].heads[0].w_o))
+    assert np.all(stack[2:] == 0.0)
+
+
+def test_heads_expansion_inserts_zero_rows_after_each_head_block():
+    m = small(heads=2, v=2)
+    m2, man = expand_heads(m, 5, heads=[0], return_manifest=True)
+    fig = step_figure(m, m2, man)
+    # stacked W_O: head 0 now rows 0:5 (old 0:2 copied, inserted 2:5 zero), head 1 moves to rows 5:7
+    assert {o for o in outlines(fig) if o[1] == "layers.0.W_O"} == {
+        ("copied", "layers.0.W_O", "0:2,0:4"), ("zero", "layers.0.W_O", "2:5,0:4"),
+        ("copied", "layers.0.W_O", "5:7,0:4")}
+    stack = np.asarray(axes_by_gid(fig)["after|layers.0.W_O"].images[0].get_array())
+    assert np.all(stack[2:5] == 0.0)
+    np.testing.assert_array_equal(stack[5:7], np.asarray(m.layers[0].heads[1].w_o))
 
 
 def test_role_styles_differ_without_colour():
@@ -108,8 +126,9 @@ def test_cap_draws_every_role_and_lists_the_rest():
     assert drawn_roles == {"copied", "scaled", "zero", "free"}
     fig = step_figure(m, m2, man, max_tensors=3)
     assert len(fig.fpt_cards) == 3
+    assert {b.role for card in fig.fpt_cards for b in card.blocks} == {"copied", "scaled", "zero", "free"}
     text = " ".join(t.get_text() for t in fig.texts)
-    assert f"not drawn ({len(omitted)})" in text
+    assert fig.fpt_omitted and f"not drawn ({len(fig.fpt_omitted)})" in text
     with pytest.raises(ValueError, match="max_tensors"):
         select_tensors(groups, max_tensors=0)
 
@@ -183,7 +202,7 @@ def test_register_is_cheap():
 def test_committed_figures_are_small_pngs():
     """docs/figures: `fpt-ref draw demo` output (palette-quantized), embedded by README and tutorial."""
     fig_dir = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "figures")
-    for name in ("step1_mlp.png", "step4_attention.png", "step5_hidden.png", "model.png"):
+    for name in ("step1_mlp.png", "step3_heads.png", "step4_attention.png", "step5_hidden.png", "model.png"):
         path = os.path.join(fig_dir, name)
         with open(path, "rb") as f:
             assert f.read(8) == PNG_MAGIC, name

@@ -134,6 +134,8 @@ class Card:
     rows_before: Optional[AxisMap]
     cols_before: Optional[AxisMap]
     symbols: tuple  # (row symbol or None, column symbol)
+    row_labels: Optional[list] = None  # after: [(r0, r1, label)] replacing the row segment labels
+    row_labels_before: Optional[list] = None  # before: the same
 
     @property
     def vmax(self) -> float:
@@ -151,18 +153,77 @@ def _restrict(m: AxisMap, n_old: int, max_cells: int) -> AxisMap:
 
 
 def make_card(name: str, blocks: list, before: Model, after: Model, max_cells: int = 64) -> Card:
-    A = _as2d(named_tensors(after)[name])  # [r^, c^]
-    B = None
-    if not is_new_tensor(blocks):
-        B = _as2d(named_tensors(before)[name])  # [r, c]
+    """The card of tensor ``name``, read from the two models."""
+    B = None if is_new_tensor(blocks) else named_tensors(before)[name]
+    return card_from_arrays(name, blocks, B, named_tensors(after)[name], max_cells)
+
+
+def card_from_arrays(name, blocks, before_array, after_array, max_cells=64, before_bounds=(),
+                     row_labels=None, row_labels_before=None) -> Card:
+    A = _as2d(after_array)  # [r^, c^]
+    B = None if before_array is None else _as2d(before_array)  # [r, c]
     boxes = [_box2d(b) for b in blocks]
     rows = axis_map([0, A.shape[0]] + [x for bx in boxes for x in bx[0]], max_cells)
     cols = axis_map([0, A.shape[1]] + [x for bx in boxes for x in bx[1]], max_cells)
     rb = cb = None
     if B is not None:
-        rb, cb = _restrict(rows, B.shape[0], max_cells), _restrict(cols, B.shape[1], max_cells)
+        if before_bounds:
+            rb = axis_map(before_bounds, max_cells)
+        else:
+            rb = _restrict(rows, B.shape[0], max_cells)
+        cb = _restrict(cols, B.shape[1], max_cells)
     s = axis_symbols(name)
-    return Card(name, B, A, list(blocks), rows, cols, rb, cb, (None, s[0]) if len(s) == 1 else s)
+    return Card(name, B, A, list(blocks), rows, cols, rb, cb, (None, s[0]) if len(s) == 1 else s,
+                row_labels, row_labels_before)
+
+
+def stack_heads(groups: dict, before: Model, after: Model) -> dict:
+    """Replace each layer's per-head ``W_O,e`` entries by one stacked ``layers.n.W_O`` entry.
+
+    The paper's ``W_O`` is ``(E v) x h``, the heads' blocks one under the other; head
+    addition appends rows ``M_O`` and heads expansion *inserts* rows ``M_O,e`` after head
+    ``e``'s block, which the stacked view shows. Each head's manifest blocks are shifted by
+    the head's row offset; heads the step did not touch appear as one ``copied`` block.
+    Returns ``{name: (blocks, before array or None, after array, before head bounds,
+    after row labels, before row labels)}`` for the stacked entries; ``groups`` keeps its
+    order, with each stack at the place of its layer's first ``W_O,e``.
+    """
+    from ..expansions import Block
+    from ..xp import to_numpy
+
+    out, stacks = {}, {}
+    for name, blocks in groups.items():
+        kind, n, e = parse_name(name)
+        if kind != "w_o" or e is None:
+            out[name] = blocks
+            continue
+        key = f"layers.{n}.W_O"
+        if key in stacks:
+            continue
+        La = after.layers[n]
+        heads_new = [is_new_tensor(groups.get(f"layers.{n}.heads.{i}.w_o", [Block("", (), "copied")]))
+                     for i in range(La.E)]
+        stacked, labels, off = [], [], 0
+        for i, hd in enumerate(La.heads):
+            own = groups.get(f"layers.{n}.heads.{i}.w_o")
+            if own is None:
+                stacked.append(Block(key, ((off, off + hd.v), (0, after.h)), "copied"))
+            else:
+                for b in own:
+                    (r0, r1), cols = b.index
+                    stacked.append(Block(key, ((off + r0, off + r1), cols), b.role, b.factor))
+            labels.append((off, off + hd.v, f"head {i}" + (" (new)" if heads_new[i] else "")))
+            off += hd.v
+        A = np.concatenate([to_numpy(hd.w_o) for hd in La.heads], axis=0)  # [sum v^, h^]
+        B, bb, lb = None, (), None
+        if not all(heads_new):  # the layer existed: stack its heads as they were
+            Lb = before.layers[n]
+            B = np.concatenate([to_numpy(hd.w_o) for hd in Lb.heads], axis=0)  # [sum v, h]
+            bb = tuple(int(x) for x in np.cumsum([0] + [hd.v for hd in Lb.heads]))
+            lb = [(bb[i], bb[i + 1], f"head {i}") for i in range(Lb.E)]
+        stacks[key] = (stacked, B, A, bb, labels, lb)
+        out[key] = stacked
+    return out, stacks
 
 
 # ---- geometry (inches) -----------------------------------------------------------------
@@ -212,11 +273,18 @@ def _heat(ax, data, rows: AxisMap, cols: AxisMap, vmax: float):
                      extent=(0, img.shape[1], img.shape[0], 0), aspect="auto")
 
 
-def _axis_ticks(ax, m: AxisMap, symbol, n_old, which: str, side: str):
-    """Segment boundaries as ticks, segment sizes as labels between them."""
-    centers = [(a + b) / 2 for a, b in zip(m.disp[:-1], m.disp[1:])]
-    labels = [_segment_label(symbol, lo, hi, n_old, m.bounds[-1]) for lo, hi in zip(m.bounds[:-1], m.bounds[1:])]
-    if len(labels) == 1:  # one segment: the axis label says it all
+def _axis_ticks(ax, m: AxisMap, symbol, n_old, which: str, side: str, override=None):
+    """Segment boundaries as ticks, segment sizes as labels between them.
+
+    ``override``: ``[(lo, hi, label)]`` source ranges (on segment boundaries) and labels.
+    """
+    if override:
+        centers = [(m.at(lo) + m.at(hi)) / 2 for lo, hi, _ in override]
+        labels = [f"{text}: {hi - lo}" for lo, hi, text in override]
+    else:
+        centers = [(a + b) / 2 for a, b in zip(m.disp[:-1], m.disp[1:])]
+        labels = [_segment_label(symbol, lo, hi, n_old, m.bounds[-1]) for lo, hi in zip(m.bounds[:-1], m.bounds[1:])]
+    if len(labels) == 1 and not override:  # one segment: the axis label says it all
         centers, labels = [], []
     if which == "x":
         ax.set_xticks(m.disp, minor=True)
@@ -266,14 +334,15 @@ def draw_card(fig, card: Card, x0: float, y0: float, c: float, fw: float, fh: fl
         _no_y(axb)
         for s in axb.spines.values():
             s.set_linestyle(":")
-        axb.text(0.5, 0.5, "did not\nexist", ha="center", va="center", fontsize=10, transform=axb.transAxes)
+        axb.text(0.5, 0.5, "did not\nexist" if bh >= 0.6 else "new", ha="center", va="center", fontsize=10,
+                 transform=axb.transAxes)
     else:
         _heat(axb, card.before, card.rows_before, card.cols_before, vmax)
         _axis_ticks(axb, card.cols_before, csym, None, "x", "bottom")
         if rsym is None:
             _no_y(axb)
         else:
-            _axis_ticks(axb, card.rows_before, rsym, None, "y", "left")
+            _axis_ticks(axb, card.rows_before, rsym, None, "y", "left", card.row_labels_before)
     # arrow
     fig.text((xb + bw + GAP / 2) / fw, 1 - (top + min(bh, ah) / 2) / fh, "→", fontsize=24,
              ha="center", va="center")
@@ -288,7 +357,7 @@ def draw_card(fig, card: Card, x0: float, y0: float, c: float, fw: float, fh: fl
     if rsym is None:
         _no_y(axa)
     else:
-        _axis_ticks(axa, card.rows, rsym, n_old_r, "y", "right")
+        _axis_ticks(axa, card.rows, rsym, n_old_r, "y", "right", card.row_labels)
     for blk in card.blocks:
         (r0, r1), (c0, c1) = _box2d(blk)
         X, Y = card.cols.at(c0), card.rows.at(r0)
@@ -375,8 +444,15 @@ def step_figure(before: Model, after: Model, manifest: Sequence, *, title: str =
     groups = group_manifest(manifest)
     if not groups:
         raise ValueError("manifest: empty, nothing to draw")
+    groups, stacks = stack_heads(groups, before, after)
     chosen, omitted = select_tensors(groups, max_tensors)
-    cards = [make_card(n, groups[n], before, after, max_cells) for n in chosen]
+    cards = []
+    for n in chosen:
+        if n in stacks:
+            blocks, B, A, bb, labels, lb = stacks[n]
+            cards.append(card_from_arrays(n, blocks, B, A, max_cells, bb, labels, lb))
+        else:
+            cards.append(make_card(n, groups[n], before, after, max_cells))
     # one card per row if that stays short enough, else narrower cards side by side
     for limit in (13.0, 8.2):
         c = cell_size(cards, max_width=min(limit, max_width))

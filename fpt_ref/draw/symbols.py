@@ -22,9 +22,11 @@ TENSORS = {
     "w_k": (r"$W_{K,e}$", ("h", "k")),
     "w_v": (r"$W_{V,e}$", ("h", "v")),
     "w_o": (r"$W_{O,e}$", ("v", "h")),
+    # a drawing-only view: one layer's W_O,e of every head stacked, the paper's W_O ((E v) x h)
+    "W_O": (r"$W_O$ (all heads' $W_{O,e}$ stacked)", ("Ev", "h")),
 }
 
-_TEX = {"s_max": r"s_{max}", "vocab": r"\mathrm{vocab}"}
+_TEX = {"s_max": r"s_{max}", "vocab": r"\mathrm{vocab}", "Ev": r"\sum_e v_e"}
 _NAME = re.compile(r"^(?:layers\.(\d+)\.)?(?:heads\.(\d+)\.)?(\w+)$")
 
 
@@ -59,5 +61,7 @@ def axis_symbols(name: str) -> tuple:
 
 def sym(s: str, hat: bool = False) -> str:
     """Mathtext of one dimension symbol, hatted (``\\hat{p}``) for the expanded size."""
+    if s == "Ev" and hat:
+        return r"\sum_e \hat{v}_e"
     t = _TEX.get(s, s)
     return rf"\hat{{{t}}}" if hat else t
