@@ -192,6 +192,8 @@ def test_cli_draw_and_errors(tmp_path, capsys):
     assert "--plan" in capsys.readouterr().err
     assert main(["draw", path, "--plan", "mlp p=2", "-o", out]) == 2  # does not grow p=6
     assert "p=2" in capsys.readouterr().err
+    assert main(["draw", path, "--plan", "mlp p=8", "-o", path]) == 2  # -o is a file
+    assert "not a directory" in capsys.readouterr().err
 
 
 def test_register_is_cheap():

@@ -33,6 +33,8 @@ def draw_plan(model, plan, out_dir: str, *, init="normal", seed: int = 0, max_te
     from .architecture import model_figure
     from .blocks import step_figure
 
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir: {out_dir!r} exists and is not a directory")
     os.makedirs(out_dir, exist_ok=True)
     # preservation is checked on 2 sequences of at most 8 positions: enough to catch a broken
     # step (errors are then far above the tolerance), cheap for large models
