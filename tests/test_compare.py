@@ -181,6 +181,8 @@ def test_user_errors(vec, ref, tmp_path):
         compare(tmp_path / "nowhere", good)
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         compare(tmp_path, good)
+    with pytest.raises(FileNotFoundError, match="top directory of the vectors"):
+        compare(vec, good)
     with pytest.raises(FileNotFoundError, match="ACTUAL"):
         compare(vec / CASE, tmp_path / "missing.safetensors")
     (tmp_path / "a.txt").write_text("x")

@@ -82,6 +82,9 @@ def read_case(case_dir) -> tuple:
         raise FileNotFoundError(f"CASE_DIR: {case_dir} is not a directory")
     man_path = os.path.join(case_dir, "manifest.json")
     out_path = os.path.join(case_dir, "outputs.safetensors")
+    if not os.path.isfile(man_path) and os.path.isfile(os.path.join(case_dir, "index.json")):
+        raise FileNotFoundError(f"CASE_DIR: {case_dir} is the top directory of the vectors; give one case "
+                                f"directory, e.g. {os.path.join(case_dir, 'tok-causal-eps', 'base')}")
     for p in (man_path, out_path):
         if not os.path.isfile(p):
             raise FileNotFoundError(f"CASE_DIR: {p} not found (not a case written by 'fpt-ref vectors')")
