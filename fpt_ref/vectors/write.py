@@ -145,7 +145,6 @@ def manifest(case: Case, cfg: Config, seed: int, x, iseed: int, ref: dict, tol: 
              parent_out) -> dict:
     """The manifest.json content of one case (docs/vectors.md, "Manifest")."""
     m = case.model
-    s = x.shape[1]
     argmax = {"min_top2_gap": float(np.min(top2_gap(ref["output"])))}
     for dt, per in tol.items():
         dec = decidable(ref["output"], per["output"]["atol"], per["output"]["rtol"])
