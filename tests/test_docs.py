@@ -60,7 +60,11 @@ def proof_checker_status():
     """``None`` when `fpt-ref prove` works, else the reason it does not."""
     if "status" not in _PROBE:
         reason = None
-        if importlib.util.find_spec("proofs") is None or importlib.util.find_spec("proofs.cli") is None:
+        try:
+            found = importlib.util.find_spec("proofs") is not None and importlib.util.find_spec("proofs.cli") is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
             reason = "proof checker not available (no proofs.cli module)"
         else:
             from fpt_ref.cli import main
