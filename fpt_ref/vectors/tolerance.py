@@ -25,11 +25,12 @@ while the relative term covers entries as large as ``S_T``. Lengths:
   ``sum v_e``, ``W_l1`` ``h``, ``W_l2`` ``p``) and ``C_LAYER`` its elementwise roundings;
 - ``L(output) = L(residual.N) + h + C_OUT`` (``W_out``).
 
-Natural scales (:func:`natural_scales`, from the float64 reference):
-``S(residual.0) = max(|I| + |P|)``;
-``S(residual.{n+1}) = max(|X_n| + sum_e |H_e| |W_O,e| + |ReLU(a)| |W_l2| + |b_l2|)`` with
-``H_e`` the head outputs and ``a`` the ``W_l1`` pre-activation of layer ``n``;
-``S(output) = max(|X_{N+1}| |W_out|)`` (:func:`fpt_ref.metrics.natural_scale`).
+Natural scales (:func:`natural_scales`, from the float64 reference): the running magnitudes
+``M_1 .. M_{N+1}`` of :func:`fpt_ref.metrics.magnitude_streams` bound, entry by entry, the
+absolute values of all the terms a residual stream has summed so far (input, positions,
+every branch output), so ``S(residual.n) = max M_{n+1}`` (``M_1 = |I| + |P|``) and
+``S(output) = max M_{N+1} |W_out|`` (:func:`fpt_ref.metrics.natural_scale`): the same
+scale as ``fpt-ref verify`` uses.
 
 Errors from earlier layers are assumed to pass through later ones with gain O(1); this and
 the whole bound are validated empirically (docs/vectors.md, "Tolerance policy").
@@ -38,8 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..forward import attention, rms_norm
-from ..metrics import natural_scale, reduction_length
+from ..metrics import magnitude_streams, natural_scale, reduction_length
 from ..model import Model
 
 #: rounding steps before layer 0: I and P rounded to the compared dtype, and I + P.
@@ -86,32 +86,18 @@ def path_lengths(model: Model, s: int) -> dict:
 def natural_scales(model: Model, x) -> dict:
     """``S_T`` of ``residual.0 .. residual.N`` and ``output`` (module doc), float64.
 
+    ``S(residual.n) = max M_{n+1}`` and ``S(output) = max M_{N+1} |W_out|`` with the running
+    magnitudes ``M`` of :func:`fpt_ref.metrics.magnitude_streams`.
+
     Parameters
     ----------
     model : Model
     x : token ids [b, s] or real inputs [b, s, h]
     """
     xp = model.xp
-    x = xp.asarray(x)
-    s = x.shape[1]
-    inp = model.embed[x] if model.embed is not None else x.astype(model.dtype)  # [b, s, h]
-    X = inp + model.pos[:s]  # X_1 [b, s, h]
-    out = {"residual.0": float(xp.max(xp.abs(inp) + xp.abs(model.pos[:s])))}
-    for n, L in enumerate(model.layers):
-        a = rms_norm(X, L.norm_mha, model.norm_eps)  # [b, s, h]
-        mha = xp.zeros_like(X)  # [b, s, h]
-        mha_abs = xp.zeros_like(X)  # [b, s, h]
-        for hd in L.heads:
-            H = attention((a @ hd.w_q)[:, None], (a @ hd.w_k)[:, None], (a @ hd.w_v)[:, None], model.causal)[:, 0]  # [b, s, v]
-            mha = mha + H @ hd.w_o  # [b, s, h]
-            mha_abs = mha_abs + xp.abs(H) @ xp.abs(hd.w_o)  # [b, s, h]
-        X1 = X + mha  # X'_n [b, s, h]
-        act = xp.maximum(rms_norm(X1, L.norm_mlp, model.norm_eps) @ L.w_l1 + L.b_l1, 0)  # [b, s, p]
-        X2 = X1 + act @ L.w_l2 + L.b_l2  # X_{n+1} [b, s, h]
-        terms = xp.abs(X) + mha_abs + xp.abs(act) @ xp.abs(L.w_l2) + xp.abs(L.b_l2)  # [b, s, h]
-        out[f"residual.{n + 1}"] = float(xp.max(terms))
-        X = X2
-    out["output"] = natural_scale(model, X)
+    mags = magnitude_streams(model, x)  # N + 1 of [b, s, h]
+    out = {f"residual.{n}": float(xp.max(m)) if m.size else 0.0 for n, m in enumerate(mags)}
+    out["output"] = natural_scale(model, mags[-1])
     return out
 
 
