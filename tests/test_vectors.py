@@ -229,7 +229,7 @@ def test_natural_scales_and_tolerances_by_hand():
     assert np.array_equal(streams[1], [[[4.0, -4.0]]]) and np.array_equal(fpt_ref.forward(m1, x), [[[0.0]]])
     ref1 = {"residual.0": streams[0], "residual.1": streams[1], "output": np.array([[[0.0]]])}
     tol = tolerances(m1, x, ref1)["float32"]
-    # M_2 = M_1 + (W_O = 0) + (|Norm(X')| |W_l1| + |b_l1|) |W_l2| + |b_l2| = [1.5, 2.5] + 1 * [2, 3] + [0.5, 0.5]
+    # M_2 = M_1 + |H||W_O| (W_O = 0) + |ReLU(a)||W_l2| + |b_l2| = [1.5, 2.5] + 1 * [2, 3] + [0.5, 0.5]
     assert tol["residual.1"]["scale"] == 6.0
     assert tol["output"]["scale"] == 10.0  # M_2 @ |W_out| = 4 + 6, although the output is 4 - 4 = 0
     # per layer 4h + k + 2s + v + p = 8 + 1 + 2 + 1 + 1 = 13, + C_LAYER 28
