@@ -3,6 +3,13 @@
 The spec (PAPER.md) overrides this implementation. Row-vector convention: activations
 are ``[b, s, h]`` and weights multiply on the right. No Python loop runs over batch or
 sequence positions; heads of equal ``(k, v)`` are batched into one matmul.
+
+Performance notes (see docs/benchmarks.md): large temporaries that the function itself
+created (logits ``[b, G, s, s]``, MLP activations ``[b, s, p]``, branch outputs
+``[b, s, h]``) are updated in place instead of being re-allocated, since fresh allocations
+of that size cost page faults and memory traffic. In-place updates touch only arrays made
+here, never an input, and compute bit for bit the same values as the out-of-place
+expressions they replace (``a += b`` rounds like ``a + b``; ``x + y == y + x`` in IEEE).
 """
 from __future__ import annotations
 
@@ -19,7 +26,9 @@ def rms_norm(x, g, eps: float):
     """
     xp = _xp(x)
     ms = xp.mean(x * x, axis=-1, keepdims=True)  # [b, s, 1]
-    return x * g / xp.sqrt(ms + eps)  # [b, s, h]
+    out = x * g  # [b, s, h]  a new array
+    out /= xp.sqrt(ms + eps)  # [b, s, h]  (x g) / sqrt(.), as before
+    return out
 
 
 def attention(q, k, v, causal: bool):
@@ -28,14 +37,15 @@ def attention(q, k, v, causal: bool):
     q, k: [b, G, s, k], v: [b, G, s, v] -> [b, G, s, v]
     """
     xp = _xp(q)
-    logits = (q @ xp.swapaxes(k, -1, -2)) / math.sqrt(q.shape[-1])  # [b, G, s, s]
+    w = q @ xp.swapaxes(k, -1, -2)  # [b, G, s, s]  a new array, updated in place below
+    w /= math.sqrt(q.shape[-1])  # [b, G, s, s]  logits Q K^T / sqrt(k)
     if causal:
-        s = logits.shape[-1]
-        mask = xp.tril(xp.ones((s, s), dtype=bool))  # [s, s]
-        logits = xp.where(mask, logits, -xp.inf)  # [b, G, s, s]
-    logits = logits - xp.max(logits, axis=-1, keepdims=True)  # [b, G, s, s] (same softmax)
-    w = xp.exp(logits)  # [b, G, s, s]
-    w = w / xp.sum(w, axis=-1, keepdims=True)  # [b, G, s, s]
+        s = w.shape[-1]
+        future = xp.triu(xp.ones((s, s), dtype=bool), 1)  # [s, s]  True above the diagonal
+        w += xp.where(future, -xp.inf, 0.0).astype(w.dtype)  # [b, G, s, s]  -inf above it, exact elsewhere
+    w -= xp.max(w, axis=-1, keepdims=True)  # [b, G, s, s]  (same softmax, no overflow)
+    xp.exp(w, out=w)  # [b, G, s, s]
+    w /= xp.sum(w, axis=-1, keepdims=True)  # [b, G, s, s]  softmax_rows
     return w @ v  # [b, G, s, v]
 
 
@@ -85,14 +95,21 @@ def mha(layer: Layer, x, causal: bool):
 def mlp(layer: Layer, x):
     """``MLP(X) = ReLU(X W_l1 + b_l1) W_l2 + b_l2``; x: [b, s, h] -> [b, s, h]."""
     xp = _xp(x)
-    a = x @ layer.w_l1 + layer.b_l1  # [b, s, p]
-    return xp.maximum(a, 0) @ layer.w_l2 + layer.b_l2  # [b, s, h]
+    a = x @ layer.w_l1  # [b, s, p]  a new array, updated in place below
+    a += layer.b_l1  # [b, s, p]
+    xp.maximum(a, 0, out=a)  # [b, s, p]  ReLU
+    out = a @ layer.w_l2  # [b, s, h]
+    out += layer.b_l2  # [b, s, h]
+    return out
 
 
 def block(model: Model, layer: Layer, x):
     """One layer: ``X' = X + MHA(Norm(X))``, ``X_next = X' + MLP(Norm(X'))``; [b, s, h]."""
-    x = x + mha(layer, rms_norm(x, layer.norm_mha, model.norm_eps), model.causal)  # [b, s, h]
-    return x + mlp(layer, rms_norm(x, layer.norm_mlp, model.norm_eps))  # [b, s, h]
+    y = mha(layer, rms_norm(x, layer.norm_mha, model.norm_eps), model.causal)  # [b, s, h]  new
+    y += x  # [b, s, h]  X' = X + MHA(Norm(X))
+    z = mlp(layer, rms_norm(y, layer.norm_mlp, model.norm_eps))  # [b, s, h]  new
+    z += y  # [b, s, h]  X_next = X' + MLP(Norm(X'))
+    return z
 
 
 def embed_inputs(model: Model, x):

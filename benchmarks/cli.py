@@ -1,0 +1,87 @@
+"""``fpt-ref bench``: the benchmark command (also ``python -m benchmarks``).
+
+``register`` only adds the sub-parser; NumPy-heavy modules, matplotlib, CuPy and PyTorch
+are imported when the command runs.
+"""
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_OUT = "bench-results"
+
+
+def _list(name, choices=None):
+    def conv(text):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"{name} needs at least one value")
+        bad = [t for t in items if choices is not None and t not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{name}: unknown {', '.join(bad)} (choose from {', '.join(choices)})")
+        return items
+    return conv
+
+
+def _pos_int(name):
+    def conv(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {v}")
+        return v
+    return conv
+
+
+def add_arguments(s) -> None:
+    from .ops import OPS  # light: fpt_ref and NumPy only
+
+    s.add_argument("--quick", action="store_true", help="tiny ladder, few repeats (under a minute on 2 cores)")
+    s.add_argument("--out", default=DEFAULT_OUT, help=f"output folder for results.json, table.md, *.png (default {DEFAULT_OUT})")
+    s.add_argument("--backends", type=_list("--backends", ["numpy", "cupy", "torch"]), default=["numpy", "cupy", "torch"],
+                   help="comma-separated: numpy,cupy,torch (unusable ones are skipped with a note)")
+    s.add_argument("--ladder", choices=["quick", "cpu", "gpu"], default=None,
+                   help="size ladder (default: quick with --quick, gpu when a GPU is usable, else cpu)")
+    s.add_argument("--sizes", type=_list("--sizes"), default=None, help="only these ladder sizes (names)")
+    s.add_argument("--dtypes", type=_list("--dtypes", ["float32", "float64"]), default=["float32", "float64"])
+    s.add_argument("--ops", type=_list("--ops", list(OPS)), default=list(OPS), help=f"comma-separated from {','.join(OPS)}")
+    s.add_argument("--repeats", type=_pos_int("--repeats"), default=None, help="exact number of timed rounds")
+    s.add_argument("--blas-threads", type=_pos_int("--blas-threads"), default=None,
+                   help="OpenBLAS and PyTorch CPU threads (default: the libraries' own)")
+    s.add_argument("--max-params-cpu", type=_pos_int("--max-params-cpu"), default=None,
+                   help="largest model NumPy runs (default: all of the ladder; 500M on the gpu ladder)")
+
+
+def register(subparsers) -> None:
+    s = subparsers.add_parser("bench", help="benchmarks: NumPy vs CuPy vs PyTorch, with roofline ratios")
+    add_arguments(s)
+    s.set_defaults(func=cmd_bench)
+
+
+def config_from_args(args, gpu_usable: bool):
+    from .runner import Config
+
+    kw = dict(backends=tuple(args.backends), dtypes=tuple(args.dtypes), ops=tuple(args.ops), sizes=args.sizes,
+              blas_threads=args.blas_threads)
+    ladder = args.ladder or ("quick" if args.quick else ("gpu" if gpu_usable else "cpu"))
+    kw["ladder"] = ladder
+    cfg = Config.quick(**kw) if args.quick else Config(**kw)
+    if args.repeats is not None:
+        cfg.min_repeats = cfg.max_repeats = args.repeats
+    cap = args.max_params_cpu if args.max_params_cpu is not None else (500_000_000 if ladder == "gpu" else None)
+    if cap is not None:
+        cfg.max_params["numpy"] = cap
+    return cfg
+
+
+def cmd_bench(args) -> int:
+    from . import machine, report, runner
+
+    gpu_usable = "cupy" in args.backends and machine.cupy_status()[0] is not None
+    cfg = config_from_args(args, gpu_usable)
+    results = runner.run(cfg)
+    paths = report.write_all(results, args.out)
+    print(report.markdown_table(results))
+    print("wrote " + ", ".join(paths))
+    return 0

@@ -1,0 +1,234 @@
+"""Benchmark output: JSON results, a markdown table, PNG plots (matplotlib, Agg backend).
+
+``write_all(results, out_dir)`` writes ``results.json``, ``table.md`` and the plots
+``time_vs_params.png`` (every op's time against parameter count), ``backends.png``
+(forward time per backend: NumPy, PyTorch CPU, CuPy, PyTorch CUDA) and ``roofline.png``
+(forward ``ratio_matmul`` against parameter count, with the targets).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+TARGETS = {"cpu_ratio_matmul": 0.7, "ratio_torch": 1.0, "ratio_copy": 3.0, "gpu_speedup": 20.0,
+           "gpu_ratio_matmul": 0.6}
+
+
+def write_json(results: dict, path: str) -> str:
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1, sort_keys=False)
+        f.write("\n")
+    return path
+
+
+def load_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _fmt(x: Optional[float], digits: int = 2) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _t(x: Optional[float]) -> str:
+    """Seconds, to three significant digits."""
+    if x is None:
+        return "-"
+    return f"{x:.3g}"
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.0f}k"
+
+
+def _find(records, **kw):
+    for r in records:
+        if all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def markdown_table(results: dict) -> str:
+    """The results as markdown: a header naming the machine, a forward table, an expansion table."""
+    recs = results["records"]
+    m = results["machine"]
+    cfg = results.get("config", {})
+    sizes = []
+    for r in recs:
+        if r["size"] not in sizes:
+            sizes.append(r["size"])
+    dtypes = [d for d in ("float32", "float64") if any(r["dtype"] == d for r in recs)]
+    gpu = any(r["backend"] == "cupy" for r in recs)
+    torch_cpu = any(r["backend"] == "torch-cpu" for r in recs)
+    torch_cuda = any(r["backend"] == "torch-cuda" for r in recs)
+    threads = cfg.get("blas_threads")
+    lines = [
+        f"Machine: {m.get('summary', '?')}.",
+        f"BLAS/PyTorch threads: {threads if threads is not None else 'library default'}; "
+        f"load average {m['cpu'].get('loadavg')} at start, {m.get('loadavg_end')} at end; "
+        f"run took {m.get('wall_seconds')} s (ladder `{cfg.get('ladder')}`).",
+        "",
+    ]
+    if not gpu:
+        lines += ["No GPU results: this run had no usable CUDA device (CuPy columns omitted).", ""]
+    head = ["size", "params", "dtype", "NumPy s", "ratio_matmul"]
+    if torch_cpu:
+        head += ["PyTorch CPU s", "ratio_torch"]
+    if gpu:
+        head += ["CuPy s", "speedup_gpu", "GPU ratio_matmul"]
+        if torch_cuda:
+            head += ["PyTorch CUDA s"]
+    fwd = ["**Forward** (median seconds; ratio_matmul = forward FLOP/s / same-run matmul FLOP/s, "
+           f"target >= {TARGETS['cpu_ratio_matmul']} on CPU at the largest size; ratio_torch = ours / PyTorch eager, "
+           f"target <= {TARGETS['ratio_torch']})", "", "| " + " | ".join(head) + " |",
+           "|" + "|".join("---" for _ in head) + "|"]
+    for size in sizes:
+        for dt in dtypes:
+            r = _find(recs, op="forward", backend="numpy", size=size, dtype=dt)
+            if r is None:
+                continue
+            row = [size, _params(r["params"]), dt, _t(r["seconds"]), _fmt(r["ratio_matmul"])]
+            if torch_cpu:
+                t = _find(recs, op="forward", backend="torch-cpu", size=size, dtype=dt)
+                row += [_t(t and t["seconds"]), _fmt(r["ratio_torch"])]
+            if gpu:
+                g = _find(recs, op="forward", backend="cupy", size=size, dtype=dt)
+                row += [_t(g and g["seconds"]), _fmt(g and g["speedup_gpu"], 1), _fmt(g and g["ratio_matmul"])]
+                if torch_cuda:
+                    tc = _find(recs, op="forward", backend="torch-cuda", size=size, dtype=dt)
+                    row += [_t(tc and tc["seconds"])]
+            fwd.append("| " + " | ".join(row) + " |")
+    lines += fwd + [""]
+    ops_ = []
+    for r in recs:
+        if r.get("ref_copy_seconds") is not None and r["op"] not in ops_:
+            ops_.append(r["op"])
+    if ops_:
+        head = ["size", "params", "dtype"] + [f"{op}" for op in ops_]
+        lines += [f"**Expansions** (NumPy: median seconds / ratio_copy = time / same-run time to copy the output "
+                  f"model's bytes, target <= {TARGETS['ratio_copy']}; `plan` = the six composed)", "",
+                  "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        for size in sizes:
+            for dt in dtypes:
+                cells = []
+                base = None
+                for op in ops_:
+                    r = _find(recs, op=op, backend="numpy", size=size, dtype=dt)
+                    base = base or r
+                    cells.append("-" if r is None else f"{_t(r['seconds'])} / {_fmt(r['ratio_copy'], 1)}")
+                if base is not None:
+                    lines.append("| " + " | ".join([size, _params(base["params"]), dt] + cells) + " |")
+        lines.append("")
+    ver = [r for r in recs if r["op"] == "verify" and r["backend"] == "numpy"]
+    if ver:
+        lines += ["**Verify** (forward of the base and the plan-expanded model, and the comparison)", "",
+                  "| size | params (base -> expanded) | dtype | seconds | ratio_matmul | preserved (max ulp) |",
+                  "|---|---|---|---|---|---|"]
+        for r in ver:
+            lines.append(f"| {r['size']} | {_params(r['params'])} -> {_params(r['out_params'])} | {r['dtype']} | "
+                         f"{_t(r['seconds'])} | {_fmt(r['ratio_matmul'])} | "
+                         f"{'yes' if r['verify_ok'] else 'NO'} ({r['verify_max_ulp']:.1f}) |")
+        lines.append("")
+    if results.get("notes"):
+        lines += ["Notes: " + "; ".join(results["notes"]), ""]
+    return "\n".join(lines)
+
+
+# ---- plots -----------------------------------------------------------------------------
+def _series(recs, op, backend, dtype, key="seconds"):
+    pts = sorted((r["params"], r[key]) for r in recs
+                 if r["op"] == op and r["backend"] == backend and r["dtype"] == dtype and r.get(key) is not None)
+    return [p for p, _ in pts], [v for _, v in pts]
+
+
+def plot_all(results: dict, out_dir: str) -> list:
+    """Write the three PNG plots; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = results["records"]
+    title = results["machine"].get("summary", "")
+    if len(title) > 90:
+        title = title[:87] + "..."
+    paths = []
+    dtypes = [d for d in ("float32", "float64") if any(r["dtype"] == d for r in recs)]
+    styles = {"float32": "-", "float64": "--"}
+
+    # 1. time vs params, every op on NumPy
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=80)
+    ops_ = []
+    for r in recs:
+        if r["backend"] == "numpy" and r["op"] != "matmul" and r["op"] not in ops_:
+            ops_.append(r["op"])
+    for i, op in enumerate(ops_):
+        for dt in dtypes:
+            x, y = _series(recs, op, "numpy", dt)
+            if x:
+                ax.plot(x, y, styles[dt], marker="o", ms=3, color=f"C{i % 10}", label=f"{op} {dt}" if dt == dtypes[0] else None)
+    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="seconds (median)",
+           title="NumPy: time vs model size (solid float32, dashed float64)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.text(0.01, 0.01, title, fontsize=6)
+    paths.append(_save(fig, out_dir, "time_vs_params.png"))
+
+    # 2. backends: forward time per backend (CPU vs GPU)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=80)
+    backends = [b for b in ("numpy", "torch-cpu", "cupy", "torch-cuda") if any(r["backend"] == b for r in recs)]
+    for i, b in enumerate(backends):
+        for dt in dtypes:
+            x, y = _series(recs, "forward", b, dt)
+            if x:
+                ax.plot(x, y, styles[dt], marker="o", ms=3, color=f"C{i}", label=f"{b} {dt}")
+    gpu = any(r["backend"] == "cupy" for r in recs)
+    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="forward seconds (median)",
+           title="Forward: CPU vs GPU" + ("" if gpu else " (no GPU in this run)"))
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.text(0.01, 0.01, title, fontsize=6)
+    paths.append(_save(fig, out_dir, "backends.png"))
+
+    # 3. roofline share
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=80)
+    for i, b in enumerate(backends):
+        for dt in dtypes:
+            x, y = _series(recs, "forward", b, dt, "ratio_matmul")
+            if x:
+                ax.plot(x, y, styles[dt], marker="o", ms=3, color=f"C{i}", label=f"{b} {dt}")
+    ax.axhline(TARGETS["cpu_ratio_matmul"], color="k", lw=0.8, ls=":", label="CPU target 0.7")
+    if gpu:
+        ax.axhline(TARGETS["gpu_ratio_matmul"], color="gray", lw=0.8, ls="-.", label="GPU target 0.6")
+    ax.set(xscale="log", ylim=(0, 1.1), xlabel="parameters", ylabel="forward FLOP/s / matmul FLOP/s",
+           title="Roofline share of the forward pass (ratio_matmul)")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.text(0.01, 0.01, title, fontsize=6)
+    paths.append(_save(fig, out_dir, "roofline.png"))
+    return paths
+
+
+def _save(fig, out_dir, name):
+    import matplotlib.pyplot as plt
+
+    path = os.path.join(out_dir, name)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_all(results: dict, out_dir: str) -> list:
+    """``results.json``, ``table.md`` and the PNG plots in ``out_dir`` (created); returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [write_json(results, os.path.join(out_dir, "results.json"))]
+    table = os.path.join(out_dir, "table.md")
+    with open(table, "w") as f:
+        f.write(markdown_table(results) + "\n")
+    paths.append(table)
+    paths += plot_all(results, out_dir)
+    return paths
