@@ -32,8 +32,8 @@ from .cases import EXPANSIONS, FAMILIES, Config, Family, base_kwargs, plan_steps
 from .tolerance import C_IN, C_LAYER, C_OUT, decidable, tolerances, top2_gap
 
 FORMAT = "fpt-ref-vectors/1"
-#: attempts at drawing a family's inputs so that no argmax is a float32 near-tie
-INPUT_ATTEMPTS = 50
+#: draws of a family's inputs looking for one without float32 argmax near-ties
+INPUT_ATTEMPTS = 10
 
 
 @dataclass(frozen=True)
@@ -104,25 +104,28 @@ def reference(model: Model, x) -> dict:
 
 
 def choose_inputs(cases: list, cfg: Config, fseed: int):
-    """Draw the family's inputs so that no case has a float32 argmax near-tie.
+    """Draw the family's inputs so that no case has a float32 argmax near-tie, if possible.
 
+    Up to :data:`INPUT_ATTEMPTS` draws; the first without near-ties is taken, else the one
+    with the fewest (the rest are recorded in the manifest and exempt in ``compare``).
     Returns ``(x_base, inputs_seed, refs, tols)`` with ``refs``/``tols`` per case name.
-    After :data:`INPUT_ATTEMPTS` draws the last one is kept and its near-ties recorded.
     """
     base = cases[0].model
-    s = cfg.seq
+    best = None
     for attempt in range(INPUT_ATTEMPTS):
         iseed = fseed + 500 + attempt
-        x = random_inputs(base, batch=cfg.batch, seq=s, seed=iseed)  # [b, s] or [b, s, h]
-        refs, tols, ok = {}, {}, True
+        x = random_inputs(base, batch=cfg.batch, seq=cfg.seq, seed=iseed)  # [b, s] or [b, s, h]
+        refs, tols, ties = {}, {}, 0
         for c in cases:
             refs[c.name] = reference(c.model, case_inputs(c.model, x))
             tols[c.name] = tolerances(c.model, case_inputs(c.model, x), refs[c.name])
             t = tols[c.name]["float32"]["output"]
-            ok = ok and bool(np.all(decidable(refs[c.name]["output"], t["atol"], t["rtol"])))
-        if ok:
+            ties += int(np.sum(~decidable(refs[c.name]["output"], t["atol"], t["rtol"])))
+        if best is None or ties < best[0]:
+            best = (ties, x, iseed, refs, tols)
+        if ties == 0:
             break
-    return x, iseed, refs, tols
+    return best[1:]
 
 
 def _versions() -> dict:
