@@ -28,12 +28,16 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _int(name):
+def int_arg(name, minimum=None):
+    """An argparse ``type`` for integer options, with a one-line message naming the option."""
     def conv(text):
         try:
-            return int(text)
+            value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be at least {minimum}, got {value}")
+        return value
     return conv
 
 
@@ -148,14 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("init", help="write a random model")
     for name, default in (("h", 16), ("p", 32), ("heads", 2), ("k", 8), ("v", 8), ("layers", 2)):
-        s.add_argument(f"--{name}", type=_int(f"--{name}"), default=default)
-    s.add_argument("--out-dim", type=_int("--out-dim"), default=10)
-    s.add_argument("--max-seq", type=_int("--max-seq"), default=12)
-    s.add_argument("--vocab", type=_int("--vocab"), default=None)
+        s.add_argument(f"--{name}", type=int_arg(f"--{name}"), default=default)
+    s.add_argument("--out-dim", type=int_arg("--out-dim"), default=10)
+    s.add_argument("--max-seq", type=int_arg("--max-seq"), default=12)
+    s.add_argument("--vocab", type=int_arg("--vocab"), default=None)
     s.add_argument("--eps", type=float, default=0.0)
     s.add_argument("--causal", action="store_true")
     s.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    s.add_argument("--seed", type=_int("--seed"), default=0)
+    s.add_argument("--seed", type=int_arg("--seed"), default=0)
     s.add_argument("-o", "--out", required=True)
     s.set_defaults(func=cmd_init)
 
@@ -163,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("--plan", required=True, help="';'-separated steps or a JSON file")
     s.add_argument("--init", choices=["normal", "zeros"], default="normal")
-    s.add_argument("--seed", type=_int("--seed"), default=0)
+    s.add_argument("--seed", type=int_arg("--seed"), default=0)
     s.add_argument("--manifest", action="store_true", help="print every new or changed block and its role")
     s.add_argument("-o", "--out", required=True)
     s.set_defaults(func=cmd_expand)
@@ -171,9 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="compare two models on the same random inputs")
     s.add_argument("a")
     s.add_argument("b")
-    s.add_argument("--batch", type=_int("--batch"), default=4)
-    s.add_argument("--seq", type=_int("--seq"), default=None)
-    s.add_argument("--seed", type=_int("--seed"), default=0)
+    s.add_argument("--batch", type=int_arg("--batch"), default=4)
+    s.add_argument("--seq", type=int_arg("--seq"), default=None)
+    s.add_argument("--seed", type=int_arg("--seed"), default=0)
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("info", help="dimensions and parameter count of a model file")
@@ -181,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("demo", help="all six expansions composed on a built-in model")
-    s.add_argument("--seed", type=_int("--seed"), default=0)
+    s.add_argument("--seed", type=int_arg("--seed"), default=0)
     s.add_argument("--manifest", action="store_true")
     s.set_defaults(func=cmd_demo)
 

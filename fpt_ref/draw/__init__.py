@@ -95,15 +95,15 @@ def cmd_draw(args) -> int:
 
 def register(subparsers) -> None:
     """Add ``fpt-ref draw`` (cheap: matplotlib is imported only when the command runs)."""
-    from ..cli import _int
+    from ..cli import int_arg
 
     s = subparsers.add_parser("draw", help="figures of each plan step (blocks by role) and of the whole model")
     s.add_argument("model", help="model file, or 'demo' for the built-in demo model (and demo plan)")
     s.add_argument("--plan", default=None, help="';'-separated steps or a JSON file (default for 'demo': the demo plan)")
     s.add_argument("-o", "--out", required=True, help="output directory")
     s.add_argument("--init", choices=["normal", "zeros"], default="normal")
-    s.add_argument("--seed", type=_int("--seed"), default=0)
-    s.add_argument("--max-tensors", type=_int("--max-tensors"), default=6, help="tensors drawn per step (default 6)")
-    s.add_argument("--dpi", type=_int("--dpi"), default=100)
+    s.add_argument("--seed", type=int_arg("--seed"), default=0)
+    s.add_argument("--max-tensors", type=int_arg("--max-tensors"), default=6, help="tensors drawn per step (default 6)")
+    s.add_argument("--dpi", type=int_arg("--dpi"), default=100)
     s.add_argument("--no-check", action="store_true", help="do not verify preservation per step")
     s.set_defaults(func=cmd_draw)

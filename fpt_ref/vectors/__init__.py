@@ -6,17 +6,6 @@ See docs/vectors.md for the case layout, the manifest, the tolerance policy and 
 from __future__ import annotations
 
 
-def _int(name):
-    import argparse
-
-    def conv(text):
-        try:
-            return int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-    return conv
-
-
 def cmd_vectors(args) -> int:
     import time
 
@@ -43,9 +32,11 @@ def cmd_compare(args) -> int:
 
 def register(subparsers) -> None:
     """Add ``vectors`` and ``compare`` to the ``fpt-ref`` command line."""
+    from ..cli import int_arg
+
     s = subparsers.add_parser("vectors", help="write reference vectors (one directory per case)")
     s.add_argument("--config", default="tiny", help="tiny, small, or a JSON file of dimensions (default tiny)")
-    s.add_argument("--seed", type=_int("--seed"), default=0)
+    s.add_argument("--seed", type=int_arg("--seed"), default=0)
     s.add_argument("-o", "--out", required=True, help="output directory")
     s.set_defaults(func=cmd_vectors)
 
