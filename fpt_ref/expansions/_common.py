@@ -51,9 +51,10 @@ class Block:
 class Builder:
     """Builds the new tensors of one expansion call and records their manifest.
 
-    ``init`` is ``"normal"`` (default: a seeded normal draw with the mean and standard
-    deviation of the existing tensor the block extends; where that tensor is constant the
-    standard deviation is ``1/sqrt(fan_in)``), ``"zeros"``, or a callable
+    ``init`` is ``"normal"`` (default: a seeded normal draw, in the model's dtype, with the
+    mean and standard deviation of the existing tensor the block extends, estimated from at
+    most 65,536 of its entries; where that tensor is constant the standard deviation is
+    ``1/sqrt(fan_in)``), ``"zeros"``, or a callable
     ``init(shape, like, rng) -> array`` where ``like`` is the existing tensor (or ``None``)
     and ``rng`` a ``numpy.random.Generator``.
     """
@@ -74,14 +75,14 @@ class Builder:
     def free(self, shape, like=None) -> "Part":
         shape = tuple(int(d) for d in shape)
         if self.init == "zeros":
-            arr = np.zeros(shape)
-        elif self.init == "normal":
-            ref = None if like is None else np.asarray(_host(like), dtype=np.float64)
-            mean = 0.0 if ref is None or ref.size == 0 else float(ref.mean())
-            std = 0.0 if ref is None or ref.size == 0 else float(ref.std())
+            return Part(self.xp.zeros(shape, dtype=self.dtype), "free")
+        if self.init == "normal":
+            mean, std = _moments(like)
             if not std > 0:
                 std = 1.0 / math.sqrt(shape[0])
-            arr = self.rng.normal(mean, std, size=shape)
+            arr = self.rng.standard_normal(shape, dtype=np.dtype(self.dtype).type)  # drawn in the model's dtype
+            arr *= std
+            arr += mean
         else:
             arr = self.init(shape, like, self.rng)
             if tuple(getattr(arr, "shape", ())) != shape:
@@ -120,8 +121,20 @@ class Part:
     factor: Optional[float] = None
 
 
-def _host(a):
-    return a.get() if type(a).__module__.startswith("cupy") else a
+_MOMENT_SAMPLE = 1 << 16
+
+
+def _moments(like) -> tuple:
+    """Mean and standard deviation of ``like`` (``(0, 0)`` for ``None``), in float64.
+
+    Taken over at most 65,536 evenly spaced entries, in ``like``'s own array library, so
+    neither a float64 copy of a large tensor nor a device-to-host copy is made.
+    """
+    if like is None or like.size == 0:
+        return 0.0, 0.0
+    flat = like.reshape(-1)  # [n]
+    sample = flat[:: max(1, flat.size // _MOMENT_SAMPLE)]  # [<= 2 * 65536]
+    return float(sample.mean(dtype="float64")), float(sample.std(dtype="float64"))
 
 
 def finish(model: Model, blocks: list, return_manifest: bool):
