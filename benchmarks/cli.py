@@ -22,19 +22,9 @@ def _list(name, choices=None):
     return conv
 
 
-def _pos_int(name):
-    def conv(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {v}")
-        return v
-    return conv
-
-
 def add_arguments(s) -> None:
+    from fpt_ref.cli import int_arg
+
     from .ops import OPS  # light: fpt_ref and NumPy only
 
     s.add_argument("--quick", action="store_true", help="tiny ladder, few repeats (under a minute on 2 cores)")
@@ -46,10 +36,10 @@ def add_arguments(s) -> None:
     s.add_argument("--sizes", type=_list("--sizes"), default=None, help="only these ladder sizes (names)")
     s.add_argument("--dtypes", type=_list("--dtypes", ["float32", "float64"]), default=["float32", "float64"])
     s.add_argument("--ops", type=_list("--ops", list(OPS)), default=list(OPS), help=f"comma-separated from {','.join(OPS)}")
-    s.add_argument("--repeats", type=_pos_int("--repeats"), default=None, help="exact number of timed rounds")
-    s.add_argument("--blas-threads", type=_pos_int("--blas-threads"), default=None,
+    s.add_argument("--repeats", type=int_arg("--repeats", 1), default=None, help="exact number of timed rounds")
+    s.add_argument("--blas-threads", type=int_arg("--blas-threads", 1), default=None,
                    help="OpenBLAS and PyTorch CPU threads (default: the libraries' own)")
-    s.add_argument("--max-params-cpu", type=_pos_int("--max-params-cpu"), default=None,
+    s.add_argument("--max-params-cpu", type=int_arg("--max-params-cpu", 1), default=None,
                    help="largest model NumPy runs (default: all of the ladder; 500M on the gpu ladder)")
 
 
