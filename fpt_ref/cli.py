@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    except (PlanError, FormatError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as exc:
+    except (PlanError, FormatError, OSError, ValueError) as exc:  # OSError: unreadable/unwritable user paths
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"fpt-ref: error: {msg}", file=sys.stderr)
         return 2
