@@ -17,6 +17,14 @@ _LAYER = re.compile(r"^layers\.(\d+)\.(norm_mha|norm_mlp|w_l1|b_l1|w_l2|b_l2)$")
 _HEAD = re.compile(r"^layers\.(\d+)\.heads\.(\d+)\.(w_q|w_k|w_v|w_o)$")
 
 
+def _canonical(m) -> str:
+    """The name a match would have with its indices written canonically (``0``, not ``00``)."""
+    parts = [str(int(g)) if g.isdigit() else g for g in m.groups()]
+    if len(parts) == 3:
+        return f"layers.{parts[0]}.heads.{parts[1]}.{parts[2]}"
+    return f"layers.{parts[0]}.{parts[1]}"
+
+
 class FormatError(ValueError):
     """A model file that does not follow the documented layout."""
 
@@ -25,7 +33,10 @@ def save(model: Model, path) -> None:
     """Write ``model`` to ``path`` (safetensors; CuPy arrays are copied to the host)."""
     tensors = {name: np.ascontiguousarray(to_numpy(a)) for name, a in named_tensors(model).items()}
     meta = {"format": FORMAT, "norm_eps": repr(float(model.norm_eps)), "causal": "true" if model.causal else "false"}
-    save_file(tensors, os.fspath(path), metadata=meta)
+    try:
+        save_file(tensors, os.fspath(path), metadata=meta)
+    except SafetensorError as exc:  # e.g. a missing folder: a user error about the path
+        raise OSError(f"{os.fspath(path)}: cannot write ({exc})") from None
 
 
 def load(path, xp=np) -> Model:
@@ -43,7 +54,7 @@ def load(path, xp=np) -> Model:
         with safe_open(path, framework="numpy") as f:
             meta = f.metadata() or {}
         tensors = load_file(path)
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:  # TypeError: e.g. a bfloat16 tensor
         raise FormatError(f"{path}: not a readable safetensors file ({exc})") from None
     if meta.get("format") != FORMAT:
         raise FormatError(f"{path}: metadata format is {meta.get('format')!r}, expected {FORMAT!r}")
@@ -61,11 +72,11 @@ def load(path, xp=np) -> Model:
         if name in ("embed", "pos", "w_out"):
             continue
         m = _HEAD.match(name)
-        if m:
+        if m and m[0] == _canonical(m):
             head_parts.setdefault(int(m[1]), {}).setdefault(int(m[2]), set()).add(m[3])
             continue
         m = _LAYER.match(name)
-        if m:
+        if m and m[0] == _canonical(m):
             layer_parts.setdefault(int(m[1]), set()).add(m[2])
             continue
         raise FormatError(f"{path}: unexpected tensor {name!r} with shape {list(tensors[name].shape)}")

@@ -11,6 +11,8 @@ rows of positional parameters, ``vocab`` rows of the optional embedding table.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, fields, replace
 from typing import Any, Optional, Tuple
 
@@ -207,8 +209,10 @@ def validate(model: Model) -> None:
     if model.embed is not None:
         _expect("embed", model.embed, (None, h), dtype, xp)
     _expect("w_out", model.w_out, (h, None), dtype, xp)
-    if not isinstance(model.norm_eps, (int, float)) or model.norm_eps < 0:
-        raise ValueError(f"norm_eps: must be a float >= 0, got {model.norm_eps!r}")
+    eps = model.norm_eps
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"norm_eps: must be a finite float >= 0, got {eps!r}")
+    object.__setattr__(model, "norm_eps", float(eps))  # one representation (e.g. from np.float32)
     if not isinstance(model.causal, bool):
         raise TypeError(f"causal: must be a bool, got {model.causal!r}")
     for n, layer in enumerate(model.layers):

@@ -85,13 +85,21 @@ def _convert(op: str, key: str, value):
 
 
 def make_step(op: str, args: dict) -> Step:
-    if op not in STEPS:
+    if not isinstance(op, str) or op not in STEPS:
         raise PlanError(f"plan: unknown step {op!r} (steps: {', '.join(STEPS)})")
     conv = {k: _convert(op, k, v) for k, v in args.items()}
     missing = [k for k in REQUIRED[op] if k not in conv]
     if missing:
         raise PlanError(f"plan: step {op!r} needs {', '.join(k + '=' for k in missing)}")
     return Step(op, conv)
+
+
+def _no_duplicate_keys(pairs) -> dict:
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise PlanError(f"plan: key {dup[0]!r} given twice in one JSON step")
+    return dict(pairs)
 
 
 def parse_plan(plan) -> list:
@@ -118,9 +126,11 @@ def parse_plan(plan) -> list:
                 text = f.read()
         except OSError as exc:
             raise PlanError(f"plan: cannot read {plan!r}: {exc.strerror}") from None
+    if text.lstrip().startswith("{"):
+        raise PlanError("plan: a JSON plan must be a list of steps, [{\"op\": ...}, ...]")
     if text.lstrip().startswith("["):
         try:
-            return parse_plan(json.loads(text))
+            return parse_plan(json.loads(text, object_pairs_hook=_no_duplicate_keys))
         except json.JSONDecodeError as exc:
             raise PlanError(f"plan: invalid JSON: {exc}") from None
     steps = []

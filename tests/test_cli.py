@@ -97,6 +97,11 @@ def test_demo():
     (["init", "--h", "0", "-o", "y"], "h: must be an integer >= 1"),
     (["nosuchcommand"], "invalid choice"),
     (["info", "NOTAMODEL"], "not a readable safetensors file"),
+    (["init", "-o", "no/such/folder/x.safetensors"], "cannot write"),
+    (["expand", "BASE", "--plan", "mlp p=20", "-o", "no/such/folder/x.safetensors"], "does not exist"),
+    (["expand", "BASE", "--plan", '[{"op": [1]}]', "-o", "x.safetensors"], "unknown step"),
+    (["init", "--seed", "-1", "-o", "x.safetensors"], "--seed must be at least 0"),
+    (["init", "--eps", "nan", "-o", "x.safetensors"], "norm_eps: must be a finite float"),
 ])
 def test_user_errors_print_one_line_and_exit_2(base, tmp_path, args, msg):
     bad = tmp_path / "bad.safetensors"

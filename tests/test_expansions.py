@@ -245,6 +245,11 @@ def test_manifest_matches_tensors(name, fn):
             pytest.fail(f"unknown role {blk.role}")
     for tname, mask in covered.items():
         assert np.all(mask == 1), f"{tname}: manifest blocks must tile the tensor exactly once"
+    # and nothing changed goes unreported: every tensor that is not one of the input's arrays
+    # (possibly under a new name, after a layer insertion) is in the manifest
+    old_ids = {id(a) for a in old.values()}
+    for tname, t in tensors.items():
+        assert id(t) in old_ids or tname in covered, f"{tname} is new or changed but not in the manifest"
     roles = {b.role for b in manifest}
     assert "zero" in roles and "free" in roles
 
@@ -321,3 +326,30 @@ def test_bad_arguments_raise_value_error_naming_the_argument(call, arg):
         call(m)
     assert str(exc.value).startswith(f"{arg}:"), str(exc.value)
     assert all(np.array_equal(before[k], v) for k, v in named_tensors(m).items())
+
+
+def test_expansions_on_a_model_without_layers_raise_instead_of_doing_nothing():
+    empty = fpt_ref.init_model(h=4, layers=0, p=[], heads=[], k=[], v=[])
+    for call in (lambda: expand_mlp(empty, 5), lambda: add_heads(empty), lambda: expand_heads(empty, 9),
+                 lambda: expand_attention(empty, 9)):
+        with pytest.raises(ValueError, match=r"layers: the model has no layers \(N=0\)"):
+            call()
+    assert expand_hidden(empty, 6).h == 6  # hidden and add_layer need no layer
+
+
+@pytest.mark.parametrize("call,msg", [
+    (lambda m: expand_mlp(m, 9, layers="0"), "layers: expected a layer index"),
+    (lambda m: expand_mlp(m, 9, layers=[1.0]), "layers: layer index 1.0 is not an integer"),
+    (lambda m: expand_heads(m, 9, layers=[0], heads=[0.5]), "heads: head index 0.5 is not an integer"),
+    (lambda m: expand_mlp(m, 9, seed=-1), "seed: must be at least 0"),
+    (lambda m: expand_mlp(m, 9, seed="a"), "seed: expected an integer"),
+])
+def test_argument_type_errors_name_the_argument(call, msg):
+    with pytest.raises(ValueError, match=msg):
+        call(hetero_model())
+
+
+def test_numpy_integer_arguments_are_accepted():
+    m = hetero_model()
+    assert add_layer(m, np.int64(1)).N == 3
+    assert expand_mlp(m, np.int32(9), layers=np.array([0, 1])).layers[1].p == 9

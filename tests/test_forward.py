@@ -134,3 +134,14 @@ def test_magnitude_streams_bound_the_residual_streams():
         assert M.shape == X.shape and np.all(M >= np.abs(X) * (1 - 1e-12))
     assert all(np.all(b >= a) for a, b in zip(Ms, Ms[1:]))  # magnitudes only grow
 
+
+
+@pytest.mark.parametrize("eps", [float("nan"), float("inf"), True, -1e-3, "0.1"])
+def test_bad_norm_eps_rejected(eps):
+    with pytest.raises(ValueError, match="norm_eps: must be a finite float >= 0"):
+        hetero_model().replace(norm_eps=eps)
+
+
+def test_numpy_float_eps_accepted_and_stored_as_float():
+    m = hetero_model().replace(norm_eps=np.float32(1e-6))
+    assert type(m.norm_eps) is float and m.norm_eps == float(np.float32(1e-6))

@@ -85,3 +85,34 @@ def test_not_a_file(tmp_path):
     junk.write_bytes(b"not safetensors")
     with pytest.raises(fpt_ref.FormatError, match="not a readable safetensors file"):
         fpt_ref.load(junk)
+
+
+@pytest.mark.parametrize("name", ["layers.00.w_l1", "layers.0.heads.00.w_q", "layers.01.heads.0.w_k"])
+def test_non_canonical_indices_are_unexpected_tensors(tmp_path, name):
+    t = _tensors()
+    t[name] = np.zeros((6, 5))
+    with pytest.raises(fpt_ref.FormatError, match=f"unexpected tensor '{name}'"):
+        fpt_ref.load(_write(tmp_path, t))
+
+
+def test_unsupported_dtype_file_is_a_format_error(tmp_path):
+    import json
+    import struct
+
+    # a valid safetensors file holding one bfloat16 tensor, written by hand
+    header = json.dumps({"pos": {"dtype": "BF16", "shape": [1, 1], "data_offsets": [0, 2]},
+                         "__metadata__": {"format": "fpt-ref/1"}}).encode()
+    path = tmp_path / "bf16.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x00\x00")
+    with pytest.raises(fpt_ref.FormatError, match="not a readable safetensors file"):
+        fpt_ref.load(path)
+
+
+def test_nan_eps_in_metadata_is_a_format_error(tmp_path):
+    with pytest.raises(fpt_ref.FormatError, match="norm_eps"):
+        fpt_ref.load(_write(tmp_path, _tensors(), {"format": "fpt-ref/1", "norm_eps": "nan", "causal": "false"}))
+
+
+def test_save_to_a_missing_folder_is_an_os_error(tmp_path):
+    with pytest.raises(OSError, match="cannot write"):
+        fpt_ref.save(hetero_model(), tmp_path / "no" / "such" / "m.safetensors")

@@ -50,6 +50,9 @@ def test_str_round_trip():
     ("[1, 2", "invalid JSON"),
     ("missing.json", "cannot read"),
     ("heads v=4 heads=a,b", "list of integers"),
+    ('[{"op": [1]}]', "unknown step"),
+    ('{"op": "mlp", "p": 9}', "must be a list of steps"),
+    ('[{"op": "mlp", "p": 9, "p": 10}]', "key 'p' given twice"),
 ])
 def test_plan_errors(plan, msg):
     with pytest.raises(PlanError, match=msg):

@@ -102,7 +102,7 @@ def register(subparsers) -> None:
     s.add_argument("--plan", default=None, help="';'-separated steps or a JSON file (default for 'demo': the demo plan)")
     s.add_argument("-o", "--out", required=True, help="output directory")
     s.add_argument("--init", choices=["normal", "zeros"], default="normal")
-    s.add_argument("--seed", type=int_arg("--seed"), default=0)
+    s.add_argument("--seed", type=int_arg("--seed", 0), default=0)
     s.add_argument("--max-tensors", type=int_arg("--max-tensors"), default=6, help="tensors drawn per step (default 6)")
     s.add_argument("--dpi", type=int_arg("--dpi"), default=100)
     s.add_argument("--no-check", action="store_true", help="do not verify preservation per step")

@@ -62,6 +62,8 @@ class Builder:
     def __init__(self, model: Model, init: Init = "normal", seed: Optional[int] = 0):
         if not (init in ("normal", "zeros") or callable(init)):
             raise ValueError(f"init: must be 'normal', 'zeros' or a callable, got {init!r}")
+        if seed is not None:
+            check_int("seed", seed, 0)
         self.xp = model.xp
         self.dtype = model.dtype
         self.init = init
@@ -141,8 +143,12 @@ def finish(model: Model, blocks: list, return_manifest: bool):
     return (model, list(blocks)) if return_manifest else model
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if not _is_int(value):
         raise ValueError(f"{name}: expected an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name}: must be at least {minimum}, got {value}")
@@ -151,13 +157,19 @@ def check_int(name: str, value, minimum: int) -> int:
 
 def layer_indices(model: Model, layers, name: str = "layers") -> list:
     """Validate a layer selection (``None`` = all, an int, or a sequence of ints)."""
+    if model.N == 0:
+        raise ValueError(f"{name}: the model has no layers (N=0); add one first (add_layer)")
     if layers is None:
         return list(range(model.N))
-    if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
+    if _is_int(layers):
         layers = [layers]
+    if isinstance(layers, str) or not hasattr(layers, "__iter__"):
+        raise ValueError(f"{name}: expected a layer index or a list of them, got {layers!r}")
     out = []
     for n in layers:
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n < model.N:
+        if not _is_int(n):
+            raise ValueError(f"{name}: layer index {n!r} is not an integer")
+        if not 0 <= n < model.N:
             raise ValueError(f"{name}: layer index {n!r} is out of range for a model with N={model.N} layers")
         if int(n) in out:
             raise ValueError(f"{name}: layer index {n} given twice")
@@ -172,11 +184,15 @@ def head_indices(model: Model, n: int, heads, name: str = "heads") -> list:
     E = model.layers[n].E
     if heads is None:
         return list(range(E))
-    if isinstance(heads, (int, np.integer)) and not isinstance(heads, bool):
+    if _is_int(heads):
         heads = [heads]
+    if isinstance(heads, str) or not hasattr(heads, "__iter__"):
+        raise ValueError(f"{name}: expected a head index or a list of them, got {heads!r}")
     out = []
     for e in heads:
-        if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or not 0 <= e < E:
+        if not _is_int(e):
+            raise ValueError(f"{name}: head index {e!r} is not an integer")
+        if not 0 <= e < E:
             raise ValueError(f"{name}: head index {e!r} is out of range for layer {n}, which has E={E} heads")
         if int(e) in out:
             raise ValueError(f"{name}: head index {e} given twice")

@@ -27,8 +27,9 @@ def add_layer(model: Model, at: int, *, p=None, heads=None, k=None, v=None, init
         A model with no layers needs all four.
     init, seed, return_manifest : see :func:`fpt_ref.expand_mlp`.
     """
-    if isinstance(at, bool) or not isinstance(at, int) or not 0 <= at <= model.N:
-        raise ValueError(f"at: position {at!r} is out of range 0..{model.N} for a model with N={model.N} layers")
+    at = check_int("at", at, 0)
+    if at > model.N:
+        raise ValueError(f"at: position {at} is out of range 0..{model.N} for a model with N={model.N} layers")
     for name, val in (("p", p), ("heads", heads), ("k", k), ("v", v)):
         if val is not None:
             check_int(name, val, 1)

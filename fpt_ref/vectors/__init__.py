@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
     s = subparsers.add_parser("vectors", help="write reference vectors (one directory per case)")
     s.add_argument("--config", default="tiny", help="tiny, small, or a JSON file of dimensions (default tiny)")
-    s.add_argument("--seed", type=int_arg("--seed"), default=0)
+    s.add_argument("--seed", type=int_arg("--seed", 0), default=0)
     s.add_argument("-o", "--out", required=True, help="output directory")
     s.set_defaults(func=cmd_vectors)
 
