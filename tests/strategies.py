@@ -70,11 +70,12 @@ def draw_step(data, model: Model):
         if data.draw(st.booleans(), label="kv"):
             kw.update(k=data.draw(st.integers(1, 3)), v=data.draw(st.integers(1, 3)))
         return op, kw
-    n0 = layers[0]
-    heads = data.draw(st.lists(st.integers(0, model.layers[n0].E - 1), min_size=1, unique=True), label="heads")
+    # heads= applies to every chosen layer, so draw indices valid in all of them
+    E_min = min(model.layers[n].E for n in layers)
+    heads = data.draw(st.lists(st.integers(0, E_min - 1), min_size=1, unique=True), label="heads")
     key = "v" if op == "heads" else "k"
-    size = max(getattr(model.layers[n0].heads[e], key) for e in heads) + grow
-    kw = {key: size, "layers": [n0], "heads": heads}
+    size = max(getattr(model.layers[n].heads[e], key) for n in layers for e in heads) + grow
+    kw = {key: size, "layers": layers, "heads": heads}
     if op == "attention":
         kw["scale"] = data.draw(st.sampled_from(["W_K", "W_Q"]), label="scale")
     return op, kw

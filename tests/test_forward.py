@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 import fpt_ref
+from fpt_ref import add_heads
 from fpt_ref.forward import rms_norm
+from fpt_ref.metrics import magnitude_streams
 
 from naive import naive_forward
 from test_expansions import hetero_model
@@ -17,6 +19,20 @@ def test_matches_naive_on_heterogeneous_model():
     ref, out = naive_forward(m, x), fpt_ref.forward(m, x)
     assert out.shape == (3, 5, 3) and out.dtype == np.float64
     assert np.max(np.abs(ref - out)) <= fpt_ref.tolerance_ulps(m, m, 5) * np.spacing(np.max(np.abs(ref)))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_matches_naive_at_sizes_where_blas_blocks(dtype):
+    """Sizes large enough for blocked BLAS kernels and several head groups."""
+    m = fpt_ref.init_model(h=96, p=[256, 320], heads=[6, 4], k=[16, 24], v=[16, 8], layers=2, out_dim=7,
+                           max_seq=40, vocab=300, eps=1e-5, causal=True, dtype=dtype, seed=3)
+    m = add_heads(m, 2, layers=[1], k=12, v=20)
+    x = np.random.default_rng(9).integers(0, 300, size=(3, 40))
+    ref = naive_forward(fpt_ref.convert(m, dtype="float64"), x)  # the same parameters, evaluated in float64
+    out = fpt_ref.forward(m, x)
+    assert out.dtype == np.dtype(dtype)
+    S = np.max(magnitude_streams(m, x)[-1] @ np.abs(m.w_out))
+    assert np.max(np.abs(ref - out)) <= fpt_ref.tolerance_ulps(m, m, 40) * np.spacing(np.dtype(dtype).type(S))
 
 
 def test_rms_norm_is_the_papers_formula():
