@@ -56,3 +56,14 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("preservation error (ulps of the output scale)")
         for key, (ulp, frac, n) in sorted(PRESERVATION_RECORDS.items()):
             terminalreporter.write_line(f"{key}: {n} cases, max {ulp:.2f} ulp, max {100 * frac:.2f}% of the derived tolerance")
+
+
+@pytest.fixture(scope="session")
+def vec(tmp_path_factory):
+    """The ``tiny`` reference vectors (seed 0), written once per test session; treat as read-only."""
+    from fpt_ref.vectors.cases import load_config
+    from fpt_ref.vectors.write import write_vectors
+
+    root = tmp_path_factory.mktemp("vectors")
+    write_vectors(root, load_config("tiny"), seed=0)
+    return root

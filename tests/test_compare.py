@@ -8,18 +8,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from fpt_ref.vectors.cases import load_config
 from fpt_ref.vectors.compare import check_argmax, compare, compare_tensor, format_report
-from fpt_ref.vectors.write import write_vectors
 
 CASE = "tok-causal-eps/attention"  # N = 2: residual.0, residual.1, residual.2, output
-
-
-@pytest.fixture(scope="module")
-def vec(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vectors")
-    write_vectors(root, load_config("tiny"), seed=0)
-    return root
 
 
 @pytest.fixture(scope="module")

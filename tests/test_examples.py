@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from fpt_ref.vectors.cases import FAMILIES, load_config
+from fpt_ref.vectors.cases import FAMILIES
 from fpt_ref.vectors.compare import compare
-from fpt_ref.vectors.write import write_vectors
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
@@ -23,13 +22,6 @@ def example(name):
     if EXAMPLES not in sys.path:
         sys.path.insert(0, EXAMPLES)
     return importlib.import_module(name)
-
-
-@pytest.fixture(scope="module")
-def vec(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vectors")
-    write_vectors(root, load_config("tiny"), seed=0)
-    return root
 
 
 def all_cases(root):

@@ -20,13 +20,6 @@ EXPANSIONS = ("mlp", "add_heads", "heads", "attention", "hidden", "add_layer")
 FILES = ("model.safetensors", "inputs.safetensors", "outputs.safetensors", "manifest.json", "vectors.npz", "model.npz")
 
 
-@pytest.fixture(scope="module")
-def vec(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vectors")
-    write_vectors(root, load_config("tiny"), seed=0)
-    return root
-
-
 def cases(root):
     with open(root / "index.json") as f:
         return json.load(f)["cases"]
