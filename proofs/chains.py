@@ -392,5 +392,21 @@ CHAIN_SETS = {
 
 
 def prove_chains(theorem: str, variant: str = "paper") -> List[Chain]:
-    """Build and check every step of a theorem's chains."""
-    return [check_chain(c) for c in chains_for(theorem, variant)]
+    """Build and check every step of a theorem's chains.
+
+    A step may only assume what its variant's constraint set grants (``CHAIN_SETS``): a block
+    set to zero must be one of the variant's zero blocks, and a non-zero substitution (the
+    ``sqrt(k^/k)`` factor) needs a scaling in the set. A step that assumes more is marked
+    not proved, whatever its algebra says.
+    """
+    zero, scale = next((z, sc) for v, z, sc in CHAIN_SETS[theorem] if v == variant)
+    chains = [check_chain(c) for c in chains_for(theorem, variant)]
+    for c in chains:
+        for st in c.steps:
+            for key, value in st.assume.items():
+                is_zero = isinstance(value, ZeroMatrix) or value == 0
+                if (is_zero and str(key) not in zero) or (not is_zero and not scale):
+                    st.ok = False
+                    st.detail = f"assumes {key} = {value}, which the constraint set {sorted(zero)} / scale " \
+                                f"{sorted(scale)} does not grant; " + st.detail
+    return chains

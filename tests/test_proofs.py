@@ -180,3 +180,14 @@ def test_parse_constraints():
 def test_summary_line():
     line = summary_line()
     assert "\n" not in line and "6/6 theorems proved" in line
+
+
+def test_chain_steps_may_only_assume_what_the_constraint_set_grants(monkeypatch):
+    """A chain that zeroes a block its variant does not constrain is not proved."""
+    from proofs import chains
+
+    assert all(c.ok for c in chains.prove_chains("mlp", "paper"))
+    monkeypatch.setitem(chains.CHAIN_SETS, "mlp", [("paper", set(), set()), ("alt", {"M_l1", "m_b_l1"}, set())])
+    bad = chains.prove_chains("mlp", "paper")
+    assert not all(c.ok for c in bad)
+    assert any("does not grant" in st.detail for c in bad for st in c.steps)
