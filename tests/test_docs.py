@@ -1,4 +1,4 @@
-"""Execute the code of docs/tutorial.md and docs/solutions.md (the teaching materials).
+"""Execute the code of docs/tutorial.md, docs/solutions.md (the teaching materials) and the README.
 
 Every ```python block of a file runs in order, in one namespace, in a fresh temporary
 directory; a failing block fails the test with the file and line number of the block.
@@ -18,7 +18,7 @@ import traceback
 import pytest
 
 DOCS = os.path.join(os.path.dirname(__file__), os.pardir, "docs")
-FILES = ["tutorial.md", "solutions.md"]
+FILES = ["tutorial.md", "solutions.md", os.path.join(os.pardir, "README.md")]  # README: its Python example
 FENCE = re.compile(r"^(`{3,})([^`]*)$")  # CommonMark: no backtick in a backtick fence's info
 
 
