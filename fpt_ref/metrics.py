@@ -61,7 +61,10 @@ def natural_scale(model: Model, last_stream) -> float:
     this is the natural output scale ``S`` of the module doc.
     """
     xp = model.xp
-    return float(xp.max(xp.abs(last_stream) @ xp.abs(model.w_out))) if last_stream.size else 0.0
+    if not last_stream.size:
+        return 0.0
+    f64 = xp.float64  # in float64, so that a float32 model's scale cannot overflow
+    return float(xp.max(xp.abs(last_stream).astype(f64) @ xp.abs(model.w_out).astype(f64)))
 
 
 def magnitude_streams(model: Model, x) -> list:

@@ -44,7 +44,7 @@ def verify(a: Model, b: Model, batch: int = 4, seq: Optional[int] = None, seed: 
 
     Returns ``max_abs``, ``max_rel``, ``max_ulp`` (see :mod:`fpt_ref.metrics`), the derived
     tolerance as ``tol_abs`` and, in the unit of ``max_ulp``, ``tol_ulp``, and ``ok``
-    (``max_abs <= tol_abs``).
+    (``max_abs <= tol_abs``, both finite).
     """
     xa, xb = common_inputs(a, b, batch, seq, seed)
     ref = forward(a, xa)  # [b, s, o]
@@ -53,5 +53,6 @@ def verify(a: Model, b: Model, batch: int = 4, seq: Optional[int] = None, seed: 
     ulp_out = float(np.spacing(np.dtype(a.dtype).type(np.max(np.abs(to_numpy(ref))))))
     stats["tol_abs"] = tol
     stats["tol_ulp"] = tol / ulp_out if ulp_out > 0 else float("inf")
-    stats["ok"] = bool(stats["max_abs"] <= tol)
+    # a non-finite error or scale (overflow) is never "preserved"
+    stats["ok"] = bool(np.isfinite(stats["max_abs"]) and np.isfinite(tol) and stats["max_abs"] <= tol)
     return stats

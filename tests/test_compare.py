@@ -207,3 +207,41 @@ def test_cli_exit_codes(vec, ref, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "CASE_DIR" in r.stderr
     r = _cli(vec / CASE, tmp_path / "missing.npz")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "missing.npz" in r.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04junk", "npy"])
+def test_unreadable_npz_is_a_value_error(vec, tmp_path, content):
+    path = tmp_path / "a.npz"
+    if content == "npy":
+        with open(path, "wb") as f:
+            np.save(f, np.zeros(3))  # a single .npy array under an .npz name
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match="ACTUAL: .*(not a readable npz file|not an .npz archive)"):
+        compare(vec / CASE, path)
+
+
+def test_directory_as_actual(vec, tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        compare(vec / CASE, tmp_path)
+
+
+@pytest.mark.parametrize("edit", ["tolerance=1", "outputs=[]", "drop f32 output", "atol=a"])
+def test_corrupt_manifest_is_a_value_error(vec, tmp_path, edit):
+    import json
+    import shutil
+
+    case = tmp_path / "case"
+    shutil.copytree(vec / CASE, case)
+    man = json.loads((case / "manifest.json").read_text())
+    if edit == "tolerance=1":
+        man["tolerance"] = 1
+    elif edit == "outputs=[]":
+        man["outputs"] = []
+    elif edit == "drop f32 output":
+        del man["tolerance"]["float32"]["output"]
+    else:
+        man["tolerance"]["float64"]["output"]["atol"] = "a"
+    (case / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ValueError, match="is not a vectors manifest"):
+        compare(case, tmp_path / "whatever.npz")

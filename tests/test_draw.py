@@ -209,3 +209,22 @@ def test_committed_figures_are_small_pngs():
         with open(path, "rb") as f:
             assert f.read(8) == PNG_MAGIC, name
         assert 10_000 < os.path.getsize(path) < 200_000, name
+
+
+def test_draw_exits_1_when_a_step_is_not_preserved(tmp_path, monkeypatch):
+    import fpt_ref.plan
+    from fpt_ref.cli import main
+
+    def broken_verify(a, b, **kw):
+        return {"max_abs": 1.0, "max_rel": 1.0, "max_ulp": 1e16, "tol_abs": 1e-12, "tol_ulp": 10.0, "ok": False}
+
+    monkeypatch.setattr(fpt_ref.plan, "verify", broken_verify)
+    assert main(["draw", "demo", "--plan", "mlp p=40", "-o", str(tmp_path / "d"), "--dpi", "20"]) == 1
+
+
+def test_draw_dpi_bounds(tmp_path, capsys):
+    from fpt_ref.cli import main
+
+    assert main(["draw", "demo", "-o", str(tmp_path / "d"), "--dpi", "0"]) == 2
+    assert main(["draw", "demo", "-o", str(tmp_path / "d"), "--dpi", "100000"]) == 2
+    assert not (tmp_path / "d").exists()

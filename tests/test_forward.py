@@ -161,3 +161,11 @@ def test_bad_norm_eps_rejected(eps):
 def test_numpy_float_eps_accepted_and_stored_as_float():
     m = hetero_model().replace(norm_eps=np.float32(1e-6))
     assert type(m.norm_eps) is float and m.norm_eps == float(np.float32(1e-6))
+
+
+def test_verify_never_calls_an_overflowing_model_preserved():
+    m = hetero_model(dtype="float32")
+    huge = m.replace(w_out=m.w_out * np.float32(3e37))  # outputs overflow to inf in float32
+    with np.errstate(over="ignore", invalid="ignore"):  # the overflow is the point
+        st = fpt_ref.verify(huge, fpt_ref.expand_mlp(huge, 9))
+    assert not st["ok"]

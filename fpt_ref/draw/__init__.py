@@ -20,25 +20,28 @@ THEOREMS = {  # op -> (theorem, its constraint as PAPER.md states it)
 }
 
 
-def draw_plan(model, plan, out_dir: str, *, init="normal", seed: int = 0, max_tensors: int = 6,
-              check: bool = True, dpi: int = 100) -> list:
-    """Run ``plan`` on ``model`` and write one PNG per step plus ``model.png``; returns the paths.
+def run_for_drawing(model, plan, *, init="normal", seed: int = 0, check: bool = True) -> list:
+    """``run_plan`` as the figures use it: preservation checked on 2 sequences of at most 8
+    positions (enough to catch a broken step, whose error is then far above the tolerance;
+    cheap for large models)."""
+    from ..plan import run_plan
 
-    Files: ``step{i}_{op}.png`` (i from 1) and ``model.png``. With ``check``, each figure's
-    caption gives the preservation error of the composition so far (see :func:`fpt_ref.verify`),
-    measured on 2 random sequences of at most 8 positions.
+    return run_plan(model, plan, init=init, seed=seed, check=check, batch=2, seq=min(8, model.s_max))
+
+
+def draw_results(model, results, out_dir: str, *, max_tensors: int = 6, dpi: int = 100) -> list:
+    """One PNG per step of ``results`` (from :func:`run_for_drawing`) plus ``model.png``; returns the paths.
+
+    Files: ``step{i}_{op}.png`` (i from 1) and ``model.png``. Each caption gives the step's
+    preservation error of the composition so far when the plan was run with ``check``.
     """
     from ..model import dims_summary
-    from ..plan import run_plan
     from .architecture import model_figure
     from .blocks import step_figure
 
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"out_dir: {out_dir!r} exists and is not a directory")
+        raise ValueError(f"-o: {out_dir!r} exists and is not a directory")
     os.makedirs(out_dir, exist_ok=True)
-    # preservation is checked on 2 sequences of at most 8 positions: enough to catch a broken
-    # step (errors are then far above the tolerance), cheap for large models
-    results = run_plan(model, plan, init=init, seed=seed, check=check, batch=2, seq=min(8, model.s_max))
     paths = []
     prev = model
     for i, r in enumerate(results, 1):
@@ -66,6 +69,13 @@ def draw_plan(model, plan, out_dir: str, *, init="normal", seed: int = 0, max_te
     return paths
 
 
+def draw_plan(model, plan, out_dir: str, *, init="normal", seed: int = 0, max_tensors: int = 6,
+              check: bool = True, dpi: int = 100) -> list:
+    """Run ``plan`` on ``model`` and write one PNG per step plus ``model.png``; returns the paths."""
+    results = run_for_drawing(model, plan, init=init, seed=seed, check=check)
+    return draw_results(model, results, out_dir, max_tensors=max_tensors, dpi=dpi)
+
+
 def cmd_draw(args) -> int:
     import matplotlib
 
@@ -84,13 +94,20 @@ def cmd_draw(args) -> int:
         if args.plan is None:
             raise ValueError("--plan: required unless MODEL is 'demo'")
         plan = args.plan
+    if args.dpi > 600:
+        raise ValueError(f"--dpi: at most 600, got {args.dpi}")
     if args.max_tensors < 1:
         raise ValueError(f"--max-tensors: must be at least 1, got {args.max_tensors}")
-    paths = draw_plan(model, plan, args.out, init=args.init, seed=args.seed, max_tensors=args.max_tensors,
-                      check=not args.no_check, dpi=args.dpi)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"-o: {args.out!r} exists and is not a directory")
+    results = run_for_drawing(model, plan, init=args.init, seed=args.seed, check=not args.no_check)
+    paths = draw_results(model, results, args.out, max_tensors=args.max_tensors, dpi=args.dpi)
     for p in paths:
         print(f"wrote {p}")
-    return 0
+    broken = [str(r.step) for r in results if r.error is not None and not r.error["ok"]]
+    if broken:
+        print(f"NOT preserved after: {'; '.join(broken)}")
+    return 1 if broken else 0
 
 
 def register(subparsers) -> None:
@@ -104,6 +121,6 @@ def register(subparsers) -> None:
     s.add_argument("--init", choices=["normal", "zeros"], default="normal")
     s.add_argument("--seed", type=int_arg("--seed", 0), default=0)
     s.add_argument("--max-tensors", type=int_arg("--max-tensors"), default=6, help="tensors drawn per step (default 6)")
-    s.add_argument("--dpi", type=int_arg("--dpi"), default=100)
+    s.add_argument("--dpi", type=int_arg("--dpi", 10), default=100, help="10-600 (default 100)")
     s.add_argument("--no-check", action="store_true", help="do not verify preservation per step")
     s.set_defaults(func=cmd_draw)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import zipfile
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -89,12 +90,11 @@ def read_case(case_dir) -> tuple:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"CASE_DIR: {p} not found (not a case written by 'fpt-ref vectors')")
     try:
-        with open(man_path) as f:
+        with open(man_path, encoding="utf-8") as f:
             man = json.load(f)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"CASE_DIR: {man_path}: invalid JSON ({exc})") from None
-    if not isinstance(man, dict) or "tolerance" not in man or "outputs" not in man:
-        raise ValueError(f"CASE_DIR: {man_path} has no 'tolerance'/'outputs' (not a vectors manifest)")
+    _check_manifest(man, man_path)
     from safetensors.numpy import load_file
 
     try:
@@ -105,6 +105,24 @@ def read_case(case_dir) -> tuple:
     if missing:
         raise ValueError(f"CASE_DIR: {out_path} lacks {missing} listed in the manifest")
     return man, ref
+
+
+def _check_manifest(man, man_path: str) -> None:
+    """The parts of a manifest that compare reads: outputs (with ``output``) and numeric tolerances."""
+    bad = f"CASE_DIR: {man_path} is not a vectors manifest"
+    if not isinstance(man, dict) or not isinstance(man.get("outputs"), (list, dict)) \
+            or not isinstance(man.get("tolerance"), dict):
+        raise ValueError(f"{bad} (needs 'outputs' and 'tolerance')")
+    if "output" not in man["outputs"]:
+        raise ValueError(f"{bad} ('outputs' lacks 'output')")
+    for dt, per in man["tolerance"].items():
+        if dt not in DTYPES:
+            continue
+        for name in man["outputs"]:
+            t = per.get(name) if isinstance(per, dict) else None
+            if not isinstance(t, dict) or not all(isinstance(t.get(k), (int, float)) and not isinstance(t.get(k), bool)
+                                                  for k in ("atol", "rtol")):
+                raise ValueError(f"{bad} (tolerance.{dt}.{name} needs numeric 'atol' and 'rtol')")
 
 
 def _safetensors_header(path: str) -> dict:
@@ -127,6 +145,8 @@ def read_actual(path) -> dict:
     a string so that it is reported by name.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"ACTUAL: {path} is a directory; give a .safetensors or .npz file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ACTUAL: {path} not found")
     ext = os.path.splitext(path)[1].lower()
@@ -147,13 +167,19 @@ def read_actual(path) -> dict:
             raise ValueError(f"ACTUAL: {path}: not a readable safetensors file ({exc})") from None
     elif ext == ".npz":
         try:
-            with np.load(path, allow_pickle=False) as z:
+            z = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"ACTUAL: {path}: not a readable npz file ({exc})") from None
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError(f"ACTUAL: {path}: holds a single .npy array, not an .npz archive of named tensors")
+        try:
+            with z:
                 for name in z.files:
                     try:
                         out[name] = z[name]
                     except ValueError as exc:  # object arrays need pickle
                         out[name] = f"cannot be read without pickle ({exc})"
-        except (OSError, ValueError) as exc:
+        except (OSError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(f"ACTUAL: {path}: not a readable npz file ({exc})") from None
     else:
         raise ValueError(f"ACTUAL: {path}: expected a .safetensors or .npz file, got extension {ext!r}")
@@ -258,7 +284,7 @@ def format_report(r: Report) -> str:
     lines += [head, "-" * len(head)]
     for t in r.tensors:
         lines.append(f"{t.name:<12} {t.dtype or '-':<8} {_fmt(t.max_abs, '10.3e')} {_fmt(t.max_rel, '10.3e')} "
-                     f"{_fmt(t.max_ulp, '10.1f')} {_fmt(t.used, '9.3g')}  {t.status.upper() if not t.ok else 'ok'}")
+                     f"{_fmt(t.max_ulp, '10.4g')} {_fmt(t.used, '9.3g')}  {t.status.upper() if not t.ok else 'ok'}")
     for t in r.tensors:
         if t.message:
             lines.append(f"  {t.message}")
@@ -266,8 +292,15 @@ def format_report(r: Report) -> str:
     if r.first_failing_residual is not None:
         n = int(r.first_failing_residual.split(".")[1])
         where = "the input X_1 = I + P (embedding or positions)" if n == 0 else f"the output of layer {n - 1}"
-        lines.append(f"first failing residual: {r.first_failing_residual} ({where}); "
-                     f"earlier residuals agree, so look at {'the input' if n == 0 else f'layer {n - 1}'}")
+        status = next(t.status for t in r.tensors if t.name == r.first_failing_residual)
+        if status not in ("fail", "nonfinite"):  # missing, wrong shape or dtype: says nothing about where
+            lines.append(f"first failing residual: {r.first_failing_residual} ({where}) is {status}; "
+                         f"fix ACTUAL before reading the layer")
+        elif n == 0:
+            lines.append(f"first failing residual: {r.first_failing_residual} ({where}); look at the input")
+        else:
+            lines.append(f"first failing residual: {r.first_failing_residual} ({where}); "
+                         f"earlier residuals agree, so look at layer {n - 1}")
     elif not r.tensors[-1].ok and r.tensors[-1].name == "output":
         lines.append("all residuals agree; output fails, so look at W_out")
     if r.extra:
