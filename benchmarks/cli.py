@@ -6,6 +6,7 @@ are imported when the command runs.
 from __future__ import annotations
 
 import argparse
+import os
 
 DEFAULT_OUT = "bench-results"
 
@@ -70,7 +71,16 @@ def cmd_bench(args) -> int:
 
     gpu_usable = "cupy" in args.backends and machine.cupy_status()[0] is not None
     cfg = config_from_args(args, gpu_usable)
+    # check --out before measuring, so a bad path does not throw a long run away
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out: {args.out} exists and is not a directory")
+    os.makedirs(args.out, exist_ok=True)
+    if not os.access(args.out, os.W_OK):
+        raise ValueError(f"--out: {args.out} is not writable")
     results = runner.run(cfg)
+    if not results.get("records"):
+        raise ValueError("nothing was measured: every size or backend was excluded (see --sizes, --backends, "
+                         "--max-params-cpu)")
     paths = report.write_all(results, args.out)
     print(report.markdown_table(results))
     print("wrote " + ", ".join(paths))

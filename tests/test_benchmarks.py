@@ -308,3 +308,18 @@ def test_cuda_timer_synchronises():
     a = cp.ones((512, 512), dtype=cp.float32)
     t = runner.cuda_timer(cp)(lambda: a @ a)
     assert t > 0 and math.isfinite(t)
+
+
+def test_bad_out_is_rejected_before_measuring(tmp_path):
+    from fpt_ref.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(["bench", "--quick", "--out", str(afile)]) == 2
+
+
+def test_nothing_measured_is_a_usage_error(tmp_path, capsys):
+    from fpt_ref.cli import main
+
+    assert main(["bench", "--quick", "--backends", "numpy", "--max-params-cpu", "10", "--out", str(tmp_path / "b")]) == 2
+    assert "nothing was measured" in capsys.readouterr().err

@@ -285,3 +285,21 @@ def test_cli_vectors(tmp_path):
     (tmp_path / "file").write_text("")
     r = _cli("vectors", "-o", str(tmp_path / "file"))
     assert r.returncode == 2 and "not a directory" in r.stderr
+
+
+def test_a_plan_failing_in_a_later_family_writes_nothing_and_names_the_family(tmp_path):
+    from fpt_ref.vectors.cases import Config
+
+    cfg = Config(plan="heads v=6 layers=0 heads=0")  # grows tiny's v=4, but not a family whose v is 6
+    with pytest.raises(ValueError, match="family tok-full-eps0: v: v=6 does not grow"):
+        write_vectors(tmp_path / "out", cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_rejects_out_dim_below_2_and_nonfinite_eps():
+    from fpt_ref.vectors.cases import Config
+
+    with pytest.raises(ValueError, match="out_dim must be at least 2"):
+        Config(out_dim=1)
+    with pytest.raises(ValueError, match="eps must be"):
+        Config(eps=float("inf"))

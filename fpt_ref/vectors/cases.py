@@ -21,6 +21,7 @@ heads and layers become heterogeneous.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from typing import Optional, Tuple
@@ -62,6 +63,10 @@ class Config:
                 raise ValueError(f"config: {f.name} must be an integer >= 1, got {val!r}")
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not self.eps > 0:
             raise ValueError(f"config: eps must be a number > 0 (the eps of the eps > 0 families), got {self.eps!r}")
+        if self.out_dim < 2:
+            raise ValueError(f"config: out_dim must be at least 2 (the argmax check needs two outputs), got {self.out_dim}")
+        if not math.isfinite(self.eps):
+            raise ValueError(f"config: eps must be finite, got {self.eps!r}")
         if self.seq > self.max_seq:
             raise ValueError(f"config: seq={self.seq} exceeds max_seq={self.max_seq}")
         if self.plan is not None and not isinstance(self.plan, str):

@@ -212,7 +212,7 @@ def write_case(case_dir: str, case: Case, x, ref: dict, man: dict) -> None:
     np.savez(os.path.join(case_dir, "vectors.npz"), **{in_name: x}, **ref)
     np.savez(os.path.join(case_dir, "model.npz"), **{k: np.asarray(v) for k, v in named_tensors(case.model).items()})
     with open(os.path.join(case_dir, "manifest.json"), "w") as f:
-        json.dump(man, f, indent=1)
+        json.dump(man, f, indent=1, allow_nan=False)  # strict JSON for other languages
         f.write("\n")
 
 
@@ -227,10 +227,15 @@ def write_vectors(out_dir, cfg: Config, seed: int = 0) -> list:
         raise ValueError(f"-o: {out_dir} exists and is not a directory")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"--seed: must be an integer >= 0, got {seed!r}")
-    index = []
+    built = []  # every family is built before anything is written, so a bad plan leaves no partial output
     for fi, fam in enumerate(FAMILIES):
         fseed = family_seed(seed, fi)
-        cases = build_family(cfg, fam, fseed)
+        try:
+            built.append((fseed, build_family(cfg, fam, fseed)))
+        except ValueError as exc:
+            raise ValueError(f"family {fam.name}: {exc}") from None
+    index = []
+    for fseed, cases in built:
         x_base, iseed, refs, tols = choose_inputs(cases, cfg, fseed)
         root_out = refs[cases[0].name]["output"]
         for c in cases:
