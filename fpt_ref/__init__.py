@@ -10,7 +10,7 @@ from .io import FormatError, load, save
 from .metrics import error_stats, natural_scale, tolerance_abs, tolerance_ulps
 from .model import Head, Layer, Model, convert, dims, named_tensors, param_count
 from .plan import PlanError, Step, apply_step, parse_plan, run_plan
-from .verify import verify
+from .verify import verify, verify_each
 
 __version__ = "0.1.0"
 
@@ -18,5 +18,5 @@ __all__ = [
     "Model", "Layer", "Head", "Block", "init_model", "random_inputs", "forward", "residual_streams",
     "load", "save", "FormatError", "expand_mlp", "add_heads", "expand_heads", "expand_attention",
     "expand_hidden", "add_layer", "parse_plan", "run_plan", "apply_step", "Step", "PlanError",
-    "verify", "convert", "error_stats", "tolerance_ulps", "tolerance_abs", "natural_scale", "dims", "named_tensors", "param_count",
+    "verify", "verify_each", "convert", "error_stats", "tolerance_ulps", "tolerance_abs", "natural_scale", "dims", "named_tensors", "param_count",
 ]

@@ -67,7 +67,7 @@ def natural_scale(model: Model, last_stream) -> float:
     return float(xp.max(xp.abs(last_stream).astype(f64) @ xp.abs(model.w_out).astype(f64)))
 
 
-def magnitude_streams(model: Model, x) -> list:
+def streams_and_magnitudes(model: Model, x) -> tuple:
     """Running magnitudes ``M_1 .. M_{N+1}`` [b, s, h] bounding the terms each residual sums.
 
     A residual stream is a sum of terms (input, positions, every branch output); its rounding
@@ -78,7 +78,9 @@ def magnitude_streams(model: Model, x) -> list:
         M'_n  = M_n  + max_s(|Xn| @ |W_V|) @ |W_O|           (|softmax V| <= max over rows of |V|)
         M_n+1 = M'_n + (|Xn'| @ |W_l1| + |b_l1|) @ |W_l2| + |b_l2|
 
-    ``x`` as for :func:`fpt_ref.forward` (batched or not).
+    ``x`` as for :func:`fpt_ref.forward` (batched or not). Returns ``(X_{N+1}, [M_1 .. M_{N+1}])``:
+    the last residual stream comes along at no cost (``X_{N+1} @ W_out`` is the model's output,
+    bit for bit), so a caller needing both runs the model once.
     """
     from .forward import _batched, embed_inputs, mha, mlp, rms_norm  # the forward's own pieces
 
@@ -99,7 +101,12 @@ def magnitude_streams(model: Model, x) -> list:
         M = M + (xp.abs(xn) @ xp.abs(L.w_l1) + xp.abs(L.b_l1)) @ xp.abs(L.w_l2) + xp.abs(L.b_l2)  # M_{n+1}
         X = X + mlp(L, xn)  # X_{n+1} [b, s, h]
         out.append(M)
-    return [m[0] for m in out] if unbatched else out
+    return (X[0], [m[0] for m in out]) if unbatched else (X, out)
+
+
+def magnitude_streams(model: Model, x) -> list:
+    """The running magnitudes ``[M_1 .. M_{N+1}]`` of :func:`streams_and_magnitudes`."""
+    return streams_and_magnitudes(model, x)[1]
 
 
 def tolerance_abs(a: Model, b: Model, s: int, scale: float) -> float:

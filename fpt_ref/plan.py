@@ -20,7 +20,7 @@ import numpy as np
 
 from .expansions import add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp
 from .model import Model, dims_summary, param_count
-from .verify import verify
+from .verify import verify_each
 
 # name -> (function, {key: kind}); kind is "int", "ints" (int or list) or "str"
 STEPS = {
@@ -185,6 +185,9 @@ def run_plan(model: Model, plan, init="normal", seed: int = 0, check: bool = Tru
     current = model
     for i, step in enumerate(steps):
         current, manifest = apply_step(current, step, init=init, seed=seed + i, return_manifest=True)
-        err = verify(model, current, batch=batch, seq=seq, seed=seed) if check else None
-        results.append(StepResult(step, current, manifest, err))
+        results.append(StepResult(step, current, manifest, None))
+    if check:  # the original model runs once for all the steps
+        errors = verify_each(model, [r.model for r in results], batch=batch, seq=seq, seed=seed)
+        for r, err in zip(results, errors):
+            r.error = err
     return results

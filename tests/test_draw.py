@@ -215,10 +215,11 @@ def test_draw_exits_1_when_a_step_is_not_preserved(tmp_path, monkeypatch):
     import fpt_ref.plan
     from fpt_ref.cli import main
 
-    def broken_verify(a, b, **kw):
-        return {"max_abs": 1.0, "max_rel": 1.0, "max_ulp": 1e16, "tol_abs": 1e-12, "tol_ulp": 10.0, "ok": False}
+    def broken_verify_each(a, others, **kw):
+        return [{"max_abs": 1.0, "max_rel": 1.0, "max_ulp": 1e16, "tol_abs": 1e-12, "tol_ulp": 10.0, "ok": False}
+                for _ in others]
 
-    monkeypatch.setattr(fpt_ref.plan, "verify", broken_verify)
+    monkeypatch.setattr(fpt_ref.plan, "verify_each", broken_verify_each)
     assert main(["draw", "demo", "--plan", "mlp p=40", "-o", str(tmp_path / "d"), "--dpi", "20"]) == 1
 
 

@@ -149,6 +149,10 @@ def test_magnitude_streams_bound_the_residual_streams():
     for M, X in zip(Ms, Xs):
         assert M.shape == X.shape and np.all(M >= np.abs(X) * (1 - 1e-12))
     assert all(np.all(b >= a) for a, b in zip(Ms, Ms[1:]))  # magnitudes only grow
+    from fpt_ref.metrics import streams_and_magnitudes
+
+    last, _ = streams_and_magnitudes(m, x)  # verify takes the reference output from this single pass
+    assert np.array_equal(last @ m.w_out, fpt_ref.forward(m, x))
 
 
 
