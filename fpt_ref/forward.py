@@ -54,7 +54,7 @@ def head_groups(layer: Layer) -> list:
     groups: dict = {}
     for e, head in enumerate(layer.heads):
         groups.setdefault((head.k, head.v), []).append(e)
-    return [(kv, idx) for kv, idx in groups.items()]
+    return list(groups.items())
 
 
 def mha(layer: Layer, x, causal: bool):

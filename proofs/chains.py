@@ -172,7 +172,7 @@ def _scalar_equal(a, b) -> bool:
         return False
     # and at concrete positive numbers, as an independent check
     syms = sorted((a - b).free_symbols, key=lambda x: x.name)
-    for t, vals in enumerate(([2, 3, 5, 7, 11, 13, 17, 19][: len(syms)], [3, 7, 2, 9, 4, 5, 6, 8][: len(syms)])):
+    for vals in ([2, 3, 5, 7, 11, 13, 17, 19][: len(syms)], [3, 7, 2, 9, 4, 5, 6, 8][: len(syms)]):
         val = sp.N((a - b).subs(dict(zip(syms, vals))), 30)
         if abs(val) > 1e-25:
             return False

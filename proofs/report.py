@@ -10,14 +10,12 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-import sympy as sp
-from sympy.matrices.expressions import BlockDiagMatrix, BlockMatrix, ZeroMatrix
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
 from .chains import Chain
 from .minimal import Search, drop_each, searches
-from .theorems import ORDER, SIX, THEOREMS, Level, run_compose, run_theorem
+from .theorems import SIX, THEOREMS, Level, run_compose, run_theorem
 
 _HATS = {"khat": "k^", "phat": "p^", "hhat": "h^", "vhat": "v^", "epsilonhat": "eps^", "epsilon": "eps"}
 _TEX_NAMES = {"m_b_l1": "m_{b,l1}", "m_b_l2": "m_{b,l2}", "W_out": "W_{out}", "M_out": "M_{out}", "H_r": "H_{r}",

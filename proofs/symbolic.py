@@ -26,7 +26,7 @@ Two targeted rewrites are applied while building atoms, both exact identities:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import sympy as sp
 

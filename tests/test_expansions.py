@@ -47,7 +47,7 @@ def test_mlp_expansion():
     m = frozen(hetero_model())
     before = snapshot(m)
     big = expand_mlp(m, 9, layers=[0, 1])
-    for n, (L, B) in enumerate(zip(m.layers, big.layers)):
+    for L, B in zip(m.layers, big.layers):
         p = L.p
         assert B.w_l1.shape == (6, 9) and B.b_l1.shape == (9,) and B.w_l2.shape == (9, 6)
         assert np.array_equal(B.w_l1[:, :p], L.w_l1) and np.array_equal(B.b_l1[:p], L.b_l1)

@@ -1,7 +1,6 @@
 """The SymPy proof checker (issue 3): kernel, chains, refutations, minimality, summary."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import sympy as sp
 from sympy.matrices.expressions import BlockMatrix, MatrixSymbol, ZeroMatrix
