@@ -1,4 +1,5 @@
 """``python -m benchmarks [options]``: the same as ``fpt-ref bench [options]``."""
+
 import sys
 
 from fpt_ref.cli import main

@@ -3,6 +3,7 @@
 ``register`` only adds the sub-parser; NumPy-heavy modules, matplotlib, CuPy and PyTorch
 are imported when the command runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,7 @@ def _list(name, choices=None):
         if bad:
             raise argparse.ArgumentTypeError(f"{name}: unknown {', '.join(bad)} (choose from {', '.join(choices)})")
         return items
+
     return conv
 
 
@@ -29,19 +31,39 @@ def add_arguments(s) -> None:
     from .ops import OPS  # light: fpt_ref and NumPy only
 
     s.add_argument("--quick", action="store_true", help="tiny ladder, few repeats (under a minute on 2 cores)")
-    s.add_argument("--out", default=DEFAULT_OUT, help=f"output folder for results.json, table.md, *.png (default {DEFAULT_OUT})")
-    s.add_argument("--backends", type=_list("--backends", ["numpy", "cupy", "torch"]), default=["numpy", "cupy", "torch"],
-                   help="comma-separated: numpy,cupy,torch (unusable ones are skipped with a note)")
-    s.add_argument("--ladder", choices=["quick", "cpu", "gpu"], default=None,
-                   help="size ladder (default: quick with --quick, gpu when a GPU is usable, else cpu)")
+    s.add_argument(
+        "--out", default=DEFAULT_OUT, help=f"output folder for results.json, table.md, *.png (default {DEFAULT_OUT})"
+    )
+    s.add_argument(
+        "--backends",
+        type=_list("--backends", ["numpy", "cupy", "torch"]),
+        default=["numpy", "cupy", "torch"],
+        help="comma-separated: numpy,cupy,torch (unusable ones are skipped with a note)",
+    )
+    s.add_argument(
+        "--ladder",
+        choices=["quick", "cpu", "gpu"],
+        default=None,
+        help="size ladder (default: quick with --quick, gpu when a GPU is usable, else cpu)",
+    )
     s.add_argument("--sizes", type=_list("--sizes"), default=None, help="only these ladder sizes (names)")
     s.add_argument("--dtypes", type=_list("--dtypes", ["float32", "float64"]), default=["float32", "float64"])
-    s.add_argument("--ops", type=_list("--ops", list(OPS)), default=list(OPS), help=f"comma-separated from {','.join(OPS)}")
+    s.add_argument(
+        "--ops", type=_list("--ops", list(OPS)), default=list(OPS), help=f"comma-separated from {','.join(OPS)}"
+    )
     s.add_argument("--repeats", type=int_arg("--repeats", 1), default=None, help="exact number of timed rounds")
-    s.add_argument("--blas-threads", type=int_arg("--blas-threads", 1), default=None,
-                   help="OpenBLAS and PyTorch CPU threads (default: the libraries' own)")
-    s.add_argument("--max-params-cpu", type=int_arg("--max-params-cpu", 1), default=None,
-                   help="largest model NumPy runs (default: all of the ladder; 500M on the gpu ladder)")
+    s.add_argument(
+        "--blas-threads",
+        type=int_arg("--blas-threads", 1),
+        default=None,
+        help="OpenBLAS and PyTorch CPU threads (default: the libraries' own)",
+    )
+    s.add_argument(
+        "--max-params-cpu",
+        type=int_arg("--max-params-cpu", 1),
+        default=None,
+        help="largest model NumPy runs (default: all of the ladder; 500M on the gpu ladder)",
+    )
 
 
 def register(subparsers) -> None:
@@ -53,8 +75,13 @@ def register(subparsers) -> None:
 def config_from_args(args, gpu_usable: bool):
     from .runner import Config
 
-    kw = dict(backends=tuple(args.backends), dtypes=tuple(args.dtypes), ops=tuple(args.ops), sizes=args.sizes,
-              blas_threads=args.blas_threads)
+    kw = dict(
+        backends=tuple(args.backends),
+        dtypes=tuple(args.dtypes),
+        ops=tuple(args.ops),
+        sizes=args.sizes,
+        blas_threads=args.blas_threads,
+    )
     ladder = args.ladder or ("quick" if args.quick else ("gpu" if gpu_usable else "cpu"))
     kw["ladder"] = ladder
     cfg = Config.quick(**kw) if args.quick else Config(**kw)
@@ -79,8 +106,9 @@ def cmd_bench(args) -> int:
         raise ValueError(f"--out: {args.out} is not writable")
     results = runner.run(cfg)
     if not results.get("records"):
-        raise ValueError("nothing was measured: every size or backend was excluded (see --sizes, --backends, "
-                         "--max-params-cpu)")
+        raise ValueError(
+            "nothing was measured: every size or backend was excluded (see --sizes, --backends, --max-params-cpu)"
+        )
     paths = report.write_all(results, args.out)
     print(report.markdown_table(results))
     print("wrote " + ", ".join(paths))

@@ -5,18 +5,26 @@ configuration and, for OpenBLAS, from the loaded library itself through ``ctypes
 (core type and thread count); ``threadpoolctl`` is used when it happens to be installed.
 CuPy and PyTorch are imported only inside the probes, and only when asked for.
 """
+
 from __future__ import annotations
 
 import ctypes
 import os
 import platform
 import sys
-from typing import Optional
 
 import numpy as np
 
-ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-            "MKL_NUM_THREADS", "CUPY_TF32", "NVIDIA_TF32_OVERRIDE", "CUDA_VISIBLE_DEVICES")
+ENV_VARS = (
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "CUPY_TF32",
+    "NVIDIA_TF32_OVERRIDE",
+    "CUDA_VISIBLE_DEVICES",
+)
 
 
 def cpu_info() -> dict:
@@ -56,7 +64,7 @@ def cpu_info() -> dict:
     }
 
 
-def load_average() -> Optional[list]:
+def load_average() -> list | None:
     """1, 5 and 15 minute load averages (``None`` where the system has none)."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -102,8 +110,9 @@ def blas_info() -> dict:
     try:  # optional, never a dependency
         from threadpoolctl import threadpool_info
 
-        out["threadpoolctl"] = [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
-                                for d in threadpool_info()]
+        out["threadpoolctl"] = [
+            {k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture")} for d in threadpool_info()
+        ]
     except ImportError:
         pass
     return out
@@ -158,7 +167,7 @@ def gpu_info(cupy) -> dict:
     }
 
 
-def _nvidia_driver_version() -> Optional[str]:
+def _nvidia_driver_version() -> str | None:
     try:
         with open("/proc/driver/nvidia/version") as f:
             first = f.readline()
@@ -177,8 +186,11 @@ def torch_status() -> tuple:
 
 
 def torch_info(torch) -> dict:
-    info = {"version": torch.__version__, "threads": torch.get_num_threads(),
-            "cuda_available": bool(torch.cuda.is_available())}
+    info = {
+        "version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda_available": bool(torch.cuda.is_available()),
+    }
     if info["cuda_available"]:
         info["cuda"] = torch.version.cuda
         info["device"] = torch.cuda.get_device_name(0)
@@ -209,11 +221,18 @@ def summary(info: dict) -> str:
     cpu = info["cpu"]
     mem = f", {cpu['memory_bytes'] / 2**30:.0f} GiB" if cpu.get("memory_bytes") else ""
     blas = info.get("blas", {})
-    detail = ", ".join(x for x in (blas.get("openblas_core"),
-                                   f"{blas['threads']} threads" if blas.get("threads") else None) if x)
+    detail = ", ".join(
+        x for x in (blas.get("openblas_core"), f"{blas['threads']} threads" if blas.get("threads") else None) if x
+    )
     blas_s = f"{blas.get('name', '?')} {blas.get('version') or ''}".strip() + (f" ({detail})" if detail else "")
     vm = " (VM)" if cpu.get("hypervisor") else ""
     gpu = info.get("gpu")
-    gpu_s = (f"{gpu['model']}, CUDA {gpu['cuda_runtime']}, driver {gpu['driver']}, CuPy {gpu['cupy']}, "
-             f"TF32 {'on' if gpu['cupy_tf32'] else 'off'}") if gpu else "no GPU"
+    gpu_s = (
+        (
+            f"{gpu['model']}, CUDA {gpu['cuda_runtime']}, driver {gpu['driver']}, CuPy {gpu['cupy']}, "
+            f"TF32 {'on' if gpu['cupy_tf32'] else 'off'}"
+        )
+        if gpu
+        else "no GPU"
+    )
     return f"{cpu['model']}{vm}, {cpu['usable_cores']} cores{mem}, {blas_s}; {gpu_s}"

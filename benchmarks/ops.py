@@ -19,10 +19,11 @@ Work counts (used by the ratios, docs/benchmarks.md):
 - model bytes: the sum of ``nbytes`` over every tensor of the model (``named_tensors``).
 - matmul FLOPs of the reference product ``[n, n] @ [n, n]``: ``2 n^3``.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
@@ -86,7 +87,7 @@ GPU = CPU + (
 LADDERS = {"quick": QUICK, "cpu": CPU, "gpu": GPU}
 
 
-def ladder(name: str, sizes: Optional[list] = None, max_params: Optional[int] = None) -> list:
+def ladder(name: str, sizes: list | None = None, max_params: int | None = None) -> list:
     """The sizes of ladder ``name``, optionally only those named in ``sizes`` or with at most ``max_params``."""
     if name not in LADDERS:
         raise ValueError(f"ladder: unknown ladder {name!r} (ladders: {', '.join(LADDERS)})")
@@ -116,7 +117,7 @@ def forward_flops(model: Model, b: int, s: int) -> int:
 
 def matmul_flops(n: int) -> int:
     """FLOPs of ``[n, n] @ [n, n]``."""
-    return 2 * n ** 3
+    return 2 * n**3
 
 
 def model_bytes(model: Model) -> int:
@@ -127,8 +128,22 @@ def model_bytes(model: Model) -> int:
 # ---- models and inputs -----------------------------------------------------------------
 def build_model(size: Size, dtype: str, xp=np, seed: int = 0) -> Model:
     """A random model of ``size`` in ``dtype``, on NumPy or CuPy (``xp``); the paper's model (no eps, no mask)."""
-    return init_model(h=size.h, p=size.p, heads=size.E, k=size.k, v=size.v, layers=size.N, out_dim=size.o,
-                      max_seq=size.s, vocab=None, eps=0.0, causal=False, dtype=dtype, seed=seed, xp=xp)
+    return init_model(
+        h=size.h,
+        p=size.p,
+        heads=size.E,
+        k=size.k,
+        v=size.v,
+        layers=size.N,
+        out_dim=size.o,
+        max_seq=size.s,
+        vocab=None,
+        eps=0.0,
+        causal=False,
+        dtype=dtype,
+        seed=seed,
+        xp=xp,
+    )
 
 
 def build_inputs(model: Model, size: Size, xp=np, seed: int = 0):
@@ -138,6 +153,7 @@ def build_inputs(model: Model, size: Size, xp=np, seed: int = 0):
 
 def expansion_args(size: Size) -> dict:
     """Arguments of each expansion for ``size``: each grows its dimension by a quarter (at least 1)."""
+
     def grow(d):
         return d + max(1, d // 4)
 
@@ -157,8 +173,14 @@ def plan_text(size: Size) -> str:
     return "; ".join(f"{op} " + " ".join(f"{k}={v}" for k, v in args[op].items()) for op in EXPANSIONS)
 
 
-_FUNCS = {"mlp": expand_mlp, "add_heads": add_heads, "heads": expand_heads, "attention": expand_attention,
-          "hidden": expand_hidden, "add_layer": add_layer}
+_FUNCS = {
+    "mlp": expand_mlp,
+    "add_heads": add_heads,
+    "heads": expand_heads,
+    "attention": expand_attention,
+    "hidden": expand_hidden,
+    "add_layer": add_layer,
+}
 
 
 def expansion_fn(op: str, model: Model, size: Size) -> Callable[[], Model]:
@@ -218,8 +240,12 @@ def torch_forward_fn(model: Model, x, device: str = "cpu") -> Callable:
     for L in model.layers:
         groups = []
         for (k, v), idx in head_groups(L):
-            w_qkv = np.concatenate([to_numpy(L.heads[e].w_q) for e in idx] + [to_numpy(L.heads[e].w_k) for e in idx]
-                                   + [to_numpy(L.heads[e].w_v) for e in idx], axis=1)  # [h, G(2k+v)]
+            w_qkv = np.concatenate(
+                [to_numpy(L.heads[e].w_q) for e in idx]
+                + [to_numpy(L.heads[e].w_k) for e in idx]
+                + [to_numpy(L.heads[e].w_v) for e in idx],
+                axis=1,
+            )  # [h, G(2k+v)]
             w_o = np.concatenate([to_numpy(L.heads[e].w_o) for e in idx], axis=0)  # [G v, h]
             groups.append((k, v, len(idx), T(w_qkv), T(w_o)))
         layers.append((T(L.norm_mha), groups, T(L.norm_mlp), T(L.w_l1), T(L.b_l1), T(L.w_l2), T(L.b_l2)))
@@ -249,7 +275,7 @@ def torch_forward_fn(model: Model, x, device: str = "cpu") -> Callable:
     return run
 
 
-def torch_sync(device: str) -> Optional[Callable[[], None]]:
+def torch_sync(device: str) -> Callable[[], None] | None:
     """A synchronisation function for timing PyTorch on ``device`` (``None`` on the CPU)."""
     if device == "cpu":
         return None

@@ -5,14 +5,13 @@
 (forward time per backend: NumPy, PyTorch CPU, CuPy, PyTorch CUDA) and ``roofline.png``
 (forward ``ratio_matmul`` against parameter count, with the targets).
 """
+
 from __future__ import annotations
 
 import json
 import os
-from typing import Optional
 
-TARGETS = {"cpu_ratio_matmul": 0.7, "ratio_torch": 1.0, "ratio_copy": 3.0, "gpu_speedup": 20.0,
-           "gpu_ratio_matmul": 0.6}
+TARGETS = {"cpu_ratio_matmul": 0.7, "ratio_torch": 1.0, "ratio_copy": 3.0, "gpu_speedup": 20.0, "gpu_ratio_matmul": 0.6}
 
 
 def write_json(results: dict, path: str) -> str:
@@ -27,13 +26,13 @@ def load_json(path: str) -> dict:
         return json.load(f)
 
 
-def _fmt(x: Optional[float], digits: int = 2) -> str:
+def _fmt(x: float | None, digits: int = 2) -> str:
     if x is None:
         return "-"
     return f"{x:.{digits}f}"
 
 
-def _t(x: Optional[float]) -> str:
+def _t(x: float | None) -> str:
     """Seconds, to three significant digits."""
     if x is None:
         return "-"
@@ -81,10 +80,14 @@ def markdown_table(results: dict) -> str:
         head += ["CuPy s", "speedup_gpu", "GPU ratio_matmul"]
         if torch_cuda:
             head += ["PyTorch CUDA s"]
-    fwd = ["**Forward** (median seconds; ratio_matmul = forward FLOP/s / same-run matmul FLOP/s, "
-           f"target >= {TARGETS['cpu_ratio_matmul']} on CPU at the largest size; ratio_torch = ours / PyTorch eager, "
-           f"target <= {TARGETS['ratio_torch']})", "", "| " + " | ".join(head) + " |",
-           "|" + "|".join("---" for _ in head) + "|"]
+    fwd = [
+        "**Forward** (median seconds; ratio_matmul = forward FLOP/s / same-run matmul FLOP/s, "
+        f"target >= {TARGETS['cpu_ratio_matmul']} on CPU at the largest size; ratio_torch = ours / PyTorch eager, "
+        f"target <= {TARGETS['ratio_torch']})",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
     for size in sizes:
         for dt in dtypes:
             r = _find(recs, op="forward", backend="numpy", size=size, dtype=dt)
@@ -108,9 +111,13 @@ def markdown_table(results: dict) -> str:
             ops_.append(r["op"])
     if ops_:
         head = ["size", "params", "dtype"] + [f"{op}" for op in ops_]
-        lines += [f"**Expansions** (NumPy: median seconds / ratio_copy = time / same-run time to copy the output "
-                  f"model's bytes, target <= {TARGETS['ratio_copy']}; `plan` = the six composed)", "",
-                  "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += [
+            f"**Expansions** (NumPy: median seconds / ratio_copy = time / same-run time to copy the output "
+            f"model's bytes, target <= {TARGETS['ratio_copy']}; `plan` = the six composed)",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "|".join("---" for _ in head) + "|",
+        ]
         for size in sizes:
             for dt in dtypes:
                 cells = []
@@ -124,13 +131,18 @@ def markdown_table(results: dict) -> str:
         lines.append("")
     ver = [r for r in recs if r["op"] == "verify" and r["backend"] == "numpy"]
     if ver:
-        lines += ["**Verify** (forward of the base and the plan-expanded model, and the comparison)", "",
-                  "| size | params (base -> expanded) | dtype | seconds | ratio_matmul | preserved (max ulp) |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "**Verify** (forward of the base and the plan-expanded model, and the comparison)",
+            "",
+            "| size | params (base -> expanded) | dtype | seconds | ratio_matmul | preserved (max ulp) |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in ver:
-            lines.append(f"| {r['size']} | {_params(r['params'])} -> {_params(r['out_params'])} | {r['dtype']} | "
-                         f"{_t(r['seconds'])} | {_fmt(r['ratio_matmul'])} | "
-                         f"{'yes' if r['verify_ok'] else 'NO'} ({r['verify_max_ulp']:.1f}) |")
+            lines.append(
+                f"| {r['size']} | {_params(r['params'])} -> {_params(r['out_params'])} | {r['dtype']} | "
+                f"{_t(r['seconds'])} | {_fmt(r['ratio_matmul'])} | "
+                f"{'yes' if r['verify_ok'] else 'NO'} ({r['verify_max_ulp']:.1f}) |"
+            )
         lines.append("")
     if results.get("notes"):
         lines += ["Notes: " + "; ".join(results["notes"]), ""]
@@ -139,8 +151,11 @@ def markdown_table(results: dict) -> str:
 
 # ---- plots -----------------------------------------------------------------------------
 def _series(recs, op, backend, dtype, key="seconds"):
-    pts = sorted((r["params"], r[key]) for r in recs
-                 if r["op"] == op and r["backend"] == backend and r["dtype"] == dtype and r.get(key) is not None)
+    pts = sorted(
+        (r["params"], r[key])
+        for r in recs
+        if r["op"] == op and r["backend"] == backend and r["dtype"] == dtype and r.get(key) is not None
+    )
     return [p for p, _ in pts], [v for _, v in pts]
 
 
@@ -169,9 +184,22 @@ def plot_all(results: dict, out_dir: str) -> list:
         for dt in dtypes:
             x, y = _series(recs, op, "numpy", dt)
             if x:
-                ax.plot(x, y, styles[dt], marker="o", ms=3, color=f"C{i % 10}", label=f"{op} {dt}" if dt == dtypes[0] else None)
-    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="seconds (median)",
-           title="NumPy: time vs model size (solid float32, dashed float64)")
+                ax.plot(
+                    x,
+                    y,
+                    styles[dt],
+                    marker="o",
+                    ms=3,
+                    color=f"C{i % 10}",
+                    label=f"{op} {dt}" if dt == dtypes[0] else None,
+                )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="parameters",
+        ylabel="seconds (median)",
+        title="NumPy: time vs model size (solid float32, dashed float64)",
+    )
     ax.legend(fontsize=7, ncol=2)
     ax.grid(True, which="both", alpha=0.3)
     fig.text(0.01, 0.01, title, fontsize=6)
@@ -186,8 +214,13 @@ def plot_all(results: dict, out_dir: str) -> list:
             if x:
                 ax.plot(x, y, styles[dt], marker="o", ms=3, color=f"C{i}", label=f"{b} {dt}")
     gpu = any(r["backend"] == "cupy" for r in recs)
-    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="forward seconds (median)",
-           title="Forward: CPU vs GPU" + ("" if gpu else " (no GPU in this run)"))
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="parameters",
+        ylabel="forward seconds (median)",
+        title="Forward: CPU vs GPU" + ("" if gpu else " (no GPU in this run)"),
+    )
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
     fig.text(0.01, 0.01, title, fontsize=6)
@@ -203,8 +236,13 @@ def plot_all(results: dict, out_dir: str) -> list:
     ax.axhline(TARGETS["cpu_ratio_matmul"], color="k", lw=0.8, ls=":", label="CPU target 0.7")
     if gpu:
         ax.axhline(TARGETS["gpu_ratio_matmul"], color="gray", lw=0.8, ls="-.", label="GPU target 0.6")
-    ax.set(xscale="log", ylim=(0, 1.1), xlabel="parameters", ylabel="forward FLOP/s / matmul FLOP/s",
-           title="Roofline share of the forward pass (ratio_matmul)")
+    ax.set(
+        xscale="log",
+        ylim=(0, 1.1),
+        xlabel="parameters",
+        ylabel="forward FLOP/s / matmul FLOP/s",
+        title="Roofline share of the forward pass (ratio_matmul)",
+    )
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
     fig.text(0.01, 0.01, title, fontsize=6)

@@ -26,6 +26,7 @@ system load when the record was taken). Forward records of PyTorch add ``torch_m
 (its normwise distance from our output); verify records add ``verify_ok``, ``verify_max_ulp``;
 expansion and verify records add ``out_params``.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
@@ -50,7 +51,7 @@ class Config:
     """What one run measures. ``ladder`` is ``"quick"``, ``"cpu"`` or ``"gpu"`` (see :mod:`benchmarks.ops`)."""
 
     ladder: str = "cpu"
-    sizes: Optional[list] = None
+    sizes: list | None = None
     backends: tuple = ("numpy", "cupy", "torch")
     dtypes: tuple = ("float32", "float64")
     ops: tuple = ops.OPS
@@ -59,12 +60,11 @@ class Config:
     budget_s: float = 4.0  # target time of one timed group (all its functions, all rounds)
     matmul_n: dict = field(default_factory=lambda: {"numpy": 2048, "cupy": 8192})
     max_params: dict = field(default_factory=dict)  # backend -> largest model it runs
-    blas_threads: Optional[int] = None  # OpenBLAS and PyTorch CPU threads (None: their defaults)
+    blas_threads: int | None = None  # OpenBLAS and PyTorch CPU threads (None: their defaults)
 
     @classmethod
-    def quick(cls, **kw) -> "Config":
-        base = dict(ladder="quick", min_repeats=2, max_repeats=5, budget_s=0.3,
-                    matmul_n={"numpy": 512, "cupy": 2048})
+    def quick(cls, **kw) -> Config:
+        base = dict(ladder="quick", min_repeats=2, max_repeats=5, budget_s=0.3, matmul_n={"numpy": 512, "cupy": 2048})
         base.update(kw)
         return cls(**base)
 
@@ -81,6 +81,7 @@ def cpu_timer(fn: Callable) -> float:
 
 def cuda_timer(cupy) -> Callable[[Callable], float]:
     """A timer for GPU work: device-synchronised, measured with CUDA events."""
+
     def timer(fn: Callable) -> float:
         dev = cupy.cuda.Device()
         start, end = cupy.cuda.Event(), cupy.cuda.Event()
@@ -92,11 +93,13 @@ def cuda_timer(cupy) -> Callable[[Callable], float]:
         end.synchronize()
         del out
         return cupy.cuda.get_elapsed_time(start, end) / 1e3
+
     return timer
 
 
-def measure(fns: dict, timer: Callable = cpu_timer, min_repeats: int = 3, max_repeats: int = 9,
-            budget_s: float = 4.0) -> dict:
+def measure(
+    fns: dict, timer: Callable = cpu_timer, min_repeats: int = 3, max_repeats: int = 9, budget_s: float = 4.0
+) -> dict:
     """Time the callables of ``fns`` interleaved; return ``{name: [seconds, ...]}``.
 
     One warm-up round (not returned) estimates the cost of a round; the number of rounds is
@@ -122,8 +125,12 @@ def summarize(samples: list) -> dict:
     """``seconds`` (median), ``seconds_min``, ``seconds_max``, ``repeats`` of a list of times."""
     if not samples:
         raise ValueError("samples: empty")
-    return {"seconds": float(statistics.median(samples)), "seconds_min": float(min(samples)),
-            "seconds_max": float(max(samples)), "repeats": len(samples)}
+    return {
+        "seconds": float(statistics.median(samples)),
+        "seconds_min": float(min(samples)),
+        "seconds_max": float(max(samples)),
+        "repeats": len(samples),
+    }
 
 
 # ---- ratios ----------------------------------------------------------------------------
@@ -159,8 +166,14 @@ def compute_ratios(records: list) -> list:
 
 # ---- the run ---------------------------------------------------------------------------
 def _record(op, backend, dtype, size: ops.Size, samples, **extra) -> dict:
-    rec = {"op": op, "backend": backend, "dtype": dtype, "size": size.name, "dims": size.dims(),
-           "params": size.params()}
+    rec = {
+        "op": op,
+        "backend": backend,
+        "dtype": dtype,
+        "size": size.name,
+        "dims": size.dims(),
+        "params": size.params(),
+    }
     rec.update(summarize(samples))
     rec.update(extra)
     rec["loadavg"] = machine.load_average()
@@ -230,13 +243,20 @@ def run(config: Config, log_stream=sys.stderr) -> dict:
                 for dtype in config.dtypes:
                     records += _run_size(config, backend, xp, timer, torch, tdev, size, dtype, log)
             except MemoryError as exc:  # also CuPy's OutOfMemoryError, a MemoryError subclass
-                notes.append(f"{backend}: stopped at size {size.name} ({size.params()} parameters): {type(exc).__name__}")
+                notes.append(
+                    f"{backend}: stopped at size {size.name} ({size.params()} parameters): {type(exc).__name__}"
+                )
                 log(notes[-1])
                 break
     info["loadavg_end"] = machine.load_average()
     info["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    return {"schema": SCHEMA, "machine": info, "config": _config_dict(config), "notes": notes,
-            "records": compute_ratios(records)}
+    return {
+        "schema": SCHEMA,
+        "machine": info,
+        "config": _config_dict(config),
+        "notes": notes,
+        "records": compute_ratios(records),
+    }
 
 
 def _config_dict(config: Config) -> dict:
@@ -269,8 +289,15 @@ def _run_size(config: Config, backend, xp, timer, torch, tdev, size: ops.Size, d
             tfn = ops.torch_forward_fn(model, x, tdev)
             check = _torch_agreement(model, x, tfn)
             time.sleep(SETTLE_S)
-            t.update(measure({tname: _synced(tfn, ops.torch_sync(tdev)),
-                              "torch-matmul": _torch_matmul(torch, n_mm, dtype, tdev)}, **kw))
+            t.update(
+                measure(
+                    {
+                        tname: _synced(tfn, ops.torch_sync(tdev)),
+                        "torch-matmul": _torch_matmul(torch, n_mm, dtype, tdev),
+                    },
+                    **kw,
+                )
+            )
             time.sleep(SETTLE_S)
         flops = ops.forward_flops(model, size.b, size.s)
         ref = dict(ref_matmul_seconds=statistics.median(t["matmul"]), ref_matmul_flops=mm_flops)
@@ -282,8 +309,10 @@ def _run_size(config: Config, backend, xp, timer, torch, tdev, size: ops.Size, d
             recs.append(_record("forward", tname, dtype, size, t[tname], flops=flops, **tref, **check))
             recs.append(_record("matmul", tname, dtype, size, t["torch-matmul"], flops=mm_flops, matmul_n=n_mm))
         recs.append(_record("forward", backend, dtype, size, t["ours"], flops=flops, **ref, **extra))
-        log(f"  forward {statistics.median(t['ours']):.4f}s" + "".join(
-            f", {k} {statistics.median(v):.4f}s" for k, v in t.items() if k != "ours"))
+        log(
+            f"  forward {statistics.median(t['ours']):.4f}s"
+            + "".join(f", {k} {statistics.median(v):.4f}s" for k, v in t.items() if k != "ours")
+        )
     for op in [o for o in ops.EXPANSIONS + ("plan",) if o in config.ops]:
         fn = ops.expansion_fn(op, model, size)
         out = fn()
@@ -291,8 +320,18 @@ def _run_size(config: Config, backend, xp, timer, torch, tdev, size: ops.Size, d
         out_params = param_count(out)
         t = measure({"ours": fn, "copy": ops.copy_fn(out)}, **kw)
         del out
-        recs.append(_record(op, backend, dtype, size, t["ours"], bytes=nbytes, out_params=out_params,
-                            ref_copy_seconds=statistics.median(t["copy"])))
+        recs.append(
+            _record(
+                op,
+                backend,
+                dtype,
+                size,
+                t["ours"],
+                bytes=nbytes,
+                out_params=out_params,
+                ref_copy_seconds=statistics.median(t["copy"]),
+            )
+        )
         log(f"  {op} {statistics.median(t['ours']):.4f}s, copy {statistics.median(t['copy']):.4f}s")
     if "verify" in config.ops:
         expanded = ops.expansion_fn("plan", model, size)()
@@ -300,10 +339,21 @@ def _run_size(config: Config, backend, xp, timer, torch, tdev, size: ops.Size, d
         result = vfn()
         t = measure({"ours": vfn, "matmul": mm}, **kw)
         flops = ops.forward_flops(model, size.b, size.s) + ops.forward_flops(expanded, size.b, size.s)
-        recs.append(_record("verify", backend, dtype, size, t["ours"], flops=flops,
-                            ref_matmul_seconds=statistics.median(t["matmul"]), ref_matmul_flops=mm_flops,
-                            verify_ok=bool(result["ok"]), verify_max_ulp=float(result["max_ulp"]),
-                            out_params=param_count(expanded)))
+        recs.append(
+            _record(
+                "verify",
+                backend,
+                dtype,
+                size,
+                t["ours"],
+                flops=flops,
+                ref_matmul_seconds=statistics.median(t["matmul"]),
+                ref_matmul_flops=mm_flops,
+                verify_ok=bool(result["ok"]),
+                verify_max_ulp=float(result["max_ulp"]),
+                out_params=param_count(expanded),
+            )
+        )
         log(f"  verify {statistics.median(t['ours']):.4f}s (preserved: {result['ok']})")
     return recs
 
@@ -316,6 +366,7 @@ def _synced(fn, sync):
         out = fn()
         sync()
         return out
+
     return run
 
 

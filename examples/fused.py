@@ -17,17 +17,18 @@ With heterogeneous heads a fused projection cannot be reshaped to [b, s, E, k]; 
 per head with :func:`qkv_slices`. After an expansion step, re-fuse from the new file: the
 sizes come from the tensors (:func:`head_sizes`).
 """
+
 from __future__ import annotations
 
 import re
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
 LAYOUTS = ("grouped", "interleaved")
 
 
-def head_sizes(tensors: dict, n: int) -> Tuple[List[int], List[int]]:
+def head_sizes(tensors: dict, n: int) -> tuple[list[int], list[int]]:
     """``(k_sizes, v_sizes)`` of layer ``n``'s heads, from per-head tensor names."""
     ks, vs = [], []
     e = 0
@@ -48,7 +49,7 @@ def fuse_w_o(w_os: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(list(w_os), axis=0)  # [sum v_e, h]
 
 
-def split_w_o(w_o: np.ndarray, v_sizes: Sequence[int]) -> List[np.ndarray]:
+def split_w_o(w_o: np.ndarray, v_sizes: Sequence[int]) -> list[np.ndarray]:
     """Inverse of :func:`fuse_w_o`: fused ``W_O`` [sum v_e, h] -> list of [v_e, h]."""
     if int(w_o.shape[0]) != sum(v_sizes):
         raise ValueError(f"w_o: {w_o.shape[0]} rows, but v_sizes {list(v_sizes)} sum to {sum(v_sizes)}")
@@ -92,13 +93,15 @@ def fuse_qkv(w_qs, w_ks, w_vs, layout: str = "grouped") -> np.ndarray:
 def split_qkv(w_qkv: np.ndarray, k_sizes, v_sizes, layout: str = "grouped"):
     """Inverse of :func:`fuse_qkv`: ``(w_qs, w_ks, w_vs)`` lists."""
     if int(w_qkv.shape[1]) != 2 * sum(k_sizes) + sum(v_sizes):
-        raise ValueError(f"w_qkv: {w_qkv.shape[1]} columns, expected 2*sum(k)+sum(v) = "
-                         f"{2 * sum(k_sizes) + sum(v_sizes)} for k {list(k_sizes)}, v {list(v_sizes)}")
+        raise ValueError(
+            f"w_qkv: {w_qkv.shape[1]} columns, expected 2*sum(k)+sum(v) = "
+            f"{2 * sum(k_sizes) + sum(v_sizes)} for k {list(k_sizes)}, v {list(v_sizes)}"
+        )
     sl = qkv_slices(k_sizes, v_sizes, layout)
     return ([w_qkv[:, q] for q, _, _ in sl], [w_qkv[:, k] for _, k, _ in sl], [w_qkv[:, v] for _, _, v in sl])
 
 
-def fuse_model(tensors: dict, layout: str = "grouped") -> Tuple[dict, dict]:
+def fuse_model(tensors: dict, layout: str = "grouped") -> tuple[dict, dict]:
     """Per-head file tensors -> ``(fused, sizes)``.
 
     ``fused`` replaces each layer's head tensors by ``layers.{n}.w_qkv`` [h, sum(2k+v)] and

@@ -11,6 +11,7 @@ Each head keeps its own ``k_e``: logits are scaled by ``1/sqrt(k_e)``. Norm epsi
 causal flag come from the model file's metadata. ``--wrong-fixed-k K`` / ``--wrong-no-eps``
 are the deliberately wrong variants that ``compare`` must reject.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def load_params(path, dtype="float64"):
         pre = f"layers.{n}"
         E = sum(1 for k in t if re.match(rf"^{re.escape(pre)}\.heads\.\d+\.w_q$", k))
         heads = [{w: t[f"{pre}.heads.{e}.{w}"] for w in ("w_q", "w_k", "w_v", "w_o")} for e in range(E)]
-        layers.append({"heads": heads, **{w: t[f"{pre}.{w}"] for w in
-                                          ("norm_mha", "norm_mlp", "w_l1", "b_l1", "w_l2", "b_l2")}})
+        layers.append(
+            {"heads": heads, **{w: t[f"{pre}.{w}"] for w in ("norm_mha", "norm_mlp", "w_l1", "b_l1", "w_l2", "b_l2")}}
+        )
     params = {"embed": t.get("embed"), "pos": t["pos"], "w_out": t["w_out"], "layers": layers}
     return params, float(meta.get("norm_eps", "0.0")), meta.get("causal", "false") == "true"
 
@@ -93,8 +95,10 @@ def main(argv=None) -> int:
     ap.add_argument("--wrong-fixed-k", type=int, default=None, metavar="K")
     ap.add_argument("--wrong-no-eps", action="store_true")
     args = ap.parse_args(argv)
-    res = {k: np.ascontiguousarray(v) for k, v in
-           run_case(args.case_dir, args.dtype, args.wrong_fixed_k, args.wrong_no_eps).items()}
+    res = {
+        k: np.ascontiguousarray(v)
+        for k, v in run_case(args.case_dir, args.dtype, args.wrong_fixed_k, args.wrong_no_eps).items()
+    }
     np.savez(args.out, **res) if args.out.endswith(".npz") else save_file(res, args.out)
     return 0
 

@@ -17,6 +17,7 @@ Two deliberately wrong variants show what ``compare`` catches:
   e.g. the base model's) instead of ``1/sqrt(k_e)`` of the head's current ``W_Q``;
 - ``--wrong-no-eps`` ignores the norm epsilon stored in the model file.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -16,6 +16,7 @@ metadata. Each head keeps its own ``k_e``: the logits are scaled by ``1/sqrt(k_e
 (examples/fused.py). ``--wrong-fixed-k K`` / ``--wrong-no-eps`` are the deliberately wrong
 variants (a fixed ``1/sqrt(K)``; the norm epsilon ignored) that ``compare`` must reject.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,10 @@ class Attention(nn.Module):
     def forward(self, x):  # [b, s, h]
         if self.fused:
             qkv = self.qkv(x)  # [b, s, sum(2k + v)]
-            outs = [attend(qkv[..., sq], qkv[..., sk], qkv[..., sv], self.causal, self.fixed_k)
-                    for sq, sk, sv in self.slices]
+            outs = [
+                attend(qkv[..., sq], qkv[..., sk], qkv[..., sv], self.causal, self.fixed_k)
+                for sq, sk, sv in self.slices
+            ]
             return self.o(torch.cat(outs, dim=-1))  # [b, s, h]
         return sum(hd.o(attend(hd.q(x), hd.k(x), hd.v(x), self.causal, self.fixed_k)) for hd in self.heads)
 
@@ -133,8 +136,9 @@ def from_safetensors(path, dtype=torch.float64, fused=False, fixed_k=None, ignor
     N = 1 + max((int(m[1]) for m in map(re.compile(r"^layers\.(\d+)\.").match, t) if m), default=-1)
     sizes = [(int(t[f"layers.{n}.w_l1"].shape[1]),) + fz.head_sizes(t, n) for n in range(N)]
     h, o = t["w_out"].shape
-    model = Transformer(h, o, t["pos"].shape[0], t["embed"].shape[0] if "embed" in t else None, sizes, eps, causal,
-                        fused, fixed_k).to(dtype)  # cast first: copy_ then rounds float64 -> dtype once
+    model = Transformer(
+        h, o, t["pos"].shape[0], t["embed"].shape[0] if "embed" in t else None, sizes, eps, causal, fused, fixed_k
+    ).to(dtype)  # cast first: copy_ then rounds float64 -> dtype once
 
     def T(a):  # [in, out] -> nn.Linear's [out, in]
         return torch.from_numpy(np.ascontiguousarray(a.T))

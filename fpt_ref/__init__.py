@@ -2,8 +2,8 @@
 
 Gesmundo & Maile, arXiv:2308.06103. The specification is PAPER.md; it overrides this code.
 """
-from .expansions import (Block, add_heads, add_layer, expand_attention, expand_heads, expand_hidden,
-                         expand_mlp)
+
+from .expansions import Block, add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp
 from .forward import forward, residual_streams
 from .init import init_model, random_inputs
 from .io import FormatError, load, save
@@ -15,8 +15,36 @@ from .verify import verify, verify_each
 __version__ = "0.1.0"
 
 __all__ = [
-    "Model", "Layer", "Head", "Block", "init_model", "random_inputs", "forward", "residual_streams",
-    "load", "save", "FormatError", "expand_mlp", "add_heads", "expand_heads", "expand_attention",
-    "expand_hidden", "add_layer", "parse_plan", "run_plan", "apply_step", "Step", "PlanError",
-    "verify", "verify_each", "convert", "error_stats", "tolerance_ulps", "tolerance_abs", "natural_scale", "dims", "named_tensors", "param_count",
+    "Model",
+    "Layer",
+    "Head",
+    "Block",
+    "init_model",
+    "random_inputs",
+    "forward",
+    "residual_streams",
+    "load",
+    "save",
+    "FormatError",
+    "expand_mlp",
+    "add_heads",
+    "expand_heads",
+    "expand_attention",
+    "expand_hidden",
+    "add_layer",
+    "parse_plan",
+    "run_plan",
+    "apply_step",
+    "Step",
+    "PlanError",
+    "verify",
+    "verify_each",
+    "convert",
+    "error_stats",
+    "tolerance_ulps",
+    "tolerance_abs",
+    "natural_scale",
+    "dims",
+    "named_tensors",
+    "param_count",
 ]

@@ -4,6 +4,7 @@ Core commands live here; other packages add theirs through a ``register(subparse
 function (see ``EXTENSIONS``), which must stay cheap: heavy imports happen only when the
 command runs. User errors print one line on stderr and exit 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,10 +12,24 @@ import importlib
 import os
 import sys
 
-
-DEMO_PLAN = "mlp p=48 layers=0,1; add_heads count=2; heads v=12 layers=1 heads=0; attention k=12; hidden h=24; add_layer at=1"
-DEMO_MODEL = dict(h=16, p=32, heads=2, k=8, v=8, layers=2, out_dim=10, max_seq=12, vocab=50, eps=1e-6,
-                  causal=True, dtype="float64", seed=0)
+DEMO_PLAN = (
+    "mlp p=48 layers=0,1; add_heads count=2; heads v=12 layers=1 heads=0; attention k=12; hidden h=24; add_layer at=1"
+)
+DEMO_MODEL = dict(
+    h=16,
+    p=32,
+    heads=2,
+    k=8,
+    v=8,
+    layers=2,
+    out_dim=10,
+    max_seq=12,
+    vocab=50,
+    eps=1e-6,
+    causal=True,
+    dtype="float64",
+    seed=0,
+)
 
 # modules that add sub-commands: "module:function"
 EXTENSIONS = ["proofs.cli:register", "fpt_ref.vectors:register", "fpt_ref.draw:register", "benchmarks.cli:register"]
@@ -31,6 +46,7 @@ class _Parser(argparse.ArgumentParser):
 
 def int_arg(name, minimum=None):
     """An argparse ``type`` for integer options, with a one-line message naming the option."""
+
     def conv(text):
         try:
             value = int(text)
@@ -39,6 +55,7 @@ def int_arg(name, minimum=None):
         if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"{name} must be at least {minimum}, got {value}")
         return value
+
     return conv
 
 
@@ -47,9 +64,21 @@ def cmd_init(args) -> int:
     from .io import save
     from .model import param_count
 
-    model = init_model(h=args.h, p=args.p, heads=args.heads, k=args.k, v=args.v, layers=args.layers,
-                       out_dim=args.out_dim, max_seq=args.max_seq, vocab=args.vocab, eps=args.eps,
-                       causal=args.causal, dtype=args.dtype, seed=args.seed)
+    model = init_model(
+        h=args.h,
+        p=args.p,
+        heads=args.heads,
+        k=args.k,
+        v=args.v,
+        layers=args.layers,
+        out_dim=args.out_dim,
+        max_seq=args.max_seq,
+        vocab=args.vocab,
+        eps=args.eps,
+        causal=args.causal,
+        dtype=args.dtype,
+        seed=args.seed,
+    )
     save(model, args.out)
     print(f"wrote {args.out}: {param_count(model)} parameters")
     return 0
@@ -67,8 +96,10 @@ def format_table(rows: list) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         ok = "-" if r["ok"] is None else ("yes" if r["ok"] else "NO")
-        lines.append(f"{r['step']:<{w_step}}  {r['dims']:<{w_dims}}  {r['params']:>8}  {num(r['max_abs'], '.2e'):>9}  "
-                     f"{num(r['max_ulp'], '.1f'):>7}  {num(r['tol_ulp'], '.0f'):>7}  {ok}")
+        lines.append(
+            f"{r['step']:<{w_step}}  {r['dims']:<{w_dims}}  {r['params']:>8}  {num(r['max_abs'], '.2e'):>9}  "
+            f"{num(r['max_ulp'], '.1f'):>7}  {num(r['tol_ulp'], '.0f'):>7}  {ok}"
+        )
     return "\n".join(lines)
 
 
@@ -77,8 +108,17 @@ def _run_and_print(model, plan, init, seed, manifest, batch=4, seq=None):
     from .plan import run_plan
 
     results = run_plan(model, plan, init=init, seed=seed, check=True, batch=batch, seq=seq)
-    rows = [{"step": "(base)", "dims": dims_summary(model), "params": param_count(model), "max_abs": None,
-             "max_ulp": None, "tol_ulp": None, "ok": None}]
+    rows = [
+        {
+            "step": "(base)",
+            "dims": dims_summary(model),
+            "params": param_count(model),
+            "max_abs": None,
+            "max_ulp": None,
+            "tol_ulp": None,
+            "ok": None,
+        }
+    ]
     rows += [r.row() for r in results]
     print(format_table(rows))
     _float32_note(model)
@@ -109,16 +149,20 @@ def cmd_verify(args) -> int:
 
     a, b = load(args.a), load(args.b)
     st = verify(a, b, batch=args.batch, seq=args.seq, seed=args.seed)
-    print(f"max abs {st['max_abs']:.3e}  max rel {st['max_rel']:.3e}  max ulp {st['max_ulp']:.2f}  "
-          f"(tolerance {st['tol_ulp']:.0f} ulp): {'preserved' if st['ok'] else 'NOT preserved'}")
+    print(
+        f"max abs {st['max_abs']:.3e}  max rel {st['max_rel']:.3e}  max ulp {st['max_ulp']:.2f}  "
+        f"(tolerance {st['tol_ulp']:.0f} ulp): {'preserved' if st['ok'] else 'NOT preserved'}"
+    )
     _float32_note(a)
     return 0 if st["ok"] else 1
 
 
 def _float32_note(model) -> None:
     if str(model.dtype) == "float32":
-        print("note: float32 model: the sound tolerance is about 1e-3 relative and misses small violations; "
-              "expand and verify in float64 (fpt_ref.convert(model, dtype='float64') widens exactly), then convert down")
+        print(
+            "note: float32 model: the sound tolerance is about 1e-3 relative and misses small violations; "
+            "expand and verify in float64 (fpt_ref.convert(model, dtype='float64') widens exactly), then convert down"
+        )
 
 
 def cmd_info(args) -> int:
@@ -126,8 +170,10 @@ def cmd_info(args) -> int:
     from .model import param_count
 
     m = load(args.model)
-    print(f"{args.model}: h={m.h} o={m.o} N={m.N} s_max={m.s_max} vocab={m.vocab} dtype={m.dtype} "
-          f"norm_eps={m.norm_eps!r} causal={str(m.causal).lower()} params={param_count(m)}")
+    print(
+        f"{args.model}: h={m.h} o={m.o} N={m.N} s_max={m.s_max} vocab={m.vocab} dtype={m.dtype} "
+        f"norm_eps={m.norm_eps!r} causal={str(m.causal).lower()} params={param_count(m)}"
+    )
     for n, layer in enumerate(m.layers):
         heads = ", ".join(f"{e}:k={hd.k},v={hd.v}" for e, hd in enumerate(layer.heads))
         print(f"  layer {n}: p={layer.p} E={layer.E} heads [{heads}]")

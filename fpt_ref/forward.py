@@ -11,6 +11,7 @@ of that size cost page faults and memory traffic. In-place updates touch only ar
 here, never an input, and compute bit for bit the same values as the out-of-place
 expressions they replace (``a += b`` rounds like ``a + b``; ``x + y == y + x`` in IEEE).
 """
+
 from __future__ import annotations
 
 import math
@@ -121,7 +122,9 @@ def embed_inputs(model: Model, x):
     x = xp.asarray(x)
     if model.embed is not None:
         if x.dtype.kind not in "iu":
-            raise ValueError(f"x: this model has an embedding table, so x must hold integer token ids, got dtype {x.dtype}")
+            raise ValueError(
+                f"x: this model has an embedding table, so x must hold integer token ids, got dtype {x.dtype}"
+            )
         if x.ndim != 2:
             raise ValueError(f"x: token ids must have shape [s] or [b, s], got {list(x.shape)}")
         if x.size and (int(x.min()) < 0 or int(x.max()) >= model.vocab):
@@ -129,9 +132,13 @@ def embed_inputs(model: Model, x):
         inp = model.embed[x]  # [b, s, h]
     else:
         if x.dtype.kind != "f":
-            raise ValueError(f"x: this model has no embedding table, so x must be real-valued [s, h] or [b, s, h], got dtype {x.dtype}")
+            raise ValueError(
+                f"x: this model has no embedding table, so x must be real-valued [s, h] or [b, s, h], got dtype {x.dtype}"
+            )
         if x.ndim != 3 or x.shape[-1] != model.h:
-            raise ValueError(f"x: real-valued inputs must have shape [s, {model.h}] or [b, s, {model.h}], got {list(x.shape)}")
+            raise ValueError(
+                f"x: real-valued inputs must have shape [s, {model.h}] or [b, s, {model.h}], got {list(x.shape)}"
+            )
         inp = x.astype(model.dtype, copy=False)  # [b, s, h]
     s = x.shape[1]
     if s < 1 or s > model.s_max:

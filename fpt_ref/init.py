@@ -1,8 +1,10 @@
 """Random models for demos, tests and benchmarks."""
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 
@@ -21,9 +23,22 @@ def _per_layer(name: str, value: IntOrList, layers: int) -> list:
     return [int(x) for x in vals]
 
 
-def init_model(h: int = 16, p: IntOrList = 32, heads: IntOrList = 2, k: IntOrList = 8, v: IntOrList = 8,
-               layers: int = 2, out_dim: int = 10, max_seq: int = 12, vocab: Optional[int] = None,
-               eps: float = 0.0, causal: bool = False, dtype="float64", seed: int = 0, xp=np) -> Model:
+def init_model(
+    h: int = 16,
+    p: IntOrList = 32,
+    heads: IntOrList = 2,
+    k: IntOrList = 8,
+    v: IntOrList = 8,
+    layers: int = 2,
+    out_dim: int = 10,
+    max_seq: int = 12,
+    vocab: int | None = None,
+    eps: float = 0.0,
+    causal: bool = False,
+    dtype="float64",
+    seed: int = 0,
+    xp=np,
+) -> Model:
     """A randomly initialised model.
 
     ``p``, ``heads``, ``k``, ``v`` are one int for every layer or a list with one per layer.
@@ -50,8 +65,17 @@ def init_model(h: int = 16, p: IntOrList = 32, heads: IntOrList = 2, k: IntOrLis
     layer_list = []
     for n in range(layers):
         hs = tuple(Head(w(h, ks[n]), w(h, ks[n]), w(h, vs[n]), w(vs[n], h)) for _ in range(Es[n]))
-        layer_list.append(Layer(norm_mha=gain(), heads=hs, norm_mlp=gain(), w_l1=w(h, ps[n]),
-                                b_l1=w(ps[n], std=0.1), w_l2=w(ps[n], h), b_l2=w(h, std=0.1)))
+        layer_list.append(
+            Layer(
+                norm_mha=gain(),
+                heads=hs,
+                norm_mlp=gain(),
+                w_l1=w(h, ps[n]),
+                b_l1=w(ps[n], std=0.1),
+                w_l2=w(ps[n], h),
+                b_l2=w(h, std=0.1),
+            )
+        )
     return Model(
         embed=None if vocab is None else w(vocab, h, std=1.0),
         pos=w(max_seq, h, std=0.1),
@@ -62,7 +86,7 @@ def init_model(h: int = 16, p: IntOrList = 32, heads: IntOrList = 2, k: IntOrLis
     )
 
 
-def random_inputs(model: Model, batch: int = 4, seq: Optional[int] = None, seed: int = 0, h: Optional[int] = None):
+def random_inputs(model: Model, batch: int = 4, seq: int | None = None, seed: int = 0, h: int | None = None):
     """Inputs for ``model``: token ids [batch, seq] or real inputs [batch, seq, h] (NumPy).
 
     ``h`` draws real inputs of a smaller width (to be zero-padded for a wider model).

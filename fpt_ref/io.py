@@ -1,4 +1,5 @@
 """The model file format (README, "File format"): one safetensors file per model."""
+
 from __future__ import annotations
 
 import os
@@ -95,21 +96,29 @@ def load(path, xp=np) -> Model:
         heads_here = head_parts.get(n, {})
         n_heads = 1 + max(heads_here, default=-1)
         heads = tuple(
-            Head(*(get(f"layers.{n}.heads.{e}.{w}") for w in ("w_q", "w_k", "w_v", "w_o")))
-            for e in range(n_heads)
+            Head(*(get(f"layers.{n}.heads.{e}.{w}") for w in ("w_q", "w_k", "w_v", "w_o"))) for e in range(n_heads)
         )
         if not heads:
             raise FormatError(f"{path}: layer {n} has no heads (missing tensor 'layers.{n}.heads.0.w_q')")
-        layers.append(Layer(
-            norm_mha=get(f"layers.{n}.norm_mha"), heads=heads, norm_mlp=get(f"layers.{n}.norm_mlp"),
-            w_l1=get(f"layers.{n}.w_l1"), b_l1=get(f"layers.{n}.b_l1"),
-            w_l2=get(f"layers.{n}.w_l2"), b_l2=get(f"layers.{n}.b_l2"),
-        ))
+        layers.append(
+            Layer(
+                norm_mha=get(f"layers.{n}.norm_mha"),
+                heads=heads,
+                norm_mlp=get(f"layers.{n}.norm_mlp"),
+                w_l1=get(f"layers.{n}.w_l1"),
+                b_l1=get(f"layers.{n}.b_l1"),
+                w_l2=get(f"layers.{n}.w_l2"),
+                b_l2=get(f"layers.{n}.b_l2"),
+            )
+        )
     try:
         return Model(
             embed=xp.asarray(tensors["embed"]) if "embed" in tensors else None,
-            pos=get("pos"), w_out=get("w_out"), layers=tuple(layers),
-            norm_eps=eps, causal=causal == "true",
+            pos=get("pos"),
+            w_out=get("w_out"),
+            layers=tuple(layers),
+            norm_eps=eps,
+            causal=causal == "true",
         )
     except (ValueError, TypeError) as exc:
         raise FormatError(f"{path}: {exc}") from None

@@ -31,12 +31,13 @@ computing the same exact function therefore agree to
 the ``+ 4`` covering the rounding of the ``sqrt`` scalings applied when expanding. Reported
 in the same unit as ``max_ulp`` this is ``tol_ulp = tol_abs / ulp(max |ref|)``.
 """
+
 from __future__ import annotations
+
+import numpy as np
 
 from .model import Model
 from .xp import to_numpy
-
-import numpy as np
 
 
 def reduction_length(model: Model, s: int) -> int:

@@ -9,12 +9,13 @@ Shapes use the paper's symbols: ``h`` hidden size, ``o`` output size, ``p_n`` ML
 of layer ``n``, ``k_ne``/``v_ne`` key/value size of head ``e`` of layer ``n``, ``s_max``
 rows of positional parameters, ``vocab`` rows of the optional embedding table.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
 from dataclasses import dataclass, fields, replace
-from typing import Any, Optional, Tuple
+from typing import Any
 
 from .xp import array_namespace
 
@@ -44,7 +45,7 @@ class Layer:
     """One transformer layer: Norm^MHA gains, heads, Norm^MLP gains and the MLP."""
 
     norm_mha: Array  # [h]
-    heads: Tuple[Head, ...]
+    heads: tuple[Head, ...]
     norm_mlp: Array  # [h]
     w_l1: Array  # [h, p]
     b_l1: Array  # [p]
@@ -81,10 +82,10 @@ class Model:
         Whether attention is causally masked.
     """
 
-    embed: Optional[Array]
+    embed: Array | None
     pos: Array  # [s_max, h]
     w_out: Array  # [h, o]
-    layers: Tuple[Layer, ...]
+    layers: tuple[Layer, ...]
     norm_eps: float = 0.0
     causal: bool = False
 
@@ -110,7 +111,7 @@ class Model:
         return int(self.pos.shape[0])
 
     @property
-    def vocab(self) -> Optional[int]:
+    def vocab(self) -> int | None:
         return None if self.embed is None else int(self.embed.shape[0])
 
     @property
@@ -121,7 +122,7 @@ class Model:
     def xp(self):
         return array_namespace(self.pos)
 
-    def replace(self, **changes) -> "Model":
+    def replace(self, **changes) -> Model:
         """A new model with some fields replaced (validated again)."""
         return replace(self, **changes)
 
@@ -156,9 +157,7 @@ def dims(model: Model) -> dict:
         "s_max": model.s_max,
         "vocab": model.vocab,
         "N": model.N,
-        "layers": [
-            {"p": layer.p, "heads": [[hd.k, hd.v] for hd in layer.heads]} for layer in model.layers
-        ],
+        "layers": [{"p": layer.p, "heads": [[hd.k, hd.v] for hd in layer.heads]} for layer in model.layers],
     }
 
 
@@ -249,13 +248,27 @@ def convert(model: Model, xp=None, dtype=None) -> Model:
     dtype = model.dtype if dtype is None else dtype
 
     def conv(a):
-        return xp.asarray(a.get() if type(a).__module__.startswith("cupy") and xp.__name__ == "numpy" else a, dtype=dtype)
+        return xp.asarray(
+            a.get() if type(a).__module__.startswith("cupy") and xp.__name__ == "numpy" else a, dtype=dtype
+        )
 
     layers = tuple(
-        replace(L, norm_mha=conv(L.norm_mha), norm_mlp=conv(L.norm_mlp), w_l1=conv(L.w_l1), b_l1=conv(L.b_l1),
-                w_l2=conv(L.w_l2), b_l2=conv(L.b_l2),
-                heads=tuple(Head(conv(H.w_q), conv(H.w_k), conv(H.w_v), conv(H.w_o)) for H in L.heads))
+        replace(
+            L,
+            norm_mha=conv(L.norm_mha),
+            norm_mlp=conv(L.norm_mlp),
+            w_l1=conv(L.w_l1),
+            b_l1=conv(L.b_l1),
+            w_l2=conv(L.w_l2),
+            b_l2=conv(L.b_l2),
+            heads=tuple(Head(conv(H.w_q), conv(H.w_k), conv(H.w_v), conv(H.w_o)) for H in L.heads),
+        )
         for L in model.layers
     )
-    return replace(model, embed=None if model.embed is None else conv(model.embed), pos=conv(model.pos),
-                   w_out=conv(model.w_out), layers=layers)
+    return replace(
+        model,
+        embed=None if model.embed is None else conv(model.embed),
+        pos=conv(model.pos),
+        w_out=conv(model.w_out),
+        layers=layers,
+    )

@@ -9,12 +9,12 @@ are comma-separated::
 JSON form: a list of objects ``{"op": NAME, key: value, ...}``. Layer and head indices refer
 to the model as it is when that step runs.
 """
+
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -31,7 +31,14 @@ STEPS = {
     "hidden": (expand_hidden, {"h": "int"}),
     "add_layer": (add_layer, {"at": "int", "p": "int", "heads": "int", "k": "int", "v": "int"}),
 }
-REQUIRED = {"mlp": ("p",), "add_heads": (), "heads": ("v",), "attention": ("k",), "hidden": ("h",), "add_layer": ("at",)}
+REQUIRED = {
+    "mlp": ("p",),
+    "add_heads": (),
+    "heads": ("v",),
+    "attention": ("k",),
+    "hidden": ("h",),
+    "add_layer": ("at",),
+}
 
 
 class PlanError(ValueError):
@@ -127,7 +134,7 @@ def parse_plan(plan) -> list:
         except OSError as exc:
             raise PlanError(f"plan: cannot read {plan!r}: {exc.strerror}") from None
     if text.lstrip().startswith("{"):
-        raise PlanError("plan: a JSON plan must be a list of steps, [{\"op\": ...}, ...]")
+        raise PlanError('plan: a JSON plan must be a list of steps, [{"op": ...}, ...]')
     if text.lstrip().startswith("["):
         try:
             return parse_plan(json.loads(text, object_pairs_hook=_no_duplicate_keys))
@@ -152,7 +159,7 @@ def parse_plan(plan) -> list:
     return steps
 
 
-def apply_step(model: Model, step: Step, init="normal", seed: Optional[int] = 0, return_manifest=False):
+def apply_step(model: Model, step: Step, init="normal", seed: int | None = 0, return_manifest=False):
     """Apply one step; returns the new model (and manifest)."""
     fn = STEPS[step.op][0]
     return fn(model, **step.args, init=init, seed=seed, return_manifest=return_manifest)
@@ -163,17 +170,24 @@ class StepResult:
     step: Step
     model: Model
     manifest: list
-    error: Optional[dict]
+    error: dict | None
 
     def row(self) -> dict:
         e = self.error or {}
-        return {"step": str(self.step), "dims": dims_summary(self.model), "params": param_count(self.model),
-                "max_abs": e.get("max_abs"), "max_ulp": e.get("max_ulp"), "tol_ulp": e.get("tol_ulp"),
-                "ok": e.get("ok")}
+        return {
+            "step": str(self.step),
+            "dims": dims_summary(self.model),
+            "params": param_count(self.model),
+            "max_abs": e.get("max_abs"),
+            "max_ulp": e.get("max_ulp"),
+            "tol_ulp": e.get("tol_ulp"),
+            "ok": e.get("ok"),
+        }
 
 
-def run_plan(model: Model, plan, init="normal", seed: int = 0, check: bool = True, batch: int = 4,
-             seq: Optional[int] = None) -> list:
+def run_plan(
+    model: Model, plan, init="normal", seed: int = 0, check: bool = True, batch: int = 4, seq: int | None = None
+) -> list:
     """Apply the plan's steps in order; return one :class:`StepResult` per step.
 
     Step ``i`` draws its free blocks from seed ``seed + i``. With ``check``, every step's

@@ -1,7 +1,6 @@
 """Run two models on the same inputs and measure how far apart their outputs are."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 
@@ -12,7 +11,7 @@ from .model import Model
 from .xp import to_numpy
 
 
-def common_inputs(a: Model, b: Model, batch: int = 4, seq: Optional[int] = None, seed: int = 0):
+def common_inputs(a: Model, b: Model, batch: int = 4, seq: int | None = None, seed: int = 0):
     """Inputs valid for both models: ``(x_a, x_b)``.
 
     Token ids are drawn below both vocabularies; real inputs are drawn at ``a``'s width and
@@ -30,8 +29,9 @@ def _inputs_for_all(a: Model, others: list, batch, seq, seed):
         if a.o != b.o:
             raise ValueError(f"models: output sizes differ (o={a.o} vs o={b.o})")
         if a.embed is None and b.h < a.h:
-            raise ValueError(f"models: the second model is narrower (h={b.h}) than the first (h={a.h}); "
-                             f"give the smaller model first")
+            raise ValueError(
+                f"models: the second model is narrower (h={b.h}) than the first (h={a.h}); give the smaller model first"
+            )
     s_max = min(m.s_max for m in [a] + others)
     seq = s_max if seq is None else seq
     if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= s_max:
@@ -45,7 +45,7 @@ def _inputs_for_all(a: Model, others: list, batch, seq, seed):
     return x, [np.pad(x, [(0, 0), (0, 0), (0, b.h - a.h)]).astype(b.dtype) for b in others]
 
 
-def verify(a: Model, b: Model, batch: int = 4, seq: Optional[int] = None, seed: int = 0) -> dict:
+def verify(a: Model, b: Model, batch: int = 4, seq: int | None = None, seed: int = 0) -> dict:
     """Compare ``forward(a, x)`` with ``forward(b, x)`` on common random inputs.
 
     Returns ``max_abs``, ``max_rel``, ``max_ulp`` (see :mod:`fpt_ref.metrics`), the derived
@@ -55,7 +55,7 @@ def verify(a: Model, b: Model, batch: int = 4, seq: Optional[int] = None, seed: 
     return verify_each(a, [b], batch, seq, seed)[0]
 
 
-def verify_each(a: Model, others: list, batch: int = 4, seq: Optional[int] = None, seed: int = 0) -> list:
+def verify_each(a: Model, others: list, batch: int = 4, seq: int | None = None, seed: int = 0) -> list:
     """:func:`verify` of ``a`` against each model of ``others``, running ``a`` only once."""
     xa, xbs = _inputs_for_all(a, list(others), batch, seq, seed)
     last, mags = streams_and_magnitudes(a, xa)  # one pass over a: X_{N+1} and the magnitudes

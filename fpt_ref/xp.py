@@ -3,6 +3,7 @@
 CuPy is never imported here; ``cupy.get_array_module`` semantics are reproduced by
 looking at the array's type, so a NumPy-only installation never touches CuPy.
 """
+
 from __future__ import annotations
 
 import numpy as np

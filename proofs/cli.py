@@ -2,6 +2,7 @@
 
 ``register`` is cheap: SymPy is imported only when the command runs.
 """
+
 from __future__ import annotations
 
 NAMES = ["mlp", "add_heads", "heads", "attention", "hidden", "add_layer", "eps", "compose"]
@@ -9,12 +10,16 @@ NAMES = ["mlp", "add_heads", "heads", "attention", "hidden", "add_layer", "eps",
 
 def register(subparsers) -> None:
     s = subparsers.add_parser(
-        "prove", help="prove the expansions preserve the function (SymPy): both levels, minimality, composition",
+        "prove",
+        help="prove the expansions preserve the function (SymPy): both levels, minimality, composition",
         description="Prove Theorems 3.1-3.6 (mlp, add_heads, heads, attention, hidden, add_layer), the epsilon "
-                    "rescaling (eps) and the composition of all six (compose). Exit 0 when every claim is proved, "
-                    "1 when one is refuted or not proved, 2 on bad usage.")
+        "rescaling (eps) and the composition of all six (compose). Exit 0 when every claim is proved, "
+        "1 when one is refuted or not proved, 2 on bad usage.",
+    )
     s.add_argument("theorems", nargs="*", metavar="THEOREM", help=f"any of: {', '.join(NAMES)}")
-    s.add_argument("--all", action="store_true", help="every theorem, with minimality (dropped constraints, minimal sets)")
+    s.add_argument(
+        "--all", action="store_true", help="every theorem, with minimality (dropped constraints, minimal sets)"
+    )
     s.add_argument("--minimal", action="store_true", help="also drop each constraint and search all minimal sets")
     s.add_argument("--zero", metavar="BLOCK[,BLOCK...]|none", help="your own set of zero blocks (one theorem)")
     s.add_argument("--scale", metavar="W_K|W_Q|g|eps|none", help="your own scalings (one theorem)")
@@ -38,7 +43,9 @@ def list_blocks(theorem: str) -> str:
     if theorem == "compose":
         return "compose: no blocks of its own; it applies every theorem with the paper's constraints"
     zero, scale = PAPER[theorem]
-    lines = [f"{theorem}: new blocks (paper: zero {', '.join(sorted(zero))}; scalings {', '.join(sorted(scale)) or 'none'})"]
+    lines = [
+        f"{theorem}: new blocks (paper: zero {', '.join(sorted(zero))}; scalings {', '.join(sorted(scale)) or 'none'})"
+    ]
     for name, desc in BLOCKS[theorem].items():
         lines.append(f"  {name:<8} {'zero' if name in zero else 'free':<5} {desc}")
     for name, desc in SCALINGS[theorem].items():

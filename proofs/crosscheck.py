@@ -6,6 +6,7 @@ an input array, so the symbolic forward pass can be compared with ``fpt_ref.forw
 model expanded by fpt_ref, position by position, so the symbolic expansions can be
 compared with fpt_ref's expansion functions tensor by tensor.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,16 +21,23 @@ def to_fpt(m: SModel, values: dict):
     from fpt_ref.model import Head, Layer, Model
 
     layers = tuple(
-        Layer(norm_mha=_np(L.norm_mha, values)[0],  # [h]
-              heads=tuple(Head(_np(H.w_q, values), _np(H.w_k, values), _np(H.w_v, values), _np(H.w_o, values))
-                          for H in L.heads),
-              norm_mlp=_np(L.norm_mlp, values)[0],  # [h]
-              w_l1=_np(L.w_l1, values), b_l1=_np(L.b_l1, values)[0],  # [h, p], [p]
-              w_l2=_np(L.w_l2, values), b_l2=_np(L.b_l2, values)[0])  # [p, h], [h]
-        for L in m.layers)
+        Layer(
+            norm_mha=_np(L.norm_mha, values)[0],  # [h]
+            heads=tuple(
+                Head(_np(H.w_q, values), _np(H.w_k, values), _np(H.w_v, values), _np(H.w_o, values)) for H in L.heads
+            ),
+            norm_mlp=_np(L.norm_mlp, values)[0],  # [h]
+            w_l1=_np(L.w_l1, values),
+            b_l1=_np(L.b_l1, values)[0],  # [h, p], [p]
+            w_l2=_np(L.w_l2, values),
+            b_l2=_np(L.b_l2, values)[0],
+        )  # [p, h], [h]
+        for L in m.layers
+    )
     eps = float(sp.sympify(m.eps).xreplace(values))
-    model = Model(embed=None, pos=_np(m.pos, values), w_out=_np(m.w_out, values), layers=layers, norm_eps=eps,
-                  causal=m.causal)
+    model = Model(
+        embed=None, pos=_np(m.pos, values), w_out=_np(m.w_out, values), layers=layers, norm_eps=eps, causal=m.causal
+    )
     return model, _np(m.inp, values)  # [s, h]
 
 

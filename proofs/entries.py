@@ -6,10 +6,10 @@ all exactly 0 is a proof (for every real value of every symbol, including every 
 block); anything else is "not proved". ``counterexample`` evaluates both models at random
 numbers (``PREC`` digits) and reports where and by how much their outputs differ.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import sympy as sp
@@ -34,9 +34,11 @@ class Counterexample:
 
     def line(self) -> str:
         i, j = self.entry
-        return (f"counterexample (seed {self.seed}, {len(self.values)} random values): output[{i},{j}] "
-                f"original {sp.N(self.original, 12)} vs expanded {sp.N(self.expanded, 12)}, "
-                f"|difference| = {sp.N(self.max_abs_diff, 6)}{self.activation_instance}")
+        return (
+            f"counterexample (seed {self.seed}, {len(self.values)} random values): output[{i},{j}] "
+            f"original {sp.N(self.original, 12)} vs expanded {sp.N(self.expanded, 12)}, "
+            f"|difference| = {sp.N(self.max_abs_diff, 6)}{self.activation_instance}"
+        )
 
 
 @dataclass
@@ -44,7 +46,7 @@ class EntryResult:
     status: str  # "proved" | "refuted" | "not proved"
     residual_terms: int = 0  # number of nonzero output entries left after reduction
     atoms: int = 0
-    counterexample: Optional[Counterexample] = None
+    counterexample: Counterexample | None = None
     free_blocks: list = field(default_factory=list)  # new blocks whose symbols stayed free
 
 
@@ -77,8 +79,18 @@ class NumKernel(Kernel):
 def substitute(m: SModel, values: dict) -> SModel:
     """The model with every symbol replaced by its value (a new model)."""
     f = lambda M: M.xreplace(values)  # noqa: E731
-    layers = tuple(SLayer(f(L.norm_mha), tuple(SHead(f(H.w_q), f(H.w_k), f(H.w_v), f(H.w_o)) for H in L.heads),
-                          f(L.norm_mlp), f(L.w_l1), f(L.b_l1), f(L.w_l2), f(L.b_l2)) for L in m.layers)
+    layers = tuple(
+        SLayer(
+            f(L.norm_mha),
+            tuple(SHead(f(H.w_q), f(H.w_k), f(H.w_v), f(H.w_o)) for H in L.heads),
+            f(L.norm_mlp),
+            f(L.w_l1),
+            f(L.b_l1),
+            f(L.w_l2),
+            f(L.b_l2),
+        )
+        for L in m.layers
+    )
     eps = m.eps.xreplace(values) if isinstance(m.eps, sp.Basic) else m.eps
     return SModel(f(m.inp), f(m.pos), f(m.w_out), layers, eps=eps, causal=m.causal)
 
@@ -89,7 +101,7 @@ def evaluate(m: SModel, values: dict, activation: str = "relu", prec: int = PREC
     return forward(substitute(m, vals), NumKernel(activation, prec))
 
 
-def random_values(symbols, seed: int, fixed: Optional[dict] = None) -> dict:
+def random_values(symbols, seed: int, fixed: dict | None = None) -> dict:
     """Seeded N(0, 1) float64 values for ``symbols`` (sorted by name); ``fixed`` overrides some."""
     syms = sorted(symbols, key=lambda s: s.name)
     rng = np.random.default_rng(seed)
@@ -104,8 +116,9 @@ def positive_fix(symbols) -> dict:
     return {s: 1e-6 for s in symbols if s.is_positive}
 
 
-def counterexample(base: SModel, expanded: SModel, activation: str = "relu", seeds=range(16),
-                   fixed: Optional[dict] = None) -> Optional[Counterexample]:
+def counterexample(
+    base: SModel, expanded: SModel, activation: str = "relu", seeds=range(16), fixed: dict | None = None
+) -> Counterexample | None:
     """The first seeded random point where the outputs differ by more than ``DIFF_THRESHOLD``.
 
     Points are tried with a float64 screen first; a point is reported only after both models
@@ -129,13 +142,15 @@ def counterexample(base: SModel, expanded: SModel, activation: str = "relu", see
         if diffs[best] > DIFF_THRESHOLD:
             entry = divmod(best, y0.cols)
             inst = "" if ACTIVATIONS[activation][0] else " (activation f evaluated as softplus, f(0) = log 2)"
-            return Counterexample({s.name: v for s, v in vals.items()}, entry, y0[best], y1[best], diffs[best],
-                                  int(seed), inst)
+            return Counterexample(
+                {s.name: v for s, v in vals.items()}, entry, y0[best], y1[best], diffs[best], int(seed), inst
+            )
     return None
 
 
-def prove_equal(base: SModel, expanded: SModel, activation: str = "relu", blocks: Optional[dict] = None,
-                refute: bool = True) -> EntryResult:
+def prove_equal(
+    base: SModel, expanded: SModel, activation: str = "relu", blocks: dict | None = None, refute: bool = True
+) -> EntryResult:
     """Prove ``forward(expanded) == forward(base)`` entrywise, or refute it with numbers.
 
     Returns "proved" when every entry of the difference reduces to exactly 0, "refuted"

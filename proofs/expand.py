@@ -8,9 +8,10 @@ head when the model has several), so it may hold anything. The layout is fpt_ref
 columns / rows are appended after the existing ones (new value rows of ``W_O`` right after
 their head's block), so the same tensors can be read back from fpt_ref's expansions.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import sympy as sp
 
@@ -18,27 +19,52 @@ from .symbolic import SHead, SLayer, SModel, sym_matrix
 
 # theorem -> {block: description}; the order is the order of the listing
 BLOCKS = {
-    "mlp": {"M_l1": "new columns of W_l1 (h x (p^-p))", "m_b_l1": "new entries of b_l1 (p^-p)",
-            "M_l2": "new rows of W_l2 ((p^-p) x h)"},
-    "add_heads": {"W_Q_new": "the new head's W_Q (h x k)", "W_K_new": "the new head's W_K (h x k)",
-                  "W_V_new": "the new head's W_V (h x v)", "M_O": "the new head's rows of W_O (v x h)"},
+    "mlp": {
+        "M_l1": "new columns of W_l1 (h x (p^-p))",
+        "m_b_l1": "new entries of b_l1 (p^-p)",
+        "M_l2": "new rows of W_l2 ((p^-p) x h)",
+    },
+    "add_heads": {
+        "W_Q_new": "the new head's W_Q (h x k)",
+        "W_K_new": "the new head's W_K (h x k)",
+        "W_V_new": "the new head's W_V (h x v)",
+        "M_O": "the new head's rows of W_O (v x h)",
+    },
     "heads": {"M_V": "new columns of W_V,e (h x (v^-v))", "M_O": "new rows of W_O,e ((v^-v) x h)"},
     "attention": {"M_Q": "new columns of W_Q,e (h x (k^-k))", "M_K": "new columns of W_K,e (h x (k^-k))"},
-    "hidden": {"M_I": "new columns of the input I (s x (h^-h))", "M_P": "new columns of P",
-               "M_O": "new columns of every W_O,e", "M_l2": "new columns of W_l2", "m_b_l2": "new entries of b_l2",
-               "m_g": "new entries of every gain vector g", "M_out": "new rows of W_out",
-               "M_l1": "new rows of W_l1", "M_Q": "new rows of every W_Q,e", "M_K": "new rows of every W_K,e",
-               "M_V": "new rows of every W_V,e"},
-    "add_layer": {"W_Q": "the new layer's W_Q,e", "W_K": "the new layer's W_K,e", "W_V": "the new layer's W_V,e",
-                  "W_O": "the new layer's W_O", "g_MHA": "the new layer's Norm^MHA gains",
-                  "g_MLP": "the new layer's Norm^MLP gains", "W_l1": "the new layer's W_l1",
-                  "b_l1": "the new layer's b_l1", "W_l2": "the new layer's W_l2", "b_l2": "the new layer's b_l2"},
+    "hidden": {
+        "M_I": "new columns of the input I (s x (h^-h))",
+        "M_P": "new columns of P",
+        "M_O": "new columns of every W_O,e",
+        "M_l2": "new columns of W_l2",
+        "m_b_l2": "new entries of b_l2",
+        "m_g": "new entries of every gain vector g",
+        "M_out": "new rows of W_out",
+        "M_l1": "new rows of W_l1",
+        "M_Q": "new rows of every W_Q,e",
+        "M_K": "new rows of every W_K,e",
+        "M_V": "new rows of every W_V,e",
+    },
+    "add_layer": {
+        "W_Q": "the new layer's W_Q,e",
+        "W_K": "the new layer's W_K,e",
+        "W_V": "the new layer's W_V,e",
+        "W_O": "the new layer's W_O",
+        "g_MHA": "the new layer's Norm^MHA gains",
+        "g_MLP": "the new layer's Norm^MLP gains",
+        "W_l1": "the new layer's W_l1",
+        "b_l1": "the new layer's b_l1",
+        "W_l2": "the new layer's W_l2",
+        "b_l2": "the new layer's b_l2",
+    },
 }
 BLOCKS["eps"] = BLOCKS["hidden"]
 
 # theorem -> {scaling: description}
 SCALINGS = {
-    "mlp": {}, "add_heads": {}, "heads": {},
+    "mlp": {},
+    "add_heads": {},
+    "heads": {},
     "attention": {"W_K": "W_K,e multiplied by sqrt(k^/k)", "W_Q": "W_Q,e multiplied by sqrt(k^/k)"},
     "hidden": {"g": "every gain g multiplied by sqrt(h/h^)"},
     "eps": {"g": "every gain g multiplied by sqrt(h/h^)", "eps": "norm epsilon multiplied by h/h^"},
@@ -87,11 +113,17 @@ def expand_mlp(m: SModel, p_new: int, zero=("M_l2",), scale=(), prefix=""):
     for n, L in enumerate(m.layers):
         h, p = L.w_l1.shape
         d = p_new - p
-        layers.append(SLayer(L.norm_mha, L.heads, L.norm_mlp,
-                             L.w_l1.row_join(B("M_l1", h, d, str(n))),  # [h, p^]
-                             L.b_l1.row_join(B("m_b_l1", 1, d, str(n))),  # [1, p^]
-                             L.w_l2.col_join(B("M_l2", d, h, str(n))),  # [p^, h]
-                             L.b_l2))
+        layers.append(
+            SLayer(
+                L.norm_mha,
+                L.heads,
+                L.norm_mlp,
+                L.w_l1.row_join(B("M_l1", h, d, str(n))),  # [h, p^]
+                L.b_l1.row_join(B("m_b_l1", 1, d, str(n))),  # [1, p^]
+                L.w_l2.col_join(B("M_l2", d, h, str(n))),  # [p^, h]
+                L.b_l2,
+            )
+        )
     return m.replace(layers=tuple(layers)), B.made
 
 
@@ -101,8 +133,9 @@ def add_heads(m: SModel, k: int, v: int, zero=("M_O",), scale=(), prefix=""):
     layers = []
     for n, L in enumerate(m.layers):
         h = L.w_l1.rows
-        new = SHead(B("W_Q_new", h, k, str(n)), B("W_K_new", h, k, str(n)), B("W_V_new", h, v, str(n)),
-                    B("M_O", v, h, str(n)))
+        new = SHead(
+            B("W_Q_new", h, k, str(n)), B("W_K_new", h, k, str(n)), B("W_V_new", h, v, str(n)), B("M_O", v, h, str(n))
+        )
         layers.append(SLayer(L.norm_mha, L.heads + (new,), L.norm_mlp, L.w_l1, L.b_l1, L.w_l2, L.b_l2))
     return m.replace(layers=tuple(layers)), B.made
 
@@ -116,8 +149,14 @@ def expand_heads(m: SModel, v_new: int, zero=("M_O",), scale=(), prefix=""):
         for e, H in enumerate(L.heads):
             h, v = H.w_v.shape
             d = v_new - v
-            heads.append(SHead(H.w_q, H.w_k, H.w_v.row_join(B("M_V", h, d, f"{n}.{e}")),  # [h, v^]
-                               H.w_o.col_join(B("M_O", d, h, f"{n}.{e}"))))  # [v^, h]
+            heads.append(
+                SHead(
+                    H.w_q,
+                    H.w_k,
+                    H.w_v.row_join(B("M_V", h, d, f"{n}.{e}")),  # [h, v^]
+                    H.w_o.col_join(B("M_O", d, h, f"{n}.{e}")),
+                )
+            )  # [v^, h]
         layers.append(SLayer(L.norm_mha, tuple(heads), L.norm_mlp, L.w_l1, L.b_l1, L.w_l2, L.b_l2))
     return m.replace(layers=tuple(layers)), B.made
 
@@ -133,9 +172,14 @@ def expand_attention(m: SModel, k_new: int, zero=("M_K",), scale=("W_K",), prefi
             c = sp.sqrt(sp.Rational(k_new, k))
             wq = H.w_q * c if "W_Q" in scale else H.w_q
             wk = H.w_k * c if "W_K" in scale else H.w_k
-            heads.append(SHead(wq.row_join(B("M_Q", h, k_new - k, f"{n}.{e}")),  # [h, k^]
-                               wk.row_join(B("M_K", h, k_new - k, f"{n}.{e}")),  # [h, k^]
-                               H.w_v, H.w_o))
+            heads.append(
+                SHead(
+                    wq.row_join(B("M_Q", h, k_new - k, f"{n}.{e}")),  # [h, k^]
+                    wk.row_join(B("M_K", h, k_new - k, f"{n}.{e}")),  # [h, k^]
+                    H.w_v,
+                    H.w_o,
+                )
+            )
         layers.append(SLayer(L.norm_mha, tuple(heads), L.norm_mlp, L.w_l1, L.b_l1, L.w_l2, L.b_l2))
     return m.replace(layers=tuple(layers)), B.made
 
@@ -156,28 +200,44 @@ def expand_hidden(m: SModel, h_new: int, zero=PAPER["hidden"][0], scale=("g",), 
     layers = []
     for n, L in enumerate(m.layers):
         heads = tuple(
-            SHead(H.w_q.col_join(B("M_Q", d, H.w_q.cols, f"{n}.{e}")),  # [h^, k]
-                  H.w_k.col_join(B("M_K", d, H.w_k.cols, f"{n}.{e}")),  # [h^, k]
-                  H.w_v.col_join(B("M_V", d, H.w_v.cols, f"{n}.{e}")),  # [h^, v]
-                  H.w_o.row_join(B("M_O", H.w_o.rows, d, f"{n}.{e}")))  # [v, h^]
-            for e, H in enumerate(L.heads))
-        layers.append(SLayer(gain(L.norm_mha, f"{n}.mha"), heads, gain(L.norm_mlp, f"{n}.mlp"),
-                             L.w_l1.col_join(B("M_l1", d, L.w_l1.cols, str(n))),  # [h^, p]
-                             L.b_l1,
-                             L.w_l2.row_join(B("M_l2", L.w_l2.rows, d, str(n))),  # [p, h^]
-                             L.b_l2.row_join(B("m_b_l2", 1, d, str(n)))))  # [1, h^]
+            SHead(
+                H.w_q.col_join(B("M_Q", d, H.w_q.cols, f"{n}.{e}")),  # [h^, k]
+                H.w_k.col_join(B("M_K", d, H.w_k.cols, f"{n}.{e}")),  # [h^, k]
+                H.w_v.col_join(B("M_V", d, H.w_v.cols, f"{n}.{e}")),  # [h^, v]
+                H.w_o.row_join(B("M_O", H.w_o.rows, d, f"{n}.{e}")),
+            )  # [v, h^]
+            for e, H in enumerate(L.heads)
+        )
+        layers.append(
+            SLayer(
+                gain(L.norm_mha, f"{n}.mha"),
+                heads,
+                gain(L.norm_mlp, f"{n}.mlp"),
+                L.w_l1.col_join(B("M_l1", d, L.w_l1.cols, str(n))),  # [h^, p]
+                L.b_l1,
+                L.w_l2.row_join(B("M_l2", L.w_l2.rows, d, str(n))),  # [p, h^]
+                L.b_l2.row_join(B("m_b_l2", 1, d, str(n))),
+            )
+        )  # [1, h^]
     eps = m.eps * sp.Rational(h, h_new) if "eps" in scale else m.eps
-    return m.replace(inp=m.inp.row_join(B("M_I", m.s, d)), pos=m.pos.row_join(B("M_P", m.s, d)),
-                     w_out=m.w_out.col_join(B("M_out", d, m.w_out.cols)), layers=tuple(layers), eps=eps), B.made
+    return m.replace(
+        inp=m.inp.row_join(B("M_I", m.s, d)),
+        pos=m.pos.row_join(B("M_P", m.s, d)),
+        w_out=m.w_out.col_join(B("M_out", d, m.w_out.cols)),
+        layers=tuple(layers),
+        eps=eps,
+    ), B.made
 
 
-def add_layer(m: SModel, at: int, p: int, E: int, k: int, v: int, zero=PAPER["add_layer"][0], scale=(),
-              prefix=""):
+def add_layer(m: SModel, at: int, p: int, E: int, k: int, v: int, zero=PAPER["add_layer"][0], scale=(), prefix=""):
     """Insert a new layer at position ``at``; all its tensors are new blocks."""
     B = _Blocks(zero, prefix, E > 1)
     h = m.h
-    heads = tuple(SHead(B("W_Q", h, k, str(e)), B("W_K", h, k, str(e)), B("W_V", h, v, str(e)),
-                        B("W_O", v, h, str(e))) for e in range(E))
-    L = SLayer(B("g_MHA", 1, h), heads, B("g_MLP", 1, h), B("W_l1", h, p), B("b_l1", 1, p), B("W_l2", p, h),
-               B("b_l2", 1, h))
+    heads = tuple(
+        SHead(B("W_Q", h, k, str(e)), B("W_K", h, k, str(e)), B("W_V", h, v, str(e)), B("W_O", v, h, str(e)))
+        for e in range(E)
+    )
+    L = SLayer(
+        B("g_MHA", 1, h), heads, B("g_MLP", 1, h), B("W_l1", h, p), B("b_l1", 1, p), B("W_l2", p, h), B("b_l2", 1, h)
+    )
     return m.replace(layers=m.layers[:at] + (L,) + m.layers[at:]), B.made

@@ -15,12 +15,12 @@ Each candidate is decided as: a float64 screen at random points (relative differ
 otherwise the entry-level symbolic proof (proved), or a 40-digit counterexample (refuted),
 or neither ("not proved", listed as undecided).
 """
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import List
 
 from .entries import SCREEN_THRESHOLD, float_screen, prove_equal
 from .symbolic import base_model
@@ -33,17 +33,18 @@ class Search:
     label: str
     scale: frozenset
     activation: str
-    minimal: List[frozenset] = field(default_factory=list)
+    minimal: list[frozenset] = field(default_factory=list)
     necessary: frozenset = frozenset()
-    undecided: List[frozenset] = field(default_factory=list)
+    undecided: list[frozenset] = field(default_factory=list)
     checks: int = 0
     seconds: float = 0.0
 
     def sets_text(self) -> str:
         if not self.minimal:
             return "none (no set of zero blocks preserves the function)"
-        return "; ".join("{" + ", ".join(sorted(m, key=list(THEOREMS[self.theorem].blocks).index)) + "}"
-                         for m in self.minimal)
+        return "; ".join(
+            "{" + ", ".join(sorted(m, key=list(THEOREMS[self.theorem].blocks).index)) + "}" for m in self.minimal
+        )
 
 
 def _decider(theorem: str, scale, activation: str):
@@ -92,7 +93,7 @@ def search(theorem: str, label: str, scale, activation: str) -> Search:
     return out
 
 
-def drop_each(theorem: str) -> List[Level]:
+def drop_each(theorem: str) -> list[Level]:
     """For each of the paper's constraints: the claim without it, refuted with a counterexample."""
     th = THEOREMS[theorem]
     zero, scale = th.paper
@@ -102,14 +103,18 @@ def drop_each(theorem: str) -> List[Level]:
     for label, z, sc in cases:
         t = time.perf_counter()
         r = entry_claim(theorem, z, sc)
-        detail = r.counterexample.line() if r.counterexample else (
-            "unexpectedly proved" if r.status == "proved" else "no counterexample found")
+        detail = (
+            r.counterexample.line()
+            if r.counterexample
+            else ("unexpectedly proved" if r.status == "proved" else "no counterexample found")
+        )
         # the claim checked here is "the constraint is necessary": it holds when preservation is refuted
         status = "refuted" if r.status == "refuted" else r.status
-        out.append(Level(theorem, label, status, time.perf_counter() - t, detail, frozenset(z), frozenset(sc),
-                         result=r))
+        out.append(
+            Level(theorem, label, status, time.perf_counter() - t, detail, frozenset(z), frozenset(sc), result=r)
+        )
     return out
 
 
-def searches(theorem: str) -> List[Search]:
+def searches(theorem: str) -> list[Search]:
     return [search(theorem, label, sc, act) for label, sc, act in SEARCHES[theorem]]

@@ -23,10 +23,10 @@ Two targeted rewrites are applied while building atoms, both exact identities:
 - ``f(0) = 0`` for activations that satisfy it (ReLU, GELU, SiLU), never for the generic
   activation ``f``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Dict, Tuple
 
 import sympy as sp
 
@@ -59,8 +59,8 @@ class Kernel:
             raise ValueError(f"activation: must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
         self.let_streams = let_streams
-        self._keys: Dict[tuple, sp.Symbol] = {}
-        self.defs: Dict[sp.Symbol, tuple] = {}  # atom -> (kind, canonical argument)
+        self._keys: dict[tuple, sp.Symbol] = {}
+        self.defs: dict[sp.Symbol, tuple] = {}  # atom -> (kind, canonical argument)
 
     # ---- canonical forms ------------------------------------------------------------
     @staticmethod
@@ -156,7 +156,7 @@ class SHead:
 @dataclass(frozen=True)
 class SLayer:
     norm_mha: sp.Matrix  # [1, h]
-    heads: Tuple[SHead, ...]
+    heads: tuple[SHead, ...]
     norm_mlp: sp.Matrix  # [1, h]
     w_l1: sp.Matrix  # [h, p]
     b_l1: sp.Matrix  # [1, p]
@@ -175,7 +175,7 @@ class SModel:
     inp: sp.Matrix  # [s, h]
     pos: sp.Matrix  # [s, h]
     w_out: sp.Matrix  # [h, o]
-    layers: Tuple[SLayer, ...]
+    layers: tuple[SLayer, ...]
     eps: object = 0
     causal: bool = False
 
@@ -187,7 +187,7 @@ class SModel:
     def s(self) -> int:
         return self.pos.rows
 
-    def replace(self, **kw) -> "SModel":
+    def replace(self, **kw) -> SModel:
         return replace(self, **kw)
 
 
@@ -207,14 +207,28 @@ def base_model(s=2, h=2, p=2, E=1, k=2, v=2, o=2, N=1, eps=0, causal=False) -> S
     for n in range(N):
         pre = f"layers.{n}"
         heads = tuple(
-            SHead(sym_matrix(f"{pre}.heads.{e}.w_q", h, k), sym_matrix(f"{pre}.heads.{e}.w_k", h, k),
-                  sym_matrix(f"{pre}.heads.{e}.w_v", h, v), sym_matrix(f"{pre}.heads.{e}.w_o", v, h))
-            for e in range(E))
-        layers.append(SLayer(sym_row(f"{pre}.norm_mha", h), heads, sym_row(f"{pre}.norm_mlp", h),
-                             sym_matrix(f"{pre}.w_l1", h, p), sym_row(f"{pre}.b_l1", p),
-                             sym_matrix(f"{pre}.w_l2", p, h), sym_row(f"{pre}.b_l2", h)))
-    return SModel(sym_matrix("I", s, h), sym_matrix("pos", s, h), sym_matrix("w_out", h, o), tuple(layers),
-                  eps=eps, causal=causal)
+            SHead(
+                sym_matrix(f"{pre}.heads.{e}.w_q", h, k),
+                sym_matrix(f"{pre}.heads.{e}.w_k", h, k),
+                sym_matrix(f"{pre}.heads.{e}.w_v", h, v),
+                sym_matrix(f"{pre}.heads.{e}.w_o", v, h),
+            )
+            for e in range(E)
+        )
+        layers.append(
+            SLayer(
+                sym_row(f"{pre}.norm_mha", h),
+                heads,
+                sym_row(f"{pre}.norm_mlp", h),
+                sym_matrix(f"{pre}.w_l1", h, p),
+                sym_row(f"{pre}.b_l1", p),
+                sym_matrix(f"{pre}.w_l2", p, h),
+                sym_row(f"{pre}.b_l2", h),
+            )
+        )
+    return SModel(
+        sym_matrix("I", s, h), sym_matrix("pos", s, h), sym_matrix("w_out", h, o), tuple(layers), eps=eps, causal=causal
+    )
 
 
 def model_symbols(m: SModel) -> set:

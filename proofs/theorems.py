@@ -4,11 +4,12 @@ Each theorem has a small symbolic base model (entry level: ``s = 2``, ``h = 2``,
 ``E = 1``, ``k = 2``, ``v = 2``, ``o = 2``, one layer) and an expansion by one of every
 grown size. A claim is (theorem, zero blocks, scalings); the default is the paper's.
 """
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable
 
 import sympy as sp
 
@@ -45,33 +46,66 @@ class Theorem:
 
 
 THEOREMS = {
-    "mlp": Theorem("mlp", "Theorem 3.1 MLP expansion", "p 2->3", {},
-                   lambda b, z, sc, pre="": X.expand_mlp(b, 3, z, sc, pre)),
-    "add_heads": Theorem("add_heads", "Theorem 3.2 head addition", "E 1->2", {},
-                         lambda b, z, sc, pre="": X.add_heads(b, 2, 2, z, sc, pre)),
-    "heads": Theorem("heads", "Theorem 3.3 heads expansion", "v 2->3", {},
-                     lambda b, z, sc, pre="": X.expand_heads(b, 3, z, sc, pre)),
-    "attention": Theorem("attention", "Theorem 3.4 attention expansion", "k 2->3", {},
-                         lambda b, z, sc, pre="": X.expand_attention(b, 3, z, sc, pre)),
-    "hidden": Theorem("hidden", "Theorem 3.5 hidden dimension expansion", "h 2->3, N=2", {"N": 2},
-                      lambda b, z, sc, pre="": X.expand_hidden(b, 3, z, sc, pre)),
-    "add_layer": Theorem("add_layer", "Theorem 3.6 layer addition", "N 1->2, new layer first", {},
-                         lambda b, z, sc, pre="": X.add_layer(b, 0, 2, 1, 2, 2, z, sc, pre)),
-    "eps": Theorem("eps", "RMSNorm epsilon in the hidden expansion", "h 2->3, N=2, eps > 0", {"eps": EPS, "N": 2},
-                   lambda b, z, sc, pre="": X.expand_hidden(b, 3, z, sc, pre)),
+    "mlp": Theorem(
+        "mlp", "Theorem 3.1 MLP expansion", "p 2->3", {}, lambda b, z, sc, pre="": X.expand_mlp(b, 3, z, sc, pre)
+    ),
+    "add_heads": Theorem(
+        "add_heads",
+        "Theorem 3.2 head addition",
+        "E 1->2",
+        {},
+        lambda b, z, sc, pre="": X.add_heads(b, 2, 2, z, sc, pre),
+    ),
+    "heads": Theorem(
+        "heads", "Theorem 3.3 heads expansion", "v 2->3", {}, lambda b, z, sc, pre="": X.expand_heads(b, 3, z, sc, pre)
+    ),
+    "attention": Theorem(
+        "attention",
+        "Theorem 3.4 attention expansion",
+        "k 2->3",
+        {},
+        lambda b, z, sc, pre="": X.expand_attention(b, 3, z, sc, pre),
+    ),
+    "hidden": Theorem(
+        "hidden",
+        "Theorem 3.5 hidden dimension expansion",
+        "h 2->3, N=2",
+        {"N": 2},
+        lambda b, z, sc, pre="": X.expand_hidden(b, 3, z, sc, pre),
+    ),
+    "add_layer": Theorem(
+        "add_layer",
+        "Theorem 3.6 layer addition",
+        "N 1->2, new layer first",
+        {},
+        lambda b, z, sc, pre="": X.add_layer(b, 0, 2, 1, 2, 2, z, sc, pre),
+    ),
+    "eps": Theorem(
+        "eps",
+        "RMSNorm epsilon in the hidden expansion",
+        "h 2->3, N=2, eps > 0",
+        {"eps": EPS, "N": 2},
+        lambda b, z, sc, pre="": X.expand_hidden(b, 3, z, sc, pre),
+    ),
 }
 
 # entry-level settings every theorem is proved under: (label, activation, causal)
-SETTINGS = [("entries ReLU", "relu", False), ("entries causal GELU", "gelu", True),
-            ("entries causal SiLU", "silu", True)]
+SETTINGS = [
+    ("entries ReLU", "relu", False),
+    ("entries causal GELU", "gelu", True),
+    ("entries causal SiLU", "silu", True),
+]
 
 # minimal-set searches: theorem -> [(label, scalings, activation)]
 SEARCHES = {
     "mlp": [("ReLU", frozenset(), "relu"), ("any activation f", frozenset(), "f")],
     "add_heads": [("", frozenset(), "relu")],
     "heads": [("", frozenset(), "relu")],
-    "attention": [("W_K scaled", frozenset({"W_K"}), "relu"), ("W_Q scaled", frozenset({"W_Q"}), "relu"),
-                  ("no scaling", frozenset(), "relu")],
+    "attention": [
+        ("W_K scaled", frozenset({"W_K"}), "relu"),
+        ("W_Q scaled", frozenset({"W_Q"}), "relu"),
+        ("no scaling", frozenset(), "relu"),
+    ],
     "hidden": [("g scaled", frozenset({"g"}), "relu"), ("no scaling", frozenset(), "relu")],
     "eps": [("g and eps scaled", frozenset({"g", "eps"}), "relu"), ("g scaled, eps not", frozenset({"g"}), "relu")],
     "add_layer": [("", frozenset(), "relu")],
@@ -90,11 +124,11 @@ class Level:
     zero: frozenset = frozenset()
     scale: frozenset = frozenset()
     free: list = field(default_factory=list)
-    result: Optional[EntryResult] = None
-    chains: List[Chain] = field(default_factory=list)
+    result: EntryResult | None = None
+    chains: list[Chain] = field(default_factory=list)
 
 
-def parse_constraints(theorem: str, zero: Optional[str], scale: Optional[str]):
+def parse_constraints(theorem: str, zero: str | None, scale: str | None):
     """``--zero`` / ``--scale`` text -> (zero set, scale set), validated against the theorem's names."""
     th = THEOREMS.get(theorem)
     if th is None:
@@ -107,8 +141,10 @@ def parse_constraints(theorem: str, zero: Optional[str], scale: Optional[str]):
         got = [t.strip() for t in text.split(",") if t.strip()]
         bad = [t for t in got if t not in valid]
         if bad or not got:
-            raise ValueError(f"{what}: unknown name(s) {', '.join(bad) or repr(text)} for {theorem}; "
-                             f"valid: {', '.join(valid) or '(none)'} or 'none'")
+            raise ValueError(
+                f"{what}: unknown name(s) {', '.join(bad) or repr(text)} for {theorem}; "
+                f"valid: {', '.join(valid) or '(none)'} or 'none'"
+            )
         return frozenset(got)
 
     if zero is not None:
@@ -146,7 +182,7 @@ def run_entries(theorem: str, zero, scale, label: str, activation: str, causal: 
     return Level(theorem, label, r.status, dt, detail, frozenset(zero), frozenset(scale), r.free_blocks, r)
 
 
-def run_blocks(theorem: str, zero, scale, entries_status: Optional[str] = None) -> Level:
+def run_blocks(theorem: str, zero, scale, entries_status: str | None = None) -> Level:
     """The symbolic-size level: the chain whose constraint set is contained in ``zero`` (same scalings)."""
     t = time.perf_counter()
     for variant, cz, csc in CHAIN_SETS[theorem]:
@@ -158,14 +194,35 @@ def run_blocks(theorem: str, zero, scale, entries_status: Optional[str] = None) 
             detail = f"{len(chains)} chains, {nsteps} steps each checked symbolically and at explicit sizes"
             if extra:
                 detail += f"; chain for {{{','.join(sorted(cz))}}}, so {','.join(sorted(extra))} = 0 is an instance"
-            return Level(theorem, "symbolic sizes", "proved" if ok else "not proved", time.perf_counter() - t,
-                         detail, frozenset(zero), frozenset(scale), chains=chains)
+            return Level(
+                theorem,
+                "symbolic sizes",
+                "proved" if ok else "not proved",
+                time.perf_counter() - t,
+                detail,
+                frozenset(zero),
+                frozenset(scale),
+                chains=chains,
+            )
     if entries_status == "refuted":
-        return Level(theorem, "symbolic sizes", "refuted", time.perf_counter() - t,
-                     "the entry-level counterexample is an instance of the symbolic sizes", frozenset(zero),
-                     frozenset(scale))
-    return Level(theorem, "symbolic sizes", "not proved", time.perf_counter() - t,
-                 "no block-level chain for this constraint set", frozenset(zero), frozenset(scale))
+        return Level(
+            theorem,
+            "symbolic sizes",
+            "refuted",
+            time.perf_counter() - t,
+            "the entry-level counterexample is an instance of the symbolic sizes",
+            frozenset(zero),
+            frozenset(scale),
+        )
+    return Level(
+        theorem,
+        "symbolic sizes",
+        "not proved",
+        time.perf_counter() - t,
+        "no block-level chain for this constraint set",
+        frozenset(zero),
+        frozenset(scale),
+    )
 
 
 # ---- composition --------------------------------------------------------------------------------
@@ -184,14 +241,21 @@ def compose_models(activation_causal: bool = False):
     return base, m
 
 
-def run_compose(levels_six: List[Level]) -> List[Level]:
+def run_compose(levels_six: list[Level]) -> list[Level]:
     out = []
     t = time.perf_counter()
     sym = [lv for lv in levels_six if lv.level == "symbolic sizes"]
     ok = len(sym) == 6 and all(lv.status == "proved" for lv in sym)
-    out.append(Level("compose", "symbolic sizes", "proved" if ok else "not proved", time.perf_counter() - t,
-                     "transitivity: each step preserves the function of whatever model it is applied to "
-                     f"({'all six' if ok else 'not all six'} symbolic-size proofs hold)"))
+    out.append(
+        Level(
+            "compose",
+            "symbolic sizes",
+            "proved" if ok else "not proved",
+            time.perf_counter() - t,
+            "transitivity: each step preserves the function of whatever model it is applied to "
+            f"({'all six' if ok else 'not all six'} symbolic-size proofs hold)",
+        )
+    )
     for label, act, causal in SETTINGS[:2]:
         t = time.perf_counter()
         base, m = compose_models(causal)
@@ -205,7 +269,7 @@ def run_compose(levels_six: List[Level]) -> List[Level]:
     return out
 
 
-def run_theorem(theorem: str, zero=None, scale=None) -> List[Level]:
+def run_theorem(theorem: str, zero=None, scale=None) -> list[Level]:
     """Every level of one theorem (default: the paper's constraints)."""
     th = THEOREMS[theorem]
     pz, psc = th.paper

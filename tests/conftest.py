@@ -1,4 +1,5 @@
 """Shared pytest configuration: hypothesis profiles, GPU detection, preservation records."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,9 @@ from hypothesis import HealthCheck, settings
 
 # Profiles: "ci" (default) runs the documented number of cases; "dev" is quicker; "thorough" is for soak runs.
 # "ci" is derandomized so that CI runs are reproducible; "thorough" explores new random cases.
-settings.register_profile("ci", deadline=None, derandomize=True, database=None,
-                          suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+settings.register_profile(
+    "ci", deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
 settings.register_profile("dev", parent=settings.get_profile("ci"))
 settings.register_profile("thorough", parent=settings.get_profile("ci"), derandomize=False)
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
@@ -55,7 +57,9 @@ def pytest_terminal_summary(terminalreporter):
     if PRESERVATION_RECORDS:
         terminalreporter.section("preservation error (ulps of the output scale)")
         for key, (ulp, frac, n) in sorted(PRESERVATION_RECORDS.items()):
-            terminalreporter.write_line(f"{key}: {n} cases, max {ulp:.2f} ulp, max {100 * frac:.2f}% of the derived tolerance")
+            terminalreporter.write_line(
+                f"{key}: {n} cases, max {ulp:.2f} ulp, max {100 * frac:.2f}% of the derived tolerance"
+            )
 
 
 @pytest.fixture(scope="session")

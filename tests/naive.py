@@ -4,6 +4,7 @@ Loops over batch entries and heads, and follows the paper's equations literally 
 paper order, ``W_O`` as one stacked matrix, the norm as ``x g / sqrt(mean(x^2) + eps)``).
 It shares no code with ``fpt_ref.forward``.
 """
+
 import numpy as np
 
 
@@ -28,7 +29,7 @@ def naive_forward(model, x):
 
 def _norm(X, g, eps):
     h = X.shape[1]
-    return X * g / np.sqrt((X ** 2).sum(axis=1, keepdims=True) / h + eps)
+    return X * g / np.sqrt((X**2).sum(axis=1, keepdims=True) / h + eps)
 
 
 def _mha(L, X, causal):

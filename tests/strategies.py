@@ -1,4 +1,5 @@
 """Hypothesis strategies: random small heterogeneous models and random expansion plans."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,10 +20,25 @@ def build_model(spec: dict) -> Model:
     layers = []
     for p, kv in zip(spec["p"], spec["heads"]):
         heads = tuple(Head(w(h, k), w(h, k), w(h, v), w(v, h)) for k, v in kv)
-        layers.append(Layer(norm_mha=(1 + w(h, std=0.1)), heads=heads, norm_mlp=(1 + w(h, std=0.1)),
-                            w_l1=w(h, p), b_l1=w(p, std=0.1), w_l2=w(p, h), b_l2=w(h, std=0.1)))
-    return Model(embed=w(spec["vocab"], h, std=1.0) if spec["vocab"] else None, pos=w(spec["s_max"], h, std=0.1),
-                 w_out=w(h, spec["o"]), layers=tuple(layers), norm_eps=spec["eps"], causal=spec["causal"])
+        layers.append(
+            Layer(
+                norm_mha=(1 + w(h, std=0.1)),
+                heads=heads,
+                norm_mlp=(1 + w(h, std=0.1)),
+                w_l1=w(h, p),
+                b_l1=w(p, std=0.1),
+                w_l2=w(p, h),
+                b_l2=w(h, std=0.1),
+            )
+        )
+    return Model(
+        embed=w(spec["vocab"], h, std=1.0) if spec["vocab"] else None,
+        pos=w(spec["s_max"], h, std=0.1),
+        w_out=w(h, spec["o"]),
+        layers=tuple(layers),
+        norm_eps=spec["eps"],
+        causal=spec["causal"],
+    )
 
 
 @st.composite
@@ -59,8 +75,12 @@ def draw_step(data, model: Model):
         at = data.draw(st.integers(0, model.N), label="at")
         kw = {"at": at}
         if model.N == 0 or data.draw(st.booleans(), label="override"):
-            kw.update(p=data.draw(st.integers(1, 4)), heads=data.draw(st.integers(1, 2)),
-                      k=data.draw(st.integers(1, 3)), v=data.draw(st.integers(1, 3)))
+            kw.update(
+                p=data.draw(st.integers(1, 4)),
+                heads=data.draw(st.integers(1, 2)),
+                k=data.draw(st.integers(1, 3)),
+                v=data.draw(st.integers(1, 3)),
+            )
         return op, kw
     layers = data.draw(st.lists(st.integers(0, model.N - 1), min_size=1, max_size=model.N, unique=True), label="layers")
     if op == "mlp":

@@ -3,6 +3,7 @@
 Nothing here depends on a measured time: ratios are checked on given timings, the timing
 loop on a fake timer, and the end-to-end runs only on the presence and shape of their output.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,16 +13,30 @@ import sys
 
 import numpy as np
 import pytest
+from test_expansions import hetero_model
 
 import fpt_ref
+from benchmarks import machine, ops, report, runner
 from fpt_ref.cli import main as cli_main
 from fpt_ref.model import convert, param_count
 
-from benchmarks import machine, ops, report, runner
-from test_expansions import hetero_model
-
-RECORD_FIELDS = {"op", "backend", "dtype", "size", "dims", "params", "seconds", "seconds_min", "seconds_max",
-                 "repeats", "ratio_matmul", "ratio_copy", "ratio_torch", "speedup_gpu", "loadavg"}
+RECORD_FIELDS = {
+    "op",
+    "backend",
+    "dtype",
+    "size",
+    "dims",
+    "params",
+    "seconds",
+    "seconds_min",
+    "seconds_max",
+    "repeats",
+    "ratio_matmul",
+    "ratio_copy",
+    "ratio_torch",
+    "speedup_gpu",
+    "loadavg",
+}
 DIMS = {"h", "N", "E", "k", "v", "p", "o", "s", "b"}
 
 
@@ -133,8 +148,12 @@ def test_compute_ratios_from_given_timings():
 
 
 def test_summarize_and_measure_with_a_fake_timer():
-    assert runner.summarize([3.0, 1.0, 2.0, 10.0]) == {"seconds": 2.5, "seconds_min": 1.0, "seconds_max": 10.0,
-                                                      "repeats": 4}
+    assert runner.summarize([3.0, 1.0, 2.0, 10.0]) == {
+        "seconds": 2.5,
+        "seconds_min": 1.0,
+        "seconds_max": 10.0,
+        "repeats": 4,
+    }
     calls = []
 
     def fake_timer(fn):
@@ -227,10 +246,26 @@ def test_table_has_gpu_columns_when_cupy_records_exist():
     size = ops.QUICK[0]
     recs = []
     for backend, sec in (("numpy", 2.0), ("cupy", 0.1)):
-        recs.append(dict(op="forward", backend=backend, dtype="float32", size=size.name, dims=size.dims(),
-                         params=size.params(), seconds=sec, flops=1e9, ref_matmul_flops=1e9, ref_matmul_seconds=sec / 2))
-    res = {"machine": {"summary": "test machine", "cpu": {"loadavg": None}}, "config": {"ladder": "quick"},
-           "records": runner.compute_ratios(recs), "notes": []}
+        recs.append(
+            dict(
+                op="forward",
+                backend=backend,
+                dtype="float32",
+                size=size.name,
+                dims=size.dims(),
+                params=size.params(),
+                seconds=sec,
+                flops=1e9,
+                ref_matmul_flops=1e9,
+                ref_matmul_seconds=sec / 2,
+            )
+        )
+    res = {
+        "machine": {"summary": "test machine", "cpu": {"loadavg": None}},
+        "config": {"ladder": "quick"},
+        "records": runner.compute_ratios(recs),
+        "notes": [],
+    }
     table = report.markdown_table(res)
     assert "CuPy s" in table and "speedup_gpu" in table and "No GPU results" not in table
     assert "| 20.0 |" in table  # speedup 2.0 / 0.1
@@ -240,19 +275,38 @@ def test_table_has_gpu_columns_when_cupy_records_exist():
 # ---- CLI -------------------------------------------------------------------------------
 def test_cli_bench_quick(tmp_path, capsys):
     out = tmp_path / "b"
-    code = cli_main(["bench", "--quick", "--sizes", "xxs", "--backends", "numpy", "--dtypes", "float32",
-                             "--ops", "forward,mlp", "--repeats", "1", "--out", str(out)])
+    code = cli_main(
+        [
+            "bench",
+            "--quick",
+            "--sizes",
+            "xxs",
+            "--backends",
+            "numpy",
+            "--dtypes",
+            "float32",
+            "--ops",
+            "forward,mlp",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert (out / "results.json").exists() and (out / "table.md").exists()
     assert "wrote" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv,msg", [
-    (["--backends", "numpy,jax"], "unknown jax"),
-    (["--dtypes", "float16"], "unknown float16"),
-    (["--repeats", "0"], "at least 1"),
-    (["--sizes", "huge", "--quick"], "--sizes: huge not in the quick ladder"),
-])
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["--backends", "numpy,jax"], "unknown jax"),
+        (["--dtypes", "float16"], "unknown float16"),
+        (["--repeats", "0"], "at least 1"),
+        (["--sizes", "huge", "--quick"], "--sizes: huge not in the quick ladder"),
+    ],
+)
 def test_cli_bad_arguments_exit_2(argv, msg, capsys, tmp_path):
     assert cli_main(["bench", "--out", str(tmp_path)] + argv) == 2
     err = capsys.readouterr().err
@@ -260,9 +314,29 @@ def test_cli_bad_arguments_exit_2(argv, msg, capsys, tmp_path):
 
 
 def test_python_dash_m_benchmarks(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--sizes", "xxs", "--backends", "numpy",
-                           "--dtypes", "float64", "--ops", "forward", "--repeats", "1", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--sizes",
+            "xxs",
+            "--backends",
+            "numpy",
+            "--dtypes",
+            "float64",
+            "--ops",
+            "forward",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "results.json").read_text())["records"]
 
@@ -321,5 +395,7 @@ def test_bad_out_is_rejected_before_measuring(tmp_path):
 def test_nothing_measured_is_a_usage_error(tmp_path, capsys):
     from fpt_ref.cli import main
 
-    assert main(["bench", "--quick", "--backends", "numpy", "--max-params-cpu", "10", "--out", str(tmp_path / "b")]) == 2
+    assert (
+        main(["bench", "--quick", "--backends", "numpy", "--max-params-cpu", "10", "--out", str(tmp_path / "b")]) == 2
+    )
     assert "nothing was measured" in capsys.readouterr().err

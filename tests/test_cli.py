@@ -1,4 +1,5 @@
 """The fpt-ref command line, end to end through subprocesses."""
+
 from __future__ import annotations
 
 import subprocess
@@ -11,16 +12,41 @@ import fpt_ref
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fpt_ref", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fpt_ref", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     path = d / "base.safetensors"
-    r = run("init", "--h", 8, "--p", 12, "--heads", 2, "--k", 4, "--v", 4, "--layers", 2, "--out-dim", 5,
-            "--max-seq", 6, "--vocab", 30, "--eps", 1e-5, "--causal", "-o", path)
+    r = run(
+        "init",
+        "--h",
+        8,
+        "--p",
+        12,
+        "--heads",
+        2,
+        "--k",
+        4,
+        "--v",
+        4,
+        "--layers",
+        2,
+        "--out-dim",
+        5,
+        "--max-seq",
+        6,
+        "--vocab",
+        30,
+        "--eps",
+        1e-5,
+        "--causal",
+        "-o",
+        path,
+    )
     assert r.returncode == 0, r.stderr
     return path
 
@@ -67,8 +93,35 @@ def test_expand_with_json_plan_and_zeros_init(base, tmp_path):
 
 def test_verify_detects_a_different_function(base, tmp_path):
     other = tmp_path / "other.safetensors"
-    assert run("init", "--h", 8, "--p", 12, "--heads", 2, "--k", 4, "--v", 4, "--out-dim", 5, "--max-seq", 6,
-               "--vocab", 30, "--eps", 1e-5, "--causal", "--seed", 1, "-o", other).returncode == 0
+    assert (
+        run(
+            "init",
+            "--h",
+            8,
+            "--p",
+            12,
+            "--heads",
+            2,
+            "--k",
+            4,
+            "--v",
+            4,
+            "--out-dim",
+            5,
+            "--max-seq",
+            6,
+            "--vocab",
+            30,
+            "--eps",
+            1e-5,
+            "--causal",
+            "--seed",
+            1,
+            "-o",
+            other,
+        ).returncode
+        == 0
+    )
     r = run("verify", base, other)
     assert r.returncode == 1 and "NOT preserved" in r.stdout
 
@@ -87,22 +140,25 @@ def test_demo():
     assert "all 6 steps preserved the function: yes" in r.stdout
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["expand", "missing.safetensors", "--plan", "mlp p=4", "-o", "x.safetensors"], "no such file"),
-    (["expand", "BASE", "--plan", "mlp p=4", "-o", "x.safetensors"], "p: p=4 does not grow layer 0"),
-    (["expand", "BASE", "--plan", "grow p=4", "-o", "x.safetensors"], "unknown step"),
-    (["expand", "BASE", "--plan", "mlp p=20 layers=5", "-o", "x.safetensors"], "out of range"),
-    (["verify", "BASE"], "the following arguments are required"),
-    (["init", "--h", "x", "-o", "y"], "--h must be an integer"),
-    (["init", "--h", "0", "-o", "y"], "h: must be an integer >= 1"),
-    (["nosuchcommand"], "invalid choice"),
-    (["info", "NOTAMODEL"], "not a readable safetensors file"),
-    (["init", "-o", "no/such/folder/x.safetensors"], "cannot write"),
-    (["expand", "BASE", "--plan", "mlp p=20", "-o", "no/such/folder/x.safetensors"], "does not exist"),
-    (["expand", "BASE", "--plan", '[{"op": [1]}]', "-o", "x.safetensors"], "unknown step"),
-    (["init", "--seed", "-1", "-o", "x.safetensors"], "--seed must be at least 0"),
-    (["init", "--eps", "nan", "-o", "x.safetensors"], "norm_eps: must be a finite float"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["expand", "missing.safetensors", "--plan", "mlp p=4", "-o", "x.safetensors"], "no such file"),
+        (["expand", "BASE", "--plan", "mlp p=4", "-o", "x.safetensors"], "p: p=4 does not grow layer 0"),
+        (["expand", "BASE", "--plan", "grow p=4", "-o", "x.safetensors"], "unknown step"),
+        (["expand", "BASE", "--plan", "mlp p=20 layers=5", "-o", "x.safetensors"], "out of range"),
+        (["verify", "BASE"], "the following arguments are required"),
+        (["init", "--h", "x", "-o", "y"], "--h must be an integer"),
+        (["init", "--h", "0", "-o", "y"], "h: must be an integer >= 1"),
+        (["nosuchcommand"], "invalid choice"),
+        (["info", "NOTAMODEL"], "not a readable safetensors file"),
+        (["init", "-o", "no/such/folder/x.safetensors"], "cannot write"),
+        (["expand", "BASE", "--plan", "mlp p=20", "-o", "no/such/folder/x.safetensors"], "does not exist"),
+        (["expand", "BASE", "--plan", '[{"op": [1]}]', "-o", "x.safetensors"], "unknown step"),
+        (["init", "--seed", "-1", "-o", "x.safetensors"], "--seed must be at least 0"),
+        (["init", "--eps", "nan", "-o", "x.safetensors"], "norm_eps: must be a finite float"),
+    ],
+)
 def test_user_errors_print_one_line_and_exit_2(base, tmp_path, args, msg):
     bad = tmp_path / "bad.safetensors"
     bad.write_text("hello")

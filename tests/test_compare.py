@@ -1,4 +1,5 @@
 """`fpt-ref compare`: reports on good and corrupted ACTUAL files, exit codes."""
+
 import json
 import struct
 import subprocess
@@ -108,8 +109,8 @@ def test_bfloat16_is_reported_not_raised(vec, ref, tmp_path):
     # rebuild the file with one extra BF16 tensor named residual.2
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    data = raw[8 + n:]
+    header = json.loads(raw[8 : 8 + n])
+    data = raw[8 + n :]
     shape = list(ref["residual.2"].shape)
     nbytes = int(np.prod(shape)) * 2
     header["residual.2"] = {"dtype": "BF16", "shape": shape, "data_offsets": [len(data), len(data) + nbytes]}
@@ -188,8 +189,9 @@ def test_user_errors(vec, ref, tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "fpt_ref", "compare", *map(str, args)], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "fpt_ref", "compare", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_exit_codes(vec, ref, tmp_path):

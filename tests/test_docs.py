@@ -6,6 +6,7 @@ Blocks fenced as ```python proofs need the proof checker (`fpt-ref prove`, issue
 runs in its own namespace, and they are skipped, with that reason, only when the checker
 is not functional (probed below), never otherwise.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,7 +62,9 @@ def proof_checker_status():
     if "status" not in _PROBE:
         reason = None
         try:
-            found = importlib.util.find_spec("proofs") is not None and importlib.util.find_spec("proofs.cli") is not None
+            found = (
+                importlib.util.find_spec("proofs") is not None and importlib.util.find_spec("proofs.cli") is not None
+            )
         except (ImportError, ValueError):
             found = False
         if not found:
@@ -96,8 +99,11 @@ def _proof_blocks():
     out = []
     for fname in FILES:
         path = os.path.abspath(os.path.join(DOCS, fname))
-        out += [pytest.param(path, line, code, id=f"{fname}:{line}") for line, info, code in code_blocks(path)
-                if _is_proof(info)]
+        out += [
+            pytest.param(path, line, code, id=f"{fname}:{line}")
+            for line, info, code in code_blocks(path)
+            if _is_proof(info)
+        ]
     return out
 
 
@@ -112,8 +118,10 @@ def test_doc_proof_blocks(path, line, code, tmp_path, monkeypatch):
 
 def test_block_extraction_reports_line_numbers(tmp_path):
     doc = tmp_path / "d.md"
-    doc.write_text("text\n```python\na = 1\n```\n```bash\nls\n```\n```python proofs\nb = 2\n```\n"
-                   "```` ```python ```` is inline code, not a fence\n```\nplain\n```\n")
+    doc.write_text(
+        "text\n```python\na = 1\n```\n```bash\nls\n```\n```python proofs\nb = 2\n```\n"
+        "```` ```python ```` is inline code, not a fence\n```\nplain\n```\n"
+    )
     assert code_blocks(str(doc)) == [(2, "python", "a = 1\n"), (8, "python proofs", "b = 2\n")]
     with pytest.raises(pytest.fail.Exception, match="d.md:2"):
         run_block(str(doc), 2, "assert 1 == 2\n", {})

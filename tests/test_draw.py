@@ -3,6 +3,7 @@
 Expected blocks are written out by hand from the theorems (PAPER.md section 2), never taken
 from the drawing code. Figures are rendered with matplotlib's Agg backend.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ matplotlib.use("Agg")
 from fpt_ref.cli import DEMO_MODEL, DEMO_PLAN, main  # noqa: E402
 from fpt_ref.draw import draw_plan  # noqa: E402
 from fpt_ref.draw.architecture import model_figure, track  # noqa: E402
-from fpt_ref.draw.blocks import axis_map, select_tensors, group_manifest, step_figure  # noqa: E402
+from fpt_ref.draw.blocks import axis_map, group_manifest, select_tensors, step_figure  # noqa: E402
 from fpt_ref.draw.styles import ROLE_STYLE  # noqa: E402
 from fpt_ref.expansions import add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp  # noqa: E402
 from fpt_ref.init import init_model  # noqa: E402
@@ -57,9 +58,12 @@ def test_mlp_step_outlines_are_the_theorem_blocks():
     # Theorem 3.1 with h=4, p=6, p^=9: W_l1 gains free columns 6:9, b_l1 free entries 6:9,
     # W_l2 gains zero rows 6:9; the old blocks are copied.
     assert outlines(fig) == {
-        ("copied", "layers.0.w_l1", "0:4,0:6"), ("free", "layers.0.w_l1", "0:4,6:9"),
-        ("copied", "layers.0.b_l1", "0:1,0:6"), ("free", "layers.0.b_l1", "0:1,6:9"),
-        ("copied", "layers.0.w_l2", "0:6,0:4"), ("zero", "layers.0.w_l2", "6:9,0:4"),
+        ("copied", "layers.0.w_l1", "0:4,0:6"),
+        ("free", "layers.0.w_l1", "0:4,6:9"),
+        ("copied", "layers.0.b_l1", "0:1,0:6"),
+        ("free", "layers.0.b_l1", "0:1,6:9"),
+        ("copied", "layers.0.w_l2", "0:6,0:4"),
+        ("zero", "layers.0.w_l2", "6:9,0:4"),
     }
     axes = axes_by_gid(fig)
     after = np.asarray(axes["after|layers.0.w_l2"].images[0].get_array())
@@ -102,8 +106,10 @@ def test_heads_expansion_inserts_zero_rows_after_each_head_block():
     fig = step_figure(m, m2, man)
     # stacked W_O: head 0 now rows 0:5 (old 0:2 copied, inserted 2:5 zero), head 1 moves to rows 5:7
     assert {o for o in outlines(fig) if o[1] == "layers.0.W_O"} == {
-        ("copied", "layers.0.W_O", "0:2,0:4"), ("zero", "layers.0.W_O", "2:5,0:4"),
-        ("copied", "layers.0.W_O", "5:7,0:4")}
+        ("copied", "layers.0.W_O", "0:2,0:4"),
+        ("zero", "layers.0.W_O", "2:5,0:4"),
+        ("copied", "layers.0.W_O", "5:7,0:4"),
+    }
     stack = np.asarray(axes_by_gid(fig)["after|layers.0.W_O"].images[0].get_array())
     assert np.all(stack[2:5] == 0.0)
     np.testing.assert_array_equal(stack[5:7], np.asarray(m.layers[0].heads[1].w_o))
@@ -137,7 +143,7 @@ def test_long_axis_is_subsampled_but_keeps_narrow_new_blocks():
     am = axis_map((0, 1000, 1002), max_cells=64)
     assert len(am.idx) <= 64 + 3
     assert am.disp[-1] - am.disp[-2] == 2  # the 2 new entries keep their own cells
-    assert np.all(am.idx[am.disp[-2]:] >= 1000) and np.all(am.idx[: am.disp[-2]] < 1000)
+    assert np.all(am.idx[am.disp[-2] :] >= 1000) and np.all(am.idx[: am.disp[-2]] < 1000)
     m = small(p=300)
     m2, man = expand_mlp(m, 302, return_manifest=True)
     fig = step_figure(m, m2, man, max_cells=40)
@@ -168,8 +174,15 @@ def test_demo_plan_figures(tmp_path):
     snapshot = {k: np.array(v) for k, v in named_tensors(model).items()}
     paths = draw_plan(model, DEMO_PLAN, str(tmp_path), dpi=40)
     names = [os.path.basename(p) for p in paths]
-    assert names == ["step1_mlp.png", "step2_add_heads.png", "step3_heads.png", "step4_attention.png",
-                     "step5_hidden.png", "step6_add_layer.png", "model.png"]
+    assert names == [
+        "step1_mlp.png",
+        "step2_add_heads.png",
+        "step3_heads.png",
+        "step4_attention.png",
+        "step5_hidden.png",
+        "step6_add_layer.png",
+        "model.png",
+    ]
     for p in paths:
         with open(p, "rb") as f:
             assert f.read(8) == PNG_MAGIC
@@ -216,8 +229,10 @@ def test_draw_exits_1_when_a_step_is_not_preserved(tmp_path, monkeypatch):
     from fpt_ref.cli import main
 
     def broken_verify_each(a, others, **kw):
-        return [{"max_abs": 1.0, "max_rel": 1.0, "max_ulp": 1e16, "tol_abs": 1e-12, "tol_ulp": 10.0, "ok": False}
-                for _ in others]
+        return [
+            {"max_abs": 1.0, "max_rel": 1.0, "max_ulp": 1e16, "tol_abs": 1e-12, "tol_ulp": 10.0, "ok": False}
+            for _ in others
+        ]
 
     monkeypatch.setattr(fpt_ref.plan, "verify_each", broken_verify_each)
     assert main(["draw", "demo", "--plan", "mlp p=40", "-o", str(tmp_path / "d"), "--dpi", "20"]) == 1

@@ -2,6 +2,7 @@
 
 The NumPy example always runs; the PyTorch and JAX ones run where the `interop` extra is installed.
 """
+
 import importlib
 import json
 import os
@@ -109,13 +110,15 @@ def test_example_scripts_and_compare_cli(vec, tmp_path):
     for args, code in ((["--dtype", "float32"], 0), (["--wrong-fixed-k", str(k_base)], 1)):
         out = tmp_path / "a.npz"
         subprocess.run([sys.executable, script, str(d), "-o", str(out), *args], check=True, timeout=120)
-        r = subprocess.run([sys.executable, "-m", "fpt_ref", "compare", str(d), str(out)], capture_output=True,
-                           text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "fpt_ref", "compare", str(d), str(out)], capture_output=True, text=True, timeout=120
+        )
         assert r.returncode == code, r.stdout + r.stderr
     assert "first failing residual: residual.2 (the output of layer 1)" in r.stdout
 
 
 # ---- fused layouts ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("layout", ["grouped", "interleaved"])
 def test_fused_round_trip_and_equivalence(vec, layout):
@@ -135,8 +138,9 @@ def test_fused_round_trip_and_equivalence(vec, layout):
                 np.testing.assert_allclose(qkv[:, sl], x @ t[f"layers.{n}.heads.{e}.{w}"], rtol=1e-13, atol=1e-13)
             hs.append(qkv[:, sv])
         per_head = sum(hh @ t[f"layers.{n}.heads.{e}.w_o"] for e, hh in enumerate(hs))
-        np.testing.assert_allclose(np.concatenate(hs, axis=1) @ fused[f"layers.{n}.w_o"], per_head, rtol=1e-12,
-                                   atol=1e-12)
+        np.testing.assert_allclose(
+            np.concatenate(hs, axis=1) @ fused[f"layers.{n}.w_o"], per_head, rtol=1e-12, atol=1e-12
+        )
 
 
 def test_fused_layout_by_hand():
@@ -159,6 +163,7 @@ def test_fused_layout_by_hand():
 
 
 # ---- PyTorch and JAX (interop extra) ---------------------------------------------------
+
 
 @pytest.fixture
 def torch_one_thread():

@@ -4,6 +4,7 @@ manifests that match the tensors, free blocks, preservation, no mutation, bad ar
 The constraint checks here restate PAPER.md section 2 directly; they do not use the
 manifests, which are checked separately against the tensors.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,18 +12,30 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from naive import naive_forward
 
 import fpt_ref
 from fpt_ref import add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp
 from fpt_ref.model import named_tensors
 
-from naive import naive_forward
-
 
 def hetero_model(vocab=50, eps=1e-6, causal=True, dtype="float64"):
     """Two layers with different p and heads of different (k, v)."""
-    m = fpt_ref.init_model(h=6, p=[5, 7], heads=[2, 3], k=[3, 2], v=[2, 4], layers=2, out_dim=3, max_seq=5,
-                           vocab=vocab, eps=eps, causal=causal, dtype=dtype, seed=1)
+    m = fpt_ref.init_model(
+        h=6,
+        p=[5, 7],
+        heads=[2, 3],
+        k=[3, 2],
+        v=[2, 4],
+        layers=2,
+        out_dim=3,
+        max_seq=5,
+        vocab=vocab,
+        eps=eps,
+        causal=causal,
+        dtype=dtype,
+        seed=1,
+    )
     return add_heads(m, 1, layers=[1], k=4, v=1, seed=7)  # layer 1 now has heads of (2,4) and (4,1)
 
 
@@ -71,8 +84,8 @@ def test_head_addition():
     big = add_heads(m, count=2, layers=[0], k=5, v=3)
     L, B = m.layers[0], big.layers[0]
     assert B.E == L.E + 2
-    assert B.heads[:L.E] == L.heads
-    for hd in B.heads[L.E:]:
+    assert B.heads[: L.E] == L.heads
+    for hd in B.heads[L.E :]:
         assert hd.w_q.shape == (6, 5) and hd.w_k.shape == (6, 5) and hd.w_v.shape == (6, 3) and hd.w_o.shape == (3, 6)
         assert np.all(hd.w_o == 0)  # M_O = 0
         assert np.any(hd.w_q != 0) and np.any(hd.w_k != 0) and np.any(hd.w_v != 0)
@@ -124,7 +137,7 @@ def test_attention_expansion_without_scaling_breaks_preservation():
     m = hetero_model()
     big = expand_attention(m, 6, layers=[0], heads=[0])
     H, B = m.layers[0].heads[0], big.layers[0].heads[0]
-    unscaled = np.concatenate([H.w_k, B.w_k[:, H.k:]], axis=1)  # undo sqrt(k^/k) on the old columns
+    unscaled = np.concatenate([H.w_k, B.w_k[:, H.k :]], axis=1)  # undo sqrt(k^/k) on the old columns
     layer0 = replace(big.layers[0], heads=(replace(B, w_k=unscaled),) + big.layers[0].heads[1:])
     bad = big.replace(layers=(layer0,) + big.layers[1:])
     assert not fpt_ref.verify(m, bad, batch=3, seed=5)["ok"]
@@ -144,8 +157,9 @@ def test_hidden_expansion(vocab):
         for g_old, g_new in ((L.norm_mha, B.norm_mha), (L.norm_mlp, B.norm_mlp)):
             assert np.array_equal(g_new[:h], g_old * f)  # exact gain scaling
             assert np.any(g_new[h:] != 0)  # new gain entries free
-        free_rows = [(L.w_l1, B.w_l1)] + [(getattr(H, w), getattr(HB, w)) for H, HB in zip(L.heads, B.heads)
-                                          for w in ("w_q", "w_k", "w_v")]
+        free_rows = [(L.w_l1, B.w_l1)] + [
+            (getattr(H, w), getattr(HB, w)) for H, HB in zip(L.heads, B.heads) for w in ("w_q", "w_k", "w_v")
+        ]
         for old, new in free_rows:
             assert new.shape == (10, old.shape[1])
             assert np.array_equal(new[:h], old) and np.any(new[h:] != 0)
@@ -180,13 +194,15 @@ def test_layer_addition(at):
     m = frozen(hetero_model())
     big = add_layer(m, at)
     assert big.N == 3
-    assert big.layers[:at] == m.layers[:at] and big.layers[at + 1:] == m.layers[at:]
+    assert big.layers[:at] == m.layers[:at] and big.layers[at + 1 :] == m.layers[at:]
     new = big.layers[at]
     ref = m.layers[at - 1 if at else 0]
     assert new.p == ref.p and [(h.k, h.v) for h in new.heads] == [(h.k, h.v) for h in ref.heads]
     assert np.all(new.w_l2 == 0) and np.all(new.b_l2 == 0)
     assert all(np.all(h.w_o == 0) for h in new.heads)
-    for a in [new.norm_mha, new.norm_mlp, new.w_l1, new.b_l1] + [getattr(h, w) for h in new.heads for w in ("w_q", "w_k", "w_v")]:
+    for a in [new.norm_mha, new.norm_mlp, new.w_l1, new.b_l1] + [
+        getattr(h, w) for h in new.heads for w in ("w_q", "w_k", "w_v")
+    ]:
         assert np.any(a != 0)
     preserved(m, big)
 
@@ -290,7 +306,9 @@ def test_seeded_and_float32(name, fn):
 def test_expanded_model_matches_naive_forward():
     """The composed model's output from the naive implementation equals the base's too."""
     m = hetero_model()
-    big = fpt_ref.run_plan(m, "mlp p=9; add_heads; heads v=6; attention k=7; hidden h=8; add_layer at=0", check=False)[-1].model
+    big = fpt_ref.run_plan(m, "mlp p=9; add_heads; heads v=6; attention k=7; hidden h=8; add_layer at=0", check=False)[
+        -1
+    ].model
     x = np.random.default_rng(0).integers(0, 50, size=(2, 5))
     ref, out = naive_forward(m, x), naive_forward(big, x)
     assert np.max(np.abs(ref - out)) <= fpt_ref.tolerance_ulps(m, big, 5) * np.spacing(np.max(np.abs(ref)))
@@ -298,27 +316,31 @@ def test_expanded_model_matches_naive_forward():
 
 # ---- bad arguments ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("call,arg", [
-    (lambda m: expand_mlp(m, 5), "p"),  # layer 0 already has p=5: no growth
-    (lambda m: expand_mlp(m, 3, layers=[0]), "p"),
-    (lambda m: expand_mlp(m, 9, layers=[2]), "layers"),
-    (lambda m: expand_mlp(m, 9, layers=[0, 0]), "layers"),
-    (lambda m: expand_mlp(m, 9, layers=[]), "layers"),
-    (lambda m: expand_mlp(m, "9"), "p"),
-    (lambda m: add_heads(m, 0), "count"),
-    (lambda m: add_heads(m, -1), "count"),
-    (lambda m: add_heads(m, 1, k=0), "k"),
-    (lambda m: expand_heads(m, 2), "v"),
-    (lambda m: expand_heads(m, 9, layers=[0], heads=[5]), "heads"),
-    (lambda m: expand_attention(m, 3), "k"),
-    (lambda m: expand_attention(m, 9, scale="W_V"), "scale"),
-    (lambda m: expand_hidden(m, 6), "h"),
-    (lambda m: expand_hidden(m, 2.5), "h"),
-    (lambda m: add_layer(m, 3), "at"),
-    (lambda m: add_layer(m, -1), "at"),
-    (lambda m: add_layer(m, 0, p=0), "p"),
-    (lambda m: expand_mlp(m, 9, init="uniform"), "init"),
-])
+
+@pytest.mark.parametrize(
+    "call,arg",
+    [
+        (lambda m: expand_mlp(m, 5), "p"),  # layer 0 already has p=5: no growth
+        (lambda m: expand_mlp(m, 3, layers=[0]), "p"),
+        (lambda m: expand_mlp(m, 9, layers=[2]), "layers"),
+        (lambda m: expand_mlp(m, 9, layers=[0, 0]), "layers"),
+        (lambda m: expand_mlp(m, 9, layers=[]), "layers"),
+        (lambda m: expand_mlp(m, "9"), "p"),
+        (lambda m: add_heads(m, 0), "count"),
+        (lambda m: add_heads(m, -1), "count"),
+        (lambda m: add_heads(m, 1, k=0), "k"),
+        (lambda m: expand_heads(m, 2), "v"),
+        (lambda m: expand_heads(m, 9, layers=[0], heads=[5]), "heads"),
+        (lambda m: expand_attention(m, 3), "k"),
+        (lambda m: expand_attention(m, 9, scale="W_V"), "scale"),
+        (lambda m: expand_hidden(m, 6), "h"),
+        (lambda m: expand_hidden(m, 2.5), "h"),
+        (lambda m: add_layer(m, 3), "at"),
+        (lambda m: add_layer(m, -1), "at"),
+        (lambda m: add_layer(m, 0, p=0), "p"),
+        (lambda m: expand_mlp(m, 9, init="uniform"), "init"),
+    ],
+)
 def test_bad_arguments_raise_value_error_naming_the_argument(call, arg):
     m = hetero_model()
     before = snapshot(m)
@@ -330,20 +352,27 @@ def test_bad_arguments_raise_value_error_naming_the_argument(call, arg):
 
 def test_expansions_on_a_model_without_layers_raise_instead_of_doing_nothing():
     empty = fpt_ref.init_model(h=4, layers=0, p=[], heads=[], k=[], v=[])
-    for call in (lambda: expand_mlp(empty, 5), lambda: add_heads(empty), lambda: expand_heads(empty, 9),
-                 lambda: expand_attention(empty, 9)):
+    for call in (
+        lambda: expand_mlp(empty, 5),
+        lambda: add_heads(empty),
+        lambda: expand_heads(empty, 9),
+        lambda: expand_attention(empty, 9),
+    ):
         with pytest.raises(ValueError, match=r"layers: the model has no layers \(N=0\)"):
             call()
     assert expand_hidden(empty, 6).h == 6  # hidden and add_layer need no layer
 
 
-@pytest.mark.parametrize("call,msg", [
-    (lambda m: expand_mlp(m, 9, layers="0"), "layers: expected a layer index"),
-    (lambda m: expand_mlp(m, 9, layers=[1.0]), "layers: layer index 1.0 is not an integer"),
-    (lambda m: expand_heads(m, 9, layers=[0], heads=[0.5]), "heads: head index 0.5 is not an integer"),
-    (lambda m: expand_mlp(m, 9, seed=-1), "seed: must be at least 0"),
-    (lambda m: expand_mlp(m, 9, seed="a"), "seed: expected an integer"),
-])
+@pytest.mark.parametrize(
+    "call,msg",
+    [
+        (lambda m: expand_mlp(m, 9, layers="0"), "layers: expected a layer index"),
+        (lambda m: expand_mlp(m, 9, layers=[1.0]), "layers: layer index 1.0 is not an integer"),
+        (lambda m: expand_heads(m, 9, layers=[0], heads=[0.5]), "heads: head index 0.5 is not an integer"),
+        (lambda m: expand_mlp(m, 9, seed=-1), "seed: must be at least 0"),
+        (lambda m: expand_mlp(m, 9, seed="a"), "seed: expected an integer"),
+    ],
+)
 def test_argument_type_errors_name_the_argument(call, msg):
     with pytest.raises(ValueError, match=msg):
         call(hetero_model())

@@ -1,16 +1,16 @@
 """The forward pass: the function of PAPER.md section 1, its options and its input checks."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from naive import naive_forward
+from test_expansions import hetero_model
 
 import fpt_ref
 from fpt_ref import add_heads
 from fpt_ref.forward import rms_norm
 from fpt_ref.metrics import magnitude_streams
-
-from naive import naive_forward
-from test_expansions import hetero_model
 
 
 def test_matches_naive_on_heterogeneous_model():
@@ -24,8 +24,21 @@ def test_matches_naive_on_heterogeneous_model():
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_matches_naive_at_sizes_where_blas_blocks(dtype):
     """Sizes large enough for blocked BLAS kernels and several head groups."""
-    m = fpt_ref.init_model(h=96, p=[256, 320], heads=[6, 4], k=[16, 24], v=[16, 8], layers=2, out_dim=7,
-                           max_seq=40, vocab=300, eps=1e-5, causal=True, dtype=dtype, seed=3)
+    m = fpt_ref.init_model(
+        h=96,
+        p=[256, 320],
+        heads=[6, 4],
+        k=[16, 24],
+        v=[16, 8],
+        layers=2,
+        out_dim=7,
+        max_seq=40,
+        vocab=300,
+        eps=1e-5,
+        causal=True,
+        dtype=dtype,
+        seed=3,
+    )
     m = add_heads(m, 2, layers=[1], k=12, v=20)
     x = np.random.default_rng(9).integers(0, 300, size=(3, 40))
     ref = naive_forward(fpt_ref.convert(m, dtype="float64"), x)  # the same parameters, evaluated in float64
@@ -104,15 +117,18 @@ def test_residual_streams():
     assert np.array_equal(rs[-1] @ m.w_out, fpt_ref.forward(m, x))
 
 
-@pytest.mark.parametrize("vocab,x,msg", [
-    (50, np.zeros((2, 3)), "integer token ids"),
-    (50, np.array([[0, 50]]), r"\[0, 50\)"),
-    (50, np.array([[-1, 0]]), r"\[0, 50\)"),
-    (50, np.zeros((1, 6), dtype=int), "s_max=5"),
-    (50, np.zeros((1, 2, 3), dtype=int), r"\[s\] or \[b, s\]"),
-    (None, np.zeros((2, 3), dtype=int), "real-valued"),
-    (None, np.zeros((2, 3, 4)), r"\[2, 3, 4\]"),
-])
+@pytest.mark.parametrize(
+    "vocab,x,msg",
+    [
+        (50, np.zeros((2, 3)), "integer token ids"),
+        (50, np.array([[0, 50]]), r"\[0, 50\)"),
+        (50, np.array([[-1, 0]]), r"\[0, 50\)"),
+        (50, np.zeros((1, 6), dtype=int), "s_max=5"),
+        (50, np.zeros((1, 2, 3), dtype=int), r"\[s\] or \[b, s\]"),
+        (None, np.zeros((2, 3), dtype=int), "real-valued"),
+        (None, np.zeros((2, 3, 4)), r"\[2, 3, 4\]"),
+    ],
+)
 def test_bad_inputs(vocab, x, msg):
     m = hetero_model(vocab=vocab)
     with pytest.raises(ValueError, match=msg) as exc:
@@ -153,7 +169,6 @@ def test_magnitude_streams_bound_the_residual_streams():
 
     last, _ = streams_and_magnitudes(m, x)  # verify takes the reference output from this single pass
     assert np.array_equal(last @ m.w_out, fpt_ref.forward(m, x))
-
 
 
 @pytest.mark.parametrize("eps", [float("nan"), float("inf"), True, -1e-3, "0.1"])

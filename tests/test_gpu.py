@@ -1,13 +1,13 @@
 """The CuPy code path (marked ``gpu``; skipped cleanly without CuPy and a CUDA device)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_expansions import hetero_model
 
 import fpt_ref
 from fpt_ref.model import convert, named_tensors
-
-from test_expansions import hetero_model
 
 pytestmark = pytest.mark.gpu
 
@@ -44,5 +44,7 @@ def test_cupy_plan_preserves_and_matches_numpy_blocks(dtype, tmp_path):
     fpt_ref.save(res_gpu[-1].model, path)
     back = fpt_ref.load(path, xp=cupy)
     assert isinstance(back.pos, cupy.ndarray)
-    assert all(np.array_equal(cupy.asnumpy(a), cupy.asnumpy(b))
-               for a, b in zip(named_tensors(back).values(), named_tensors(res_gpu[-1].model).values()))
+    assert all(
+        np.array_equal(cupy.asnumpy(a), cupy.asnumpy(b))
+        for a, b in zip(named_tensors(back).values(), named_tensors(res_gpu[-1].model).values())
+    )

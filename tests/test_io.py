@@ -1,18 +1,19 @@
 """The safetensors file format: bit-exact round trip and clear errors for bad files."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+from test_expansions import hetero_model
 
 import fpt_ref
 from fpt_ref.model import named_tensors
 
-from test_expansions import hetero_model
 
-
-@pytest.mark.parametrize("vocab,dtype,eps,causal", [(50, "float64", 1e-6, True), (None, "float32", 0.0, False),
-                                                    (7, "float64", 1 / 3, False)])
+@pytest.mark.parametrize(
+    "vocab,dtype,eps,causal", [(50, "float64", 1e-6, True), (None, "float32", 0.0, False), (7, "float64", 1 / 3, False)]
+)
 def test_save_load_bit_exact(tmp_path, vocab, dtype, eps, causal):
     m = fpt_ref.expand_heads(hetero_model(vocab=vocab, dtype=dtype, eps=eps, causal=causal), 6, layers=[1], heads=[0])
     path = tmp_path / "m.safetensors"
@@ -31,10 +32,22 @@ def test_file_names_are_the_documented_layout(tmp_path):
     path = tmp_path / "m.safetensors"
     fpt_ref.save(m, path)
     names = set(load_file(str(path)))
-    assert {"embed", "pos", "w_out", "layers.0.norm_mha", "layers.0.heads.0.w_q", "layers.0.heads.1.w_o",
-            "layers.1.heads.3.w_k", "layers.1.norm_mlp", "layers.1.w_l1", "layers.1.b_l1", "layers.1.w_l2",
-            "layers.1.b_l2"} <= names
+    assert {
+        "embed",
+        "pos",
+        "w_out",
+        "layers.0.norm_mha",
+        "layers.0.heads.0.w_q",
+        "layers.0.heads.1.w_o",
+        "layers.1.heads.3.w_k",
+        "layers.1.norm_mlp",
+        "layers.1.w_l1",
+        "layers.1.b_l1",
+        "layers.1.w_l2",
+        "layers.1.b_l2",
+    } <= names
     from safetensors import safe_open
+
     with safe_open(str(path), framework="numpy") as f:
         assert f.metadata() == {"format": "fpt-ref/1", "norm_eps": "1e-06", "causal": "true"}
 
@@ -66,13 +79,20 @@ def test_extra_or_misnamed_tensor(tmp_path):
 def test_wrong_shape(tmp_path):
     t = _tensors()
     t["layers.0.heads.1.w_k"] = np.zeros((6, 4))
-    with pytest.raises(fpt_ref.FormatError, match=r"layers.0.heads.1.w_k: shape \[6, 4\] does not match expected \[6, 3\]"):
+    with pytest.raises(
+        fpt_ref.FormatError, match=r"layers.0.heads.1.w_k: shape \[6, 4\] does not match expected \[6, 3\]"
+    ):
         fpt_ref.load(_write(tmp_path, t))
 
 
-@pytest.mark.parametrize("meta,msg", [({"format": "other/2"}, "format"),
-                                      ({"format": "fpt-ref/1", "norm_eps": "abc"}, "norm_eps"),
-                                      ({"format": "fpt-ref/1", "causal": "yes"}, "causal")])
+@pytest.mark.parametrize(
+    "meta,msg",
+    [
+        ({"format": "other/2"}, "format"),
+        ({"format": "fpt-ref/1", "norm_eps": "abc"}, "norm_eps"),
+        ({"format": "fpt-ref/1", "causal": "yes"}, "causal"),
+    ],
+)
 def test_bad_metadata(tmp_path, meta, msg):
     with pytest.raises(fpt_ref.FormatError, match=msg):
         fpt_ref.load(_write(tmp_path, _tensors(), meta))
@@ -100,9 +120,13 @@ def test_unsupported_dtype_file_is_a_format_error(tmp_path):
     import struct
 
     # a complete 0-layer model stored as bfloat16, written by hand
-    header = json.dumps({"pos": {"dtype": "BF16", "shape": [1, 1], "data_offsets": [0, 2]},
-                         "w_out": {"dtype": "BF16", "shape": [1, 1], "data_offsets": [2, 4]},
-                         "__metadata__": {"format": "fpt-ref/1"}}).encode()
+    header = json.dumps(
+        {
+            "pos": {"dtype": "BF16", "shape": [1, 1], "data_offsets": [0, 2]},
+            "w_out": {"dtype": "BF16", "shape": [1, 1], "data_offsets": [2, 4]},
+            "__metadata__": {"format": "fpt-ref/1"},
+        }
+    ).encode()
     path = tmp_path / "bf16.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x80\x3f\x80\x3f")
     # NumPy cannot hold bfloat16 unless ml_dtypes is loaded (JAX loads it): then the dtype check speaks

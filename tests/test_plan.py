@@ -1,21 +1,26 @@
 """Plans: parsing (text and JSON), errors, and running them."""
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
+from test_expansions import hetero_model
 
 import fpt_ref
 from fpt_ref import PlanError, Step, parse_plan
 
-from test_expansions import hetero_model
-
-TEXT = "mlp p=48 layers=0,1; add_heads count=2\nheads v=12 layers=1 heads=0; attention k=12; hidden h=24; add_layer at=1"
+TEXT = (
+    "mlp p=48 layers=0,1; add_heads count=2\nheads v=12 layers=1 heads=0; attention k=12; hidden h=24; add_layer at=1"
+)
 STEPS = [
-    Step("mlp", {"p": 48, "layers": [0, 1]}), Step("add_heads", {"count": 2}),
-    Step("heads", {"v": 12, "layers": [1], "heads": [0]}), Step("attention", {"k": 12}),
-    Step("hidden", {"h": 24}), Step("add_layer", {"at": 1}),
+    Step("mlp", {"p": 48, "layers": [0, 1]}),
+    Step("add_heads", {"count": 2}),
+    Step("heads", {"v": 12, "layers": [1], "heads": [0]}),
+    Step("attention", {"k": 12}),
+    Step("hidden", {"h": 24}),
+    Step("add_layer", {"at": 1}),
 ]
 
 
@@ -36,24 +41,27 @@ def test_str_round_trip():
     assert parse_plan("; ".join(map(str, STEPS))) == STEPS
 
 
-@pytest.mark.parametrize("plan,msg", [
-    ("grow p=4", "unknown step 'grow'"),
-    ("mlp q=4", "has no key 'q'"),
-    ("mlp p=x", "is not an integer"),
-    ("mlp p=4,5", "takes one integer"),
-    ("mlp layers=0", "needs p="),
-    ("mlp p", "is not key=value"),
-    ("mlp p=4 p=5", "given twice"),
-    ("", "no steps"),
-    (" ; ", "no steps"),
-    ("[{\"p\": 4}]", "'op' key"),
-    ("[1, 2", "invalid JSON"),
-    ("missing.json", "cannot read"),
-    ("heads v=4 heads=a,b", "list of integers"),
-    ('[{"op": [1]}]', "unknown step"),
-    ('{"op": "mlp", "p": 9}', "must be a list of steps"),
-    ('[{"op": "mlp", "p": 9, "p": 10}]', "key 'p' given twice"),
-])
+@pytest.mark.parametrize(
+    "plan,msg",
+    [
+        ("grow p=4", "unknown step 'grow'"),
+        ("mlp q=4", "has no key 'q'"),
+        ("mlp p=x", "is not an integer"),
+        ("mlp p=4,5", "takes one integer"),
+        ("mlp layers=0", "needs p="),
+        ("mlp p", "is not key=value"),
+        ("mlp p=4 p=5", "given twice"),
+        ("", "no steps"),
+        (" ; ", "no steps"),
+        ('[{"p": 4}]', "'op' key"),
+        ("[1, 2", "invalid JSON"),
+        ("missing.json", "cannot read"),
+        ("heads v=4 heads=a,b", "list of integers"),
+        ('[{"op": [1]}]', "unknown step"),
+        ('{"op": "mlp", "p": 9}', "must be a list of steps"),
+        ('[{"op": "mlp", "p": 9, "p": 10}]', "key 'p' given twice"),
+    ],
+)
 def test_plan_errors(plan, msg):
     with pytest.raises(PlanError, match=msg):
         parse_plan(plan)

@@ -1,4 +1,5 @@
 """The SymPy proof checker (issue 3): kernel, chains, refutations, minimality, summary."""
+
 from __future__ import annotations
 
 import pytest
@@ -46,6 +47,7 @@ def test_dropping_each_constraint_is_refuted_by_numbers(name):
 
 def _symbols(m):
     from proofs.symbolic import model_symbols
+
     return model_symbols(m)
 
 
@@ -61,7 +63,7 @@ def test_a_true_identity_the_kernel_cannot_see_is_not_proved_never_proved():
     base = base_model()
     x = base.w_out[0, 0]
     disguised = base.replace(w_out=base.w_out.copy())
-    disguised.w_out[0, 0] = (x ** 2 - 1) / (x - 1)  # equals x + 1 ...
+    disguised.w_out[0, 0] = (x**2 - 1) / (x - 1)  # equals x + 1 ...
     honest = base.replace(w_out=base.w_out.copy())
     honest.w_out[0, 0] = x + 1
     r = prove_equal(honest, disguised)
@@ -85,6 +87,7 @@ def test_atoms_evaluate_to_the_numeric_forward_pass():
     K = Kernel("relu")
     y = forward(expanded, K)
     from proofs.entries import evaluate, random_values
+
     vals = random_values(_symbols(expanded), seed=3)
     a = K.numeric_matrix(y, vals)
     b = evaluate(expanded, vals)
@@ -146,8 +149,9 @@ def test_chain_checker_rejects_wrong_steps():
     A, B = MatrixSymbol("A", s, h), MatrixSymbol("B", s, p - 1 + h)
     C, D = MatrixSymbol("C", h, h), MatrixSymbol("D", p - 1 + h, h)
     start = BlockMatrix([[A, B]]) * BlockMatrix([[C], [D]])
-    good = check_chain(Chain("t", start, [Step(A * C + B * D, "block product"),
-                                          Step(A * C, "D = 0", {D: ZeroMatrix(p - 1 + h, h)})]))
+    good = check_chain(
+        Chain("t", start, [Step(A * C + B * D, "block product"), Step(A * C, "D = 0", {D: ZeroMatrix(p - 1 + h, h)})])
+    )
     assert good.ok
     bad = check_chain(Chain("t", start, [Step(A * C, "forgot the second block")]))
     assert not bad.ok

@@ -1,4 +1,5 @@
 """`fpt-ref prove` end to end, through a subprocess: the full set, user constraint sets, exit codes, LaTeX."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,9 @@ NAMES = ["mlp", "add_heads", "heads", "attention", "hidden", "add_layer", "eps",
 
 
 def prove(*args, cwd=None):
-    r = subprocess.run([sys.executable, "-m", "fpt_ref", "prove", *args], capture_output=True, text=True,
-                       cwd=cwd or ROOT, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "fpt_ref", "prove", *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=300
+    )
     return r.returncode, r.stdout, r.stderr
 
 
@@ -92,11 +94,14 @@ def test_markdown_holds_chains_and_counterexample_values(full):
     assert "[block product; ok]" in md
 
 
-@pytest.mark.parametrize("args,code,word", [
-    (["attention", "--zero", "M_Q", "--scale", "W_Q"], 0, "proved"),
-    (["attention", "--zero", "none"], 1, "refuted"),
-    (["mlp", "--zero", "M_l1,m_b_l1"], 0, "proved"),
-])
+@pytest.mark.parametrize(
+    "args,code,word",
+    [
+        (["attention", "--zero", "M_Q", "--scale", "W_Q"], 0, "proved"),
+        (["attention", "--zero", "none"], 1, "refuted"),
+        (["mlp", "--zero", "M_l1,m_b_l1"], 0, "proved"),
+    ],
+)
 def test_user_constraint_sets(args, code, word):
     rc, out, err = prove(*args)
     assert rc == code, out + err
@@ -105,13 +110,16 @@ def test_user_constraint_sets(args, code, word):
         assert "counterexample" in out
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["nonsense"], "unknown theorem 'nonsense'"),
-    (["mlp", "--zero", "M_X"], "M_X"),
-    (["attention", "--scale", "W_V"], "W_V"),
-    (["mlp", "heads", "--zero", "none"], "exactly one theorem"),
-    ([], "at least one theorem"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["nonsense"], "unknown theorem 'nonsense'"),
+        (["mlp", "--zero", "M_X"], "M_X"),
+        (["attention", "--scale", "W_V"], "W_V"),
+        (["mlp", "heads", "--zero", "none"], "exactly one theorem"),
+        ([], "at least one theorem"),
+    ],
+)
 def test_bad_usage_exits_2_with_one_line(args, needle, capsys):
     from fpt_ref.cli import main
 
@@ -123,7 +131,10 @@ def test_bad_usage_exits_2_with_one_line(args, needle, capsys):
 
 def test_bad_usage_through_a_subprocess():
     rc, out, err = prove("mlp", "--zero", "M_l1,M_X")
-    assert rc == 2 and err.strip() == "fpt-ref: error: --zero: unknown name(s) M_X for mlp; valid: M_l1, m_b_l1, M_l2 or 'none'"
+    assert (
+        rc == 2
+        and err.strip() == "fpt-ref: error: --zero: unknown name(s) M_X for mlp; valid: M_l1, m_b_l1, M_l2 or 'none'"
+    )
 
 
 def test_list_blocks():

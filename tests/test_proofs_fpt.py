@@ -11,6 +11,7 @@ The symbolic expansions are also compared, tensor by tensor, with fpt_ref's expa
 functions: the new blocks' values are read from fpt_ref's expanded model at the same
 positions, and every other entry (copied, zero, scaled) must then agree.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -72,10 +73,14 @@ FPT = {  # theorem -> (fpt_ref expansion, symbolic builder), same sizes and layo
     "mlp": (lambda m: expand_mlp(m, 3), lambda b: X.expand_mlp(b, 3)),
     "add_heads": (lambda m: add_heads(m, 1, k=2, v=2), lambda b: X.add_heads(b, 2, 2)),
     "heads": (lambda m: expand_heads(m, 3), lambda b: X.expand_heads(b, 3)),
-    "attention W_K": (lambda m: expand_attention(m, 3, scale="W_K"),
-                      lambda b: X.expand_attention(b, 3, {"M_K"}, {"W_K"})),
-    "attention W_Q": (lambda m: expand_attention(m, 3, scale="W_Q"),
-                      lambda b: X.expand_attention(b, 3, {"M_Q"}, {"W_Q"})),
+    "attention W_K": (
+        lambda m: expand_attention(m, 3, scale="W_K"),
+        lambda b: X.expand_attention(b, 3, {"M_K"}, {"W_K"}),
+    ),
+    "attention W_Q": (
+        lambda m: expand_attention(m, 3, scale="W_Q"),
+        lambda b: X.expand_attention(b, 3, {"M_Q"}, {"W_Q"}),
+    ),
     "hidden": (lambda m: expand_hidden(m, 3), lambda b: X.expand_hidden(b, 3)),
     "eps": (lambda m: expand_hidden(m, 3), lambda b: X.expand_hidden(b, 3, scale={"g", "eps"})),
     "add_layer": (lambda m: add_layer(m, 0, p=2, heads=1, k=2, v=2), lambda b: X.add_layer(b, 0, 2, 1, 2, 2)),
@@ -100,5 +105,5 @@ def test_symbolic_expansions_match_fpt_expansions(case):
         inp = np.concatenate([inp, np.zeros((inp.shape[0], 1))], axis=1)  # M_I = 0: zero-padded input
     ulp, tol = _compare(sym_expanded, all_vals)
     assert ulp <= tol
-    st = error_stats(fpt_forward(model, inp[:, :model.h]), fpt_forward(fpt_expanded, inp))
+    st = error_stats(fpt_forward(model, inp[:, : model.h]), fpt_forward(fpt_expanded, inp))
     assert st["max_ulp"] <= 2 * tol

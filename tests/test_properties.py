@@ -3,18 +3,18 @@ preserve the function within the derived tolerance of fpt_ref.metrics (the bound
 the natural output scale ``S = max M_{N+1} @ |W_out|``, M the running magnitudes; see the README, "Tolerance").
 The "ci" hypothesis profile runs 600 + 400 + 200 = 1,200 generated cases.
 """
+
 from __future__ import annotations
 
 import numpy as np
+from conftest import examples, record_preservation
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from naive import naive_forward
+from strategies import build_model, draw_step, model_specs
 
 import fpt_ref
 from fpt_ref.metrics import magnitude_streams, tolerance_ulps
-
-from conftest import examples, record_preservation
-from naive import naive_forward
-from strategies import build_model, draw_step, model_specs
 
 
 def _inputs(model, rng, h_pad=None):

@@ -1,4 +1,5 @@
 """`fpt-ref vectors`: the case catalogue, the files written, the manifest, the tolerance policy."""
+
 import json
 import math
 import os
@@ -192,19 +193,25 @@ def test_path_lengths_by_hand():
 def _hand_model(layers):
     """h=2, one token; with ``layers`` one layer whose W_O = 0 and whose MLP is worked out by hand."""
     f = np.array
-    lay = fpt_ref.Layer(norm_mha=f([1.0, 1.0]), heads=(fpt_ref.Head(f([[1.0], [0.0]]), f([[1.0], [0.0]]),
-                                                                     f([[1.0], [0.0]]), f([[0.0, 0.0]])),),
-                        norm_mlp=f([1.0, 1.0]), w_l1=f([[1.0], [0.0]]), b_l1=f([0.0]), w_l2=f([[2.0, -3.0]]),
-                        b_l2=f([0.5, 0.5]))
-    return fpt_ref.Model(embed=f([[1.0, -2.0]]), pos=f([[0.5, 0.5]]), w_out=f([[1.0], [1.0]]),
-                         layers=(lay,) if layers else ())
+    lay = fpt_ref.Layer(
+        norm_mha=f([1.0, 1.0]),
+        heads=(fpt_ref.Head(f([[1.0], [0.0]]), f([[1.0], [0.0]]), f([[1.0], [0.0]]), f([[0.0, 0.0]])),),
+        norm_mlp=f([1.0, 1.0]),
+        w_l1=f([[1.0], [0.0]]),
+        b_l1=f([0.0]),
+        w_l2=f([[2.0, -3.0]]),
+        b_l2=f([0.5, 0.5]),
+    )
+    return fpt_ref.Model(
+        embed=f([[1.0, -2.0]]), pos=f([[0.5, 0.5]]), w_out=f([[1.0], [1.0]]), layers=(lay,) if layers else ()
+    )
 
 
 def test_natural_scales_and_tolerances_by_hand():
     """X_1 = [1, -2] + [0.5, 0.5] = [1.5, -1.5]; Norm(X_1) = [1, -1]; ReLU(a) = 1;
     X_2 = X_1 + 1 * [2, -3] + [0.5, 0.5] = [4, -4]; output = 4 - 4 = 0 (cancellation)."""
     x = np.array([[0]])
-    u32, u64 = 2.0 ** -24, 2.0 ** -53
+    u32, u64 = 2.0**-24, 2.0**-53
     m0 = _hand_model(False)
     ref0 = {"residual.0": np.array([[[1.5, -1.5]]]), "output": np.array([[[0.0]]])}
     assert np.array_equal(np.asarray(fpt_ref.forward(m0, x)), ref0["output"])

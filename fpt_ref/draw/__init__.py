@@ -5,6 +5,7 @@ manifest block outlined by role (:mod:`fpt_ref.draw.blocks`); and one diagram of
 model before and after (:mod:`fpt_ref.draw.architecture`). matplotlib is imported only
 when drawing.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,9 +14,14 @@ THEOREMS = {  # op -> (theorem, its constraint as PAPER.md states it)
     "mlp": ("Theorem 3.1, MLP expansion", "constraint: M_l2 = 0"),
     "add_heads": ("Theorem 3.2, head addition", "constraint: M_O = 0"),
     "heads": ("Theorem 3.3, heads expansion", "constraint: M_O,e = 0"),
-    "attention": ("Theorem 3.4, attention expansion", "constraint: M_K,e = 0 and W_K,e x sqrt(k^/k) (or mirror: M_Q, W_Q)"),
-    "hidden": ("Theorem 3.5, hidden dimension expansion",
-               "constraint: new columns of I, P, W_O, W_l2, b_l2 = 0; g x sqrt(h/h^); eps x h/h^"),
+    "attention": (
+        "Theorem 3.4, attention expansion",
+        "constraint: M_K,e = 0 and W_K,e x sqrt(k^/k) (or mirror: M_Q, W_Q)",
+    ),
+    "hidden": (
+        "Theorem 3.5, hidden dimension expansion",
+        "constraint: new columns of I, P, W_O, W_l2, b_l2 = 0; g x sqrt(h/h^); eps x h/h^",
+    ),
     "add_layer": ("Theorem 3.6, layer addition", "constraint: new layer's W_O = 0, W_l2 = 0, b_l2 = 0"),
 }
 
@@ -49,28 +55,44 @@ def draw_results(model, results, out_dir: str, *, max_tensors: int = 6, dpi: int
         notes = [f"dims after: {summary if len(summary) <= 240 else summary[:237] + '...'}"]
         if r.error is not None:
             e = r.error
-            notes.append(f"preservation (whole plan so far vs original model): max error {e['max_abs']:.2g} "
-                         f"= {e['max_ulp']:.1f} ulp, tolerance {e['tol_ulp']:.0f} ulp: "
-                         + ("preserved" if e["ok"] else "NOT preserved"))
+            notes.append(
+                f"preservation (whole plan so far vs original model): max error {e['max_abs']:.2g} "
+                f"= {e['max_ulp']:.1f} ulp, tolerance {e['tol_ulp']:.0f} ulp: "
+                + ("preserved" if e["ok"] else "NOT preserved")
+            )
         if r.step.op == "hidden" and prev.norm_eps:
-            notes.append(f"norm epsilon rescaled by h/h^: {prev.norm_eps:.3g} -> {r.model.norm_eps:.3g} (PAPER.md trap 2)")
-        fig = step_figure(prev, r.model, r.manifest, title=f"Step {i}: {r.step}   ({THEOREMS[r.step.op][0]})",
-                          subtitle=THEOREMS[r.step.op][1],
-                          notes=notes, max_tensors=max_tensors)
+            notes.append(
+                f"norm epsilon rescaled by h/h^: {prev.norm_eps:.3g} -> {r.model.norm_eps:.3g} (PAPER.md trap 2)"
+            )
+        fig = step_figure(
+            prev,
+            r.model,
+            r.manifest,
+            title=f"Step {i}: {r.step}   ({THEOREMS[r.step.op][0]})",
+            subtitle=THEOREMS[r.step.op][1],
+            notes=notes,
+            max_tensors=max_tensors,
+        )
         path = os.path.join(out_dir, f"step{i}_{r.step.op}.png")
         fig.savefig(path, dpi=dpi)
         paths.append(path)
         prev = r.model
-    fig = model_figure(model, results[-1].model, [r.model for r in results], [r.manifest for r in results],
-                       title="plan: " + "; ".join(str(r.step) for r in results))
+    fig = model_figure(
+        model,
+        results[-1].model,
+        [r.model for r in results],
+        [r.manifest for r in results],
+        title="plan: " + "; ".join(str(r.step) for r in results),
+    )
     path = os.path.join(out_dir, "model.png")
     fig.savefig(path, dpi=dpi)
     paths.append(path)
     return paths
 
 
-def draw_plan(model, plan, out_dir: str, *, init="normal", seed: int = 0, max_tensors: int = 6,
-              check: bool = True, dpi: int = 100) -> list:
+def draw_plan(
+    model, plan, out_dir: str, *, init="normal", seed: int = 0, max_tensors: int = 6, check: bool = True, dpi: int = 100
+) -> list:
     """Run ``plan`` on ``model`` and write one PNG per step plus ``model.png``; returns the paths."""
     results = run_for_drawing(model, plan, init=init, seed=seed, check=check)
     return draw_results(model, results, out_dir, max_tensors=max_tensors, dpi=dpi)
@@ -116,7 +138,9 @@ def register(subparsers) -> None:
 
     s = subparsers.add_parser("draw", help="figures of each plan step (blocks by role) and of the whole model")
     s.add_argument("model", help="model file, or 'demo' for the built-in demo model (and demo plan)")
-    s.add_argument("--plan", default=None, help="';'-separated steps or a JSON file (default for 'demo': the demo plan)")
+    s.add_argument(
+        "--plan", default=None, help="';'-separated steps or a JSON file (default for 'demo': the demo plan)"
+    )
     s.add_argument("-o", "--out", required=True, help="output directory")
     s.add_argument("--init", choices=["normal", "zeros"], default="normal")
     s.add_argument("--seed", type=int_arg("--seed", 0), default=0)

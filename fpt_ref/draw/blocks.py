@@ -11,17 +11,19 @@ Large steps are capped: at most ``max_tensors`` cards (one per kind of tensor, e
 than ``max_cells`` is drawn subsampled (every segment keeps at least 3 display cells, so
 narrow new blocks stay visible; the card says so).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 
 from ..model import Model, named_tensors
 from ..xp import to_numpy
 from . import styles
-from .symbols import axis_symbols, parse_name, sym, title as tensor_title
+from .symbols import axis_symbols, parse_name, sym
+from .symbols import title as tensor_title
 
 NEW_ROLES = ("zero", "free")
 
@@ -63,6 +65,7 @@ def select_tensors(groups: dict, max_tensors: int = 6):
             break
         chosen.append(best)
         uncovered -= roles_of[best]
+
     def add(pred):
         for n in order:
             if len(chosen) < max_tensors and n not in chosen and pred(n):
@@ -126,16 +129,16 @@ class Card:
     """Everything needed to draw one tensor's before/after pair."""
 
     name: str
-    before: Optional[np.ndarray]  # [r, c] or None for a new tensor
+    before: np.ndarray | None  # [r, c] or None for a new tensor
     after: np.ndarray  # [r^, c^]
     blocks: list
     rows: AxisMap
     cols: AxisMap
-    rows_before: Optional[AxisMap]
-    cols_before: Optional[AxisMap]
+    rows_before: AxisMap | None
+    cols_before: AxisMap | None
     symbols: tuple  # (row symbol or None, column symbol)
-    row_labels: Optional[list] = None  # after: [(r0, r1, label)] replacing the row segment labels
-    row_labels_before: Optional[list] = None  # before: the same
+    row_labels: list | None = None  # after: [(r0, r1, label)] replacing the row segment labels
+    row_labels_before: list | None = None  # before: the same
 
     @property
     def vmax(self) -> float:
@@ -158,8 +161,9 @@ def make_card(name: str, blocks: list, before: Model, after: Model, max_cells: i
     return card_from_arrays(name, blocks, B, named_tensors(after)[name], max_cells)
 
 
-def card_from_arrays(name, blocks, before_array, after_array, max_cells=64, before_bounds=(),
-                     row_labels=None, row_labels_before=None) -> Card:
+def card_from_arrays(
+    name, blocks, before_array, after_array, max_cells=64, before_bounds=(), row_labels=None, row_labels_before=None
+) -> Card:
     A = _as2d(after_array)  # [r^, c^]
     B = None if before_array is None else _as2d(before_array)  # [r, c]
     boxes = [_box2d(b) for b in blocks]
@@ -173,8 +177,9 @@ def card_from_arrays(name, blocks, before_array, after_array, max_cells=64, befo
             rb = _restrict(rows, B.shape[0], max_cells)
         cb = _restrict(cols, B.shape[1], max_cells)
     s = axis_symbols(name)
-    return Card(name, B, A, list(blocks), rows, cols, rb, cb, (None, s[0]) if len(s) == 1 else s,
-                row_labels, row_labels_before)
+    return Card(
+        name, B, A, list(blocks), rows, cols, rb, cb, (None, s[0]) if len(s) == 1 else s, row_labels, row_labels_before
+    )
 
 
 def stack_heads(groups: dict, before: Model, after: Model) -> dict:
@@ -201,8 +206,9 @@ def stack_heads(groups: dict, before: Model, after: Model) -> dict:
         if key in stacks:
             continue
         La = after.layers[n]
-        heads_new = [is_new_tensor(groups.get(f"layers.{n}.heads.{i}.w_o", [Block("", (), "copied")]))
-                     for i in range(La.E)]
+        heads_new = [
+            is_new_tensor(groups.get(f"layers.{n}.heads.{i}.w_o", [Block("", (), "copied")])) for i in range(La.E)
+        ]
         stacked, labels, off = [], [], 0
         for i, hd in enumerate(La.heads):
             own = groups.get(f"layers.{n}.heads.{i}.w_o")
@@ -251,7 +257,7 @@ def cell_size(cards: Sequence[Card], max_width: float = 13.0, max_height: float 
     return float(min(0.24, (max_width - LEFT - GAP - RIGHT) / widest, max_height / tallest))
 
 
-def _segment_label(symbol: str, lo: int, hi: int, n_old: Optional[int], n_new: int) -> str:
+def _segment_label(symbol: str, lo: int, hi: int, n_old: int | None, n_new: int) -> str:
     if n_old is None or n_old == n_new:
         return f"${sym(symbol)}$={hi - lo}" if (lo, hi) == (0, n_new) else f"{hi - lo}"
     if (lo, hi) == (0, n_old):
@@ -261,7 +267,7 @@ def _segment_label(symbol: str, lo: int, hi: int, n_old: Optional[int], n_new: i
     return f"{hi - lo}"
 
 
-def _total_label(symbol: str, n_old: Optional[int], n_new: int) -> str:
+def _total_label(symbol: str, n_old: int | None, n_new: int) -> str:
     if n_old is None or n_old == n_new:
         return f"${sym(symbol)}$ = {n_new}"
     return f"${sym(symbol, True)}$ = {n_new}   (was ${sym(symbol)}$ = {n_old})"
@@ -269,8 +275,15 @@ def _total_label(symbol: str, n_old: Optional[int], n_new: int) -> str:
 
 def _heat(ax, data, rows: AxisMap, cols: AxisMap, vmax: float):
     img = data[np.ix_(rows.idx, cols.idx)]  # [cells_r, cells_c]
-    return ax.imshow(img, cmap=styles.CMAP, vmin=-vmax, vmax=vmax, interpolation="nearest",
-                     extent=(0, img.shape[1], img.shape[0], 0), aspect="auto")
+    return ax.imshow(
+        img,
+        cmap=styles.CMAP,
+        vmin=-vmax,
+        vmax=vmax,
+        interpolation="nearest",
+        extent=(0, img.shape[1], img.shape[0], 0),
+        aspect="auto",
+    )
 
 
 def _axis_ticks(ax, m: AxisMap, symbol, n_old, which: str, side: str, override=None):
@@ -312,6 +325,7 @@ def _no_y(ax):
 
 def draw_card(fig, card: Card, x0: float, y0: float, c: float, fw: float, fh: float):
     """Draw ``card`` with its top-left corner at ``(x0, y0)`` inches from the figure's top-left."""
+
     def axes(x, y, w, h):  # inches from top-left -> figure fraction
         return fig.add_axes((x / fw, 1 - (y + h) / fh, w / fw, h / fh))
 
@@ -322,9 +336,17 @@ def draw_card(fig, card: Card, x0: float, y0: float, c: float, fw: float, fh: fl
     top = y0 + TOP
     # title: paper symbol + position, file-format name, colour scale
     fig.text((x0 + LEFT) / fw, 1 - (y0 + 0.08) / fh, tensor_title(card.name), fontsize=14, va="top", ha="left")
-    fig.text((x0 + LEFT) / fw, 1 - (y0 + 0.4) / fh,
-             f"{card.name}   (colour: ±{vmax:.2g})" + ("   [drawn subsampled]" if card.rows.sampled or card.cols.sampled else ""),
-             fontsize=9.5, va="top", ha="left", family="monospace", color="#333333")
+    fig.text(
+        (x0 + LEFT) / fw,
+        1 - (y0 + 0.4) / fh,
+        f"{card.name}   (colour: ±{vmax:.2g})"
+        + ("   [drawn subsampled]" if card.rows.sampled or card.cols.sampled else ""),
+        fontsize=9.5,
+        va="top",
+        ha="left",
+        family="monospace",
+        color="#333333",
+    )
     # before
     xb = x0 + LEFT
     axb = axes(xb, top, bw, bh)
@@ -334,8 +356,15 @@ def draw_card(fig, card: Card, x0: float, y0: float, c: float, fw: float, fh: fl
         _no_y(axb)
         for s in axb.spines.values():
             s.set_linestyle(":")
-        axb.text(0.5, 0.5, "did not\nexist" if bh >= 0.6 else "new", ha="center", va="center", fontsize=10,
-                 transform=axb.transAxes)
+        axb.text(
+            0.5,
+            0.5,
+            "did not\nexist" if bh >= 0.6 else "new",
+            ha="center",
+            va="center",
+            fontsize=10,
+            transform=axb.transAxes,
+        )
     else:
         _heat(axb, card.before, card.rows_before, card.cols_before, vmax)
         _axis_ticks(axb, card.cols_before, csym, None, "x", "bottom")
@@ -344,8 +373,7 @@ def draw_card(fig, card: Card, x0: float, y0: float, c: float, fw: float, fh: fl
         else:
             _axis_ticks(axb, card.rows_before, rsym, None, "y", "left", card.row_labels_before)
     # arrow
-    fig.text((xb + bw + GAP / 2) / fw, 1 - (top + min(bh, ah) / 2) / fh, "→", fontsize=24,
-             ha="center", va="center")
+    fig.text((xb + bw + GAP / 2) / fw, 1 - (top + min(bh, ah) / 2) / fh, "→", fontsize=24, ha="center", va="center")
     # after
     xa = xb + bw + GAP
     axa = axes(xa, top, aw, ah)
@@ -367,9 +395,17 @@ def draw_card(fig, card: Card, x0: float, y0: float, c: float, fw: float, fh: fl
         w_in, h_in = W / card.cols.disp[-1] * aw, H / card.rows.disp[-1] * ah
         if w_in >= 0.45 and h_in >= 0.22:
             fs = max(7.5, min(13.0, 0.55 * h_in * 72, w_in * 72 / 6))
-            axa.text(X + W / 2, Y + H / 2, styles.block_text(blk.role, blk.factor), ha="center", va="center",
-                     fontsize=fs, fontweight="bold", color="black",
-                     bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
+            axa.text(
+                X + W / 2,
+                Y + H / 2,
+                styles.block_text(blk.role, blk.factor),
+                ha="center",
+                va="center",
+                fontsize=fs,
+                fontweight="bold",
+                color="black",
+                bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85),
+            )
     axa.set_xlim(0, card.cols.disp[-1])
     axa.set_ylim(card.rows.disp[-1], 0)
     return axb, axa
@@ -386,12 +422,16 @@ def _pack(sizes: Sequence[tuple], width: float) -> tuple:
     def free(x, y, w, h):
         if x + w > width + 1e-9 and x > 0:
             return False
-        return all(x + w <= px + 1e-9 or px + pw <= x + 1e-9 or y + h <= py + 1e-9 or py + ph <= y + 1e-9
-                   for px, py, pw, ph in placed)
+        return all(
+            x + w <= px + 1e-9 or px + pw <= x + 1e-9 or y + h <= py + 1e-9 or py + ph <= y + 1e-9
+            for px, py, pw, ph in placed
+        )
 
     pos = []
     for w, h in sizes:
-        cands = [(0.0, 0.0)] + [(px + pw, py) for px, py, pw, ph in placed] + [(px, py + ph) for px, py, pw, ph in placed]
+        cands = (
+            [(0.0, 0.0)] + [(px + pw, py) for px, py, pw, ph in placed] + [(px, py + ph) for px, py, pw, ph in placed]
+        )
         x, y = min((c for c in cands if free(c[0], c[1], w, h)), key=lambda c: (c[1], c[0]))
         placed.append((x, y, w, h))
         pos.append((x, y))
@@ -405,9 +445,18 @@ def _kinds_text(names: Sequence[str]) -> str:
     return ", ".join(f"{k} x{len(v)}" if len(v) > 1 else v[0] for k, v in kinds.items())
 
 
-def step_figure(before: Model, after: Model, manifest: Sequence, *, title: str = "", subtitle: str = "",
-                notes: Sequence[str] = (),
-                max_tensors: int = 6, max_cells: int = 64, max_width: float = 17.0):
+def step_figure(
+    before: Model,
+    after: Model,
+    manifest: Sequence,
+    *,
+    title: str = "",
+    subtitle: str = "",
+    notes: Sequence[str] = (),
+    max_tensors: int = 6,
+    max_cells: int = 64,
+    max_width: float = 17.0,
+):
     """The figure of one expansion step (a ``matplotlib.figure.Figure``, no pyplot state).
 
     Parameters
@@ -437,9 +486,9 @@ def step_figure(before: Model, after: Model, manifest: Sequence, *, title: str =
         block outline carries the gid ``"role|tensor|r0:r1,c0:c1"`` and every heat-map axes
         ``"before|tensor"`` / ``"after|tensor"``.
     """
-    from matplotlib.figure import Figure
-    from matplotlib.colors import Normalize
     from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
 
     groups = group_manifest(manifest)
     if not groups:
@@ -475,13 +524,30 @@ def step_figure(before: Model, after: Model, manifest: Sequence, *, title: str =
     if subtitle:
         fig.text(0.012, 1 - y_sub / fh, subtitle, fontsize=12, va="top", ha="left")
         y_sub += 0.32
-    fig.text(0.012, 1 - y_sub / fh, "roles in this step (from its manifest): " + ", ".join(roles), fontsize=11,
-             va="top", ha="left", color="#333333")
+    fig.text(
+        0.012,
+        1 - y_sub / fh,
+        "roles in this step (from its manifest): " + ", ".join(roles),
+        fontsize=11,
+        va="top",
+        ha="left",
+        color="#333333",
+    )
     for cd, (x, y) in zip(cards, pos):
         draw_card(fig, cd, x, head + y, c, fw, fh)
     # footer: legend (2 x 2) and colour bar side by side, then the caption
-    fig.legend(handles=styles.legend_handles(), loc="upper left", bbox_to_anchor=(0.01, (foot - 0.1) / fh), ncol=2,
-               fontsize=12, frameon=False, handlelength=3.2, handleheight=1.5, borderaxespad=0, columnspacing=2.0)
+    fig.legend(
+        handles=styles.legend_handles(),
+        loc="upper left",
+        bbox_to_anchor=(0.01, (foot - 0.1) / fh),
+        ncol=2,
+        fontsize=12,
+        frameon=False,
+        handlelength=3.2,
+        handleheight=1.5,
+        borderaxespad=0,
+        columnspacing=2.0,
+    )
     cax = fig.add_axes((7.6 / fw, (foot - 0.45) / fh, min(3.6, fw - 8.2) / fw, 0.17 / fh))
     cb = fig.colorbar(ScalarMappable(Normalize(-1, 1), styles.CMAP), cax=cax, orientation="horizontal")
     cb.set_ticks([-1, 0, 1])

@@ -15,6 +15,7 @@ free      new block, any value         dashed     none      ``free``
 The heat-map colormap is ``cividis`` (perceptually uniform, monotonic lightness, safe for
 colour-vision deficiency), so values also read correctly when printed in grey.
 """
+
 from __future__ import annotations
 
 CMAP = "cividis"
@@ -72,6 +73,14 @@ def legend_handles():
     out = []
     for role, st in ROLE_STYLE.items():
         face = "#9a9a9a" if role in ("zero", "scaled") else "white"
-        out.append(Patch(facecolor=face, edgecolor=st["color"], linestyle=st["linestyle"],
-                         linewidth=st["linewidth"], hatch=st["hatch"], label=st["label"]))
+        out.append(
+            Patch(
+                facecolor=face,
+                edgecolor=st["color"],
+                linestyle=st["linestyle"],
+                linewidth=st["linewidth"],
+                hatch=st["hatch"],
+                label=st["label"],
+            )
+        )
     return out

@@ -3,6 +3,7 @@
 Only labels live here: which blocks are new, zero, scaled or copied always comes from an
 expansion's manifest (:class:`fpt_ref.expansions.Block`), never from these names.
 """
+
 from __future__ import annotations
 
 import re

@@ -12,11 +12,13 @@ tensor of the expanded model, with its role:
 Roles come from the structure of each expansion (the code that builds the block states
 it), never from tensor names.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Union
 
 import numpy as np
 
@@ -35,9 +37,9 @@ class Block:
     """
 
     tensor: str
-    index: Tuple[Tuple[int, int], ...]
+    index: tuple[tuple[int, int], ...]
     role: str
-    factor: Optional[float] = None
+    factor: float | None = None
 
     def __str__(self) -> str:
         idx = ", ".join(f"{a}:{b}" for a, b in self.index)
@@ -59,7 +61,7 @@ class Builder:
     and ``rng`` a ``numpy.random.Generator``.
     """
 
-    def __init__(self, model: Model, init: Init = "normal", seed: Optional[int] = 0):
+    def __init__(self, model: Model, init: Init = "normal", seed: int | None = 0):
         if not (init in ("normal", "zeros") or callable(init)):
             raise ValueError(f"init: must be 'normal', 'zeros' or a callable, got {init!r}")
         if seed is not None:
@@ -71,10 +73,10 @@ class Builder:
         self.blocks: list = []
 
     # ---- new blocks -------------------------------------------------------------------
-    def zeros(self, shape) -> "Part":
+    def zeros(self, shape) -> Part:
         return Part(self.xp.zeros(tuple(shape), dtype=self.dtype), "zero")
 
-    def free(self, shape, like=None) -> "Part":
+    def free(self, shape, like=None) -> Part:
         shape = tuple(int(d) for d in shape)
         if self.init == "zeros":
             return Part(self.xp.zeros(shape, dtype=self.dtype), "free")
@@ -88,18 +90,20 @@ class Builder:
         else:
             arr = self.init(shape, like, self.rng)
             if tuple(getattr(arr, "shape", ())) != shape:
-                raise ValueError(f"init: the callable returned shape {list(getattr(arr, 'shape', []))}, expected {list(shape)}")
+                raise ValueError(
+                    f"init: the callable returned shape {list(getattr(arr, 'shape', []))}, expected {list(shape)}"
+                )
         return Part(self.xp.asarray(arr, dtype=self.dtype), "free")
 
     @staticmethod
-    def copied(arr) -> "Part":
+    def copied(arr) -> Part:
         return Part(arr, "copied")
 
-    def scaled(self, arr, factor: float) -> "Part":
+    def scaled(self, arr, factor: float) -> Part:
         return Part(arr * self.xp.asarray(factor, dtype=self.dtype), "scaled", factor)
 
     # ---- assembling -------------------------------------------------------------------
-    def concat(self, name: str, parts: Sequence["Part"], axis: int):
+    def concat(self, name: str, parts: Sequence[Part], axis: int):
         """Concatenate ``parts`` along ``axis`` into tensor ``name``, recording each part."""
         arrays = [p.array for p in parts]
         out = arrays[0] if len(arrays) == 1 else self.xp.concatenate(arrays, axis=axis)
@@ -111,7 +115,7 @@ class Builder:
             off += n
         return out
 
-    def whole(self, name: str, part: "Part"):
+    def whole(self, name: str, part: Part):
         """A whole new tensor ``name`` made of one part."""
         return self.concat(name, [part], axis=0)
 
@@ -120,7 +124,7 @@ class Builder:
 class Part:
     array: object
     role: str
-    factor: Optional[float] = None
+    factor: float | None = None
 
 
 _MOMENT_SAMPLE = 1 << 16

@@ -1,4 +1,5 @@
 """Head addition (paper Definition/Theorem 3.2)."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -7,8 +8,9 @@ from ..model import Head, Model
 from ._common import Builder, check_int, finish, layer_indices
 
 
-def add_heads(model: Model, count: int = 1, layers=None, *, k=None, v=None, init="normal", seed=0,
-              return_manifest=False):
+def add_heads(
+    model: Model, count: int = 1, layers=None, *, k=None, v=None, init="normal", seed=0, return_manifest=False
+):
     """Add ``count`` heads to each chosen layer (paper section 3.2, applied ``count`` times).
 
     New head: ``W_Q``, ``W_K`` (h x k), ``W_V`` (h x v) and its block of ``W_O``, ``M_O`` (v x h).
@@ -43,11 +45,13 @@ def add_heads(model: Model, count: int = 1, layers=None, *, k=None, v=None, init
         heads = list(L.heads)
         for _ in range(count):
             pre = f"layers.{n}.heads.{len(heads)}"
-            heads.append(Head(
-                w_q=b.whole(f"{pre}.w_q", b.free((model.h, kk), ref.w_q)),  # [h, k]
-                w_k=b.whole(f"{pre}.w_k", b.free((model.h, kk), ref.w_k)),  # [h, k]
-                w_v=b.whole(f"{pre}.w_v", b.free((model.h, vv), ref.w_v)),  # [h, v]
-                w_o=b.whole(f"{pre}.w_o", b.zeros((vv, model.h))),  # [v, h]  M_O = 0
-            ))
+            heads.append(
+                Head(
+                    w_q=b.whole(f"{pre}.w_q", b.free((model.h, kk), ref.w_q)),  # [h, k]
+                    w_k=b.whole(f"{pre}.w_k", b.free((model.h, kk), ref.w_k)),  # [h, k]
+                    w_v=b.whole(f"{pre}.w_v", b.free((model.h, vv), ref.w_v)),  # [h, v]
+                    w_o=b.whole(f"{pre}.w_o", b.zeros((vv, model.h))),  # [v, h]  M_O = 0
+                )
+            )
         new_layers[n] = replace(L, heads=tuple(heads))
     return finish(replace(model, layers=tuple(new_layers)), b.blocks, return_manifest)

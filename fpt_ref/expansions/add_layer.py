@@ -1,4 +1,5 @@
 """Layer addition (paper Definition/Theorem 3.6)."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -7,8 +8,9 @@ from ..model import Head, Layer, Model
 from ._common import Builder, check_int, finish
 
 
-def add_layer(model: Model, at: int, *, p=None, heads=None, k=None, v=None, init="normal", seed=0,
-              return_manifest=False):
+def add_layer(
+    model: Model, at: int, *, p=None, heads=None, k=None, v=None, init="normal", seed=0, return_manifest=False
+):
     """Insert a new layer at position ``at`` in ``0..N`` (paper section 3.6).
 
     Constrained: the new layer's ``W_O`` (every head's block), ``W_l2`` and ``b_l2`` are zero,
@@ -36,7 +38,9 @@ def add_layer(model: Model, at: int, *, p=None, heads=None, k=None, v=None, init
     xp, h = model.xp, model.h
     if model.N == 0:
         if None in (p, heads, k, v):
-            raise ValueError("p, heads, k, v: a model with no layers has no layer to copy dimensions from; give all four")
+            raise ValueError(
+                "p, heads, k, v: a model with no layers has no layer to copy dimensions from; give all four"
+            )
         ones = xp.ones((h,), dtype=model.dtype)
         ref = None
     else:

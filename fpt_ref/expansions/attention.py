@@ -1,4 +1,5 @@
 """Attention expansion (paper Definition/Theorem 3.4)."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,9 @@ from ..model import Model
 from ._common import Builder, check_grows, finish, head_indices, layer_indices
 
 
-def expand_attention(model: Model, k: int, layers=None, heads=None, *, scale="W_K", init="normal",
-                     seed=0, return_manifest=False):
+def expand_attention(
+    model: Model, k: int, layers=None, heads=None, *, scale="W_K", init="normal", seed=0, return_manifest=False
+):
     """Grow the key/query size ``k -> k^`` of the chosen heads (paper section 3.4).
 
     With ``scale="W_K"`` (the paper's choice):

@@ -1,4 +1,5 @@
 """Heads expansion (paper Definition/Theorem 3.3)."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -7,8 +8,7 @@ from ..model import Model
 from ._common import Builder, check_grows, finish, head_indices, layer_indices
 
 
-def expand_heads(model: Model, v: int, layers=None, heads=None, *, init="normal", seed=0,
-                 return_manifest=False):
+def expand_heads(model: Model, v: int, layers=None, heads=None, *, init="normal", seed=0, return_manifest=False):
     """Grow the value size ``v -> v^`` of the chosen heads (paper section 3.3).
 
     ``W_V,e -> [W_V,e  M_V,e]`` (h x v^), ``W_O,e -> [[W_O,e], [M_O,e]]`` (v^ x h).

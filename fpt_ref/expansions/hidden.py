@@ -1,4 +1,5 @@
 """Hidden dimension expansion (paper Definition/Theorem 3.5)."""
+
 from __future__ import annotations
 
 import math
@@ -58,15 +59,18 @@ def expand_hidden(model: Model, h: int, *, init="normal", seed=0, return_manifes
             )
             for e, H in enumerate(L.heads)
         )
-        layers.append(Layer(
-            norm_mha=gain(f"{pre}.norm_mha", L.norm_mha),  # [h^]
-            heads=heads,
-            norm_mlp=gain(f"{pre}.norm_mlp", L.norm_mlp),  # [h^]
-            w_l1=rows(f"{pre}.w_l1", L.w_l1),  # [h^, p]
-            b_l1=L.b_l1,  # [p]  unchanged
-            w_l2=cols(f"{pre}.w_l2", L.w_l2, "zero"),  # [p, h^]
-            b_l2=cols(f"{pre}.b_l2", L.b_l2, "zero"),  # [h^]
-        ))
-    out = replace(model, embed=embed, pos=pos, w_out=w_out, layers=tuple(layers),
-                  norm_eps=model.norm_eps * model.h / h_new)
+        layers.append(
+            Layer(
+                norm_mha=gain(f"{pre}.norm_mha", L.norm_mha),  # [h^]
+                heads=heads,
+                norm_mlp=gain(f"{pre}.norm_mlp", L.norm_mlp),  # [h^]
+                w_l1=rows(f"{pre}.w_l1", L.w_l1),  # [h^, p]
+                b_l1=L.b_l1,  # [p]  unchanged
+                w_l2=cols(f"{pre}.w_l2", L.w_l2, "zero"),  # [p, h^]
+                b_l2=cols(f"{pre}.b_l2", L.b_l2, "zero"),  # [h^]
+            )
+        )
+    out = replace(
+        model, embed=embed, pos=pos, w_out=w_out, layers=tuple(layers), norm_eps=model.norm_eps * model.h / h_new
+    )
     return finish(out, b.blocks, return_manifest)

@@ -1,4 +1,5 @@
 """MLP expansion (paper Definition/Theorem 3.1)."""
+
 from __future__ import annotations
 
 from dataclasses import replace

@@ -3,6 +3,7 @@
 See docs/vectors.md for the case layout, the manifest, the tolerance policy and examples.
 ``register`` stays cheap: the work is imported only when a command runs.
 """
+
 from __future__ import annotations
 
 
@@ -15,8 +16,10 @@ def cmd_vectors(args) -> int:
     cfg = load_config(args.config)
     t0 = time.perf_counter()
     index = write_vectors(args.out, cfg, seed=args.seed)
-    print(f"wrote {len(index)} cases ({cfg.name} config, seed {args.seed}) to {args.out} "
-          f"in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"wrote {len(index)} cases ({cfg.name} config, seed {args.seed}) to {args.out} "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
     return 0
 
 

@@ -18,13 +18,13 @@ step of one composed plan of all six (``plan.1-mlp`` ... ``plan.6-add_layer``, e
 child of the one before). Single expansions act on one layer or head where they can, so
 heads and layers become heterogeneous.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 from dataclasses import asdict, dataclass, fields
-from typing import Optional, Tuple
 
 from ..model import Model
 
@@ -52,7 +52,7 @@ class Config:
     batch: int = 2
     seq: int = 6
     eps: float = 1e-3
-    plan: Optional[str] = None
+    plan: str | None = None
 
     def __post_init__(self):
         for f in fields(self):
@@ -64,7 +64,9 @@ class Config:
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not self.eps > 0:
             raise ValueError(f"config: eps must be a number > 0 (the eps of the eps > 0 families), got {self.eps!r}")
         if self.out_dim < 2:
-            raise ValueError(f"config: out_dim must be at least 2 (the argmax check needs two outputs), got {self.out_dim}")
+            raise ValueError(
+                f"config: out_dim must be at least 2 (the argmax check needs two outputs), got {self.out_dim}"
+            )
         if not math.isfinite(self.eps):
             raise ValueError(f"config: eps must be finite, got {self.eps!r}")
         if self.seq > self.max_seq:
@@ -78,8 +80,21 @@ class Config:
 
 CONFIGS = {
     "tiny": Config(),
-    "small": Config(name="small", h=32, p=64, heads=4, k=8, v=8, layers=3, out_dim=16, max_seq=16, vocab=64,
-                    batch=3, seq=12, eps=1e-3),
+    "small": Config(
+        name="small",
+        h=32,
+        p=64,
+        heads=4,
+        k=8,
+        v=8,
+        layers=3,
+        out_dim=16,
+        max_seq=16,
+        vocab=64,
+        batch=3,
+        seq=12,
+        eps=1e-3,
+    ),
 }
 
 
@@ -137,12 +152,24 @@ def base_kwargs(cfg: Config, fam: Family, seed: int) -> dict:
         v = [cfg.v + 2 * ((n + 1) % 2) for n in range(N)]
     else:
         p, heads, k, v = cfg.p, cfg.heads, cfg.k, cfg.v
-    return dict(h=cfg.h, p=p, heads=heads, k=k, v=v, layers=N, out_dim=cfg.out_dim, max_seq=cfg.max_seq,
-                vocab=cfg.vocab if fam.tokens else None, eps=cfg.eps if fam.eps else 0.0, causal=fam.causal,
-                dtype="float64", seed=seed)
+    return dict(
+        h=cfg.h,
+        p=p,
+        heads=heads,
+        k=k,
+        v=v,
+        layers=N,
+        out_dim=cfg.out_dim,
+        max_seq=cfg.max_seq,
+        vocab=cfg.vocab if fam.tokens else None,
+        eps=cfg.eps if fam.eps else 0.0,
+        causal=fam.causal,
+        dtype="float64",
+        seed=seed,
+    )
 
 
-def _maxes(model: Model) -> Tuple[int, int, int]:
+def _maxes(model: Model) -> tuple[int, int, int]:
     heads = [hd for layer in model.layers for hd in layer.heads]
     return (max(layer.p for layer in model.layers), max(hd.k for hd in heads), max(hd.v for hd in heads))
 
@@ -172,11 +199,13 @@ def plan_steps(model: Model, cfg: Config) -> str:
         return cfg.plan
     N, h = model.N, model.h
     p, k, v = _maxes(model)
-    return "; ".join([
-        f"mlp p={p + max(2, p // 2)}",
-        f"add_heads count=1 layers={N - 1}",
-        f"heads v={v + 2} layers={N - 1} heads=0",
-        f"attention k={k + 2} layers=0",
-        f"hidden h={h + max(2, h // 2)}",
-        f"add_layer at={(N + 1) // 2}",
-    ])
+    return "; ".join(
+        [
+            f"mlp p={p + max(2, p // 2)}",
+            f"add_heads count=1 layers={N - 1}",
+            f"heads v={v + 2} layers={N - 1} heads=0",
+            f"attention k={k + 2} layers=0",
+            f"hidden h={h + max(2, h // 2)}",
+            f"add_layer at={(N + 1) // 2}",
+        ]
+    )

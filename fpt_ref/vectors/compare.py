@@ -13,6 +13,7 @@ The argmax of ``output`` along the last axis must match the reference at every p
 where the reference's top-2 gap is larger than the tolerance allows to close
 (:func:`fpt_ref.vectors.tolerance.decidable`); other positions are reported as near-ties.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,6 @@ import os
 import struct
 import zipfile
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -37,14 +37,14 @@ class TensorResult:
     name: str
     status: str  # one of STATUSES
     message: str = ""
-    dtype: Optional[str] = None
-    max_abs: Optional[float] = None
-    max_rel: Optional[float] = None
-    max_ulp: Optional[float] = None
-    used: Optional[float] = None  # max |a-r| / (atol + rtol |r|); <= 1 passes
-    worst: Optional[tuple] = None  # index of the element with the largest `used`
-    atol: Optional[float] = None
-    rtol: Optional[float] = None
+    dtype: str | None = None
+    max_abs: float | None = None
+    max_rel: float | None = None
+    max_ulp: float | None = None
+    used: float | None = None  # max |a-r| / (atol + rtol |r|); <= 1 passes
+    worst: tuple | None = None  # index of the element with the largest `used`
+    atol: float | None = None
+    rtol: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -60,7 +60,7 @@ class Report:
     actual: str
     tensors: tuple  # TensorResult, in order residual.0 .. residual.N, output
     argmax: dict  # checked, positions, matched, mismatches, near_ties, ok, message
-    first_failing_residual: Optional[str]
+    first_failing_residual: str | None
     extra: tuple  # names in ACTUAL that the case does not have (ignored)
 
     @property
@@ -76,6 +76,7 @@ class Report:
 
 # ---- reading ---------------------------------------------------------------------------
 
+
 def read_case(case_dir) -> tuple:
     """``(manifest, reference)`` of a case directory; reference maps name -> float64 array."""
     case_dir = os.fspath(case_dir)
@@ -84,8 +85,10 @@ def read_case(case_dir) -> tuple:
     man_path = os.path.join(case_dir, "manifest.json")
     out_path = os.path.join(case_dir, "outputs.safetensors")
     if not os.path.isfile(man_path) and os.path.isfile(os.path.join(case_dir, "index.json")):
-        raise FileNotFoundError(f"CASE_DIR: {case_dir} is the top directory of the vectors; give one case "
-                                f"directory, e.g. {os.path.join(case_dir, 'tok-causal-eps', 'base')}")
+        raise FileNotFoundError(
+            f"CASE_DIR: {case_dir} is the top directory of the vectors; give one case "
+            f"directory, e.g. {os.path.join(case_dir, 'tok-causal-eps', 'base')}"
+        )
     for p in (man_path, out_path):
         if not os.path.isfile(p):
             raise FileNotFoundError(f"CASE_DIR: {p} not found (not a case written by 'fpt-ref vectors')")
@@ -110,8 +113,11 @@ def read_case(case_dir) -> tuple:
 def _check_manifest(man, man_path: str) -> None:
     """The parts of a manifest that compare reads: outputs (with ``output``) and numeric tolerances."""
     bad = f"CASE_DIR: {man_path} is not a vectors manifest"
-    if not isinstance(man, dict) or not isinstance(man.get("outputs"), (list, dict)) \
-            or not isinstance(man.get("tolerance"), dict):
+    if (
+        not isinstance(man, dict)
+        or not isinstance(man.get("outputs"), (list, dict))
+        or not isinstance(man.get("tolerance"), dict)
+    ):
         raise ValueError(f"{bad} (needs 'outputs' and 'tolerance')")
     if "output" not in man["outputs"]:
         raise ValueError(f"{bad} ('outputs' lacks 'output')")
@@ -120,8 +126,9 @@ def _check_manifest(man, man_path: str) -> None:
             continue
         for name in man["outputs"]:
             t = per.get(name) if isinstance(per, dict) else None
-            if not isinstance(t, dict) or not all(isinstance(t.get(k), (int, float)) and not isinstance(t.get(k), bool)
-                                                  for k in ("atol", "rtol")):
+            if not isinstance(t, dict) or not all(
+                isinstance(t.get(k), (int, float)) and not isinstance(t.get(k), bool) for k in ("atol", "rtol")
+            ):
                 raise ValueError(f"{bad} (tolerance.{dt}.{name} needs numeric 'atol' and 'rtol')")
 
 
@@ -188,6 +195,7 @@ def read_actual(path) -> dict:
 
 # ---- comparing -------------------------------------------------------------------------
 
+
 def compare_tensor(name: str, ref, actual, tol: dict) -> TensorResult:
     """Compare one tensor; ``tol`` maps dtype -> {"atol", "rtol"} for this tensor."""
     if actual is None:
@@ -197,18 +205,25 @@ def compare_tensor(name: str, ref, actual, tol: dict) -> TensorResult:
     a = np.asarray(actual)
     dt = str(a.dtype)
     if a.dtype.kind != "f" or dt not in DTYPES or dt not in tol:
-        return TensorResult(name, "dtype", f"{name}: dtype {dt} is not compared; write float32 or float64",
-                            dtype=dt)
+        return TensorResult(name, "dtype", f"{name}: dtype {dt} is not compared; write float32 or float64", dtype=dt)
     if a.shape != ref.shape:
-        return TensorResult(name, "shape", f"{name}: shape {list(a.shape)} differs from the reference's "
-                            f"{list(ref.shape)}", dtype=dt)
+        return TensorResult(
+            name, "shape", f"{name}: shape {list(a.shape)} differs from the reference's {list(ref.shape)}", dtype=dt
+        )
     t = tol[dt]
     bad = ~np.isfinite(a)
     if bad.any():
         n_nan, n_inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        return TensorResult(name, "nonfinite", f"{name}: {n_nan} NaN and {n_inf} inf entries (first at "
-                            f"{list(first)})", dtype=dt, worst=first, atol=t["atol"], rtol=t["rtol"])
+        return TensorResult(
+            name,
+            "nonfinite",
+            f"{name}: {n_nan} NaN and {n_inf} inf entries (first at {list(first)})",
+            dtype=dt,
+            worst=first,
+            atol=t["atol"],
+            rtol=t["rtol"],
+        )
     st = error_stats(ref, a.astype(np.float64))
     scale = float(np.max(np.abs(ref))) if ref.size else 0.0
     ulp = float(np.spacing(a.dtype.type(scale))) if scale > 0 else float(np.finfo(a.dtype).tiny)
@@ -216,10 +231,14 @@ def compare_tensor(name: str, ref, actual, tol: dict) -> TensorResult:
     used = float(ex.max()) if ex.size else 0.0
     worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(ex)), ex.shape)) if ex.size else None
     status = "pass" if used <= 1.0 else "fail"
-    msg = "" if status == "pass" else (f"{name}: |actual - ref| exceeds atol + rtol |ref| by {used:.3g}x at "
-                                       f"{list(worst)}")
-    return TensorResult(name, status, msg, dt, st["max_abs"], st["max_rel"], st["max_abs"] / ulp, used, worst,
-                        t["atol"], t["rtol"])
+    msg = (
+        ""
+        if status == "pass"
+        else (f"{name}: |actual - ref| exceeds atol + rtol |ref| by {used:.3g}x at {list(worst)}")
+    )
+    return TensorResult(
+        name, status, msg, dt, st["max_abs"], st["max_rel"], st["max_abs"] / ulp, used, worst, t["atol"], t["rtol"]
+    )
 
 
 def _order(names) -> list:
@@ -236,13 +255,17 @@ def check_argmax(ref_out, result: TensorResult, actual, tol: dict) -> dict:
     want = np.argmax(ref_out, axis=-1)  # [b, s]
     got = np.argmax(np.asarray(actual), axis=-1)  # [b, s]
     wrong = (want != got) & dec
-    mism = [{"index": [int(i) for i in ix], "reference": int(want[tuple(ix)]), "actual": int(got[tuple(ix)])}
-            for ix in np.argwhere(wrong)]
+    mism = [
+        {"index": [int(i) for i in ix], "reference": int(want[tuple(ix)]), "actual": int(got[tuple(ix)])}
+        for ix in np.argwhere(wrong)
+    ]
     ties = [[int(i) for i in ix] for ix in np.argwhere(~dec)]
     n = int(want.size)
     ok = not mism
-    msg = (f"argmax(output, -1): {n - len(mism) - len(ties)}/{n - len(ties)} decidable positions match"
-           f" ({len(ties)} near-ties exempt)")
+    msg = (
+        f"argmax(output, -1): {n - len(mism) - len(ties)}/{n - len(ties)} decidable positions match"
+        f" ({len(ties)} near-ties exempt)"
+    )
     if mism:
         m = mism[0]
         msg += f"; first mismatch at {m['index']}: reference {m['reference']}, actual {m['actual']}"
@@ -265,12 +288,18 @@ def compare(case_dir, actual_path) -> Report:
         results.append(compare_tensor(name, np.asarray(ref[name], dtype=np.float64), act.get(name), per))
     by_name = {r.name: r for r in results}
     out_per = {dt: tol[dt]["output"] for dt in DTYPES if dt in tol}
-    argmax = check_argmax(np.asarray(ref["output"], dtype=np.float64), by_name["output"], act.get("output"),
-                          out_per)
+    argmax = check_argmax(np.asarray(ref["output"], dtype=np.float64), by_name["output"], act.get("output"), out_per)
     first = next((r.name for r in results if r.name.startswith("residual.") and not r.ok), None)
     extra = tuple(sorted(n for n in act if n not in by_name and n not in ("tokens", "inputs")))
-    return Report(man.get("case", os.fspath(case_dir)), man.get("description", ""), os.fspath(actual_path),
-                  tuple(results), argmax, first, extra)
+    return Report(
+        man.get("case", os.fspath(case_dir)),
+        man.get("description", ""),
+        os.fspath(actual_path),
+        tuple(results),
+        argmax,
+        first,
+        extra,
+    )
 
 
 def _fmt(x, spec) -> str:
@@ -283,8 +312,10 @@ def format_report(r: Report) -> str:
     head = f"{'tensor':<12} {'dtype':<8} {'max abs':>10} {'max rel':>10} {'max ulp':>10} {'tol used':>9}  status"
     lines += [head, "-" * len(head)]
     for t in r.tensors:
-        lines.append(f"{t.name:<12} {t.dtype or '-':<8} {_fmt(t.max_abs, '10.3e')} {_fmt(t.max_rel, '10.3e')} "
-                     f"{_fmt(t.max_ulp, '10.4g')} {_fmt(t.used, '9.3g')}  {t.status.upper() if not t.ok else 'ok'}")
+        lines.append(
+            f"{t.name:<12} {t.dtype or '-':<8} {_fmt(t.max_abs, '10.3e')} {_fmt(t.max_rel, '10.3e')} "
+            f"{_fmt(t.max_ulp, '10.4g')} {_fmt(t.used, '9.3g')}  {t.status.upper() if not t.ok else 'ok'}"
+        )
     for t in r.tensors:
         if t.message:
             lines.append(f"  {t.message}")
@@ -294,18 +325,25 @@ def format_report(r: Report) -> str:
         where = "the input X_1 = I + P (embedding or positions)" if n == 0 else f"the output of layer {n - 1}"
         status = next(t.status for t in r.tensors if t.name == r.first_failing_residual)
         if status not in ("fail", "nonfinite"):  # missing, wrong shape or dtype: says nothing about where
-            lines.append(f"first failing residual: {r.first_failing_residual} ({where}) is {status}; "
-                         f"fix ACTUAL before reading the layer")
+            lines.append(
+                f"first failing residual: {r.first_failing_residual} ({where}) is {status}; "
+                f"fix ACTUAL before reading the layer"
+            )
         elif n == 0:
             lines.append(f"first failing residual: {r.first_failing_residual} ({where}); look at the input")
         else:
-            lines.append(f"first failing residual: {r.first_failing_residual} ({where}); "
-                         f"earlier residuals agree, so look at layer {n - 1}")
+            lines.append(
+                f"first failing residual: {r.first_failing_residual} ({where}); "
+                f"earlier residuals agree, so look at layer {n - 1}"
+            )
     elif not r.tensors[-1].ok and r.tensors[-1].name == "output":
         lines.append("all residuals agree; output fails, so look at W_out")
     if r.extra:
         lines.append(f"ignored tensors in ACTUAL: {', '.join(r.extra)}")
     n_bad = sum(not t.ok for t in r.tensors)
-    lines.append("PASS" if r.ok else f"FAIL: {n_bad} of {len(r.tensors)} tensors failed"
-                 + ("" if r.argmax["ok"] else "; argmax check failed"))
+    lines.append(
+        "PASS"
+        if r.ok
+        else f"FAIL: {n_bad} of {len(r.tensors)} tensors failed" + ("" if r.argmax["ok"] else "; argmax check failed")
+    )
     return "\n".join(lines)

@@ -39,6 +39,7 @@ to catch real bugs (docs/vectors.md).
 Errors from earlier layers are assumed to pass through later ones with gain O(1); this and
 the whole bound are validated empirically (docs/vectors.md, "Tolerance policy").
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -145,8 +146,10 @@ def tolerances(model: Model, x, reference: dict) -> dict:
     out = {}
     for dt in DTYPES:
         u = unit_roundoff(dt) + unit_roundoff(np.float64)
-        out[dt] = {name: {"L": int(L), "scale": scales[name], "rtol": L * u, "atol": L * u * scales[name]}
-                   for name, L in lengths.items()}
+        out[dt] = {
+            name: {"L": int(L), "scale": scales[name], "rtol": L * u, "atol": L * u * scales[name]}
+            for name, L in lengths.items()
+        }
     return out
 
 

@@ -10,13 +10,13 @@ Layout of ``DIR`` (docs/vectors.md):
                         vectors.npz          inputs and outputs again, for NumPy-only users
                         model.npz            the model's tensors again (same names as model.safetensors)
 """
+
 from __future__ import annotations
 
 import json
 import os
 import platform
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 from safetensors.numpy import save_file
@@ -44,12 +44,12 @@ class Case:
     family: Family
     kind: str  # "base" | "expansion" | "plan-step"
     model: Model
-    step: Optional[str] = None
-    step_index: Optional[int] = None  # 1-based, plan steps only
-    plan: Optional[str] = None
-    parent: Optional[str] = None
+    step: str | None = None
+    step_index: int | None = None  # 1-based, plan steps only
+    plan: str | None = None
+    parent: str | None = None
     blocks: tuple = ()
-    seed: Optional[int] = None  # seed of init_model (base) or of the expansion's free blocks
+    seed: int | None = None  # seed of init_model (base) or of the expansion's free blocks
 
 
 def family_seed(seed: int, index: int) -> int:
@@ -67,8 +67,9 @@ def build_family(cfg: Config, fam: Family, fseed: int) -> list:
         (step,) = parse_plan(text)
         sd = fseed + 1 + j
         model, blocks = apply_step(base, step, seed=sd, return_manifest=True)
-        cases.append(Case(f"{fam.name}/{op}", fam, "expansion", model, str(step), parent=root,
-                          blocks=tuple(blocks), seed=sd))
+        cases.append(
+            Case(f"{fam.name}/{op}", fam, "expansion", model, str(step), parent=root, blocks=tuple(blocks), seed=sd)
+        )
     plan = plan_steps(base, cfg)
     steps = parse_plan(plan)
     current, parent = base, root
@@ -76,8 +77,9 @@ def build_family(cfg: Config, fam: Family, fseed: int) -> list:
         sd = fseed + 10 + i
         current, blocks = apply_step(current, step, seed=sd, return_manifest=True)
         name = f"{fam.name}/plan.{i}-{step.op}"
-        cases.append(Case(name, fam, "plan-step", current, str(step), i, "; ".join(map(str, steps)), parent,
-                          tuple(blocks), sd))
+        cases.append(
+            Case(name, fam, "plan-step", current, str(step), i, "; ".join(map(str, steps)), parent, tuple(blocks), sd)
+        )
         parent = name
     return cases
 
@@ -131,8 +133,12 @@ def choose_inputs(cases: list, cfg: Config, fseed: int):
 def _versions() -> dict:
     import safetensors
 
-    return {"fpt_ref": __version__, "numpy": np.__version__, "safetensors": safetensors.__version__,
-            "python": platform.python_version()}
+    return {
+        "fpt_ref": __version__,
+        "numpy": np.__version__,
+        "safetensors": safetensors.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _role_summary(blocks) -> dict:
@@ -144,8 +150,7 @@ def _role_summary(blocks) -> dict:
     return out
 
 
-def manifest(case: Case, cfg: Config, seed: int, x, iseed: int, ref: dict, tol: dict, root_out,
-             parent_out) -> dict:
+def manifest(case: Case, cfg: Config, seed: int, x, iseed: int, ref: dict, tol: dict, root_out, parent_out) -> dict:
     """The manifest.json content of one case (docs/vectors.md, "Manifest")."""
     m = case.model
     argmax = {"min_top2_gap": float(np.min(top2_gap(ref["output"])))}
@@ -177,14 +182,17 @@ def manifest(case: Case, cfg: Config, seed: int, x, iseed: int, ref: dict, tol: 
             "dims": dims(m),
             "params": param_count(m),
         },
-        "inputs": {"name": "tokens" if m.embed is not None else "inputs", "shape": list(x.shape),
-                   "dtype": str(x.dtype)},
+        "inputs": {
+            "name": "tokens" if m.embed is not None else "inputs",
+            "shape": list(x.shape),
+            "dtype": str(x.dtype),
+        },
         "outputs": {name: list(a.shape) for name, a in ref.items()},
         "blocks": [b.to_dict() for b in case.blocks],
         "block_roles": _role_summary(case.blocks),
         "tolerance": {
             "rule": "|actual - ref| <= atol + rtol * |ref| elementwise; rtol = L * (u_dtype + u_float64), "
-                    "atol = rtol * scale (scale: largest sum of absolute summands of an entry)",
+            "atol = rtol * scale (scale: largest sum of absolute summands of an entry)",
             "constants": {"C_IN": C_IN, "C_LAYER": C_LAYER, "C_OUT": C_OUT},
             **tol,
         },
@@ -197,8 +205,13 @@ def manifest(case: Case, cfg: Config, seed: int, x, iseed: int, ref: dict, tol: 
         "seeds": {"model_or_step": case.seed, "inputs": iseed},
         "config": cfg.to_dict(),
         "versions": _versions(),
-        "files": {"model": "model.safetensors", "inputs": "inputs.safetensors", "outputs": "outputs.safetensors",
-                  "npz": "vectors.npz", "model_npz": "model.npz"},
+        "files": {
+            "model": "model.safetensors",
+            "inputs": "inputs.safetensors",
+            "outputs": "outputs.safetensors",
+            "npz": "vectors.npz",
+            "model_npz": "model.npz",
+        },
     }
 
 
