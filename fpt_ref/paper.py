@@ -1,0 +1,222 @@
+"""The paper's table of expansions, once: every other module reads it.
+
+One :class:`Expansion` per expansion of Gesmundo & Maile (arXiv:2308.06103, section 3 and
+Table 1; restated in ``docs/spec.md``): its name (the plan step and the proof's theorem
+name), section and theorem, the sizes it grows, its new blocks (with the paper's block
+names), the blocks the theorem constrains to zero, the scalings it applies, and the keys a
+plan step takes. Nothing here computes: the expansions (``fpt_ref/expansions/``), plans,
+manifests, vectors, figures, benchmarks and proofs all look facts up here.
+
+>>> EXPANSIONS["mlp"].theorem, sorted(EXPANSIONS["mlp"].zero)
+('Theorem 3.1', ['M_l2'])
+>>> NAMES
+('mlp', 'add_heads', 'heads', 'attention', 'hidden', 'add_layer')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+# plan key kinds: "int" one integer, "ints" one integer or a list, "str" text
+KEY_KINDS = ("int", "ints", "str")
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """One row of the paper's table.
+
+    Attributes
+    ----------
+    name : str
+        Plan step and theorem name (``"mlp"``).
+    title : str
+        The paper's name for it (``"MLP expansion"``).
+    section : str
+        Paper section (``"3.1"``); the theorem is ``Theorem <section>``.
+    function : str
+        Name of the function in :mod:`fpt_ref.expansions` that applies it.
+    grows : tuple of str
+        Paper symbols it grows (``("p",)``); ``"N"`` for layers, ``"E"`` for heads.
+    blocks : mapping of str to str
+        New block name (paper notation, ``M_l2``) to what it is, with its shape.
+    zero : frozenset of str
+        The new blocks the theorem constrains to zero (the paper's constraint set).
+    scalings : mapping of str to str
+        Scalings the expansion may apply (name to description).
+    paper_scalings : frozenset of str
+        The scalings the paper's recipe applies.
+    keys : mapping of str to str
+        Plan keys to their kind (one of :data:`KEY_KINDS`).
+    required : tuple of str
+        Plan keys a step must give.
+    constraint : str
+        The constraint as one line of text (figures, listings).
+    """
+
+    name: str
+    title: str
+    section: str
+    function: str
+    grows: tuple[str, ...]
+    blocks: Mapping[str, str]
+    zero: frozenset[str]
+    scalings: Mapping[str, str]
+    paper_scalings: frozenset[str]
+    keys: Mapping[str, str]
+    required: tuple[str, ...]
+    constraint: str
+
+    @property
+    def theorem(self) -> str:
+        """``"Theorem 3.1"`` etc."""
+        return f"Theorem {self.section}"
+
+    @property
+    def free(self) -> frozenset[str]:
+        """The new blocks the paper's recipe leaves free."""
+        return frozenset(self.blocks) - self.zero
+
+
+def _row(**kw) -> Expansion:
+    kw["blocks"] = MappingProxyType(dict(kw["blocks"]))
+    kw["scalings"] = MappingProxyType(dict(kw.get("scalings", {})))
+    kw["keys"] = MappingProxyType(dict(kw["keys"]))
+    kw["zero"] = frozenset(kw["zero"])
+    kw["paper_scalings"] = frozenset(kw.get("paper_scalings", ()))
+    row = Expansion(**kw)
+    assert row.zero <= set(row.blocks) and row.paper_scalings <= set(row.scalings), row.name
+    assert set(row.required) <= set(row.keys) and set(row.keys.values()) <= set(KEY_KINDS), row.name
+    return row
+
+
+_ROWS = (
+    _row(
+        name="mlp",
+        title="MLP expansion",
+        section="3.1",
+        function="expand_mlp",
+        grows=("p",),
+        blocks={
+            "M_l1": "new columns of W_l1 (h x (p^-p))",
+            "m_b_l1": "new entries of b_l1 (p^-p)",
+            "M_l2": "new rows of W_l2 ((p^-p) x h)",
+        },
+        zero={"M_l2"},
+        keys={"p": "int", "layers": "ints"},
+        required=("p",),
+        constraint="M_l2 = 0",
+    ),
+    _row(
+        name="add_heads",
+        title="head addition",
+        section="3.2",
+        function="add_heads",
+        grows=("E",),
+        blocks={
+            "W_Q_new": "the new head's W_Q (h x k)",
+            "W_K_new": "the new head's W_K (h x k)",
+            "W_V_new": "the new head's W_V (h x v)",
+            "M_O": "the new head's rows of W_O (v x h)",
+        },
+        zero={"M_O"},
+        keys={"count": "int", "layers": "ints", "k": "int", "v": "int"},
+        required=(),
+        constraint="M_O = 0",
+    ),
+    _row(
+        name="heads",
+        title="heads expansion",
+        section="3.3",
+        function="expand_heads",
+        grows=("v",),
+        blocks={
+            "M_V": "new columns of W_V,e (h x (v^-v))",
+            "M_O": "new rows of W_O,e ((v^-v) x h)",
+        },
+        zero={"M_O"},
+        keys={"v": "int", "layers": "ints", "heads": "ints"},
+        required=("v",),
+        constraint="M_O,e = 0",
+    ),
+    _row(
+        name="attention",
+        title="attention expansion",
+        section="3.4",
+        function="expand_attention",
+        grows=("k",),
+        blocks={
+            "M_Q": "new columns of W_Q,e (h x (k^-k))",
+            "M_K": "new columns of W_K,e (h x (k^-k))",
+        },
+        zero={"M_K"},
+        scalings={"W_K": "W_K,e multiplied by sqrt(k^/k)", "W_Q": "W_Q,e multiplied by sqrt(k^/k)"},
+        paper_scalings={"W_K"},
+        keys={"k": "int", "layers": "ints", "heads": "ints", "scale": "str"},
+        required=("k",),
+        constraint="M_K,e = 0 and W_K,e x sqrt(k^/k) (or mirror: M_Q, W_Q)",
+    ),
+    _row(
+        name="hidden",
+        title="hidden dimension expansion",
+        section="3.5",
+        function="expand_hidden",
+        grows=("h",),
+        blocks={
+            "M_I": "new columns of the input I (s x (h^-h))",
+            "M_P": "new columns of P",
+            "M_O": "new columns of every W_O,e",
+            "M_l2": "new columns of W_l2",
+            "m_b_l2": "new entries of b_l2",
+            "m_g": "new entries of every gain vector g",
+            "M_out": "new rows of W_out",
+            "M_l1": "new rows of W_l1",
+            "M_Q": "new rows of every W_Q,e",
+            "M_K": "new rows of every W_K,e",
+            "M_V": "new rows of every W_V,e",
+        },
+        zero={"M_I", "M_P", "M_O", "M_l2", "m_b_l2"},
+        scalings={"g": "every gain g multiplied by sqrt(h/h^)", "eps": "norm epsilon multiplied by h/h^"},
+        paper_scalings={"g", "eps"},
+        keys={"h": "int"},
+        required=("h",),
+        constraint="new columns of I, P, W_O, W_l2, b_l2 = 0; g x sqrt(h/h^); eps x h/h^",
+    ),
+    _row(
+        name="add_layer",
+        title="layer addition",
+        section="3.6",
+        function="add_layer",
+        grows=("N",),
+        blocks={
+            "W_Q": "the new layer's W_Q,e",
+            "W_K": "the new layer's W_K,e",
+            "W_V": "the new layer's W_V,e",
+            "W_O": "the new layer's W_O",
+            "g_MHA": "the new layer's Norm^MHA gains",
+            "g_MLP": "the new layer's Norm^MLP gains",
+            "W_l1": "the new layer's W_l1",
+            "b_l1": "the new layer's b_l1",
+            "W_l2": "the new layer's W_l2",
+            "b_l2": "the new layer's b_l2",
+        },
+        zero={"W_O", "W_l2", "b_l2"},
+        keys={"at": "int", "p": "int", "heads": "int", "k": "int", "v": "int"},
+        required=("at",),
+        constraint="new layer's W_O = 0, W_l2 = 0, b_l2 = 0",
+    ),
+)
+
+#: name -> :class:`Expansion`, in the paper's order
+EXPANSIONS: Mapping[str, Expansion] = MappingProxyType({r.name: r for r in _ROWS})
+#: the six names in the paper's order
+NAMES: tuple[str, ...] = tuple(EXPANSIONS)
+
+
+def expansion(name: str) -> Expansion:
+    """The row named ``name``; ``ValueError`` naming the choices otherwise."""
+    try:
+        return EXPANSIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"name: unknown expansion {name!r}; choose from {', '.join(NAMES)}") from None
