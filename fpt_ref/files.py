@@ -1,0 +1,172 @@
+"""Writing output files and folders safely: checked first, written atomically, never clobbered.
+
+Every file the package writes goes through :func:`atomic_write`, every output folder that
+is replaced as a whole through :func:`replace_directory`. The rules:
+
+- an output is a regular file (or does not exist yet): devices, FIFOs, sockets and
+  directories are refused before any work (:func:`check_output_file`);
+- a symbolic link is followed: its target is written, the link stays a link;
+- the content goes to a temporary file in the destination's folder, which is renamed over
+  the destination only once it is complete (``os.replace``, atomic on POSIX); on any error
+  the temporary file is removed and the destination is untouched;
+- an existing file keeps its permission bits; a new file gets ``0666 & ~umask``, as
+  ``open(path, "w")`` would give it.
+
+Errors are ``ValueError`` (a path that cannot be an output) or ``OSError`` (the system
+refused), their messages starting with the parameter's name.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+
+def _kind(mode: int) -> str:
+    for test, what in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def check_output_file(path, name: str = "path") -> str:
+    """The real path a file output will be written to; ``ValueError`` when it cannot be one.
+
+    ``path`` may name an existing regular file (it will be replaced), a symbolic link to one
+    (its target will be replaced) or a new file in an existing folder.
+
+    >>> check_output_file("/dev/null", "out")
+    Traceback (most recent call last):
+    ...
+    ValueError: out: /dev/null is a character device, not a regular file; refusing to write to it
+    """
+    raw = os.fspath(path)
+    if not raw:
+        raise ValueError(f"{name}: empty path")
+    real = os.path.realpath(raw)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{name}: {raw} is {_kind(st.st_mode)}, not a regular file; refusing to write to it")
+    folder = os.path.dirname(real)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{name}: folder {os.path.dirname(os.path.abspath(raw))} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{name}: folder {folder} is not writable")
+    return real
+
+
+def _temporary_beside(real: str, suffix: str = ".tmp") -> str:
+    folder, base = os.path.split(real)
+    return os.path.join(folder, f".{base}.{secrets.token_hex(4)}{suffix}")
+
+
+def atomic_write(path, write: Callable[[str], None], name: str = "path") -> str:
+    """Write a file atomically: ``write(tmp)`` fills a temporary file, then it replaces ``path``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The output (checked by :func:`check_output_file`).
+    write : callable
+        ``write(tmp_path)`` writes the whole content to ``tmp_path`` (a new, empty file).
+    name : str
+        The parameter name used in error messages.
+
+    Returns
+    -------
+    str
+        The real path written (a symbolic link's target).
+    """
+    real = check_output_file(path, name)
+    try:
+        mode = stat.S_IMODE(os.stat(real).st_mode)
+    except FileNotFoundError:
+        mode = None
+    tmp = _temporary_beside(real)
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask applies, as for open()
+        os.close(fd)
+        write(tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, real)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return real
+
+
+def write_bytes(path, data: bytes, name: str = "path") -> str:
+    """:func:`atomic_write` of ``data``."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    return atomic_write(path, write, name)
+
+
+def write_text(path, text: str, name: str = "path") -> str:
+    """:func:`atomic_write` of ``text`` (UTF-8)."""
+    return write_bytes(path, text.encode("utf-8"), name)
+
+
+@contextmanager
+def replace_directory(path, is_ours: Callable[[str], bool], name: str = "out_dir") -> Iterator[str]:
+    """Build a folder in a temporary sibling, then put it in place of ``path`` as a whole.
+
+    ``with replace_directory(out, is_ours) as tmp: ...`` writes into ``tmp``; when the block
+    ends without error, ``tmp`` takes the place of ``out``. ``out`` may be missing, empty, or
+    a folder this package wrote before (``is_ours(out)`` true: it is replaced entirely, so no
+    stale file survives); anything else is refused before any work. On error the temporary
+    folder is removed and ``out`` is untouched.
+    """
+    raw = os.fspath(path)
+    if not raw:
+        raise ValueError(f"{name}: empty path")
+    real = os.path.realpath(raw)
+    if os.path.exists(real):
+        if not os.path.isdir(real):
+            raise ValueError(f"{name}: {raw} exists and is not a directory")
+        if os.listdir(real) and not is_ours(real):
+            raise ValueError(
+                f"{name}: {raw} is not empty and does not hold an earlier output of this command; "
+                "give a new or empty folder"
+            )
+    parent = os.path.dirname(real)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{name}: folder {parent} does not exist")
+    tmp = _temporary_beside(real, ".partial")
+    os.mkdir(tmp)  # 0777 & ~umask, as for any new folder
+    old = None
+    try:
+        yield tmp
+        if os.path.exists(real):
+            old = _temporary_beside(real, ".old")
+            os.rename(real, old)
+        os.rename(tmp, real)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not os.path.exists(real):
+            os.rename(old, real)
+            old = None
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
