@@ -151,7 +151,7 @@ def dims_after(d: dict, op: str, args: dict) -> dict:
         out["h"] = int(args["h"])
     elif op == "add_layer":
         at = int(args["at"])
-        ref = layers[at - 1 if at > 0 else 0] if layers else {"p": 0, "heads": []}
+        ref: dict = layers[at - 1 if at > 0 else 0] if layers else {"p": 0, "heads": []}
         if args.get("heads") is None:
             kv = [[int(args.get("k", k)), int(args.get("v", v))] for k, v in ref["heads"]]
         else:

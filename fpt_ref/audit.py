@@ -1,0 +1,334 @@
+"""Block-level audit: does a grown model hold, bit for bit, what its manifest claims?
+
+A manifest (:class:`fpt_ref.expansions.Block` records, one expansion step) tiles every
+new or changed tensor of the grown model into blocks with a role. :func:`audit_step`
+checks each claim against the tensors themselves, with exact comparisons only:
+
+- every changed tensor is tiled exactly once by its blocks, along one axis;
+- ``copied`` blocks are bit-equal to the base tensor's block they come from;
+- ``scaled`` blocks are bit-equal to ``base block * factor`` computed in the model's dtype,
+  the product the expansion itself forms (and the factor is reported with its rounding in
+  that dtype);
+- ``zero`` blocks are exactly zero;
+- ``free`` blocks are finite (an ``inf`` times a zero block is NaN, not zero);
+- a tensor the manifest does not mention is bit-equal to its base tensor;
+- every base tensor is found in the grown model, and the options (``causal``, and
+  ``norm_eps`` rescaled by ``h/h^`` exactly as the hidden expansion computes it) agree;
+- when the step's expansion is named, the zero blocks include the paper's constraint set
+  (:mod:`fpt_ref.paper`).
+
+Where a base block sits is derived, not trusted: within a tensor, the ``copied`` and
+``scaled`` blocks, in order along the axis the tensor grew, reassemble the base tensor;
+grown layers and heads whose every tensor is entirely new are the added ones, and the
+others map in order onto the base's. The audit never runs the model: it certifies the
+blocks, and :func:`fpt_ref.verify` certifies the function on inputs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .model import Model, named_tensors
+from .xp import to_numpy
+
+_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
+_HEAD = re.compile(r"^heads\.(\d+)\.(.+)$")
+
+
+@dataclass
+class Finding:
+    """One failed check: the tensor (and block) concerned and why."""
+
+    tensor: str
+    reason: str
+    block: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.tensor}{self.block}"
+        return f"{where}: {self.reason}"
+
+
+@dataclass
+class AuditReport:
+    """The outcome of :func:`audit_step`.
+
+    ``ok`` is true when every check passed; ``findings`` lists the failures in the order
+    the tensors were checked (``first`` is the first of them); ``blocks`` counts the
+    blocks checked and ``tensors`` the tensors compared; ``notes`` hold facts worth
+    reporting that are not failures (e.g. a scaling factor rounded in the model's dtype).
+    """
+
+    ok: bool = True
+    findings: list = field(default_factory=list)
+    blocks: int = 0
+    tensors: int = 0
+    notes: list = field(default_factory=list)
+
+    @property
+    def first(self) -> Finding | None:
+        return self.findings[0] if self.findings else None
+
+    def fail(self, tensor: str, reason: str, block: str = "") -> None:
+        self.ok = False
+        self.findings.append(Finding(tensor, reason, block))
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "blocks": self.blocks,
+            "tensors": self.tensors,
+            "findings": [{"tensor": f.tensor, "block": f.block, "reason": f.reason} for f in self.findings],
+            "notes": list(self.notes),
+        }
+
+
+def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return bool(np.array_equal(a.view(np.uint8), b.view(np.uint8))) if a.size else True
+
+
+def _index_str(index) -> str:
+    return "[" + ", ".join(f"{a}:{b}" for a, b in index) + "]"
+
+
+def _split(name: str):
+    """``(layer, head, rest)`` of a tensor name (``None`` where the name has no such part)."""
+    m = _LAYER.match(name)
+    if not m:
+        return None, None, name
+    n, rest = int(m[1]), m[2]
+    mh = _HEAD.match(rest)
+    return (n, int(mh[1]), mh[2]) if mh else (n, None, rest)
+
+
+def _join(n, e, rest) -> str:
+    if n is None:
+        return rest
+    return f"layers.{n}.heads.{e}.{rest}" if e is not None else f"layers.{n}.{rest}"
+
+
+def _entirely_new(names, by_tensor, shapes) -> bool:
+    """Every tensor in ``names`` is one whole block with a role of a new block."""
+    for t in names:
+        blocks = by_tensor.get(t, [])
+        if len(blocks) != 1 or blocks[0].role not in ("zero", "free"):
+            return False
+        if tuple(b - a for a, b in blocks[0].index) != shapes[t] or any(a != 0 for a, _ in blocks[0].index):
+            return False
+    return bool(names)
+
+
+def correspondence(base: Model, grown: Model, manifest: list) -> dict:
+    """``{grown tensor name: base tensor name or None}``: where each grown tensor comes from.
+
+    Layers (and, within a layer, heads) of ``grown`` whose every tensor is entirely new in
+    ``manifest`` map to ``None``; the others map in order onto ``base``'s. Raises
+    ``ValueError`` naming ``grown`` when the counts cannot match.
+    """
+    g_names = list(named_tensors(grown))
+    shapes = {t: tuple(int(d) for d in a.shape) for t, a in named_tensors(grown).items()}
+    by_tensor: dict = {}
+    for blk in manifest:
+        by_tensor.setdefault(blk.tensor, []).append(blk)
+    new_layers = [
+        n for n in range(grown.N) if _entirely_new([t for t in g_names if _split(t)[0] == n], by_tensor, shapes)
+    ]
+    if grown.N - len(new_layers) != base.N:
+        raise ValueError(
+            f"grown: {grown.N} layers of which {len(new_layers)} are new, but the base has {base.N}; "
+            "the manifest does not account for the layers"
+        )
+    layer_map = dict(zip([n for n in range(grown.N) if n not in new_layers], range(base.N)))
+    out: dict = {}
+    for n_g in range(grown.N):
+        if n_g not in layer_map:
+            continue
+        n_b = layer_map[n_g]
+        E_g, E_b = grown.layers[n_g].E, base.layers[n_b].E
+        new_heads = [
+            e for e in range(E_g) if _entirely_new([t for t in g_names if _split(t)[:2] == (n_g, e)], by_tensor, shapes)
+        ]
+        if E_g - len(new_heads) != E_b:
+            raise ValueError(
+                f"grown: layer {n_g} has {E_g} heads of which {len(new_heads)} are new, but base layer {n_b} "
+                f"has {E_b}; the manifest does not account for the heads"
+            )
+        head_map = dict(zip([e for e in range(E_g) if e not in new_heads], range(E_b)))
+        for t in g_names:
+            n, e, rest = _split(t)
+            if n != n_g:
+                continue
+            if e is None:
+                out[t] = _join(n_b, None, rest)
+            else:
+                out[t] = _join(n_b, head_map[e], rest) if e in head_map else None
+    for t in g_names:
+        n, _, _ = _split(t)
+        if n is None:
+            out[t] = t
+        elif n not in layer_map:
+            out[t] = None
+    return out
+
+
+def _axis_of(blocks, shape) -> int | None:
+    """The one axis along which ``blocks`` tile a tensor of ``shape`` (``None`` if they do not)."""
+    if len(blocks) == 1:
+        full = all(a == 0 and b == d for (a, b), d in zip(blocks[0].index, shape))
+        return 0 if full and len(blocks[0].index) == len(shape) else None
+    axes = {ax for blk in blocks for ax, ((a, b), d) in enumerate(zip(blk.index, shape)) if (a, b) != (0, d)}
+    if len(axes) != 1:
+        return None
+    ax = axes.pop()
+    spans = sorted(blk.index[ax] for blk in blocks)
+    pos = 0
+    for a, b in spans:
+        if a != pos or b <= a:
+            return None
+        pos = b
+    return ax if pos == shape[ax] else None
+
+
+def audit_step(base: Model, grown: Model, manifest: list, op: str | None = None) -> AuditReport:
+    """Check every block of one expansion step bit for bit (see the module docstring).
+
+    Parameters
+    ----------
+    base : Model
+        The model before the step.
+    grown : Model
+        The model after it.
+    manifest : list of Block
+        The step's manifest (``return_manifest=True`` of an expansion, or read from a file).
+    op : str, optional
+        The expansion's name (:data:`fpt_ref.paper.NAMES`): also check that the zero blocks
+        include the paper's constraint set, when the manifest names its blocks.
+
+    Returns
+    -------
+    AuditReport
+    """
+    rep = AuditReport()
+    g_t = {t: to_numpy(a) for t, a in named_tensors(grown).items()}
+    b_t = {t: to_numpy(a) for t, a in named_tensors(base).items()}
+    by_tensor: dict = {}
+    for blk in manifest:
+        by_tensor.setdefault(blk.tensor, []).append(blk)
+    for t in by_tensor:
+        if t not in g_t:
+            rep.fail(t, "the manifest names a tensor the grown model does not have")
+    try:
+        source = correspondence(base, grown, manifest)
+    except ValueError as exc:
+        rep.fail("(layers)", str(exc).split(": ", 1)[1])
+        return rep
+    dtype = np.dtype(grown.dtype)
+    if np.dtype(base.dtype) != dtype:
+        rep.fail("(model)", f"dtype changed from {np.dtype(base.dtype)} to {dtype}")
+        return rep
+    used = set()
+    for t, arr in g_t.items():
+        src = source[t]
+        blocks = sorted(by_tensor.get(t, []), key=lambda blk: blk.index)
+        rep.tensors += 1
+        if src is not None:
+            used.add(src)
+            if src not in b_t:
+                rep.fail(t, f"its base tensor {src!r} does not exist")
+                continue
+        if not blocks:
+            if src is None:
+                rep.fail(t, "a new tensor without blocks in the manifest")
+            elif not _bits_equal(arr, b_t[src]):
+                rep.fail(t, f"not in the manifest, yet differs from the base tensor {src!r}")
+            continue
+        ax = _axis_of(blocks, arr.shape)
+        if ax is None:
+            rep.fail(t, f"the manifest's blocks do not tile the tensor (shape {list(arr.shape)}) along one axis")
+            continue
+        _check_blocks(rep, t, arr, b_t.get(src) if src is not None else None, blocks, ax, dtype)
+    for t in b_t:
+        if t not in used:
+            rep.fail(t, "a base tensor with no counterpart in the grown model")
+    if base.causal != grown.causal:
+        rep.fail("(options)", f"causal changed from {base.causal} to {grown.causal}")
+    eps_expected = base.norm_eps * base.h / grown.h if grown.h != base.h else base.norm_eps
+    if grown.norm_eps != eps_expected:
+        rep.fail("(options)", f"norm_eps is {grown.norm_eps!r}, expected {eps_expected!r} (eps x h/h^)")
+    if op is not None:
+        _check_constraints(rep, manifest, op)
+    return rep
+
+
+def _check_blocks(rep: AuditReport, t: str, arr, old, blocks, ax: int, dtype) -> None:
+    off = 0
+    for blk in blocks:
+        rep.blocks += 1
+        sl = tuple(slice(a, b) for a, b in blk.index)
+        part = arr[sl]
+        where = _index_str(blk.index)
+        if blk.role == "zero":
+            if np.count_nonzero(part):
+                rep.fail(t, f"zero block holds {np.count_nonzero(part)} non-zero entries", where)
+            continue
+        if blk.role == "free":
+            if not np.all(np.isfinite(part)):
+                rep.fail(t, "free block holds non-finite values", where)
+            continue
+        if blk.role not in ("copied", "scaled"):
+            rep.fail(t, f"unknown role {blk.role!r}", where)
+            continue
+        if old is None:
+            rep.fail(t, f"{blk.role} block in a tensor that has no base tensor", where)
+            continue
+        n = blk.index[ax][1] - blk.index[ax][0]
+        src_idx = tuple(
+            slice(off, off + n) if i == ax else slice(0, old.shape[i] if i < old.ndim else 0) for i in range(arr.ndim)
+        )
+        off += n
+        src = old[src_idx] if old.ndim == arr.ndim else None
+        if src is None or src.shape != part.shape:
+            rep.fail(t, f"{blk.role} block of shape {list(part.shape)} has no base block of that shape", where)
+            continue
+        if blk.role == "copied":
+            if not _bits_equal(part, src):
+                rep.fail(t, f"copied block differs from the base tensor in {int(np.sum(part != src))} entries", where)
+        else:
+            factor = dtype.type(blk.factor)
+            if float(factor) != blk.factor:
+                rep.notes.append(
+                    f"{t}{where}: factor {blk.factor!r} rounds to {float(factor)!r} in {dtype} "
+                    f"(relative {abs(float(factor) - blk.factor) / abs(blk.factor):.1e})"
+                )
+            if not _bits_equal(part, src * factor):
+                rep.fail(t, f"scaled block is not base x {blk.factor!r} in {dtype}", where)
+    if old is not None:
+        if off != (old.shape[ax] if ax < old.ndim else -1):
+            rep.fail(
+                t, f"copied and scaled blocks cover {off} of the base tensor's {old.shape[ax]} entries on axis {ax}"
+            )
+
+
+def _check_constraints(rep: AuditReport, manifest: list, op: str) -> None:
+    from .paper import expansion
+
+    row = expansion(op)
+    named = [getattr(blk, "block", None) for blk in manifest]
+    if not manifest or any(n is None for n in named):
+        rep.notes.append(f"the manifest does not name its blocks: the constraint set of {row.theorem} was not checked")
+        return
+    free = sorted({n for blk, n in zip(manifest, named) if n in row.zero and blk.role != "zero"})
+    if free:
+        rep.fail(
+            "(constraints)",
+            f"{row.theorem} needs {', '.join(free)} = 0; the manifest has them {blk_roles(manifest, free)}",
+        )
+
+
+def blk_roles(manifest: list, names: list) -> str:
+    roles = sorted({blk.role for blk in manifest if getattr(blk, "block", None) in names})
+    return " / ".join(roles)

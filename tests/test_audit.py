@@ -1,0 +1,210 @@
+"""The block audit (fpt_ref.audit): every correct step passes, every broken block is named."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fpt_ref.audit import audit_step, correspondence
+from fpt_ref.expansions import add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp
+from fpt_ref.init import init_model
+from fpt_ref.model import named_tensors
+
+STEPS = {
+    "mlp": (expand_mlp, {"p": 40, "layers": [1]}),
+    "add_heads": (add_heads, {"count": 2, "layers": [0]}),
+    "heads": (expand_heads, {"v": 12, "layers": [1], "heads": [0]}),
+    "attention": (expand_attention, {"k": 10}),
+    "attention_q": (expand_attention, {"k": 10, "scale": "W_Q"}),
+    "hidden": (expand_hidden, {"h": 24}),
+    "add_layer": (add_layer, {"at": 1}),
+    "add_layer_first": (add_layer, {"at": 0}),
+}
+
+
+def _base(dtype="float64"):
+    return init_model(h=16, p=[32, 24], heads=[2, 3], k=[8, 6], v=[8, 5], layers=2, vocab=20, eps=1e-3, dtype=dtype)
+
+
+def _step(name, dtype="float64"):
+    fn, kw = STEPS[name]
+    base = _base(dtype)
+    grown, manifest = fn(base, **kw, return_manifest=True)
+    return base, grown, manifest
+
+
+def with_tensor(model, name, arr):
+    """``model`` with tensor ``name`` replaced (a new model; nothing mutated)."""
+    parts = name.split(".")
+    if parts[0] != "layers":
+        return replace(model, **{name: arr})
+    n = int(parts[1])
+    L = model.layers[n]
+    if parts[2] == "heads":
+        e = int(parts[3])
+        heads = list(L.heads)
+        heads[e] = replace(heads[e], **{parts[4]: arr})
+        L = replace(L, heads=tuple(heads))
+    else:
+        L = replace(L, **{parts[2]: arr})
+    layers = list(model.layers)
+    layers[n] = L
+    return replace(model, layers=tuple(layers))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", list(STEPS))
+def test_correct_steps_pass(name, dtype):
+    base, grown, manifest = _step(name, dtype)
+    rep = audit_step(base, grown, manifest, op=name.split("_q")[0].replace("_first", ""))
+    assert rep.ok, [str(f) for f in rep.findings]
+    assert rep.blocks == len(manifest) and rep.tensors == len(named_tensors(grown))
+
+
+def _first(manifest, role, op_filter=lambda b: True):
+    return next(b for b in manifest if b.role == role and op_filter(b))
+
+
+def _perturb(arr, idx):
+    out = np.array(arr, copy=True)
+    flat = out.reshape(-1)
+    flat[idx] = np.nextafter(flat[idx], np.inf)
+    return out
+
+
+def _mutate_block(grown, blk, fn):
+    arr = np.array(named_tensors(grown)[blk.tensor], copy=True)
+    sl = tuple(slice(a, b) for a, b in blk.index)
+    arr[sl] = fn(arr[sl])
+    return with_tensor(grown, blk.tensor, arr)
+
+
+def _one_ulp(part):
+    return _perturb(part, part.size // 2)
+
+
+def _tiny(part):
+    out = part.copy()
+    out.reshape(-1)[0] = 1e-300
+    return out
+
+
+def _inf(part):
+    out = part.copy()
+    out.reshape(-1)[-1] = np.inf
+    return out
+
+
+# (label, step, mutation of (base, grown, manifest) -> (grown, manifest), expected reason)
+MUTATIONS = [
+    (
+        "copied block one ulp off",
+        "mlp",
+        lambda b, g, m: (_mutate_block(g, _first(m, "copied"), _one_ulp), m),
+        "copied block differs",
+    ),
+    ("zero block 1e-300", "mlp", lambda b, g, m: (_mutate_block(g, _first(m, "zero"), _tiny), m), "zero block holds 1"),
+    ("zero head rows", "add_heads", lambda b, g, m: (_mutate_block(g, _first(m, "zero"), _tiny), m), "zero block"),
+    ("zero W_O rows", "heads", lambda b, g, m: (_mutate_block(g, _first(m, "zero"), _tiny), m), "zero block"),
+    (
+        "scaled W_K one ulp",
+        "attention",
+        lambda b, g, m: (_mutate_block(g, _first(m, "scaled"), _one_ulp), m),
+        "scaled block is not base",
+    ),
+    (
+        "scaled gain one ulp",
+        "hidden",
+        lambda b, g, m: (_mutate_block(g, _first(m, "scaled"), _one_ulp), m),
+        "scaled block is not base",
+    ),
+    (
+        "embedding column",
+        "hidden",
+        lambda b, g, m: (_mutate_block(g, _first(m, "zero", lambda x: x.tensor == "embed"), _tiny), m),
+        "zero block",
+    ),
+    ("last new embedding column", "hidden", lambda b, g, m: (_last_column(g), m), "zero block"),
+    (
+        "new layer W_l2",
+        "add_layer",
+        lambda b, g, m: (_mutate_block(g, _first(m, "zero", lambda x: x.tensor.endswith("w_l2")), _tiny), m),
+        "zero block",
+    ),
+    ("free block inf", "mlp", lambda b, g, m: (_mutate_block(g, _first(m, "free"), _inf), m), "non-finite"),
+    (
+        "untouched tensor changed",
+        "mlp",
+        lambda b, g, m: (with_tensor(g, "layers.0.w_l1", _perturb(named_tensors(g)["layers.0.w_l1"], 3)), m),
+        "not in the manifest, yet differs",
+    ),
+    (
+        "renamed layer changed",
+        "add_layer_first",
+        lambda b, g, m: (with_tensor(g, "layers.2.b_l2", _perturb(named_tensors(g)["layers.2.b_l2"], 0)), m),
+        "differs from the base tensor 'layers.1.b_l2'",
+    ),
+    (
+        "block dropped from manifest",
+        "mlp",
+        lambda b, g, m: (g, [x for x in m if x.role != "free" or x.tensor != "layers.1.b_l1"]),
+        "do not tile",
+    ),
+    (
+        "zero block claimed for free data",
+        "mlp",
+        lambda b, g, m: (g, [replace(x, role="zero") if x.role == "free" else x for x in m]),
+        "zero block holds",
+    ),
+    (
+        "factor claimed wrong",
+        "attention",
+        lambda b, g, m: (g, [replace(x, factor=x.factor * 1.0000001) if x.role == "scaled" else x for x in m]),
+        "scaled block is not base",
+    ),
+    ("layer inserted, manifest empty", "add_layer", lambda b, g, m: (g, []), "does not account for the layers"),
+    ("head added, manifest empty", "add_heads", lambda b, g, m: (g, []), "does not account for the heads"),
+    ("eps not rescaled", "hidden", lambda b, g, m: (replace(g, norm_eps=b.norm_eps), m), "norm_eps"),
+    ("causal flipped", "mlp", lambda b, g, m: (replace(g, causal=not g.causal), m), "causal"),
+    ("base tensor lost", "heads", lambda b, g, m: (_drop_pos(g), m), "no counterpart"),
+]
+
+
+def _last_column(g):
+    arr = np.array(g.embed, copy=True)
+    arr[3, -1] = 1e-12
+    return replace(g, embed=arr)
+
+
+def _drop_pos(g):
+    return replace(g, embed=None)
+
+
+@pytest.mark.parametrize("label,step,mutate,reason", MUTATIONS, ids=[m[0] for m in MUTATIONS])
+def test_every_mutation_is_named(label, step, mutate, reason):
+    base, grown, manifest = _step(step)
+    g2, m2 = mutate(base, grown, manifest)
+    rep = audit_step(base, g2, m2)
+    assert not rep.ok
+    assert reason in str(rep.first), [str(f) for f in rep.findings]
+
+
+def test_inputs_are_not_mutated():
+    base, grown, manifest = _step("hidden")
+    before = {t: np.array(a, copy=True) for t, a in named_tensors(grown).items()}
+    audit_step(base, grown, list(manifest))
+    assert all(np.array_equal(before[t], a) for t, a in named_tensors(grown).items())
+
+
+def test_correspondence_maps_inserted_layers_to_none():
+    base, grown, manifest = _step("add_layer_first")
+    src = correspondence(base, grown, manifest)
+    assert src["layers.0.w_l1"] is None and src["layers.1.w_l1"] == "layers.0.w_l1" and src["embed"] == "embed"
+
+
+def test_float32_scaling_note():
+    base, grown, manifest = _step("attention", "float32")
+    rep = audit_step(base, grown, manifest)
+    assert rep.ok and any("rounds to" in n for n in rep.notes)
