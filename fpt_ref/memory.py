@@ -140,8 +140,8 @@ def dims_after(d: dict, op: str, args: dict) -> dict:
     elif op == "add_heads":
         for n in _chosen(len(layers), args.get("layers")):
             k, v = layers[n]["heads"][-1] if layers[n]["heads"] else (0, 0)
-            kv = [int(args.get("k", k)), int(args.get("v", v))]
-            layers[n]["heads"] += [list(kv) for _ in range(int(args.get("count", 1)))]
+            new = [int(args.get("k", k)), int(args.get("v", v))]
+            layers[n]["heads"] += [list(new) for _ in range(int(args.get("count", 1)))]
     elif op in ("heads", "attention"):
         axis, key = (1, "v") if op == "heads" else (0, "k")
         for n in _chosen(len(layers), args.get("layers")):
