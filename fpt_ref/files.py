@@ -10,7 +10,10 @@ is replaced as a whole through :func:`replace_directory`. The rules:
   the destination only once it is complete (``os.replace``, atomic on POSIX); on any error
   the temporary file is removed and the destination is untouched;
 - an existing file keeps its permission bits; a new file gets ``0666 & ~umask``, as
-  ``open(path, "w")`` would give it.
+  ``open(path, "w")`` would give it;
+- the same content gives the same bytes: safetensors headers are written with sorted
+  keys (the library itself orders its metadata at random), ``.npz`` members with a fixed
+  timestamp.
 
 Errors are ``ValueError`` (a path that cannot be an output) or ``OSError`` (the system
 refused), their messages starting with the parameter's name.
@@ -18,10 +21,13 @@ refused), their messages starting with the parameter's name.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import stat
+import struct
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -125,6 +131,48 @@ def write_bytes(path, data: bytes, name: str = "path") -> str:
 def write_text(path, text: str, name: str = "path") -> str:
     """:func:`atomic_write` of ``text`` (UTF-8)."""
     return write_bytes(path, text.encode("utf-8"), name)
+
+
+def safetensors_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
+    """The safetensors serialisation of ``tensors`` (NumPy arrays), byte-reproducible.
+
+    The library's own header lists ``__metadata__`` in hash order, different from one run
+    to the next; this rewrites the header as JSON with sorted keys, padded with spaces to a
+    multiple of 8 bytes as the format asks. Data offsets are relative to the end of the
+    header, so the data section is unchanged.
+    """
+    from safetensors.numpy import save
+
+    raw = save(tensors, metadata=metadata)
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + raw[8 + n :]
+
+
+def write_safetensors(path, tensors: dict, metadata: dict | None = None, name: str = "path") -> str:
+    """Write :func:`safetensors_bytes` atomically (:func:`atomic_write`)."""
+    return write_bytes(path, safetensors_bytes(tensors, metadata), name)
+
+
+def write_npz(path, arrays: dict, name: str = "path") -> str:
+    """An uncompressed ``.npz`` that ``numpy.load`` reads, byte-reproducible.
+
+    ``numpy.savez`` stamps each member with the current time; here every member carries
+    the fixed date 1980-01-01 (the earliest a zip file can hold).
+    """
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+            for key in arrays:
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                with zf.open(info, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(arrays[key]), allow_pickle=False)
+
+    return atomic_write(path, write, name)
 
 
 @contextmanager

@@ -6,6 +6,7 @@ import os
 import socket
 import stat
 
+import numpy as np
 import pytest
 
 from fpt_ref.files import atomic_write, check_output_file, replace_directory, write_bytes
@@ -142,3 +143,32 @@ def test_replace_directory_refuses_foreign_folders_and_keeps_them_on_error(tmp_p
     assert sorted(os.listdir(ours)) == ["MARK"]
     assert sorted(os.listdir(tmp_path)) == ["foreign", "ours"]
     assert (foreign / "thesis.tex").read_text() == "years of work"
+
+
+def test_safetensors_and_npz_are_byte_reproducible(tmp_path):
+    import hashlib
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, sys; from fpt_ref.files import write_safetensors, write_npz;"
+        "t = {'b': np.arange(3.0), 'a': np.ones((2, 2), np.float32)};"
+        "write_safetensors(sys.argv[1] + '.safetensors', t, {'format': 'x', 'norm_eps': '0.1', 'causal': 'true', 'z': '1'});"
+        "write_npz(sys.argv[1] + '.npz', t)"
+    )
+    digests = set()
+    for i in range(4):  # separate processes: the library's hash order changes between runs
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / f"r{i}")], check=True)
+        digests.add(
+            tuple(
+                hashlib.sha256((tmp_path / f"r{i}{ext}").read_bytes()).hexdigest() for ext in (".safetensors", ".npz")
+            )
+        )
+    assert len(digests) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "r0.safetensors"), framework="numpy") as f:
+        assert f.metadata() == {"format": "x", "norm_eps": "0.1", "causal": "true", "z": "1"}
+        assert (f.get_tensor("b") == [0.0, 1.0, 2.0]).all() and f.get_tensor("a").dtype == "float32"
+    with np.load(tmp_path / "r0.npz") as z:
+        assert sorted(z.files) == ["a", "b"] and (z["b"] == [0.0, 1.0, 2.0]).all()
