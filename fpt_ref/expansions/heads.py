@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..model import Model
+from ..names import tensor_name
 from ._common import Builder, check_grows, finish, head_indices, layer_indices
 
 
@@ -28,7 +29,7 @@ def expand_heads(model: Model, v: int, layers=None, heads=None, *, init="normal"
     init, seed, return_manifest : see :func:`fpt_ref.expand_mlp`.
     """
     chosen = layer_indices(model, layers)
-    b = Builder(model, init, seed)
+    b = Builder(model, "heads", init, seed)
     new_layers = list(model.layers)
     for n in chosen:
         L = model.layers[n]
@@ -37,9 +38,10 @@ def expand_heads(model: Model, v: int, layers=None, heads=None, *, init="normal"
             H = L.heads[e]
             v_new = check_grows("v", v, H.v, f"head {e} of layer {n}")
             d = v_new - H.v
-            pre = f"layers.{n}.heads.{e}"
-            w_v = b.concat(f"{pre}.w_v", [b.copied(H.w_v), b.free((model.h, d), H.w_v)], axis=1)  # [h, v^]
-            w_o = b.concat(f"{pre}.w_o", [b.copied(H.w_o), b.zeros((d, model.h))], axis=0)  # [v^, h]
+            w_v = b.concat(
+                tensor_name("w_v", n, e), [b.copied(H.w_v), b.free("M_V", (model.h, d), H.w_v)], axis=1
+            )  # [h, v^]
+            w_o = b.concat(tensor_name("w_o", n, e), [b.copied(H.w_o), b.zeros("M_O", (d, model.h))], axis=0)  # [v^, h]
             new_heads[e] = replace(H, w_v=w_v, w_o=w_o)
         new_layers[n] = replace(L, heads=tuple(new_heads))
     return finish(replace(model, layers=tuple(new_layers)), b.blocks, return_manifest)
