@@ -30,6 +30,18 @@ def add_heads(
     k, v : int, optional
         Key/query and value size of the new heads (default: those of the layer's last head).
     init, seed, return_manifest : see :func:`fpt_ref.expand_mlp`.
+
+    Examples
+    --------
+    >>> import fpt_ref
+    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4)
+    >>> big, manifest = add_heads(model, layers=1, k=3, return_manifest=True)
+    >>> [(head.k, head.v) for head in big.layers[1].heads]
+    [(2, 2), (3, 2)]
+    >>> [(block.tensor, block.role, block.block) for block in manifest][-1]
+    ('layers.1.heads.1.w_o', 'zero', 'M_O')
+    >>> fpt_ref.verify(model, big)["ok"]
+    True
     """
     count = check_int("count", count, 1)
     chosen = layer_indices(model, layers)

@@ -30,6 +30,18 @@ def add_layer(
         that many heads of that layer's first head's ``(k, v)``; ``k`` / ``v`` set every head's.
         A model with no layers needs all four.
     init, seed, return_manifest : see :func:`fpt_ref.expand_mlp`.
+
+    Examples
+    --------
+    >>> import fpt_ref
+    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4)
+    >>> big, manifest = add_layer(model, 1, p=5, return_manifest=True)
+    >>> big.N, big.layers[1].p
+    (3, 5)
+    >>> [block.block for block in manifest if block.role == "zero"]
+    ['W_O', 'W_l2', 'b_l2']
+    >>> fpt_ref.verify(model, big)["ok"]
+    True
     """
     at = check_int("at", at, 0)
     if at > model.N:

@@ -32,6 +32,20 @@ def expand_attention(
     scale : {"W_K", "W_Q"}
         Which projection carries the ``sqrt(k^/k)`` scaling (its new columns are the zero ones).
     init, seed, return_manifest : see :func:`fpt_ref.expand_mlp`.
+
+    Examples
+    --------
+    >>> import fpt_ref
+    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4)
+    >>> big, manifest = expand_attention(model, 8, layers=1, return_manifest=True)
+    >>> for block in manifest:
+    ...     print(block)
+    layers.1.heads.0.w_q[0:4, 0:2] copied (W_Q,e)
+    layers.1.heads.0.w_q[0:4, 2:8] free (M_Q)
+    layers.1.heads.0.w_k[0:4, 0:2] scaled x2.0 (W_K,e)
+    layers.1.heads.0.w_k[0:4, 2:8] zero (M_K)
+    >>> fpt_ref.verify(model, big)["ok"]
+    True
     """
     if scale not in ("W_K", "W_Q"):
         raise ValueError(f"scale: must be 'W_K' or 'W_Q', got {scale!r}")

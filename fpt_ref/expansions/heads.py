@@ -27,6 +27,20 @@ def expand_heads(model: Model, v: int, layers=None, heads=None, *, init="normal"
     heads : int or sequence of int, optional
         Heads within each chosen layer (default: all heads of that layer).
     init, seed, return_manifest : see :func:`fpt_ref.expand_mlp`.
+
+    Examples
+    --------
+    >>> import fpt_ref
+    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4)
+    >>> big, manifest = expand_heads(model, 3, layers=0, return_manifest=True)
+    >>> for block in manifest:
+    ...     print(block)
+    layers.0.heads.0.w_v[0:4, 0:2] copied (W_V,e)
+    layers.0.heads.0.w_v[0:4, 2:3] free (M_V)
+    layers.0.heads.0.w_o[0:2, 0:4] copied (W_O,e)
+    layers.0.heads.0.w_o[2:3, 0:4] zero (M_O)
+    >>> fpt_ref.verify(model, big)["ok"]
+    True
     """
     chosen = layer_indices(model, layers)
     b = Builder(model, "heads", init, seed)

@@ -28,6 +28,18 @@ def expand_hidden(model: Model, h: int, *, init="normal", seed=0, return_manifes
     h : int
         New hidden size ``h^ > h``.
     init, seed, return_manifest : see :func:`fpt_ref.expand_mlp`.
+
+    Examples
+    --------
+    >>> import fpt_ref
+    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4, eps=1e-6)
+    >>> big, manifest = expand_hidden(model, 6, return_manifest=True)
+    >>> big.h, big.norm_eps == model.norm_eps * 4 / 6
+    (6, True)
+    >>> sorted({block.block for block in manifest if block.role == "zero"})
+    ['M_O', 'M_P', 'M_l2', 'm_b_l2']
+    >>> fpt_ref.verify(model, big)["ok"]
+    True
     """
     h_new = check_grows("h", h, model.h, "the model")
     d = h_new - model.h

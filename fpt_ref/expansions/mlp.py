@@ -32,6 +32,24 @@ def expand_mlp(model: Model, p: int, layers=None, *, init="normal", seed=0, retu
     Returns
     -------
     Model (and the manifest when ``return_manifest``).
+
+    Examples
+    --------
+    >>> import fpt_ref
+    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4)
+    >>> big, manifest = expand_mlp(model, 12, layers=[0], return_manifest=True)
+    >>> big.layers[0].p, big.layers[1].p
+    (12, 8)
+    >>> for block in manifest:
+    ...     print(block)
+    layers.0.w_l1[0:4, 0:8] copied (W_l1)
+    layers.0.w_l1[0:4, 8:12] free (M_l1)
+    layers.0.b_l1[0:8] copied (b_l1)
+    layers.0.b_l1[8:12] free (m_b_l1)
+    layers.0.w_l2[0:8, 0:4] copied (W_l2)
+    layers.0.w_l2[8:12, 0:4] zero (M_l2)
+    >>> fpt_ref.verify(model, big)["ok"]
+    True
     """
     chosen = layer_indices(model, layers)
     b = Builder(model, "mlp", init, seed)

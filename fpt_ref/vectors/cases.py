@@ -27,8 +27,10 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from ..model import Model
+from ..paper import NAMES
 
-EXPANSIONS = ("mlp", "add_heads", "heads", "attention", "hidden", "add_layer")
+#: the six expansions, in the paper's order (:data:`fpt_ref.paper.NAMES`)
+EXPANSIONS = NAMES
 
 
 @dataclass(frozen=True)
