@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from test_expansions import hetero_model
 
 import fpt_ref
 from fpt_ref import PlanError, Step, parse_plan
@@ -67,7 +66,7 @@ def test_plan_errors(plan, msg):
         parse_plan(plan)
 
 
-def test_indices_refer_to_the_model_when_the_step_runs():
+def test_indices_refer_to_the_model_when_the_step_runs(hetero_model):
     m = hetero_model()  # 2 layers
     res = fpt_ref.run_plan(m, "add_layer at=2; mlp p=12 layers=2")
     assert res[-1].model.layers[2].p == 12 and res[-1].model.N == 3
@@ -75,7 +74,7 @@ def test_indices_refer_to_the_model_when_the_step_runs():
         fpt_ref.run_plan(m, "mlp p=12 layers=2; add_layer at=2")
 
 
-def test_run_plan_reports_each_step_against_the_original():
+def test_run_plan_reports_each_step_against_the_original(hetero_model):
     m = hetero_model()
     res = fpt_ref.run_plan(m, TEXT.replace("48", "9").replace("12", "7").replace("24", "10"), seed=4)
     assert [r.step for r in res] == parse_plan(TEXT.replace("48", "9").replace("12", "7").replace("24", "10"))
