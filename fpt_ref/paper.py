@@ -3,9 +3,10 @@
 One :class:`Expansion` per expansion of Gesmundo & Maile (arXiv:2308.06103, section 3 and
 Table 1; restated in ``docs/spec.md``): its name (the plan step and the proof's theorem
 name), section and theorem, the sizes it grows, its new blocks (with the paper's block
-names), the blocks the theorem constrains to zero, the scalings it applies, and the keys a
-plan step takes. Nothing here computes: the expansions (``fpt_ref/expansions/``), plans,
-manifests, vectors, figures, benchmarks and proofs all look facts up here.
+names and the tensors they lie in), the blocks the theorem constrains to zero, the scalings
+it applies, and the keys a plan step takes; and :data:`SYMBOLS`, the paper symbol of each
+tensor of the file format. Nothing here computes: the expansions (``fpt_ref/expansions/``),
+plans, manifests, vectors, figures, benchmarks and proofs all look facts up here.
 
 >>> EXPANSIONS["mlp"].theorem, sorted(EXPANSIONS["mlp"].zero)
 ('Theorem 3.1', ['M_l2'])
