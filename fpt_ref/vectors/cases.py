@@ -26,6 +26,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 
+from ..checks import is_int
 from ..model import Model
 from ..paper import NAMES
 
@@ -61,7 +62,7 @@ class Config:
             val = getattr(self, f.name)
             if f.name in ("name", "plan", "eps"):
                 continue
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            if not is_int(val) or val < 1:
                 raise ValueError(f"config: {f.name} must be an integer >= 1, got {val!r}")
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not self.eps > 0:
             raise ValueError(f"config: eps must be a number > 0 (the eps of the eps > 0 families), got {self.eps!r}")
