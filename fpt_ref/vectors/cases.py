@@ -64,6 +64,7 @@ class Config:
                 continue
             if not is_int(val) or val < 1:
                 raise ValueError(f"config: {f.name} must be an integer >= 1, got {val!r}")
+            object.__setattr__(self, f.name, int(val))  # a NumPy integer becomes a Python int (JSON)
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not self.eps > 0:
             raise ValueError(f"config: eps must be a number > 0 (the eps of the eps > 0 families), got {self.eps!r}")
         if self.out_dim < 2:
