@@ -19,8 +19,8 @@ Each block also carries its name in the paper's notation (``block``):
 - an existing block (``copied`` or ``scaled``) is named by the paper symbol of the tensor
   it belongs to, ``fpt_ref.paper.SYMBOLS`` (``W_l1``, ``g_MHA``, ``W_K,e``, ...).
 
-Roles and names come from the structure of each expansion (the code that builds the block
-states them), never from tensor names.
+Roles and new-block names come from the structure of each expansion (the code that builds
+the block states them), never from tensor names.
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ class Builder:
     """Builds the new tensors of one call of expansion ``op`` and records their manifest.
 
     ``op`` is the expansion's name in :data:`fpt_ref.paper.EXPANSIONS`; new blocks must be
-    named by that row's ``blocks``. ``init`` is ``"normal"`` (default: a seeded normal draw, in the model's dtype, with the
+    named by that row's ``blocks``.
+
+    ``init`` is ``"normal"`` (default: a seeded normal draw, in the model's dtype, with the
     mean and standard deviation of the existing tensor the block extends, estimated from at
     most 65,536 of its entries; where that tensor is constant the standard deviation is
     ``1/sqrt(fan_in)``), ``"zeros"``, or a callable

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from ..checks import check_int
 from ..model import Head, Layer, Model
-from ..names import head_prefix, layer_prefix
+from ..names import tensor_name
 from ._common import Builder, finish
 
 
@@ -66,7 +66,6 @@ def add_layer(
         kv = [(ref.heads[0].k if k is None else k, ref.heads[0].v if v is None else v)] * heads
 
     b = Builder(model, "add_layer", init, seed)
-    pre = layer_prefix(at)
 
     def like(e, name):
         if ref is None:
@@ -75,21 +74,25 @@ def add_layer(
 
     new_heads = tuple(
         Head(
-            w_q=b.whole(f"{head_prefix(at, e)}.w_q", b.free("W_Q", (h, ke), like(e, "w_q"))),  # [h, k]
-            w_k=b.whole(f"{head_prefix(at, e)}.w_k", b.free("W_K", (h, ke), like(e, "w_k"))),  # [h, k]
-            w_v=b.whole(f"{head_prefix(at, e)}.w_v", b.free("W_V", (h, ve), like(e, "w_v"))),  # [h, v]
-            w_o=b.whole(f"{head_prefix(at, e)}.w_o", b.zeros("W_O", (ve, h))),  # [v, h]  W_O = 0
+            w_q=b.whole(tensor_name("w_q", at, e), b.free("W_Q", (h, ke), like(e, "w_q"))),  # [h, k]
+            w_k=b.whole(tensor_name("w_k", at, e), b.free("W_K", (h, ke), like(e, "w_k"))),  # [h, k]
+            w_v=b.whole(tensor_name("w_v", at, e), b.free("W_V", (h, ve), like(e, "w_v"))),  # [h, v]
+            w_o=b.whole(tensor_name("w_o", at, e), b.zeros("W_O", (ve, h))),  # [v, h]  W_O = 0
         )
         for e, (ke, ve) in enumerate(kv)
     )
     layer = Layer(
-        norm_mha=b.whole(f"{pre}.norm_mha", b.free("g_MHA", (h,), ones if ref is None else ref.norm_mha)),  # [h]
+        norm_mha=b.whole(
+            tensor_name("norm_mha", at), b.free("g_MHA", (h,), ones if ref is None else ref.norm_mha)
+        ),  # [h]
         heads=new_heads,
-        norm_mlp=b.whole(f"{pre}.norm_mlp", b.free("g_MLP", (h,), ones if ref is None else ref.norm_mlp)),  # [h]
-        w_l1=b.whole(f"{pre}.w_l1", b.free("W_l1", (h, p), None if ref is None else ref.w_l1)),  # [h, p]
-        b_l1=b.whole(f"{pre}.b_l1", b.free("b_l1", (p,), None if ref is None else ref.b_l1)),  # [p]
-        w_l2=b.whole(f"{pre}.w_l2", b.zeros("W_l2", (p, h))),  # [p, h]  W_l2 = 0
-        b_l2=b.whole(f"{pre}.b_l2", b.zeros("b_l2", (h,))),  # [h]  b_l2 = 0
+        norm_mlp=b.whole(
+            tensor_name("norm_mlp", at), b.free("g_MLP", (h,), ones if ref is None else ref.norm_mlp)
+        ),  # [h]
+        w_l1=b.whole(tensor_name("w_l1", at), b.free("W_l1", (h, p), None if ref is None else ref.w_l1)),  # [h, p]
+        b_l1=b.whole(tensor_name("b_l1", at), b.free("b_l1", (p,), None if ref is None else ref.b_l1)),  # [p]
+        w_l2=b.whole(tensor_name("w_l2", at), b.zeros("W_l2", (p, h))),  # [p, h]  W_l2 = 0
+        b_l2=b.whole(tensor_name("b_l2", at), b.zeros("b_l2", (h,))),  # [h]  b_l2 = 0
     )
     layers = model.layers[:at] + (layer,) + model.layers[at:]
     return finish(replace(model, layers=layers), b.blocks, return_manifest)
