@@ -8,19 +8,17 @@ from typing import Union
 
 import numpy as np
 
+from .checks import check_int, is_int
 from .model import Head, Layer, Model
 
 IntOrList = Union[int, Sequence[int]]
 
 
 def _per_layer(name: str, value: IntOrList, layers: int) -> list:
-    vals = [value] * layers if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else list(value)
+    vals = [value] * layers if is_int(value) else list(value)
     if len(vals) != layers:
         raise ValueError(f"{name}: expected one value per layer ({layers}), got {len(vals)}")
-    for x in vals:
-        if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 1:
-            raise ValueError(f"{name}: every value must be an integer >= 1, got {x!r}")
-    return [int(x) for x in vals]
+    return [check_int(name, x, 1) for x in vals]
 
 
 def init_model(
@@ -44,12 +42,23 @@ def init_model(
     ``p``, ``heads``, ``k``, ``v`` are one int for every layer or a list with one per layer.
     Weights are drawn ``N(0, 1/fan_in)``; gains ``1 + N(0, 0.1^2)``; biases ``N(0, 0.1^2)``;
     embedding and positions ``N(0, 1)`` and ``N(0, 0.1^2)``. ``xp`` picks NumPy or CuPy.
+
+    Examples
+    --------
+    >>> model = init_model(h=4, p=[8, 6], heads=2, k=2, v=3, layers=2, out_dim=3, max_seq=5, vocab=10)
+    >>> model.h, model.N, model.vocab, [layer.p for layer in model.layers], model.layers[0].heads[0].v
+    (4, 2, 10, [8, 6], 3)
+    >>> init_model(h=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: h: must be at least 1, got 0
     """
-    for name, val, lo in (("h", h, 1), ("layers", layers, 0), ("out_dim", out_dim, 1), ("max_seq", max_seq, 1)):
-        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < lo:
-            raise ValueError(f"{name}: must be an integer >= {lo}, got {val!r}")
-    if vocab is not None and (not isinstance(vocab, (int, np.integer)) or vocab < 1):
-        raise ValueError(f"vocab: must be an integer >= 1, got {vocab!r}")
+    h, layers, out_dim, max_seq = (
+        check_int(name, val, lo)
+        for name, val, lo in (("h", h, 1), ("layers", layers, 0), ("out_dim", out_dim, 1), ("max_seq", max_seq, 1))
+    )
+    if vocab is not None:
+        vocab = check_int("vocab", vocab, 1)
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError(f"dtype: must be float32 or float64, got {dtype!r}")
     ps, Es, ks, vs = (_per_layer(n, val, layers) for n, val in (("p", p), ("heads", heads), ("k", k), ("v", v)))

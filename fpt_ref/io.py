@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from .model import Head, Layer, Model, named_tensors
+from .names import HEAD_KINDS, parse_name, tensor_name
 from .xp import to_numpy
 
 FORMAT = "fpt-ref/1"
-
-_LAYER = re.compile(r"^layers\.(\d+)\.(norm_mha|norm_mlp|w_l1|b_l1|w_l2|b_l2)$")
-_HEAD = re.compile(r"^layers\.(\d+)\.heads\.(\d+)\.(w_q|w_k|w_v|w_o)$")
-
-
-def _canonical(m) -> str:
-    """The name a match would have with its indices written canonically (``0``, not ``00``)."""
-    parts = [str(int(g)) if g.isdigit() else g for g in m.groups()]
-    if len(parts) == 3:
-        return f"layers.{parts[0]}.heads.{parts[1]}.{parts[2]}"
-    return f"layers.{parts[0]}.{parts[1]}"
 
 
 class FormatError(ValueError):
@@ -70,17 +59,14 @@ def load(path, xp=np) -> Model:
     layer_parts: dict = {}
     head_parts: dict = {}
     for name in tensors:
-        if name in ("embed", "pos", "w_out"):
-            continue
-        m = _HEAD.match(name)
-        if m and m[0] == _canonical(m):
-            head_parts.setdefault(int(m[1]), {}).setdefault(int(m[2]), set()).add(m[3])
-            continue
-        m = _LAYER.match(name)
-        if m and m[0] == _canonical(m):
-            layer_parts.setdefault(int(m[1]), set()).add(m[2])
-            continue
-        raise FormatError(f"{path}: unexpected tensor {name!r} with shape {list(tensors[name].shape)}")
+        try:
+            kind, n, e = parse_name(name)
+        except ValueError:
+            raise FormatError(f"{path}: unexpected tensor {name!r} with shape {list(tensors[name].shape)}") from None
+        if e is not None:
+            head_parts.setdefault(n, {}).setdefault(e, set()).add(kind)
+        elif n is not None:
+            layer_parts.setdefault(n, set()).add(kind)
     for req in ("pos", "w_out"):
         if req not in tensors:
             raise FormatError(f"{path}: missing tensor {req!r}")
@@ -95,20 +81,18 @@ def load(path, xp=np) -> Model:
     for n in range(n_layers):
         heads_here = head_parts.get(n, {})
         n_heads = 1 + max(heads_here, default=-1)
-        heads = tuple(
-            Head(*(get(f"layers.{n}.heads.{e}.{w}") for w in ("w_q", "w_k", "w_v", "w_o"))) for e in range(n_heads)
-        )
+        heads = tuple(Head(**{kind: get(tensor_name(kind, n, e)) for kind in HEAD_KINDS}) for e in range(n_heads))
         if not heads:
-            raise FormatError(f"{path}: layer {n} has no heads (missing tensor 'layers.{n}.heads.0.w_q')")
+            raise FormatError(f"{path}: layer {n} has no heads (missing tensor {tensor_name('w_q', n, 0)!r})")
         layers.append(
             Layer(
-                norm_mha=get(f"layers.{n}.norm_mha"),
+                norm_mha=get(tensor_name("norm_mha", n)),
                 heads=heads,
-                norm_mlp=get(f"layers.{n}.norm_mlp"),
-                w_l1=get(f"layers.{n}.w_l1"),
-                b_l1=get(f"layers.{n}.b_l1"),
-                w_l2=get(f"layers.{n}.w_l2"),
-                b_l2=get(f"layers.{n}.b_l2"),
+                norm_mlp=get(tensor_name("norm_mlp", n)),
+                w_l1=get(tensor_name("w_l1", n)),
+                b_l1=get(tensor_name("b_l1", n)),
+                w_l2=get(tensor_name("w_l2", n)),
+                b_l2=get(tensor_name("b_l2", n)),
             )
         )
     try:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from .names import HEAD_KINDS, head_prefix, layer_prefix, tensor_name
 from .xp import array_namespace
 
 Array = Any
@@ -128,19 +129,20 @@ class Model:
 
 
 def named_tensors(model: Model) -> dict:
-    """All parameters under their file-format names (README, "File format")."""
+    """All parameters under their file-format names (:mod:`fpt_ref.names`; README, "File format"),
+    in file order: ``embed``, ``pos``, ``w_out``, then per layer ``norm_mha``, its heads, and the rest."""
     out = {}
     if model.embed is not None:
-        out["embed"] = model.embed
-    out["pos"] = model.pos
-    out["w_out"] = model.w_out
+        out[tensor_name("embed")] = model.embed
+    out[tensor_name("pos")] = model.pos
+    out[tensor_name("w_out")] = model.w_out
     for n, layer in enumerate(model.layers):
-        out[f"layers.{n}.norm_mha"] = layer.norm_mha
+        out[tensor_name("norm_mha", n)] = layer.norm_mha
         for e, head in enumerate(layer.heads):
-            for f in fields(Head):
-                out[f"layers.{n}.heads.{e}.{f.name}"] = getattr(head, f.name)
-        for name in ("norm_mlp", "w_l1", "b_l1", "w_l2", "b_l2"):
-            out[f"layers.{n}.{name}"] = getattr(layer, name)
+            for kind in HEAD_KINDS:
+                out[tensor_name(kind, n, e)] = getattr(head, kind)
+        for kind in ("norm_mlp", "w_l1", "b_l1", "w_l2", "b_l2"):
+            out[tensor_name(kind, n)] = getattr(layer, kind)
     return out
 
 
@@ -215,27 +217,27 @@ def validate(model: Model) -> None:
     if not isinstance(model.causal, bool):
         raise TypeError(f"causal: must be a bool, got {model.causal!r}")
     for n, layer in enumerate(model.layers):
+        pre = layer_prefix(n)
         if not isinstance(layer, Layer):
-            raise TypeError(f"layers.{n}: expected a Layer, got {type(layer).__name__}")
-        pre = f"layers.{n}"
+            raise TypeError(f"{pre}: expected a Layer, got {type(layer).__name__}")
         if len(layer.heads) < 1:
             raise ValueError(f"{pre}.heads: a layer needs at least one head")
-        _expect(f"{pre}.norm_mha", layer.norm_mha, (h,), dtype, xp)
-        _expect(f"{pre}.norm_mlp", layer.norm_mlp, (h,), dtype, xp)
-        _expect(f"{pre}.w_l1", layer.w_l1, (h, None), dtype, xp)
+        _expect(tensor_name("norm_mha", n), layer.norm_mha, (h,), dtype, xp)
+        _expect(tensor_name("norm_mlp", n), layer.norm_mlp, (h,), dtype, xp)
+        _expect(tensor_name("w_l1", n), layer.w_l1, (h, None), dtype, xp)
         p = int(layer.w_l1.shape[1])
-        _expect(f"{pre}.b_l1", layer.b_l1, (p,), dtype, xp)
-        _expect(f"{pre}.w_l2", layer.w_l2, (p, h), dtype, xp)
-        _expect(f"{pre}.b_l2", layer.b_l2, (h,), dtype, xp)
+        _expect(tensor_name("b_l1", n), layer.b_l1, (p,), dtype, xp)
+        _expect(tensor_name("w_l2", n), layer.w_l2, (p, h), dtype, xp)
+        _expect(tensor_name("b_l2", n), layer.b_l2, (h,), dtype, xp)
         for e, head in enumerate(layer.heads):
+            hp = head_prefix(n, e)
             if not isinstance(head, Head):
-                raise TypeError(f"{pre}.heads.{e}: expected a Head, got {type(head).__name__}")
-            hp = f"{pre}.heads.{e}"
-            _expect(f"{hp}.w_q", head.w_q, (h, None), dtype, xp)
+                raise TypeError(f"{hp}: expected a Head, got {type(head).__name__}")
+            _expect(tensor_name("w_q", n, e), head.w_q, (h, None), dtype, xp)
             k = int(head.w_q.shape[1])
-            _expect(f"{hp}.w_k", head.w_k, (h, k), dtype, xp)
-            _expect(f"{hp}.w_v", head.w_v, (h, None), dtype, xp)
-            _expect(f"{hp}.w_o", head.w_o, (int(head.w_v.shape[1]), h), dtype, xp)
+            _expect(tensor_name("w_k", n, e), head.w_k, (h, k), dtype, xp)
+            _expect(tensor_name("w_v", n, e), head.w_v, (h, None), dtype, xp)
+            _expect(tensor_name("w_o", n, e), head.w_o, (int(head.w_v.shape[1]), h), dtype, xp)
 
 
 def convert(model: Model, xp=None, dtype=None) -> Model:

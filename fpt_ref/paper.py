@@ -3,9 +3,10 @@
 One :class:`Expansion` per expansion of Gesmundo & Maile (arXiv:2308.06103, section 3 and
 Table 1; restated in ``docs/spec.md``): its name (the plan step and the proof's theorem
 name), section and theorem, the sizes it grows, its new blocks (with the paper's block
-names), the blocks the theorem constrains to zero, the scalings it applies, and the keys a
-plan step takes. Nothing here computes: the expansions (``fpt_ref/expansions/``), plans,
-manifests, vectors, figures, benchmarks and proofs all look facts up here.
+names and the tensors they lie in), the blocks the theorem constrains to zero, the scalings
+it applies, and the keys a plan step takes; and :data:`SYMBOLS`, the paper symbol of each
+tensor of the file format. Nothing here computes: the expansions (``fpt_ref/expansions/``),
+plans, manifests, vectors, figures, benchmarks and proofs all look facts up here.
 
 >>> EXPANSIONS["mlp"].theorem, sorted(EXPANSIONS["mlp"].zero)
 ('Theorem 3.1', ['M_l2'])
@@ -41,6 +42,9 @@ class Expansion:
         Paper symbols it grows (``("p",)``); ``"N"`` for layers, ``"E"`` for heads.
     blocks : mapping of str to str
         New block name (paper notation, ``M_l2``) to what it is, with its shape.
+    tensors : mapping of str to tuple of str
+        New block name to the kinds (:mod:`fpt_ref.names`: ``"w_l2"``) of the file-format
+        tensors it lies in (``m_g`` lies in both gain vectors).
     zero : frozenset of str
         The new blocks the theorem constrains to zero (the paper's constraint set).
     scalings : mapping of str to str
@@ -61,6 +65,7 @@ class Expansion:
     function: str
     grows: tuple[str, ...]
     blocks: Mapping[str, str]
+    tensors: Mapping[str, tuple[str, ...]]
     zero: frozenset[str]
     scalings: Mapping[str, str]
     paper_scalings: frozenset[str]
@@ -81,11 +86,13 @@ class Expansion:
 
 def _row(**kw) -> Expansion:
     kw["blocks"] = MappingProxyType(dict(kw["blocks"]))
+    kw["tensors"] = MappingProxyType({b: tuple(t) for b, t in kw["tensors"].items()})
     kw["scalings"] = MappingProxyType(dict(kw.get("scalings", {})))
     kw["keys"] = MappingProxyType(dict(kw["keys"]))
     kw["zero"] = frozenset(kw["zero"])
     kw["paper_scalings"] = frozenset(kw.get("paper_scalings", ()))
     row = Expansion(**kw)
+    assert set(row.tensors) == set(row.blocks), row.name
     assert row.zero <= set(row.blocks) and row.paper_scalings <= set(row.scalings), row.name
     assert set(row.required) <= set(row.keys) and set(row.keys.values()) <= set(KEY_KINDS), row.name
     return row
@@ -103,6 +110,7 @@ _ROWS = (
             "m_b_l1": "new entries of b_l1 (p^-p)",
             "M_l2": "new rows of W_l2 ((p^-p) x h)",
         },
+        tensors={"M_l1": ("w_l1",), "m_b_l1": ("b_l1",), "M_l2": ("w_l2",)},
         zero={"M_l2"},
         keys={"p": "int", "layers": "ints"},
         required=("p",),
@@ -120,6 +128,7 @@ _ROWS = (
             "W_V_new": "the new head's W_V (h x v)",
             "M_O": "the new head's rows of W_O (v x h)",
         },
+        tensors={"W_Q_new": ("w_q",), "W_K_new": ("w_k",), "W_V_new": ("w_v",), "M_O": ("w_o",)},
         zero={"M_O"},
         keys={"count": "int", "layers": "ints", "k": "int", "v": "int"},
         required=(),
@@ -135,6 +144,7 @@ _ROWS = (
             "M_V": "new columns of W_V,e (h x (v^-v))",
             "M_O": "new rows of W_O,e ((v^-v) x h)",
         },
+        tensors={"M_V": ("w_v",), "M_O": ("w_o",)},
         zero={"M_O"},
         keys={"v": "int", "layers": "ints", "heads": "ints"},
         required=("v",),
@@ -150,6 +160,7 @@ _ROWS = (
             "M_Q": "new columns of W_Q,e (h x (k^-k))",
             "M_K": "new columns of W_K,e (h x (k^-k))",
         },
+        tensors={"M_Q": ("w_q",), "M_K": ("w_k",)},
         zero={"M_K"},
         scalings={"W_K": "W_K,e multiplied by sqrt(k^/k)", "W_Q": "W_Q,e multiplied by sqrt(k^/k)"},
         paper_scalings={"W_K"},
@@ -176,6 +187,19 @@ _ROWS = (
             "M_K": "new rows of every W_K,e",
             "M_V": "new rows of every W_V,e",
         },
+        tensors={
+            "M_I": ("embed",),
+            "M_P": ("pos",),
+            "M_O": ("w_o",),
+            "M_l2": ("w_l2",),
+            "m_b_l2": ("b_l2",),
+            "m_g": ("norm_mha", "norm_mlp"),
+            "M_out": ("w_out",),
+            "M_l1": ("w_l1",),
+            "M_Q": ("w_q",),
+            "M_K": ("w_k",),
+            "M_V": ("w_v",),
+        },
         zero={"M_I", "M_P", "M_O", "M_l2", "m_b_l2"},
         scalings={"g": "every gain g multiplied by sqrt(h/h^)", "eps": "norm epsilon multiplied by h/h^"},
         paper_scalings={"g", "eps"},
@@ -201,11 +225,43 @@ _ROWS = (
             "W_l2": "the new layer's W_l2",
             "b_l2": "the new layer's b_l2",
         },
+        tensors={
+            "W_Q": ("w_q",),
+            "W_K": ("w_k",),
+            "W_V": ("w_v",),
+            "W_O": ("w_o",),
+            "g_MHA": ("norm_mha",),
+            "g_MLP": ("norm_mlp",),
+            "W_l1": ("w_l1",),
+            "b_l1": ("b_l1",),
+            "W_l2": ("w_l2",),
+            "b_l2": ("b_l2",),
+        },
         zero={"W_O", "W_l2", "b_l2"},
         keys={"at": "int", "p": "int", "heads": "int", "k": "int", "v": "int"},
         required=("at",),
         constraint="new layer's W_O = 0, W_l2 = 0, b_l2 = 0",
     ),
+)
+
+#: kind of a file-format tensor (:mod:`fpt_ref.names`) -> its paper symbol. A manifest names
+#: an existing block (copied or scaled) by the symbol of the tensor it belongs to.
+SYMBOLS: Mapping[str, str] = MappingProxyType(
+    {
+        "embed": "I",
+        "pos": "P",
+        "w_out": "W_out",
+        "norm_mha": "g_MHA",
+        "norm_mlp": "g_MLP",
+        "w_l1": "W_l1",
+        "b_l1": "b_l1",
+        "w_l2": "W_l2",
+        "b_l2": "b_l2",
+        "w_q": "W_Q,e",
+        "w_k": "W_K,e",
+        "w_v": "W_V,e",
+        "w_o": "W_O,e",
+    }
 )
 
 #: name -> :class:`Expansion`, in the paper's order

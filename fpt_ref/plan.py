@@ -8,6 +8,8 @@ are comma-separated::
 
 JSON form: a list of objects ``{"op": NAME, key: value, ...}``. Layer and head indices refer
 to the model as it is when that step runs.
+
+The steps, their keys and the required keys are the paper's table, :data:`fpt_ref.paper.EXPANSIONS`.
 """
 
 from __future__ import annotations
@@ -16,29 +18,16 @@ import json
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from .expansions import add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp
+from . import expansions
+from .checks import check_int, parse_int
 from .model import Model, dims_summary, param_count
+from .paper import EXPANSIONS
 from .verify import verify_each
 
-# name -> (function, {key: kind}); kind is "int", "ints" (int or list) or "str"
-STEPS = {
-    "mlp": (expand_mlp, {"p": "int", "layers": "ints"}),
-    "add_heads": (add_heads, {"count": "int", "layers": "ints", "k": "int", "v": "int"}),
-    "heads": (expand_heads, {"v": "int", "layers": "ints", "heads": "ints"}),
-    "attention": (expand_attention, {"k": "int", "layers": "ints", "heads": "ints", "scale": "str"}),
-    "hidden": (expand_hidden, {"h": "int"}),
-    "add_layer": (add_layer, {"at": "int", "p": "int", "heads": "int", "k": "int", "v": "int"}),
-}
-REQUIRED = {
-    "mlp": ("p",),
-    "add_heads": (),
-    "heads": ("v",),
-    "attention": ("k",),
-    "hidden": ("h",),
-    "add_layer": ("at",),
-}
+# name -> (function, {key: kind}); kind is one of fpt_ref.paper.KEY_KINDS: "int", "ints" (int or list), "str"
+STEPS = {name: (getattr(expansions, row.function), dict(row.keys)) for name, row in EXPANSIONS.items()}
+# name -> the keys a step must give
+REQUIRED = {name: row.required for name, row in EXPANSIONS.items()}
 
 
 class PlanError(ValueError):
@@ -57,14 +46,8 @@ class Step:
         return " ".join([self.op] + [f"{k}={fmt(v)}" for k, v in self.args.items()])
 
 
-def _as_int(value) -> int:
-    if isinstance(value, bool):
-        raise ValueError
-    if isinstance(value, str):
-        return int(value.strip())
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    raise ValueError
+def _as_int(key: str, value) -> int:
+    return parse_int(key, value) if isinstance(value, str) else check_int(key, value)
 
 
 def _convert(op: str, key: str, value):
@@ -76,12 +59,12 @@ def _convert(op: str, key: str, value):
         return str(value)
     try:
         if isinstance(value, str):
-            items = [_as_int(t) for t in value.split(",")]
+            items = [_as_int(key, t) for t in value.split(",")]
         elif isinstance(value, (list, tuple)):
-            items = [_as_int(t) for t in value]
+            items = [_as_int(key, t) for t in value]
         else:
-            items = [_as_int(value)]
-    except (ValueError, TypeError):
+            items = [_as_int(key, value)]
+    except ValueError:
         what = "an integer" if kind == "int" else "a list of integers"
         raise PlanError(f"plan: step {op!r}: {key}={value!r} is not {what}") from None
     if kind == "int":
@@ -110,7 +93,22 @@ def _no_duplicate_keys(pairs) -> dict:
 
 
 def parse_plan(plan) -> list:
-    """A list of :class:`Step` from text, a JSON file path, a JSON string or a list of dicts."""
+    """A list of :class:`Step` from text, a JSON file path, a JSON string or a list of dicts.
+
+    Raises :class:`PlanError` (a ``ValueError`` starting ``plan:``) for an unknown step or
+    key, a missing required key or a value of the wrong kind (keys: :data:`fpt_ref.paper.EXPANSIONS`).
+
+    Examples
+    --------
+    >>> parse_plan("mlp p=12 layers=0,1; add_layer at=1")
+    [Step(op='mlp', args={'p': 12, 'layers': [0, 1]}), Step(op='add_layer', args={'at': 1})]
+    >>> parse_plan([{"op": "hidden", "h": 24}])
+    [Step(op='hidden', args={'h': 24})]
+    >>> parse_plan("hidden")
+    Traceback (most recent call last):
+    ...
+    fpt_ref.plan.PlanError: plan: step 'hidden' needs h=
+    """
     if isinstance(plan, (list, tuple)):
         steps = []
         for i, item in enumerate(plan):
@@ -193,6 +191,15 @@ def run_plan(
     Step ``i`` draws its free blocks from seed ``seed + i``. With ``check``, every step's
     model is compared with the *original* model on the same random inputs (so the error
     reported at step ``i`` is that of the whole composition so far).
+
+    Examples
+    --------
+    >>> import fpt_ref
+    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4)
+    >>> for result in run_plan(model, "mlp p=12; hidden h=6"):
+    ...     print(result.step, result.model.h, result.model.layers[0].p, result.error["ok"])
+    mlp p=12 4 12 True
+    hidden h=6 6 12 True
     """
     steps = parse_plan(plan)
     results = []

@@ -1,4 +1,9 @@
-"""Shared pytest configuration: hypothesis profiles, GPU detection, preservation records."""
+"""Shared pytest configuration and test models: hypothesis profiles, GPU detection,
+preservation records, and the models several test modules build (``hetero_model``).
+
+Test modules take the shared models as fixtures; a module that needs one at import time
+(a parametrization) imports the plain builder: ``from conftest import build_hetero_model``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import os
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+import fpt_ref
 
 # Profiles: "ci" (default) runs the documented number of cases; "dev" is quicker; "thorough" is for soak runs.
 # "ci" is derandomized so that CI runs are reproducible; "thorough" explores new random cases.
@@ -71,3 +78,35 @@ def vec(tmp_path_factory):
     root = tmp_path_factory.mktemp("vectors")
     write_vectors(root, load_config("tiny"), seed=0)
     return root
+
+
+# ---- shared test models ------------------------------------------------------------------
+
+
+def build_hetero_model(vocab=50, eps=1e-6, causal=True, dtype="float64"):
+    """Two layers with different p and heads of different (k, v): h=6, o=3, s_max=5.
+
+    Layer 0: p=5, heads (3, 2) x 2. Layer 1: p=7, heads (2, 4) x 3 and one added head (4, 1).
+    """
+    m = fpt_ref.init_model(
+        h=6,
+        p=[5, 7],
+        heads=[2, 3],
+        k=[3, 2],
+        v=[2, 4],
+        layers=2,
+        out_dim=3,
+        max_seq=5,
+        vocab=vocab,
+        eps=eps,
+        causal=causal,
+        dtype=dtype,
+        seed=1,
+    )
+    return fpt_ref.add_heads(m, 1, layers=[1], k=4, v=1, seed=7)  # layer 1 now has heads of (2,4) and (4,1)
+
+
+@pytest.fixture
+def hetero_model():
+    """:func:`build_hetero_model`, to call with its options: ``hetero_model(vocab=None)``."""
+    return build_hetero_model

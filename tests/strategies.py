@@ -6,6 +6,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from fpt_ref import Head, Layer, Model
+from fpt_ref.paper import NAMES
 
 
 def build_model(spec: dict) -> Model:
@@ -61,7 +62,7 @@ def model_specs(draw, dtype="float64", max_layers=3):
     }
 
 
-STEP_NAMES = ["mlp", "add_heads", "heads", "attention", "hidden", "add_layer"]
+STEP_NAMES = list(NAMES)  # the paper's order (fpt_ref.paper)
 
 
 def draw_step(data, model: Model):

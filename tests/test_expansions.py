@@ -12,31 +12,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import build_hetero_model
 from naive import naive_forward
 
 import fpt_ref
-from fpt_ref import add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp
+from fpt_ref import add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp, paper
+from fpt_ref.expansions._common import Builder
 from fpt_ref.model import named_tensors
-
-
-def hetero_model(vocab=50, eps=1e-6, causal=True, dtype="float64"):
-    """Two layers with different p and heads of different (k, v)."""
-    m = fpt_ref.init_model(
-        h=6,
-        p=[5, 7],
-        heads=[2, 3],
-        k=[3, 2],
-        v=[2, 4],
-        layers=2,
-        out_dim=3,
-        max_seq=5,
-        vocab=vocab,
-        eps=eps,
-        causal=causal,
-        dtype=dtype,
-        seed=1,
-    )
-    return add_heads(m, 1, layers=[1], k=4, v=1, seed=7)  # layer 1 now has heads of (2,4) and (4,1)
+from fpt_ref.names import parse_name
 
 
 def snapshot(model):
@@ -56,7 +39,7 @@ def preserved(a, b):
     return st
 
 
-def test_mlp_expansion():
+def test_mlp_expansion(hetero_model):
     m = frozen(hetero_model())
     before = snapshot(m)
     big = expand_mlp(m, 9, layers=[0, 1])
@@ -72,14 +55,14 @@ def test_mlp_expansion():
     assert all(np.array_equal(before[k], v) for k, v in named_tensors(m).items())
 
 
-def test_mlp_expansion_single_layer_only_touches_that_layer():
+def test_mlp_expansion_single_layer_only_touches_that_layer(hetero_model):
     m = hetero_model()
     big = expand_mlp(m, 8, layers=1)
     assert big.layers[0] is m.layers[0]
     assert big.layers[1].p == 8
 
 
-def test_head_addition():
+def test_head_addition(hetero_model):
     m = frozen(hetero_model())
     big = add_heads(m, count=2, layers=[0], k=5, v=3)
     L, B = m.layers[0], big.layers[0]
@@ -93,14 +76,14 @@ def test_head_addition():
     preserved(m, big)
 
 
-def test_head_addition_default_dims_follow_last_head():
+def test_head_addition_default_dims_follow_last_head(hetero_model):
     m = hetero_model()
     big = add_heads(m, layers=[1])
     new, last = big.layers[1].heads[-1], m.layers[1].heads[-1]
     assert (new.k, new.v) == (last.k, last.v)
 
 
-def test_heads_expansion():
+def test_heads_expansion(hetero_model):
     m = frozen(hetero_model())
     big = expand_heads(m, 5, layers=[1], heads=[0, 2])
     for e, (H, B) in enumerate(zip(m.layers[1].heads, big.layers[1].heads)):
@@ -117,7 +100,7 @@ def test_heads_expansion():
 
 
 @pytest.mark.parametrize("scale", ["W_K", "W_Q"])
-def test_attention_expansion(scale):
+def test_attention_expansion(scale, hetero_model):
     m = frozen(hetero_model())
     big = expand_attention(m, 6, scale=scale)
     for L, BL in zip(m.layers, big.layers):
@@ -132,7 +115,7 @@ def test_attention_expansion(scale):
     preserved(m, big)
 
 
-def test_attention_expansion_without_scaling_breaks_preservation():
+def test_attention_expansion_without_scaling_breaks_preservation(hetero_model):
     """The sqrt(k^/k) scaling is needed: undo it and the function changes."""
     m = hetero_model()
     big = expand_attention(m, 6, layers=[0], heads=[0])
@@ -144,7 +127,7 @@ def test_attention_expansion_without_scaling_breaks_preservation():
 
 
 @pytest.mark.parametrize("vocab", [50, None])
-def test_hidden_expansion(vocab):
+def test_hidden_expansion(vocab, hetero_model):
     m = frozen(hetero_model(vocab=vocab))
     big = expand_hidden(m, 10)
     h = 6
@@ -172,7 +155,7 @@ def test_hidden_expansion(vocab):
     preserved(m, big)
 
 
-def test_hidden_expansion_needs_eps_rescaled():
+def test_hidden_expansion_needs_eps_rescaled(hetero_model):
     """PAPER.md trap 2: keeping eps fixed breaks exact preservation when eps > 0."""
     m = hetero_model(eps=1e-3)
     big = expand_hidden(m, 10)
@@ -180,7 +163,7 @@ def test_hidden_expansion_needs_eps_rescaled():
     assert not fpt_ref.verify(m, big.replace(norm_eps=m.norm_eps))["ok"]
 
 
-def test_hidden_expansion_needs_zero_embedding_columns():
+def test_hidden_expansion_needs_zero_embedding_columns(hetero_model):
     """PAPER.md trap 1: random new embedding columns break preservation."""
     m = hetero_model()
     big = expand_hidden(m, 10)
@@ -190,7 +173,7 @@ def test_hidden_expansion_needs_zero_embedding_columns():
 
 
 @pytest.mark.parametrize("at", [0, 1, 2])
-def test_layer_addition(at):
+def test_layer_addition(at, hetero_model):
     m = frozen(hetero_model())
     big = add_layer(m, at)
     assert big.N == 3
@@ -207,7 +190,7 @@ def test_layer_addition(at):
     preserved(m, big)
 
 
-def test_layer_addition_overrides_and_empty_model():
+def test_layer_addition_overrides_and_empty_model(hetero_model):
     m = hetero_model()
     big = add_layer(m, 1, p=3, heads=4, k=2, v=5)
     assert big.layers[1].p == 3 and [(h.k, h.v) for h in big.layers[1].heads] == [(2, 5)] * 4
@@ -234,7 +217,7 @@ EXPANSIONS = [
 
 
 @pytest.mark.parametrize("name,fn", EXPANSIONS, ids=[e[0] for e in EXPANSIONS])
-def test_manifest_matches_tensors(name, fn):
+def test_manifest_matches_tensors(name, fn, hetero_model):
     m = hetero_model()
     big, manifest = fn(m, return_manifest=True)
     tensors = named_tensors(big)
@@ -270,8 +253,90 @@ def test_manifest_matches_tensors(name, fn):
     assert "zero" in roles and "free" in roles
 
 
+# one call of each expansion of the paper's table (fpt_ref.paper), on a model with a token table
+PAPER_CALLS = {
+    "mlp": lambda m, **kw: expand_mlp(m, 9, **kw),
+    "add_heads": lambda m, **kw: add_heads(m, 2, **kw),
+    "heads": lambda m, **kw: expand_heads(m, 6, **kw),
+    "attention": lambda m, **kw: expand_attention(m, 6, **kw),
+    "hidden": lambda m, **kw: expand_hidden(m, 9, **kw),
+    "add_layer": lambda m, **kw: add_layer(m, 1, **kw),
+}
+
+
+def test_paper_calls_cover_the_papers_table():
+    assert set(PAPER_CALLS) == set(paper.NAMES)
+
+
+@pytest.mark.parametrize("op", paper.NAMES)
+def test_manifest_names_the_papers_blocks(op, hetero_model):
+    """The manifest's new blocks are exactly the paper's new blocks of that expansion, and its
+    zero blocks exactly the theorem's constraint set: the expected values are the paper's table."""
+    row = paper.EXPANSIONS[op]
+    _, manifest = PAPER_CALLS[op](hetero_model(), return_manifest=True)
+    new = [b for b in manifest if b.role in ("zero", "free")]
+    assert {b.block for b in new} == set(row.blocks)
+    assert {b.block for b in new if b.role == "zero"} == set(row.zero), f"{op}: zero blocks"
+    assert {b.block for b in new if b.role == "free"} == set(row.blocks) - set(row.zero), f"{op}: free blocks"
+    for b in new:  # each new block lies in a tensor the table places it in
+        assert parse_name(b.tensor)[0] in row.tensors[b.block], b
+    for b in manifest:  # an existing block is named by its tensor's paper symbol
+        if b.role in ("copied", "scaled"):
+            assert b.block == paper.SYMBOLS[parse_name(b.tensor)[0]], b
+    # a tensor is scaled exactly when the paper's recipe scales one
+    assert any(b.role == "scaled" for b in manifest) == bool(row.paper_scalings), op
+
+
+def test_manifest_block_names_spelled_out(hetero_model):
+    """The naming convention on examples, written by hand (not from the table)."""
+    m = hetero_model()
+    _, man = expand_mlp(m, 9, layers=[0], return_manifest=True)
+    assert [(b.role, b.block) for b in man] == [
+        ("copied", "W_l1"),
+        ("free", "M_l1"),
+        ("copied", "b_l1"),
+        ("free", "m_b_l1"),
+        ("copied", "W_l2"),
+        ("zero", "M_l2"),
+    ]
+    for scale, zero, free, scaled, copied in (
+        ("W_K", "M_K", "M_Q", "W_K,e", "W_Q,e"),
+        ("W_Q", "M_Q", "M_K", "W_Q,e", "W_K,e"),
+    ):
+        _, man = expand_attention(m, 6, layers=[0], heads=[0], scale=scale, return_manifest=True)
+        got = [(b.role, b.block) for b in man]
+        assert sorted(got) == sorted([("copied", copied), ("free", free), ("scaled", scaled), ("zero", zero)])
+    _, man = expand_hidden(m, 9, return_manifest=True)
+    assert {b.block for b in man if b.role == "scaled"} == {"g_MHA", "g_MLP"}
+    _, man = expand_hidden(hetero_model(vocab=None), 9, return_manifest=True)  # no token table: no M_I
+    assert {b.block for b in man if b.role == "zero"} == {"M_P", "M_O", "M_l2", "m_b_l2"}
+    _, man = add_heads(m, 1, layers=[0], return_manifest=True)
+    blk = man[-1]
+    assert str(blk) == "layers.0.heads.2.w_o[0:2, 0:6] zero (M_O)"
+    assert blk.to_dict() == {
+        "tensor": "layers.0.heads.2.w_o",
+        "index": [[0, 2], [0, 6]],
+        "role": "zero",
+        "factor": None,
+        "block": "M_O",
+    }
+
+
+def test_builder_refuses_a_block_the_papers_table_does_not_have(hetero_model):
+    """Mutations of an expansion's naming: a block of another expansion, or a block placed in
+    the wrong tensor, are programming errors the builder stops."""
+    m = hetero_model()
+    b = Builder(m, "mlp")
+    with pytest.raises(AssertionError, match="'M_O' is not a new block of mlp"):
+        b.zeros("M_O", (2, 6))
+    with pytest.raises(AssertionError, match="block M_l2 does not lie in a w_l1 tensor"):
+        b.concat("layers.0.w_l1", [b.copied(m.layers[0].w_l1), b.zeros("M_l2", (6, 2))], axis=1)
+    with pytest.raises(ValueError, match="^name: unknown expansion 'grow'"):
+        Builder(m, "grow")
+
+
 @pytest.mark.parametrize("name,fn", EXPANSIONS, ids=[e[0] for e in EXPANSIONS])
-def test_init_zeros_and_callable(name, fn):
+def test_init_zeros_and_callable(name, fn, hetero_model):
     m = hetero_model()
     big, manifest = fn(m, init="zeros", return_manifest=True)
     for blk in manifest:
@@ -292,7 +357,7 @@ def test_init_zeros_and_callable(name, fn):
 
 
 @pytest.mark.parametrize("name,fn", EXPANSIONS, ids=[e[0] for e in EXPANSIONS])
-def test_seeded_and_float32(name, fn):
+def test_seeded_and_float32(name, fn, hetero_model):
     m = hetero_model()
     a, b = fn(m, seed=3), fn(m, seed=3)
     assert all(np.array_equal(x, y) for x, y in zip(named_tensors(a).values(), named_tensors(b).values()))
@@ -303,7 +368,7 @@ def test_seeded_and_float32(name, fn):
     preserved(m32, big)
 
 
-def test_expanded_model_matches_naive_forward():
+def test_expanded_model_matches_naive_forward(hetero_model):
     """The composed model's output from the naive implementation equals the base's too."""
     m = hetero_model()
     big = fpt_ref.run_plan(m, "mlp p=9; add_heads; heads v=6; attention k=7; hidden h=8; add_layer at=0", check=False)[
@@ -341,7 +406,7 @@ def test_expanded_model_matches_naive_forward():
         (lambda m: expand_mlp(m, 9, init="uniform"), "init"),
     ],
 )
-def test_bad_arguments_raise_value_error_naming_the_argument(call, arg):
+def test_bad_arguments_raise_value_error_naming_the_argument(call, arg, hetero_model):
     m = hetero_model()
     before = snapshot(m)
     with pytest.raises(ValueError) as exc:
@@ -373,12 +438,17 @@ def test_expansions_on_a_model_without_layers_raise_instead_of_doing_nothing():
         (lambda m: expand_mlp(m, 9, seed="a"), "seed: expected an integer"),
     ],
 )
-def test_argument_type_errors_name_the_argument(call, msg):
+def test_argument_type_errors_name_the_argument(call, msg, hetero_model):
     with pytest.raises(ValueError, match=msg):
         call(hetero_model())
 
 
-def test_numpy_integer_arguments_are_accepted():
+def test_numpy_integer_arguments_are_accepted(hetero_model):
     m = hetero_model()
     assert add_layer(m, np.int64(1)).N == 3
     assert expand_mlp(m, np.int32(9), layers=np.array([0, 1])).layers[1].p == 9
+
+
+# Test modules outside this one still import ``hetero_model`` from here; the shared model
+# lives in conftest.py (fixture ``hetero_model``, builder ``build_hetero_model``).
+hetero_model = build_hetero_model

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
-from test_expansions import hetero_model
 
 import fpt_ref
 from fpt_ref.model import named_tensors
+from fpt_ref.names import HEAD_KINDS, LAYER_KINDS, MODEL_KINDS, parse_name, tensor_name
 
 
 @pytest.mark.parametrize(
     "vocab,dtype,eps,causal", [(50, "float64", 1e-6, True), (None, "float32", 0.0, False), (7, "float64", 1 / 3, False)]
 )
-def test_save_load_bit_exact(tmp_path, vocab, dtype, eps, causal):
+def test_save_load_bit_exact(tmp_path, vocab, dtype, eps, causal, hetero_model):
     m = fpt_ref.expand_heads(hetero_model(vocab=vocab, dtype=dtype, eps=eps, causal=causal), 6, layers=[1], heads=[0])
     path = tmp_path / "m.safetensors"
     fpt_ref.save(m, path)
@@ -27,7 +27,7 @@ def test_save_load_bit_exact(tmp_path, vocab, dtype, eps, causal):
     assert back.norm_eps == m.norm_eps and back.causal == m.causal
 
 
-def test_file_names_are_the_documented_layout(tmp_path):
+def test_file_names_are_the_documented_layout(tmp_path, hetero_model):
     m = hetero_model()
     path = tmp_path / "m.safetensors"
     fpt_ref.save(m, path)
@@ -58,26 +58,28 @@ def _write(tmp_path, tensors, meta=None):
     return path
 
 
-def _tensors():
+@pytest.fixture
+def tensors(hetero_model):
+    """The shared model's tensors under their file names, ready for ``save_file``."""
     return {k: np.ascontiguousarray(v) for k, v in named_tensors(hetero_model()).items()}
 
 
-def test_missing_tensor(tmp_path):
-    t = _tensors()
+def test_missing_tensor(tmp_path, tensors):
+    t = tensors
     del t["layers.1.w_l2"]
     with pytest.raises(fpt_ref.FormatError, match="missing tensor 'layers.1.w_l2'"):
         fpt_ref.load(_write(tmp_path, t))
 
 
-def test_extra_or_misnamed_tensor(tmp_path):
-    t = _tensors()
+def test_extra_or_misnamed_tensor(tmp_path, tensors):
+    t = tensors
     t["layers.0.w_l3"] = np.zeros(3)
     with pytest.raises(fpt_ref.FormatError, match=r"unexpected tensor 'layers.0.w_l3' with shape \[3\]"):
         fpt_ref.load(_write(tmp_path, t))
 
 
-def test_wrong_shape(tmp_path):
-    t = _tensors()
+def test_wrong_shape(tmp_path, tensors):
+    t = tensors
     t["layers.0.heads.1.w_k"] = np.zeros((6, 4))
     with pytest.raises(
         fpt_ref.FormatError, match=r"layers.0.heads.1.w_k: shape \[6, 4\] does not match expected \[6, 3\]"
@@ -93,9 +95,9 @@ def test_wrong_shape(tmp_path):
         ({"format": "fpt-ref/1", "causal": "yes"}, "causal"),
     ],
 )
-def test_bad_metadata(tmp_path, meta, msg):
+def test_bad_metadata(tmp_path, meta, msg, tensors):
     with pytest.raises(fpt_ref.FormatError, match=msg):
-        fpt_ref.load(_write(tmp_path, _tensors(), meta))
+        fpt_ref.load(_write(tmp_path, tensors, meta))
 
 
 def test_not_a_file(tmp_path):
@@ -108,8 +110,8 @@ def test_not_a_file(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["layers.00.w_l1", "layers.0.heads.00.w_q", "layers.01.heads.0.w_k"])
-def test_non_canonical_indices_are_unexpected_tensors(tmp_path, name):
-    t = _tensors()
+def test_non_canonical_indices_are_unexpected_tensors(tmp_path, name, tensors):
+    t = tensors
     t[name] = np.zeros((6, 5))
     with pytest.raises(fpt_ref.FormatError, match=f"unexpected tensor '{name}'"):
         fpt_ref.load(_write(tmp_path, t))
@@ -134,11 +136,69 @@ def test_unsupported_dtype_file_is_a_format_error(tmp_path):
         fpt_ref.load(path)
 
 
-def test_nan_eps_in_metadata_is_a_format_error(tmp_path):
+def test_nan_eps_in_metadata_is_a_format_error(tmp_path, tensors):
     with pytest.raises(fpt_ref.FormatError, match="norm_eps"):
-        fpt_ref.load(_write(tmp_path, _tensors(), {"format": "fpt-ref/1", "norm_eps": "nan", "causal": "false"}))
+        fpt_ref.load(_write(tmp_path, tensors, {"format": "fpt-ref/1", "norm_eps": "nan", "causal": "false"}))
 
 
-def test_save_to_a_missing_folder_is_an_os_error(tmp_path):
+def test_save_to_a_missing_folder_is_an_os_error(tmp_path, hetero_model):
     with pytest.raises(OSError, match="cannot write"):
         fpt_ref.save(hetero_model(), tmp_path / "no" / "such" / "m.safetensors")
+
+
+# ---- the tensor-name grammar (fpt_ref.names) ---------------------------------------------
+
+
+def test_every_tensor_name_parses_back_to_its_place(hetero_model):
+    m = hetero_model()
+    seen = set()
+    for name in named_tensors(m):
+        kind, n, e = parse_name(name)
+        assert tensor_name(kind, n, e) == name
+        seen.add((kind, n, e))
+    # the documented layout, written out: 3 model tensors, 6 per layer, 4 per head
+    assert ("embed", None, None) in seen and ("w_l2", 1, None) in seen and ("w_o", 1, 3) in seen
+    assert len(seen) == 3 + 2 * 6 + 4 * (2 + 4)
+
+
+def test_kinds_are_the_fields_of_the_containers():
+    from dataclasses import fields
+
+    assert HEAD_KINDS == tuple(f.name for f in fields(fpt_ref.Head))
+    assert set(LAYER_KINDS) == {f.name for f in fields(fpt_ref.Layer)} - {"heads"}
+    assert set(MODEL_KINDS) == {"embed", "pos", "w_out"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "layers.00.w_l1",
+        "layers.0.heads.01.w_q",
+        "layers.0.embed",  # a model tensor under a layer
+        "layers.0.heads.0.w_l1",  # a layer tensor under a head
+        "layers.0.w_q",  # a head tensor without its head
+        "w_l1",
+        "heads.0.w_q",
+        "layers.-1.w_l1",
+        "layers.0.w_l3",
+        "layers.0.W_O",  # the figures' stacked view is not a file tensor
+        "",
+    ],
+)
+def test_names_outside_the_grammar_are_refused(name):
+    with pytest.raises(ValueError, match=r"^name: "):
+        parse_name(name)
+
+
+def test_tensor_name_refuses_indices_that_do_not_fit_the_kind():
+    assert tensor_name("w_out") == "w_out" and tensor_name("b_l1", 12) == "layers.12.b_l1"
+    for args in (("w_q", 0), ("w_l1",), ("pos", 0), ("w_l1", 0, 0), ("nope", 0)):
+        with pytest.raises(ValueError, match=r"^kind: "):
+            tensor_name(*args)
+
+
+def test_a_model_tensor_under_a_layer_is_an_unexpected_tensor(tmp_path, tensors):
+    t = dict(tensors)
+    t["layers.0.pos"] = np.zeros((5, 6))
+    with pytest.raises(fpt_ref.FormatError, match="unexpected tensor 'layers.0.pos'"):
+        fpt_ref.load(_write(tmp_path, t))

@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from test_expansions import hetero_model
 
 import fpt_ref
-from fpt_ref import PlanError, Step, parse_plan
+from fpt_ref import PlanError, Step, paper, parse_plan, plan
 
 TEXT = (
     "mlp p=48 layers=0,1; add_heads count=2\nheads v=12 layers=1 heads=0; attention k=12; hidden h=24; add_layer at=1"
@@ -67,7 +66,7 @@ def test_plan_errors(plan, msg):
         parse_plan(plan)
 
 
-def test_indices_refer_to_the_model_when_the_step_runs():
+def test_indices_refer_to_the_model_when_the_step_runs(hetero_model):
     m = hetero_model()  # 2 layers
     res = fpt_ref.run_plan(m, "add_layer at=2; mlp p=12 layers=2")
     assert res[-1].model.layers[2].p == 12 and res[-1].model.N == 3
@@ -75,7 +74,7 @@ def test_indices_refer_to_the_model_when_the_step_runs():
         fpt_ref.run_plan(m, "mlp p=12 layers=2; add_layer at=2")
 
 
-def test_run_plan_reports_each_step_against_the_original():
+def test_run_plan_reports_each_step_against_the_original(hetero_model):
     m = hetero_model()
     res = fpt_ref.run_plan(m, TEXT.replace("48", "9").replace("12", "7").replace("24", "10"), seed=4)
     assert [r.step for r in res] == parse_plan(TEXT.replace("48", "9").replace("12", "7").replace("24", "10"))
@@ -84,3 +83,46 @@ def test_run_plan_reports_each_step_against_the_original():
     # the seed makes runs reproducible; a different seed changes free blocks only
     again = fpt_ref.run_plan(m, [s for s in parse_plan("mlp p=9")], seed=4)
     assert np.array_equal(again[0].model.layers[0].w_l1, res[0].model.layers[0].w_l1)
+
+
+# ---- the plan keys are the paper's table (fpt_ref.paper) ---------------------------------
+
+TEXT_OF = {"int": "3", "ints": "0,1", "str": "W_Q"}  # a value of each kind, as plan text
+VALUE_OF = {"int": 3, "ints": [0, 1], "str": "W_Q"}  # and what parse_plan makes of it
+
+
+@pytest.mark.parametrize("op", paper.NAMES)
+def test_plan_accepts_exactly_the_keys_of_the_papers_table(op):
+    row = paper.EXPANSIONS[op]
+    required = {k: TEXT_OF[row.keys[k]] for k in row.required}
+    for key, kind in row.keys.items():
+        args = {**required, key: TEXT_OF[kind]}
+        (step,) = parse_plan(op + " " + " ".join(f"{k}={v}" for k, v in args.items()))
+        assert step.op == op and step.args[key] == VALUE_OF[kind], (op, key)
+    others = {k for r in paper.EXPANSIONS.values() for k in r.keys} - set(row.keys)
+    for key in sorted(others) + ["q"]:
+        text = op + " " + " ".join(f"{k}={v}" for k, v in {**required, key: "1"}.items())
+        with pytest.raises(PlanError, match=f"has no key '{key}'"):
+            parse_plan(text)
+    for key in row.required:
+        rest = {k: v for k, v in required.items() if k != key}
+        with pytest.raises(PlanError, match=f"needs {key}="):
+            parse_plan(op + " " + " ".join(f"{k}={v}" for k, v in rest.items()))
+
+
+def test_plan_steps_run_the_functions_the_table_names():
+    assert list(plan.STEPS) == list(paper.NAMES)
+    for op, row in paper.EXPANSIONS.items():
+        assert plan.STEPS[op][0] is getattr(fpt_ref, row.function), op
+
+
+@pytest.mark.parametrize("value", ["1e9", "4.0", "x", "true", ""])
+def test_plan_integers_are_decimal_integers(value):
+    with pytest.raises(PlanError, match=rf"plan: step 'hidden': h={value!r} is not an integer"):
+        parse_plan([{"op": "hidden", "h": value}])
+
+
+@pytest.mark.parametrize("value", [True, 4.0, None, [1.5]])
+def test_plan_json_integers_refuse_other_types(value):
+    with pytest.raises(PlanError, match="is not"):
+        parse_plan([{"op": "mlp", "p": 9, "layers": value}])

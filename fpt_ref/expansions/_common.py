@@ -1,4 +1,4 @@
-"""Shared machinery of the six expansions: argument checks, free-block initializers, and a
+"""Shared machinery of the six expansions: selections, free-block initializers, and a
 block builder that concatenates arrays while recording the manifest.
 
 A manifest is a list of :class:`Block` records, one for every new or changed block of a
@@ -9,8 +9,18 @@ tensor of the expanded model, with its role:
 - ``zero``:   a new block constrained to zero by the theorem;
 - ``free``:   a new block that may hold any value (filled by the initializer).
 
-Roles come from the structure of each expansion (the code that builds the block states
-it), never from tensor names.
+Each block also carries its name in the paper's notation (``block``):
+
+- a new block (``zero`` or ``free``) is named by the paper's name for it, one of the keys of
+  ``fpt_ref.paper.EXPANSIONS[op].blocks`` (``M_l2``, ``m_b_l1``, ``W_Q_new``, ...). The
+  expansion's code names it where it builds it (``Builder.zeros("M_l2", ...)``), and the
+  builder refuses a name that is not in the paper's table for that expansion, or a tensor
+  the table does not place that block in;
+- an existing block (``copied`` or ``scaled``) is named by the paper symbol of the tensor
+  it belongs to, ``fpt_ref.paper.SYMBOLS`` (``W_l1``, ``g_MHA``, ``W_K,e``, ...).
+
+Roles and new-block names come from the structure of each expansion (the code that builds
+the block states them), never from tensor names.
 """
 
 from __future__ import annotations
@@ -22,7 +32,10 @@ from typing import Callable, Union
 
 import numpy as np
 
+from .. import paper
+from ..checks import check_int, is_int
 from ..model import Model
+from ..names import parse_name
 
 ROLES = ("copied", "scaled", "zero", "free")
 
@@ -33,25 +46,40 @@ Init = Union[str, Callable]
 class Block:
     """One block of a tensor of the expanded model.
 
-    ``index`` holds one ``(start, stop)`` pair per axis of the tensor ``tensor``.
+    ``index`` holds one ``(start, stop)`` pair per axis of the tensor ``tensor``; ``block``
+    is the block's name in the paper's notation (module doc), e.g. ``"M_l2"`` or ``"W_K,e"``.
+
+    >>> print(Block("layers.0.w_l2", ((32, 48), (0, 16)), "zero", block="M_l2"))
+    layers.0.w_l2[32:48, 0:16] zero (M_l2)
     """
 
     tensor: str
     index: tuple[tuple[int, int], ...]
     role: str
     factor: float | None = None
+    block: str | None = None
 
     def __str__(self) -> str:
         idx = ", ".join(f"{a}:{b}" for a, b in self.index)
         extra = f" x{self.factor!r}" if self.role == "scaled" else ""
-        return f"{self.tensor}[{idx}] {self.role}{extra}"
+        name = f" ({self.block})" if self.block is not None else ""
+        return f"{self.tensor}[{idx}] {self.role}{extra}{name}"
 
     def to_dict(self) -> dict:
-        return {"tensor": self.tensor, "index": [list(i) for i in self.index], "role": self.role, "factor": self.factor}
+        return {
+            "tensor": self.tensor,
+            "index": [list(i) for i in self.index],
+            "role": self.role,
+            "factor": self.factor,
+            "block": self.block,
+        }
 
 
 class Builder:
-    """Builds the new tensors of one expansion call and records their manifest.
+    """Builds the new tensors of one call of expansion ``op`` and records their manifest.
+
+    ``op`` is the expansion's name in :data:`fpt_ref.paper.EXPANSIONS`; new blocks must be
+    named by that row's ``blocks``.
 
     ``init`` is ``"normal"`` (default: a seeded normal draw, in the model's dtype, with the
     mean and standard deviation of the existing tensor the block extends, estimated from at
@@ -61,7 +89,8 @@ class Builder:
     and ``rng`` a ``numpy.random.Generator``.
     """
 
-    def __init__(self, model: Model, init: Init = "normal", seed: int | None = 0):
+    def __init__(self, model: Model, op: str, init: Init = "normal", seed: int | None = 0):
+        self.row = paper.expansion(op)
         if not (init in ("normal", "zeros") or callable(init)):
             raise ValueError(f"init: must be 'normal', 'zeros' or a callable, got {init!r}")
         if seed is not None:
@@ -73,13 +102,22 @@ class Builder:
         self.blocks: list = []
 
     # ---- new blocks -------------------------------------------------------------------
-    def zeros(self, shape) -> Part:
-        return Part(self.xp.zeros(tuple(shape), dtype=self.dtype), "zero")
+    def _new(self, block: str) -> str:
+        if block not in self.row.blocks:  # a programming error in an expansion, not a user error
+            raise AssertionError(f"{block!r} is not a new block of {self.row.name} ({', '.join(self.row.blocks)})")
+        return block
 
-    def free(self, shape, like=None) -> Part:
+    def zeros(self, block: str, shape) -> Part:
+        """New block ``block`` (paper name) of zeros: the theorem's constraint."""
+        return Part(self.xp.zeros(tuple(shape), dtype=self.dtype), "zero", block=self._new(block))
+
+    def free(self, block: str, shape, like=None) -> Part:
+        """New free block ``block`` (paper name), filled by the initializer; ``like`` is the
+        existing tensor it extends (or ``None``)."""
+        block = self._new(block)
         shape = tuple(int(d) for d in shape)
         if self.init == "zeros":
-            return Part(self.xp.zeros(shape, dtype=self.dtype), "free")
+            return Part(self.xp.zeros(shape, dtype=self.dtype), "free", block=block)
         if self.init == "normal":
             mean, std = _moments(like)
             if not std > 0:
@@ -93,25 +131,34 @@ class Builder:
                 raise ValueError(
                     f"init: the callable returned shape {list(getattr(arr, 'shape', []))}, expected {list(shape)}"
                 )
-        return Part(self.xp.asarray(arr, dtype=self.dtype), "free")
+        return Part(self.xp.asarray(arr, dtype=self.dtype), "free", block=block)
 
     @staticmethod
     def copied(arr) -> Part:
+        """An existing block, unchanged (named by its tensor's paper symbol)."""
         return Part(arr, "copied")
 
     def scaled(self, arr, factor: float) -> Part:
+        """An existing block multiplied by ``factor`` (named by its tensor's paper symbol)."""
         return Part(arr * self.xp.asarray(factor, dtype=self.dtype), "scaled", factor)
 
     # ---- assembling -------------------------------------------------------------------
     def concat(self, name: str, parts: Sequence[Part], axis: int):
         """Concatenate ``parts`` along ``axis`` into tensor ``name``, recording each part."""
+        kind = parse_name(name)[0]
         arrays = [p.array for p in parts]
         out = arrays[0] if len(arrays) == 1 else self.xp.concatenate(arrays, axis=axis)
         off = 0
         for p in parts:
+            if p.block is None:
+                block = paper.SYMBOLS[kind]
+            elif kind in self.row.tensors[p.block]:
+                block = p.block
+            else:  # a programming error in an expansion
+                raise AssertionError(f"{self.row.name}: block {p.block} does not lie in a {kind} tensor ({name})")
             n = int(p.array.shape[axis])
             index = tuple((off, off + n) if ax == axis else (0, int(d)) for ax, d in enumerate(out.shape))
-            self.blocks.append(Block(name, index, p.role, p.factor))
+            self.blocks.append(Block(name, index, p.role, p.factor, block))
             off += n
         return out
 
@@ -125,6 +172,7 @@ class Part:
     array: object
     role: str
     factor: float | None = None
+    block: str | None = None  # paper name of a new block; None: the tensor's symbol
 
 
 _MOMENT_SAMPLE = 1 << 16
@@ -147,31 +195,19 @@ def finish(model: Model, blocks: list, return_manifest: bool):
     return (model, list(blocks)) if return_manifest else model
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def check_int(name: str, value, minimum: int) -> int:
-    if not _is_int(value):
-        raise ValueError(f"{name}: expected an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: must be at least {minimum}, got {value}")
-    return int(value)
-
-
 def layer_indices(model: Model, layers, name: str = "layers") -> list:
     """Validate a layer selection (``None`` = all, an int, or a sequence of ints)."""
     if model.N == 0:
         raise ValueError(f"{name}: the model has no layers (N=0); add one first (add_layer)")
     if layers is None:
         return list(range(model.N))
-    if _is_int(layers):
+    if is_int(layers):
         layers = [layers]
     if isinstance(layers, str) or not hasattr(layers, "__iter__"):
         raise ValueError(f"{name}: expected a layer index or a list of them, got {layers!r}")
     out = []
     for n in layers:
-        if not _is_int(n):
+        if not is_int(n):
             raise ValueError(f"{name}: layer index {n!r} is not an integer")
         if not 0 <= n < model.N:
             raise ValueError(f"{name}: layer index {n!r} is out of range for a model with N={model.N} layers")
@@ -188,13 +224,13 @@ def head_indices(model: Model, n: int, heads, name: str = "heads") -> list:
     E = model.layers[n].E
     if heads is None:
         return list(range(E))
-    if _is_int(heads):
+    if is_int(heads):
         heads = [heads]
     if isinstance(heads, str) or not hasattr(heads, "__iter__"):
         raise ValueError(f"{name}: expected a head index or a list of them, got {heads!r}")
     out = []
     for e in heads:
-        if not _is_int(e):
+        if not is_int(e):
             raise ValueError(f"{name}: head index {e!r} is not an integer")
         if not 0 <= e < E:
             raise ValueError(f"{name}: head index {e!r} is out of range for layer {n}, which has E={E} heads")

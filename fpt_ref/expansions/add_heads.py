@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..checks import check_int
 from ..model import Head, Model
-from ._common import Builder, check_int, finish, layer_indices
+from ..names import head_prefix
+from ._common import Builder, finish, layer_indices
 
 
 def add_heads(
@@ -28,6 +30,18 @@ def add_heads(
     k, v : int, optional
         Key/query and value size of the new heads (default: those of the layer's last head).
     init, seed, return_manifest : see :func:`fpt_ref.expand_mlp`.
+
+    Examples
+    --------
+    >>> import fpt_ref
+    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4)
+    >>> big, manifest = add_heads(model, layers=1, k=3, return_manifest=True)
+    >>> [(head.k, head.v) for head in big.layers[1].heads]
+    [(2, 2), (3, 2)]
+    >>> [(block.tensor, block.role, block.block) for block in manifest][-1]
+    ('layers.1.heads.1.w_o', 'zero', 'M_O')
+    >>> fpt_ref.verify(model, big)["ok"]
+    True
     """
     count = check_int("count", count, 1)
     chosen = layer_indices(model, layers)
@@ -35,7 +49,7 @@ def add_heads(
         check_int("k", k, 1)
     if v is not None:
         check_int("v", v, 1)
-    b = Builder(model, init, seed)
+    b = Builder(model, "add_heads", init, seed)
     new_layers = list(model.layers)
     for n in chosen:
         L = model.layers[n]
@@ -44,13 +58,13 @@ def add_heads(
         vv = ref.v if v is None else int(v)
         heads = list(L.heads)
         for _ in range(count):
-            pre = f"layers.{n}.heads.{len(heads)}"
+            pre = head_prefix(n, len(heads))
             heads.append(
                 Head(
-                    w_q=b.whole(f"{pre}.w_q", b.free((model.h, kk), ref.w_q)),  # [h, k]
-                    w_k=b.whole(f"{pre}.w_k", b.free((model.h, kk), ref.w_k)),  # [h, k]
-                    w_v=b.whole(f"{pre}.w_v", b.free((model.h, vv), ref.w_v)),  # [h, v]
-                    w_o=b.whole(f"{pre}.w_o", b.zeros((vv, model.h))),  # [v, h]  M_O = 0
+                    w_q=b.whole(f"{pre}.w_q", b.free("W_Q_new", (model.h, kk), ref.w_q)),  # [h, k]
+                    w_k=b.whole(f"{pre}.w_k", b.free("W_K_new", (model.h, kk), ref.w_k)),  # [h, k]
+                    w_v=b.whole(f"{pre}.w_v", b.free("W_V_new", (model.h, vv), ref.w_v)),  # [h, v]
+                    w_o=b.whole(f"{pre}.w_o", b.zeros("M_O", (vv, model.h))),  # [v, h]  M_O = 0
                 )
             )
         new_layers[n] = replace(L, heads=tuple(heads))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..checks import check_int
 from ..model import Head, Layer, Model
-from ._common import Builder, check_int, finish
+from ..names import tensor_name
+from ._common import Builder, finish
 
 
 def add_layer(
@@ -28,6 +30,18 @@ def add_layer(
         that many heads of that layer's first head's ``(k, v)``; ``k`` / ``v`` set every head's.
         A model with no layers needs all four.
     init, seed, return_manifest : see :func:`fpt_ref.expand_mlp`.
+
+    Examples
+    --------
+    >>> import fpt_ref
+    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4)
+    >>> big, manifest = add_layer(model, 1, p=5, return_manifest=True)
+    >>> big.N, big.layers[1].p
+    (3, 5)
+    >>> [block.block for block in manifest if block.role == "zero"]
+    ['W_O', 'W_l2', 'b_l2']
+    >>> fpt_ref.verify(model, big)["ok"]
+    True
     """
     at = check_int("at", at, 0)
     if at > model.N:
@@ -51,8 +65,7 @@ def add_layer(
     else:
         kv = [(ref.heads[0].k if k is None else k, ref.heads[0].v if v is None else v)] * heads
 
-    b = Builder(model, init, seed)
-    pre = f"layers.{at}"
+    b = Builder(model, "add_layer", init, seed)
 
     def like(e, name):
         if ref is None:
@@ -61,21 +74,25 @@ def add_layer(
 
     new_heads = tuple(
         Head(
-            w_q=b.whole(f"{pre}.heads.{e}.w_q", b.free((h, ke), like(e, "w_q"))),  # [h, k]
-            w_k=b.whole(f"{pre}.heads.{e}.w_k", b.free((h, ke), like(e, "w_k"))),  # [h, k]
-            w_v=b.whole(f"{pre}.heads.{e}.w_v", b.free((h, ve), like(e, "w_v"))),  # [h, v]
-            w_o=b.whole(f"{pre}.heads.{e}.w_o", b.zeros((ve, h))),  # [v, h]  zero
+            w_q=b.whole(tensor_name("w_q", at, e), b.free("W_Q", (h, ke), like(e, "w_q"))),  # [h, k]
+            w_k=b.whole(tensor_name("w_k", at, e), b.free("W_K", (h, ke), like(e, "w_k"))),  # [h, k]
+            w_v=b.whole(tensor_name("w_v", at, e), b.free("W_V", (h, ve), like(e, "w_v"))),  # [h, v]
+            w_o=b.whole(tensor_name("w_o", at, e), b.zeros("W_O", (ve, h))),  # [v, h]  W_O = 0
         )
         for e, (ke, ve) in enumerate(kv)
     )
     layer = Layer(
-        norm_mha=b.whole(f"{pre}.norm_mha", b.free((h,), ones if ref is None else ref.norm_mha)),  # [h]
+        norm_mha=b.whole(
+            tensor_name("norm_mha", at), b.free("g_MHA", (h,), ones if ref is None else ref.norm_mha)
+        ),  # [h]
         heads=new_heads,
-        norm_mlp=b.whole(f"{pre}.norm_mlp", b.free((h,), ones if ref is None else ref.norm_mlp)),  # [h]
-        w_l1=b.whole(f"{pre}.w_l1", b.free((h, p), None if ref is None else ref.w_l1)),  # [h, p]
-        b_l1=b.whole(f"{pre}.b_l1", b.free((p,), None if ref is None else ref.b_l1)),  # [p]
-        w_l2=b.whole(f"{pre}.w_l2", b.zeros((p, h))),  # [p, h]  zero
-        b_l2=b.whole(f"{pre}.b_l2", b.zeros((h,))),  # [h]  zero
+        norm_mlp=b.whole(
+            tensor_name("norm_mlp", at), b.free("g_MLP", (h,), ones if ref is None else ref.norm_mlp)
+        ),  # [h]
+        w_l1=b.whole(tensor_name("w_l1", at), b.free("W_l1", (h, p), None if ref is None else ref.w_l1)),  # [h, p]
+        b_l1=b.whole(tensor_name("b_l1", at), b.free("b_l1", (p,), None if ref is None else ref.b_l1)),  # [p]
+        w_l2=b.whole(tensor_name("w_l2", at), b.zeros("W_l2", (p, h))),  # [p, h]  W_l2 = 0
+        b_l2=b.whole(tensor_name("b_l2", at), b.zeros("b_l2", (h,))),  # [h]  b_l2 = 0
     )
     layers = model.layers[:at] + (layer,) + model.layers[at:]
     return finish(replace(model, layers=layers), b.blocks, return_manifest)

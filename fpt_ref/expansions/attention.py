@@ -6,6 +6,7 @@ import math
 from dataclasses import replace
 
 from ..model import Model
+from ..names import tensor_name
 from ._common import Builder, check_grows, finish, head_indices, layer_indices
 
 
@@ -31,11 +32,25 @@ def expand_attention(
     scale : {"W_K", "W_Q"}
         Which projection carries the ``sqrt(k^/k)`` scaling (its new columns are the zero ones).
     init, seed, return_manifest : see :func:`fpt_ref.expand_mlp`.
+
+    Examples
+    --------
+    >>> import fpt_ref
+    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4)
+    >>> big, manifest = expand_attention(model, 8, layers=1, return_manifest=True)
+    >>> for block in manifest:
+    ...     print(block)
+    layers.1.heads.0.w_q[0:4, 0:2] copied (W_Q,e)
+    layers.1.heads.0.w_q[0:4, 2:8] free (M_Q)
+    layers.1.heads.0.w_k[0:4, 0:2] scaled x2.0 (W_K,e)
+    layers.1.heads.0.w_k[0:4, 2:8] zero (M_K)
+    >>> fpt_ref.verify(model, big)["ok"]
+    True
     """
     if scale not in ("W_K", "W_Q"):
         raise ValueError(f"scale: must be 'W_K' or 'W_Q', got {scale!r}")
     chosen = layer_indices(model, layers)
-    b = Builder(model, init, seed)
+    b = Builder(model, "attention", init, seed)
     new_layers = list(model.layers)
     for n in chosen:
         L = model.layers[n]
@@ -45,15 +60,14 @@ def expand_attention(
             k_new = check_grows("k", k, H.k, f"head {e} of layer {n}")
             d = k_new - H.k
             factor = math.sqrt(k_new / H.k)
-            pre = f"layers.{n}.heads.{e}"
             if scale == "W_K":
-                q_parts = [b.copied(H.w_q), b.free((model.h, d), H.w_q)]
-                k_parts = [b.scaled(H.w_k, factor), b.zeros((model.h, d))]
+                q_parts = [b.copied(H.w_q), b.free("M_Q", (model.h, d), H.w_q)]
+                k_parts = [b.scaled(H.w_k, factor), b.zeros("M_K", (model.h, d))]
             else:
-                q_parts = [b.scaled(H.w_q, factor), b.zeros((model.h, d))]
-                k_parts = [b.copied(H.w_k), b.free((model.h, d), H.w_k)]
-            w_q = b.concat(f"{pre}.w_q", q_parts, axis=1)  # [h, k^]
-            w_k = b.concat(f"{pre}.w_k", k_parts, axis=1)  # [h, k^]
+                q_parts = [b.scaled(H.w_q, factor), b.zeros("M_Q", (model.h, d))]
+                k_parts = [b.copied(H.w_k), b.free("M_K", (model.h, d), H.w_k)]
+            w_q = b.concat(tensor_name("w_q", n, e), q_parts, axis=1)  # [h, k^]
+            w_k = b.concat(tensor_name("w_k", n, e), k_parts, axis=1)  # [h, k^]
             new_heads[e] = replace(H, w_q=w_q, w_k=w_k)
         new_layers[n] = replace(L, heads=tuple(new_heads))
     return finish(replace(model, layers=tuple(new_layers)), b.blocks, return_manifest)

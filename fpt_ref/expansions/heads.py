@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..model import Model
+from ..names import tensor_name
 from ._common import Builder, check_grows, finish, head_indices, layer_indices
 
 
@@ -26,9 +27,23 @@ def expand_heads(model: Model, v: int, layers=None, heads=None, *, init="normal"
     heads : int or sequence of int, optional
         Heads within each chosen layer (default: all heads of that layer).
     init, seed, return_manifest : see :func:`fpt_ref.expand_mlp`.
+
+    Examples
+    --------
+    >>> import fpt_ref
+    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4)
+    >>> big, manifest = expand_heads(model, 3, layers=0, return_manifest=True)
+    >>> for block in manifest:
+    ...     print(block)
+    layers.0.heads.0.w_v[0:4, 0:2] copied (W_V,e)
+    layers.0.heads.0.w_v[0:4, 2:3] free (M_V)
+    layers.0.heads.0.w_o[0:2, 0:4] copied (W_O,e)
+    layers.0.heads.0.w_o[2:3, 0:4] zero (M_O)
+    >>> fpt_ref.verify(model, big)["ok"]
+    True
     """
     chosen = layer_indices(model, layers)
-    b = Builder(model, init, seed)
+    b = Builder(model, "heads", init, seed)
     new_layers = list(model.layers)
     for n in chosen:
         L = model.layers[n]
@@ -37,9 +52,10 @@ def expand_heads(model: Model, v: int, layers=None, heads=None, *, init="normal"
             H = L.heads[e]
             v_new = check_grows("v", v, H.v, f"head {e} of layer {n}")
             d = v_new - H.v
-            pre = f"layers.{n}.heads.{e}"
-            w_v = b.concat(f"{pre}.w_v", [b.copied(H.w_v), b.free((model.h, d), H.w_v)], axis=1)  # [h, v^]
-            w_o = b.concat(f"{pre}.w_o", [b.copied(H.w_o), b.zeros((d, model.h))], axis=0)  # [v^, h]
+            w_v = b.concat(
+                tensor_name("w_v", n, e), [b.copied(H.w_v), b.free("M_V", (model.h, d), H.w_v)], axis=1
+            )  # [h, v^]
+            w_o = b.concat(tensor_name("w_o", n, e), [b.copied(H.w_o), b.zeros("M_O", (d, model.h))], axis=0)  # [v^, h]
             new_heads[e] = replace(H, w_v=w_v, w_o=w_o)
         new_layers[n] = replace(L, heads=tuple(new_heads))
     return finish(replace(model, layers=tuple(new_layers)), b.blocks, return_manifest)

@@ -26,9 +26,12 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 
+from ..checks import is_int
 from ..model import Model
+from ..paper import NAMES
 
-EXPANSIONS = ("mlp", "add_heads", "heads", "attention", "hidden", "add_layer")
+#: the six expansions, in the paper's order (:data:`fpt_ref.paper.NAMES`)
+EXPANSIONS = NAMES
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,9 @@ class Config:
             val = getattr(self, f.name)
             if f.name in ("name", "plan", "eps"):
                 continue
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            if not is_int(val) or val < 1:
                 raise ValueError(f"config: {f.name} must be an integer >= 1, got {val!r}")
+            object.__setattr__(self, f.name, int(val))  # a NumPy integer becomes a Python int (JSON)
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not self.eps > 0:
             raise ValueError(f"config: eps must be a number > 0 (the eps of the eps > 0 families), got {self.eps!r}")
         if self.out_dim < 2:
