@@ -314,21 +314,32 @@ def _check_blocks(rep: AuditReport, t: str, arr, old, blocks, ax: int, dtype) ->
 
 
 def _check_constraints(rep: AuditReport, manifest: list, op: str) -> None:
-    from .paper import expansion
+    """The zero blocks and scalings include one of the minimal sufficient sets of ``op``."""
+    from .paper import SCALED_TENSORS, SYMBOLS, expansion
 
     row = expansion(op)
     named = [getattr(blk, "block", None) for blk in manifest]
     if not manifest or any(n is None for n in named):
         rep.notes.append(f"the manifest does not name its blocks: the constraint set of {row.theorem} was not checked")
         return
-    free = sorted({n for blk, n in zip(manifest, named) if n in row.zero and blk.role != "zero"})
-    if free:
+    roles: dict = {}
+    for blk, n in zip(manifest, named):
+        roles.setdefault(n, set()).add(blk.role)
+    scaled = {n for n, r in roles.items() if "scaled" in r}
+
+    def holds(zero, scalings) -> bool:
+        if any(roles.get(b, {"zero"}) != {"zero"} for b in zero):
+            return False
+        return all(not SCALED_TENSORS[sc] or {SYMBOLS[t] for t in SCALED_TENSORS[sc]} & scaled for sc in scalings)
+
+    if not any(holds(z, sc) for z, sc in row.minimal):
+        sets = "; ".join(
+            "{" + ", ".join(sorted(z)) + "}" + (" with " + ", ".join(sorted(sc)) + " scaled" if sc else "")
+            for z, sc in row.minimal
+        )
+        free = sorted(b for b in row.zero if roles.get(b, {"zero"}) != {"zero"})
         rep.fail(
             "(constraints)",
-            f"{row.theorem} needs {', '.join(free)} = 0; the manifest has them {blk_roles(manifest, free)}",
+            f"{row.theorem}: no sufficient constraint set holds (needs one of: {sets}); "
+            f"the paper's {', '.join(free) or 'scaling'} is not zero/applied",
         )
-
-
-def blk_roles(manifest: list, names: list) -> str:
-    roles = sorted({blk.role for blk in manifest if getattr(blk, "block", None) in names})
-    return " / ".join(roles)

@@ -57,6 +57,12 @@ class Expansion:
         Plan keys a step must give.
     constraint : str
         The constraint as one line of text (figures, listings).
+    minimal : tuple of (frozenset of str, frozenset of str)
+        Every minimal sufficient constraint set, as ``(zero blocks, scalings)``: the paper's
+        and the alternatives the proof checker's exhaustive search finds (``fpt-ref prove
+        NAME --minimal``; the test suite holds this field against that search). For a ReLU
+        MLP, ``{M_l1, m_b_l1}`` relies on ``ReLU(0) = 0``. A manifest whose zero blocks
+        include one of these sets (with its scalings applied) preserves the function.
     """
 
     name: str
@@ -72,6 +78,7 @@ class Expansion:
     keys: Mapping[str, str]
     required: tuple[str, ...]
     constraint: str
+    minimal: tuple[tuple[frozenset[str], frozenset[str]], ...] = ()
 
     @property
     def theorem(self) -> str:
@@ -91,9 +98,14 @@ def _row(**kw) -> Expansion:
     kw["keys"] = MappingProxyType(dict(kw["keys"]))
     kw["zero"] = frozenset(kw["zero"])
     kw["paper_scalings"] = frozenset(kw.get("paper_scalings", ()))
+    kw["minimal"] = tuple(
+        (frozenset(z), frozenset(sc)) for z, sc in kw.get("minimal", [(kw["zero"], kw["paper_scalings"])])
+    )
     row = Expansion(**kw)
     assert set(row.tensors) == set(row.blocks), row.name
     assert row.zero <= set(row.blocks) and row.paper_scalings <= set(row.scalings), row.name
+    assert (row.zero, row.paper_scalings) in row.minimal, row.name
+    assert all(z <= set(row.blocks) and sc <= set(row.scalings) for z, sc in row.minimal), row.name
     assert set(row.required) <= set(row.keys) and set(row.keys.values()) <= set(KEY_KINDS), row.name
     return row
 
@@ -115,6 +127,7 @@ _ROWS = (
         keys={"p": "int", "layers": "ints"},
         required=("p",),
         constraint="M_l2 = 0",
+        minimal=[({"M_l2"}, ()), ({"M_l1", "m_b_l1"}, ())],
     ),
     _row(
         name="add_heads",
@@ -133,6 +146,7 @@ _ROWS = (
         keys={"count": "int", "layers": "ints", "k": "int", "v": "int"},
         required=(),
         constraint="M_O = 0",
+        minimal=[({"M_O"}, ()), ({"W_V_new"}, ())],
     ),
     _row(
         name="heads",
@@ -149,6 +163,7 @@ _ROWS = (
         keys={"v": "int", "layers": "ints", "heads": "ints"},
         required=("v",),
         constraint="M_O,e = 0",
+        minimal=[({"M_O"}, ()), ({"M_V"}, ())],
     ),
     _row(
         name="attention",
@@ -167,6 +182,7 @@ _ROWS = (
         keys={"k": "int", "layers": "ints", "heads": "ints", "scale": "str"},
         required=("k",),
         constraint="M_K,e = 0 and W_K,e x sqrt(k^/k) (or mirror: M_Q, W_Q)",
+        minimal=[({"M_K"}, {"W_K"}), ({"M_Q"}, {"W_K"}), ({"M_K"}, {"W_Q"}), ({"M_Q"}, {"W_Q"})],
     ),
     _row(
         name="hidden",
@@ -241,11 +257,27 @@ _ROWS = (
         keys={"at": "int", "p": "int", "heads": "int", "k": "int", "v": "int"},
         required=("at",),
         constraint="new layer's W_O = 0, W_l2 = 0, b_l2 = 0",
+        minimal=[
+            ({"W_O", "W_l2", "b_l2"}, ()),
+            ({"W_V", "W_l2", "b_l2"}, ()),
+            ({"g_MHA", "W_l2", "b_l2"}, ()),
+            ({"W_O", "W_l1", "b_l1", "b_l2"}, ()),
+            ({"W_V", "W_l1", "b_l1", "b_l2"}, ()),
+            ({"g_MHA", "W_l1", "b_l1", "b_l2"}, ()),
+            ({"W_O", "g_MLP", "b_l1", "b_l2"}, ()),
+            ({"W_V", "g_MLP", "b_l1", "b_l2"}, ()),
+            ({"g_MHA", "g_MLP", "b_l1", "b_l2"}, ()),
+        ],
     ),
 )
 
 #: kind of a file-format tensor (:mod:`fpt_ref.names`) -> its paper symbol. A manifest names
 #: an existing block (copied or scaled) by the symbol of the tensor it belongs to.
+#: scaling name -> the tensor kinds it multiplies (``eps`` multiplies the model's norm epsilon)
+SCALED_TENSORS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"W_K": ("w_k",), "W_Q": ("w_q",), "g": ("norm_mha", "norm_mlp"), "eps": ()}
+)
+
 SYMBOLS: Mapping[str, str] = MappingProxyType(
     {
         "embed": "I",

@@ -208,3 +208,35 @@ def test_float32_scaling_note():
     base, grown, manifest = _step("attention", "float32")
     rep = audit_step(base, grown, manifest)
     assert rep.ok and any("rounds to" in n for n in rep.notes)
+
+
+def _renamed(m, role_of):
+    return [replace(x, role=role_of(x)) for x in m]
+
+
+# manifests with paper block names: a constraint set is accepted iff it includes a proved one
+CONSTRAINT_CASES = [
+    ("mlp", lambda x: x.role, True),
+    ("mlp", lambda x: "free" if x.block == "M_l2" else x.role, False),
+    ("add_layer", lambda x: "free" if x.block == "b_l2" else x.role, False),
+]
+
+
+@pytest.mark.parametrize("op,role_of,ok", CONSTRAINT_CASES)
+def test_constraint_sets_are_checked_against_the_paper_table(op, role_of, ok):
+    base, grown, manifest = _step(op)
+    m2 = _renamed(manifest, role_of)
+    rep = audit_step(base, grown, m2, op=op)
+    bad = [f for f in rep.findings if f.tensor == "(constraints)"]
+    assert (not bad) == ok, [str(f) for f in rep.findings]
+
+
+def test_alternative_proved_sets_are_accepted():
+    # an MLP grown with M_l1 and m_b_l1 zero (the ReLU alternative) and M_l2 free: preserving
+    base = _base()
+    grown, manifest = expand_mlp(base, 40, init="zeros", return_manifest=True)
+    m2 = _renamed(manifest, lambda x: {"M_l2": "free", "M_l1": "zero", "m_b_l1": "zero"}.get(x.block, x.role))
+    assert audit_step(base, grown, m2, op="mlp").ok
+    # the W_Q mirror of the attention expansion
+    base, grown, manifest = _step("attention_q")
+    assert audit_step(base, grown, manifest, op="attention").ok
