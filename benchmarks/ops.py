@@ -1,6 +1,6 @@
 """What the benchmarks measure: the model ladder, the operations, and their work counts.
 
-Nothing here times anything (see :mod:`benchmarks.runner`). Every operation is a
+Nothing here times anything (see :mod:`benchmarks.timing`). Every operation is a
 zero-argument callable built once per (size, dtype, backend), so that the timing loop
 measures only the operation itself.
 
