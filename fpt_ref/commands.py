@@ -1,7 +1,7 @@
 """The core ``fpt-ref`` sub-commands: ``init``, ``expand``, ``verify``, ``info`` and ``demo``.
 
-Registered like every plug-in, through the ``fpt_ref.commands`` entry-point group
-(:mod:`fpt_ref.plugins`); ``register`` is cheap, the work is imported when a command runs.
+:mod:`fpt_ref.cli` registers them first, with the same ``register(subparsers)`` interface as
+the plug-ins; ``register`` is cheap, the work is imported when a command runs.
 ``demo`` also prints one line from each entry of the ``fpt_ref.demo_summaries`` group
 (a function of no arguments returning a line, or ``None``).
 """
@@ -151,7 +151,7 @@ def cmd_demo(args) -> int:
 
 
 def _demo_summaries() -> list:
-    """The lines of the ``fpt_ref.demo_summaries`` plug-ins present, in entry-point order."""
+    """The lines of the ``fpt_ref.demo_summaries`` plug-ins present, in the order of their names."""
     from .plugins import entry_points, load
 
     lines = []

@@ -6,8 +6,10 @@ group (a source tree run with ``PYTHONPATH`` and never installed, or installed b
 group existed), the ``[options.entry_points]`` section of the ``setup.cfg`` beside the
 ``fpt_ref`` package is read instead. ``setup.cfg`` stays the one list of plug-ins either way.
 
-Order is stable: this project's entries in the order ``setup.cfg`` gives them, then other
-distributions' entries sorted by distribution and entry name.
+Entries are sorted by name, whatever their source (setuptools writes the metadata sorted,
+``setup.cfg`` has its own order, distributions have none among them), so the order of
+``fpt-ref --help`` does not depend on how the project was installed. A name given twice
+keeps this project's entry.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ SETUP_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 
 
 def _from_metadata(group: str) -> list:
-    """``[(name, "module:attr")]`` of ``group`` in the installed metadata, project first."""
+    """``[(name, "module:attr")]`` of ``group`` in the installed metadata, this project's first."""
     from importlib import metadata
 
     try:
@@ -33,9 +35,8 @@ def _from_metadata(group: str) -> list:
         dist = getattr(ep, "dist", None)
         return "" if dist is None else str(dist.metadata["Name"] or "").lower().replace("_", "-")
 
-    own = [ep for ep in eps if dist_name(ep) == DISTRIBUTION]
-    other = sorted((ep for ep in eps if ep not in own), key=lambda ep: (dist_name(ep), ep.name))
-    return [(ep.name, ep.value) for ep in own + other]
+    eps.sort(key=lambda ep: (dist_name(ep) != DISTRIBUTION, dist_name(ep)))
+    return [(ep.name, ep.value) for ep in eps]
 
 
 def _from_setup_cfg(group: str, path: str = SETUP_CFG) -> list:
@@ -54,15 +55,13 @@ def _from_setup_cfg(group: str, path: str = SETUP_CFG) -> list:
 
 
 def entry_points(group: str) -> list:
-    """``[(name, "module:attr")]`` of ``group``: installed metadata, else the source tree's ``setup.cfg``.
-
-    A name listed twice keeps its first entry.
-    """
+    """``[(name, "module:attr")]`` of ``group`` sorted by name: installed metadata, else the
+    source tree's ``setup.cfg``."""
     found = _from_metadata(group) or _from_setup_cfg(group)
     seen: dict = {}
     for name, value in found:
         seen.setdefault(name, value)
-    return list(seen.items())
+    return sorted(seen.items())
 
 
 def load(value: str, optional: bool = True):

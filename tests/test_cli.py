@@ -173,7 +173,8 @@ def test_user_errors_print_one_line_and_exit_2(base, tmp_path, args, msg):
 
 
 # ---- plug-ins: sub-commands found through the fpt_ref.commands entry-point group ----------
-ALL_COMMANDS = ["init", "expand", "verify", "info", "demo", "prove", "vectors", "compare", "draw", "bench"]
+CORE = ["init", "expand", "verify", "info", "demo"]
+ALL_COMMANDS = CORE + ["bench", "draw", "prove", "vectors", "compare"]
 
 
 def _commands(parser) -> list:
@@ -204,13 +205,16 @@ def test_setup_cfg_declares_the_plug_ins(tmp_path):
 def test_the_source_trees_setup_cfg_is_the_fallback(monkeypatch):
     monkeypatch.setattr(plugins, "_from_metadata", lambda group: [])
     names = [name for name, _ in plugins.entry_points(cli.COMMANDS)]
-    assert names == ["core", "prove", "vectors", "draw", "bench"]
+    assert names == ["bench", "draw", "prove", "vectors"]
     assert _commands(cli.build_parser()) == ALL_COMMANDS
 
 
-def test_installed_metadata_comes_first(monkeypatch):
-    monkeypatch.setattr(plugins, "_from_metadata", lambda group: [("core", "fpt_ref.commands:register")])
-    assert _commands(cli.build_parser()) == ["init", "expand", "verify", "info", "demo"]
+def test_installed_metadata_comes_first_and_its_order_does_not_matter(monkeypatch):
+    entries = [("vectors", "fpt_ref.vectors.cli:register"), ("draw", "fpt_ref.draw.cli:register")]
+    monkeypatch.setattr(plugins, "_from_metadata", lambda group: entries)
+    assert _commands(cli.build_parser()) == CORE + ["draw", "vectors", "compare"]
+    entries.reverse()
+    assert _commands(cli.build_parser()) == CORE + ["draw", "vectors", "compare"]
 
 
 def test_a_plug_in_adds_its_command_and_a_missing_one_is_left_out(monkeypatch, capsys):
@@ -225,12 +229,13 @@ def test_a_plug_in_adds_its_command_and_a_missing_one_is_left_out(monkeypatch, c
     monkeypatch.setattr(
         plugins,
         "_from_metadata",
-        lambda group: (
-            [("core", "fpt_ref.commands:register"), ("x", "no_such_package.cli:register")]
-            + [("hello", "fpt_test_plugin:register"), ("core", "elsewhere:register")]
-        ),
+        lambda group: [
+            ("x", "no_such_package.cli:register"),  # a part not installed
+            ("hello", "fpt_test_plugin:register"),
+            ("hello", "elsewhere:register"),  # a name given twice keeps the first
+        ],
     )
-    assert _commands(cli.build_parser()) == ["init", "expand", "verify", "info", "demo", "hello"]
+    assert _commands(cli.build_parser()) == CORE + ["hello"]
     assert cli.main(["hello"]) == 0 and "hello from a plug-in" in capsys.readouterr().out
 
 
