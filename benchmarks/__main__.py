@@ -10,11 +10,11 @@ from .cli import add_arguments, cmd_bench
 def main(argv=None) -> int:
     """Run the benchmarks with ``argv`` (default ``sys.argv[1:]``); the exit status."""
     parser = Parser(
-        prog="python -m benchmarks", description="Benchmarks: NumPy vs CuPy vs PyTorch, with roofline ratios."
+        prog=f"python -m {__package__}", description="Benchmarks: NumPy vs CuPy vs PyTorch, with roofline ratios."
     )
     add_arguments(parser)
     parser.set_defaults(func=cmd_bench)
-    return run_command(parser, argv, prog="python -m benchmarks")
+    return run_command(parser, argv, prog=f"python -m {__package__}")
 
 
 if __name__ == "__main__":
