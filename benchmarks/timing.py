@@ -59,7 +59,9 @@ def measure(
     if not fns:
         raise ValueError("fns: nothing to measure")
     if min_repeats < 1 or max_repeats < min_repeats:
-        raise ValueError(f"repeats: need 1 <= min_repeats <= max_repeats, got {min_repeats}, {max_repeats}")
+        raise ValueError(
+            f"min_repeats, max_repeats: need 1 <= min_repeats <= max_repeats, got {min_repeats}, {max_repeats}"
+        )
     names = list(fns)
     warm = sum(timer(fns[n]) for n in names)
     repeats = min(max_repeats, max(min_repeats, math.ceil(budget_s / max(warm, 1e-9))))

@@ -168,7 +168,7 @@ def test_summarize_and_measure_with_a_fake_timer():
     calls.clear()
     t = timing.measure(fns, timer=fake_timer, min_repeats=2, max_repeats=3, budget_s=100.0)
     assert len(t["a"]) == 3
-    with pytest.raises(ValueError, match="repeats"):
+    with pytest.raises(ValueError, match="^min_repeats, max_repeats: need 1 <= min_repeats <= max_repeats, got 3, 2"):
         timing.measure(fns, timer=fake_timer, min_repeats=3, max_repeats=2)
 
 
