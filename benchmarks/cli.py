@@ -26,7 +26,6 @@ def _list(choices=None):
             raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)} (choose from {', '.join(choices)})")
         return items
 
-    conv.__name__ = "list"
     return conv
 
 

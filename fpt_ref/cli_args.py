@@ -36,7 +36,6 @@ def int_arg(minimum: int | None = None, maximum: int | None = None):
         except ValueError as exc:  # "value: <why>" -> "<why>"
             raise argparse.ArgumentTypeError(str(exc).partition(": ")[2]) from None
 
-    conv.__name__ = "integer"
     return conv
 
 
