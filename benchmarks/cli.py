@@ -9,25 +9,28 @@ from __future__ import annotations
 import argparse
 import os
 
+from fpt_ref.cli_args import int_arg
+
 DEFAULT_OUT = "bench-results"
 
 
-def _list(name, choices=None):
+def _list(choices=None):
+    """An argparse ``type`` for comma-separated values (argparse names the option in its message)."""
+
     def conv(text):
         items = [t.strip() for t in text.split(",") if t.strip()]
         if not items:
-            raise argparse.ArgumentTypeError(f"{name} needs at least one value")
+            raise argparse.ArgumentTypeError("needs at least one value")
         bad = [t for t in items if choices is not None and t not in choices]
         if bad:
-            raise argparse.ArgumentTypeError(f"{name}: unknown {', '.join(bad)} (choose from {', '.join(choices)})")
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)} (choose from {', '.join(choices)})")
         return items
 
     return conv
 
 
 def add_arguments(s) -> None:
-    from fpt_ref.cli import int_arg
-
+    """The options of ``fpt-ref bench`` (and ``python -m benchmarks``) on the parser ``s``."""
     from .ops import OPS  # light: fpt_ref and NumPy only
 
     s.add_argument("--quick", action="store_true", help="tiny ladder, few repeats (under a minute on 2 cores)")
@@ -36,7 +39,7 @@ def add_arguments(s) -> None:
     )
     s.add_argument(
         "--backends",
-        type=_list("--backends", ["numpy", "cupy", "torch"]),
+        type=_list(["numpy", "cupy", "torch"]),
         default=["numpy", "cupy", "torch"],
         help="comma-separated: numpy,cupy,torch (unusable ones are skipped with a note)",
     )
@@ -46,27 +49,26 @@ def add_arguments(s) -> None:
         default=None,
         help="size ladder (default: quick with --quick, gpu when a GPU is usable, else cpu)",
     )
-    s.add_argument("--sizes", type=_list("--sizes"), default=None, help="only these ladder sizes (names)")
-    s.add_argument("--dtypes", type=_list("--dtypes", ["float32", "float64"]), default=["float32", "float64"])
-    s.add_argument(
-        "--ops", type=_list("--ops", list(OPS)), default=list(OPS), help=f"comma-separated from {','.join(OPS)}"
-    )
-    s.add_argument("--repeats", type=int_arg("--repeats", 1), default=None, help="exact number of timed rounds")
+    s.add_argument("--sizes", type=_list(), default=None, help="only these ladder sizes (names)")
+    s.add_argument("--dtypes", type=_list(["float32", "float64"]), default=["float32", "float64"])
+    s.add_argument("--ops", type=_list(list(OPS)), default=list(OPS), help=f"comma-separated from {','.join(OPS)}")
+    s.add_argument("--repeats", type=int_arg(1), default=None, help="exact number of timed rounds")
     s.add_argument(
         "--blas-threads",
-        type=int_arg("--blas-threads", 1),
+        type=int_arg(1),
         default=None,
         help="OpenBLAS and PyTorch CPU threads (default: the libraries' own)",
     )
     s.add_argument(
         "--max-params-cpu",
-        type=int_arg("--max-params-cpu", 1),
+        type=int_arg(1),
         default=None,
         help="largest model NumPy runs (default: all of the ladder; 500M on the gpu ladder)",
     )
 
 
 def register(subparsers) -> None:
+    """Add ``fpt-ref bench`` to the ``fpt-ref`` command line."""
     s = subparsers.add_parser("bench", help="benchmarks: NumPy vs CuPy vs PyTorch, with roofline ratios")
     add_arguments(s)
     s.set_defaults(func=cmd_bench)

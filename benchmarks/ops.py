@@ -1,6 +1,6 @@
 """What the benchmarks measure: the model ladder, the operations, and their work counts.
 
-Nothing here times anything (see :mod:`benchmarks.runner`). Every operation is a
+Nothing here times anything (see :mod:`benchmarks.timing`). Every operation is a
 zero-argument callable built once per (size, dtype, backend), so that the timing loop
 measures only the operation itself.
 
@@ -27,14 +27,16 @@ from typing import Callable
 
 import numpy as np
 
-from fpt_ref.expansions import add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp
+import fpt_ref.expansions
 from fpt_ref.forward import forward
 from fpt_ref.init import init_model, random_inputs
 from fpt_ref.model import Model, named_tensors
+from fpt_ref.paper import EXPANSIONS as PAPER
+from fpt_ref.paper import NAMES
 from fpt_ref.plan import run_plan
 from fpt_ref.verify import verify
 
-EXPANSIONS = ("mlp", "add_heads", "heads", "attention", "hidden", "add_layer")
+EXPANSIONS = NAMES  # the six expansions, in the paper's order (fpt_ref.paper)
 OPS = ("forward",) + EXPANSIONS + ("plan", "verify")
 
 
@@ -96,7 +98,7 @@ def ladder(name: str, sizes: list | None = None, max_params: int | None = None) 
         known = {s.name for s in out}
         bad = [s for s in sizes if s not in known]
         if bad:
-            raise ValueError(f"--sizes: {', '.join(bad)} not in the {name} ladder ({', '.join(s.name for s in out)})")
+            raise ValueError(f"sizes: {', '.join(bad)} not in the {name} ladder ({', '.join(s.name for s in out)})")
         out = [s for s in out if s.name in sizes]
     if max_params is not None:
         out = [s for s in out if s.params() <= max_params]
@@ -173,14 +175,7 @@ def plan_text(size: Size) -> str:
     return "; ".join(f"{op} " + " ".join(f"{k}={v}" for k, v in args[op].items()) for op in EXPANSIONS)
 
 
-_FUNCS = {
-    "mlp": expand_mlp,
-    "add_heads": add_heads,
-    "heads": expand_heads,
-    "attention": expand_attention,
-    "hidden": expand_hidden,
-    "add_layer": add_layer,
-}
+_FUNCS = {op: getattr(fpt_ref.expansions, PAPER[op].function) for op in NAMES}  # op -> expansion function
 
 
 def expansion_fn(op: str, model: Model, size: Size) -> Callable[[], Model]:

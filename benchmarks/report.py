@@ -21,11 +21,6 @@ def write_json(results: dict, path: str) -> str:
     return path
 
 
-def load_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
 def _fmt(x: float | None, digits: int = 2) -> str:
     if x is None:
         return "-"

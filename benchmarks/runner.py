@@ -1,17 +1,9 @@
-"""The benchmark runner: timing, records, and the ratios computed from them.
+"""The benchmark runner: what one run measures (:class:`Config`) and its records.
 
-Method (docs/benchmarks.md): every operation is timed *interleaved* with its reference
-in the same loop (``op, ref, op, ref, ...`` with the order rotated each round), so that
-both see the same machine state; a ratio of the two medians is then meaningful on a
-shared, noisy machine where a bare time is not. The one exception is PyTorch: its forward
+Timing is :mod:`benchmarks.timing` (interleaved with a reference, docs/benchmarks.md), the
+ratios :mod:`benchmarks.ratios`. The one exception to interleaving is PyTorch: its forward
 and its own matmul reference form a separate group, run right after ours (mixing two
-threaded runtimes in one loop makes both pathologically slow on few cores). Each timed group gets one untimed
-warm-up round, then ``repeats`` rounds chosen from the warm-up time to fill a time budget
-(within ``[min_repeats, max_repeats]``).
-
-On the GPU each call is bracketed by ``Device.synchronize()`` and timed with CUDA events
-recorded on the null stream after the synchronisation, so the time covers all the work the
-call queued, from CuPy or PyTorch.
+threaded runtimes in one loop makes both pathologically slow on few cores).
 
 Record fields (one dict per measured (op, backend, dtype, size)):
 
@@ -21,7 +13,7 @@ Record fields (one dict per measured (op, backend, dtype, size)):
 (expansions: the output model's bytes); the paired reference medians ``ref_matmul_seconds``
 with ``ref_matmul_flops``, ``ref_copy_seconds``, ``ref_torch_seconds``; and the ratios
 ``ratio_matmul``, ``ratio_copy``, ``ratio_torch``, ``speedup_gpu`` (``None`` where they do
-not apply), filled by :func:`compute_ratios` from those fields alone; ``loadavg`` (the
+not apply), filled by :func:`benchmarks.ratios.compute_ratios` from those fields alone; ``loadavg`` (the
 system load when the record was taken). Forward records of PyTorch add ``torch_max_rel``
 (its normwise distance from our output); verify records add ``verify_ok``, ``verify_max_ulp``;
 expansion and verify records add ``out_params``.
@@ -29,18 +21,18 @@ expansion and verify records add ``out_params``.
 
 from __future__ import annotations
 
-import math
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from fpt_ref.model import param_count
 
 from . import machine, ops
+from .ratios import compute_ratios
+from .timing import cpu_timer, cuda_timer, measure, summarize
 
 SCHEMA = 1
 SETTLE_S = 0.5  # pause between NumPy and PyTorch groups, so idle worker threads stop spinning
@@ -67,101 +59,6 @@ class Config:
         base = dict(ladder="quick", min_repeats=2, max_repeats=5, budget_s=0.3, matmul_n={"numpy": 512, "cupy": 2048})
         base.update(kw)
         return cls(**base)
-
-
-# ---- timing ----------------------------------------------------------------------------
-def cpu_timer(fn: Callable) -> float:
-    """Wall time of ``fn()`` in seconds (its result is dropped after the clock stops)."""
-    t0 = time.perf_counter()
-    out = fn()
-    t1 = time.perf_counter()
-    del out
-    return t1 - t0
-
-
-def cuda_timer(cupy) -> Callable[[Callable], float]:
-    """A timer for GPU work: device-synchronised, measured with CUDA events."""
-
-    def timer(fn: Callable) -> float:
-        dev = cupy.cuda.Device()
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        dev.synchronize()
-        start.record()
-        out = fn()
-        dev.synchronize()  # all streams, whichever library queued the work
-        end.record()
-        end.synchronize()
-        del out
-        return cupy.cuda.get_elapsed_time(start, end) / 1e3
-
-    return timer
-
-
-def measure(
-    fns: dict, timer: Callable = cpu_timer, min_repeats: int = 3, max_repeats: int = 9, budget_s: float = 4.0
-) -> dict:
-    """Time the callables of ``fns`` interleaved; return ``{name: [seconds, ...]}``.
-
-    One warm-up round (not returned) estimates the cost of a round; the number of rounds is
-    ``ceil(budget_s / round)`` clipped to ``[min_repeats, max_repeats]``. Round ``r`` calls
-    the functions starting at position ``r mod len(fns)``, so no function always runs first.
-    """
-    if not fns:
-        raise ValueError("fns: nothing to measure")
-    if min_repeats < 1 or max_repeats < min_repeats:
-        raise ValueError(f"repeats: need 1 <= min_repeats <= max_repeats, got {min_repeats}, {max_repeats}")
-    names = list(fns)
-    warm = sum(timer(fns[n]) for n in names)
-    repeats = min(max_repeats, max(min_repeats, math.ceil(budget_s / max(warm, 1e-9))))
-    samples = {n: [] for n in names}
-    for r in range(repeats):
-        for i in range(len(names)):
-            n = names[(r + i) % len(names)]
-            samples[n].append(timer(fns[n]))
-    return samples
-
-
-def summarize(samples: list) -> dict:
-    """``seconds`` (median), ``seconds_min``, ``seconds_max``, ``repeats`` of a list of times."""
-    if not samples:
-        raise ValueError("samples: empty")
-    return {
-        "seconds": float(statistics.median(samples)),
-        "seconds_min": float(min(samples)),
-        "seconds_max": float(max(samples)),
-        "repeats": len(samples),
-    }
-
-
-# ---- ratios ----------------------------------------------------------------------------
-RATIOS = ("ratio_matmul", "ratio_copy", "ratio_torch", "speedup_gpu")
-
-
-def ratio_matmul(flops: float, seconds: float, ref_flops: float, ref_seconds: float) -> float:
-    """Achieved FLOP/s over the reference matmul's FLOP/s: ``(flops/seconds) / (ref_flops/ref_seconds)``."""
-    return (flops / seconds) / (ref_flops / ref_seconds)
-
-
-def compute_ratios(records: list) -> list:
-    """Fill the ratio fields of every record from its own fields (and, for ``speedup_gpu``,
-    from the NumPy record of the same op, dtype and size). Returns new record dicts."""
-    out = []
-    for r in records:
-        r = dict(r)
-        for key in RATIOS:
-            r[key] = None
-        if r.get("flops") and r.get("ref_matmul_seconds") and r.get("ref_matmul_flops"):
-            r["ratio_matmul"] = ratio_matmul(r["flops"], r["seconds"], r["ref_matmul_flops"], r["ref_matmul_seconds"])
-        if r.get("ref_copy_seconds"):
-            r["ratio_copy"] = r["seconds"] / r["ref_copy_seconds"]
-        if r.get("ref_torch_seconds"):
-            r["ratio_torch"] = r["seconds"] / r["ref_torch_seconds"]
-        out.append(r)
-    cpu = {(r["op"], r["dtype"], r["size"]): r for r in out if r["backend"] == "numpy"}
-    for r in out:
-        if r["backend"] == "cupy" and (r["op"], r["dtype"], r["size"]) in cpu:
-            r["speedup_gpu"] = cpu[(r["op"], r["dtype"], r["size"])]["seconds"] / r["seconds"]
-    return out
 
 
 # ---- the run ---------------------------------------------------------------------------
@@ -198,16 +95,16 @@ def run(config: Config, log_stream=sys.stderr) -> dict:
     log = _Log(log_stream)
     unknown = [b for b in config.backends if b not in ("numpy", "cupy", "torch")]
     if unknown:
-        raise ValueError(f"--backends: unknown backend(s) {', '.join(unknown)} (numpy, cupy, torch)")
+        raise ValueError(f"backends: unknown backend(s) {', '.join(unknown)} (numpy, cupy, torch)")
     bad_ops = [o for o in config.ops if o not in ops.OPS]
     if bad_ops:
-        raise ValueError(f"--ops: unknown op(s) {', '.join(bad_ops)} ({', '.join(ops.OPS)})")
+        raise ValueError(f"ops: unknown op(s) {', '.join(bad_ops)} ({', '.join(ops.OPS)})")
     bad_dt = [d for d in config.dtypes if d not in ("float32", "float64")]
     if bad_dt:
-        raise ValueError(f"--dtypes: unknown dtype(s) {', '.join(bad_dt)} (float32, float64)")
+        raise ValueError(f"dtypes: unknown dtype(s) {', '.join(bad_dt)} (float32, float64)")
     notes = []
     if config.blas_threads is not None and not machine.set_blas_threads(config.blas_threads):
-        notes.append(f"--blas-threads {config.blas_threads}: could not set (OpenBLAS not found)")
+        notes.append(f"blas_threads={config.blas_threads}: could not set (OpenBLAS not found)")
     cupy = torch = None
     if "cupy" in config.backends:
         cupy, why = machine.cupy_status()

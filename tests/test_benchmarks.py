@@ -16,7 +16,7 @@ import pytest
 from test_expansions import hetero_model
 
 import fpt_ref
-from benchmarks import machine, ops, report, runner
+from benchmarks import machine, ops, ratios, report, runner, timing
 from fpt_ref.cli import main as cli_main
 from fpt_ref.model import convert, param_count
 
@@ -114,7 +114,7 @@ def test_ladder_selection_and_errors():
     assert [s.name for s in ops.ladder("cpu", ["s", "xs"])] == ["xs", "s"]
     assert all(s.params() <= 10**6 for s in ops.ladder("gpu", max_params=10**6))
     assert max(s.params() for s in ops.ladder("gpu")) > 10**9  # the GPU ladder reaches ~1B parameters
-    with pytest.raises(ValueError, match="--sizes: zz not in the cpu ladder"):
+    with pytest.raises(ValueError, match="^sizes: zz not in the cpu ladder"):
         ops.ladder("cpu", ["zz"])
     with pytest.raises(ValueError, match="unknown ladder"):
         ops.ladder("huge")
@@ -135,7 +135,7 @@ def test_compute_ratios_from_given_timings():
         _rec(backend="cupy", flops=3e9, seconds=0.05, ref_matmul_flops=8e9, ref_matmul_seconds=0.02),
         _rec(backend="cupy", size="xl", seconds=0.5),  # no NumPy record of that size
     ]
-    out = runner.compute_ratios(recs)
+    out = ratios.compute_ratios(recs)
     assert out[0]["ratio_matmul"] == pytest.approx(0.75, rel=1e-12)
     assert out[0]["ratio_torch"] == pytest.approx(0.8, rel=1e-12)
     assert out[0]["ratio_copy"] is None and out[0]["speedup_gpu"] is None
@@ -148,7 +148,7 @@ def test_compute_ratios_from_given_timings():
 
 
 def test_summarize_and_measure_with_a_fake_timer():
-    assert runner.summarize([3.0, 1.0, 2.0, 10.0]) == {
+    assert timing.summarize([3.0, 1.0, 2.0, 10.0]) == {
         "seconds": 2.5,
         "seconds_min": 1.0,
         "seconds_max": 10.0,
@@ -162,14 +162,14 @@ def test_summarize_and_measure_with_a_fake_timer():
 
     fns = {"a": lambda: "a", "b": lambda: "b", "c": lambda: "c"}
     # warm-up round costs 1.5 "s"; budget 5 -> ceil(5 / 1.5) = 4 rounds
-    t = runner.measure(fns, timer=fake_timer, min_repeats=2, max_repeats=9, budget_s=5.0)
+    t = timing.measure(fns, timer=fake_timer, min_repeats=2, max_repeats=9, budget_s=5.0)
     assert {k: len(v) for k, v in t.items()} == {"a": 4, "b": 4, "c": 4}
     assert "".join(calls) == "abc" + "abc" + "bca" + "cab" + "abc"  # warm-up, then rotated rounds
     calls.clear()
-    t = runner.measure(fns, timer=fake_timer, min_repeats=2, max_repeats=3, budget_s=100.0)
+    t = timing.measure(fns, timer=fake_timer, min_repeats=2, max_repeats=3, budget_s=100.0)
     assert len(t["a"]) == 3
-    with pytest.raises(ValueError, match="repeats"):
-        runner.measure(fns, timer=fake_timer, min_repeats=3, max_repeats=2)
+    with pytest.raises(ValueError, match="^min_repeats, max_repeats: need 1 <= min_repeats <= max_repeats, got 3, 2"):
+        timing.measure(fns, timer=fake_timer, min_repeats=3, max_repeats=2)
 
 
 # ---- end to end ------------------------------------------------------------------------
@@ -236,10 +236,26 @@ def test_torch_skipped_cleanly_when_missing(monkeypatch):
 
 
 def test_runner_rejects_bad_config():
-    with pytest.raises(ValueError, match="--backends: unknown backend"):
+    with pytest.raises(ValueError, match="^backends: unknown backend"):
         runner.run(_tiny_config(backends=("numpy", "jax")), log_stream=None)
-    with pytest.raises(ValueError, match="--ops: unknown op"):
+    with pytest.raises(ValueError, match="^ops: unknown op"):
         runner.run(_tiny_config(ops=("forward", "fly")), log_stream=None)
+    with pytest.raises(ValueError, match="^dtypes: unknown dtype"):
+        runner.run(_tiny_config(dtypes=("float16",)), log_stream=None)
+    with pytest.raises(ValueError, match="^sizes: huge not in the quick ladder"):
+        ops.ladder("quick", ["huge"])
+
+
+def test_ops_are_the_papers_six_expansions():
+    assert ops.EXPANSIONS == ("mlp", "add_heads", "heads", "attention", "hidden", "add_layer")
+    assert ops._FUNCS == {
+        "mlp": fpt_ref.expand_mlp,
+        "add_heads": fpt_ref.add_heads,
+        "heads": fpt_ref.expand_heads,
+        "attention": fpt_ref.expand_attention,
+        "hidden": fpt_ref.expand_hidden,
+        "add_layer": fpt_ref.add_layer,
+    }
 
 
 def test_table_has_gpu_columns_when_cupy_records_exist():
@@ -263,7 +279,7 @@ def test_table_has_gpu_columns_when_cupy_records_exist():
     res = {
         "machine": {"summary": "test machine", "cpu": {"loadavg": None}},
         "config": {"ladder": "quick"},
-        "records": runner.compute_ratios(recs),
+        "records": ratios.compute_ratios(recs),
         "notes": [],
     }
     table = report.markdown_table(res)
@@ -304,7 +320,7 @@ def test_cli_bench_quick(tmp_path, capsys):
         (["--backends", "numpy,jax"], "unknown jax"),
         (["--dtypes", "float16"], "unknown float16"),
         (["--repeats", "0"], "at least 1"),
-        (["--sizes", "huge", "--quick"], "--sizes: huge not in the quick ladder"),
+        (["--sizes", "huge", "--quick"], "sizes: huge not in the quick ladder"),
     ],
 )
 def test_cli_bad_arguments_exit_2(argv, msg, capsys, tmp_path):
@@ -339,6 +355,15 @@ def test_python_dash_m_benchmarks(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "results.json").read_text())["records"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--repeats", "0", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "python -m benchmarks: argument --repeats: must be at least 1, got 0"
+    ]
 
 
 # ---- PyTorch reference (optional) ------------------------------------------------------
@@ -380,7 +405,7 @@ def test_cuda_timer_synchronises():
     if cp is None:
         pytest.skip(why)
     a = cp.ones((512, 512), dtype=cp.float32)
-    t = runner.cuda_timer(cp)(lambda: a @ a)
+    t = timing.cuda_timer(cp)(lambda: a @ a)
     assert t > 0 and math.isfinite(t)
 
 

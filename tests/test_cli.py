@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
 
 import fpt_ref
+from fpt_ref import cli, commands, plugins
 
 
 def run(*args, cwd=None):
@@ -148,14 +150,14 @@ def test_demo():
         (["expand", "BASE", "--plan", "grow p=4", "-o", "x.safetensors"], "unknown step"),
         (["expand", "BASE", "--plan", "mlp p=20 layers=5", "-o", "x.safetensors"], "out of range"),
         (["verify", "BASE"], "the following arguments are required"),
-        (["init", "--h", "x", "-o", "y"], "--h must be an integer"),
+        (["init", "--h", "x", "-o", "y"], "argument --h: expected an integer, got 'x'"),
         (["init", "--h", "0", "-o", "y"], "h: must be an integer >= 1"),
         (["nosuchcommand"], "invalid choice"),
         (["info", "NOTAMODEL"], "not a readable safetensors file"),
         (["init", "-o", "no/such/folder/x.safetensors"], "cannot write"),
         (["expand", "BASE", "--plan", "mlp p=20", "-o", "no/such/folder/x.safetensors"], "does not exist"),
         (["expand", "BASE", "--plan", '[{"op": [1]}]', "-o", "x.safetensors"], "unknown step"),
-        (["init", "--seed", "-1", "-o", "x.safetensors"], "--seed must be at least 0"),
+        (["init", "--seed", "-1", "-o", "x.safetensors"], "argument --seed: must be at least 0, got -1"),
         (["init", "--eps", "nan", "-o", "x.safetensors"], "norm_eps: must be a finite float"),
     ],
 )
@@ -168,3 +170,118 @@ def test_user_errors_print_one_line_and_exit_2(base, tmp_path, args, msg):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and msg in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+# ---- plug-ins: sub-commands found through the fpt_ref.commands entry-point group ----------
+CORE = ["init", "expand", "verify", "info", "demo"]
+ALL_COMMANDS = CORE + ["bench", "draw", "prove", "vectors", "compare"]
+
+
+def _commands(parser) -> list:
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return list(sub.choices)
+
+
+def test_help_lists_every_sub_command_in_a_stable_order():
+    assert _commands(cli.build_parser()) == ALL_COMMANDS
+    r = run("--help")
+    assert r.returncode == 0 and "{" + ",".join(ALL_COMMANDS) + "}" in r.stdout.replace("\n", "").replace(" ", "")
+
+
+def test_setup_cfg_declares_the_plug_ins(tmp_path):
+    cfg = tmp_path / "setup.cfg"
+    cfg.write_text(
+        "[options.entry_points]\nconsole_scripts =\n    x = y:z\n# note\nfpt_ref.commands =\n"
+        "    core = fpt_ref.commands:register\n    extra = some.module:register\n"
+    )
+    assert plugins._from_setup_cfg("fpt_ref.commands", str(cfg)) == [
+        ("core", "fpt_ref.commands:register"),
+        ("extra", "some.module:register"),
+    ]
+    assert plugins._from_setup_cfg("fpt_ref.other", str(cfg)) == []
+    assert plugins._from_setup_cfg("fpt_ref.commands", str(tmp_path / "missing.cfg")) == []
+
+
+def test_the_source_trees_setup_cfg_is_the_fallback(monkeypatch):
+    monkeypatch.setattr(plugins, "_from_metadata", lambda group: [])
+    names = [name for name, _ in plugins.entry_points(cli.COMMANDS)]
+    assert names == ["bench", "draw", "prove", "vectors"]
+    assert _commands(cli.build_parser()) == ALL_COMMANDS
+
+
+def test_installed_metadata_comes_first_and_its_order_does_not_matter(monkeypatch):
+    entries = [("vectors", "fpt_ref.vectors.cli:register"), ("draw", "fpt_ref.draw.cli:register")]
+    monkeypatch.setattr(plugins, "_from_metadata", lambda group: entries)
+    assert _commands(cli.build_parser()) == CORE + ["draw", "vectors", "compare"]
+    entries.reverse()
+    assert _commands(cli.build_parser()) == CORE + ["draw", "vectors", "compare"]
+
+
+def test_a_plug_in_adds_its_command_and_a_missing_one_is_left_out(monkeypatch, capsys):
+    mod = types.ModuleType("fpt_test_plugin")
+
+    def register(subparsers):
+        s = subparsers.add_parser("hello")
+        s.set_defaults(func=lambda args: print("hello from a plug-in") or 0)
+
+    mod.register = register
+    monkeypatch.setitem(sys.modules, "fpt_test_plugin", mod)
+    monkeypatch.setattr(
+        plugins,
+        "_from_metadata",
+        lambda group: [
+            ("x", "no_such_package.cli:register"),  # a part not installed
+            ("hello", "fpt_test_plugin:register"),
+            ("hello", "elsewhere:register"),  # a name given twice keeps the first
+        ],
+    )
+    assert _commands(cli.build_parser()) == CORE + ["hello"]
+    assert cli.main(["hello"]) == 0 and "hello from a plug-in" in capsys.readouterr().out
+
+
+def test_a_plug_in_whose_import_fails_is_not_hidden(tmp_path, monkeypatch):
+    (tmp_path / "fpt_test_broken.py").write_text("import fpt_no_such_dependency\n\ndef register(s):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(plugins, "_from_metadata", lambda group: [("broken", "fpt_test_broken:register")])
+    with pytest.raises(ModuleNotFoundError, match="fpt_no_such_dependency"):
+        cli.build_parser()
+    assert plugins.load("no_such_package.cli:register") is None  # a part not installed: left out
+    with pytest.raises(ModuleNotFoundError):
+        plugins.load("no_such_package.cli:register", optional=False)
+    with pytest.raises(AttributeError):
+        plugins.load("fpt_ref.commands:no_such_function")
+
+
+def test_demo_prints_each_summary_plug_in(monkeypatch, capsys):
+    monkeypatch.setattr(
+        plugins,
+        "_from_metadata",
+        lambda group: (
+            [("a", "fpt_test_summary:line"), ("gone", "no_such_package:line")]
+            if group == commands.DEMO_SUMMARIES
+            else []
+        ),
+    )
+    mod = types.ModuleType("fpt_test_summary")
+    mod.line = lambda: "summary from a plug-in"
+    monkeypatch.setitem(sys.modules, "fpt_test_summary", mod)
+    assert commands._demo_summaries() == ["summary from a plug-in"]
+
+
+def test_int_arg_messages_name_no_parameter_twice():
+    from fpt_ref.cli_args import Parser, UsageError, int_arg
+
+    p = Parser(prog="t")
+    p.add_argument("--n", type=int_arg(1, 5))
+    assert p.parse_args(["--n", "5"]).n == 5
+    for text, msg in (("0", "must be at least 1, got 0"), ("6", "must be at most 5, got 6"), ("1e3", "expected")):
+        with pytest.raises(UsageError, match=f"^t: argument --n: {msg}"):
+            p.parse_args(["--n", text])
+
+
+def test_plug_ins_do_not_import_the_cli_module():
+    code = (
+        "import sys, fpt_ref.commands, fpt_ref.vectors.cli, fpt_ref.draw.cli, benchmarks.cli; "
+        "assert 'fpt_ref.cli' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

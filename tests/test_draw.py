@@ -16,10 +16,12 @@ import pytest
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
-from fpt_ref.cli import DEMO_MODEL, DEMO_PLAN, main  # noqa: E402
-from fpt_ref.draw import draw_plan  # noqa: E402
+from fpt_ref.cli import main  # noqa: E402
+from fpt_ref.demo import DEMO_MODEL, DEMO_PLAN  # noqa: E402
+from fpt_ref.draw import caption, draw_plan, draw_results, run_for_drawing, step_figure  # noqa: E402
 from fpt_ref.draw.architecture import model_figure, track  # noqa: E402
-from fpt_ref.draw.blocks import axis_map, group_manifest, select_tensors, step_figure  # noqa: E402
+from fpt_ref.draw.cards import axis_map  # noqa: E402
+from fpt_ref.draw.selection import group_manifest, select_tensors  # noqa: E402
 from fpt_ref.draw.styles import ROLE_STYLE  # noqa: E402
 from fpt_ref.expansions import add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp  # noqa: E402
 from fpt_ref.init import init_model  # noqa: E402
@@ -210,8 +212,37 @@ def test_cli_draw_and_errors(tmp_path, capsys):
 
 
 def test_register_is_cheap():
-    code = "import sys, fpt_ref.draw; assert 'matplotlib' not in sys.modules, 'matplotlib imported at module level'"
+    code = (
+        "import sys, fpt_ref.draw.cli, fpt_ref.cli; fpt_ref.cli.build_parser(); "
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported before drawing'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_captions_state_the_papers_theorems():
+    assert caption("mlp") == ("Theorem 3.1, MLP expansion", "constraint: M_l2 = 0")
+    assert caption("add_heads") == ("Theorem 3.2, head addition", "constraint: M_O = 0")
+    assert caption("heads") == ("Theorem 3.3, heads expansion", "constraint: M_O,e = 0")
+    assert caption("attention") == (
+        "Theorem 3.4, attention expansion",
+        "constraint: M_K,e = 0 and W_K,e x sqrt(k^/k) (or mirror: M_Q, W_Q)",
+    )
+    assert caption("hidden") == (
+        "Theorem 3.5, hidden dimension expansion",
+        "constraint: new columns of I, P, W_O, W_l2, b_l2 = 0; g x sqrt(h/h^); eps x h/h^",
+    )
+    assert caption("add_layer") == (
+        "Theorem 3.6, layer addition",
+        "constraint: new layer's W_O = 0, W_l2 = 0, b_l2 = 0",
+    )
+
+
+def test_draw_results_names_its_parameter(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    results = run_for_drawing(small(), "mlp p=8", check=False)
+    with pytest.raises(ValueError, match="^out_dir: .* exists and is not a directory"):
+        draw_results(small(), results, str(afile))
 
 
 def test_committed_figures_are_small_pngs():
@@ -242,5 +273,9 @@ def test_draw_dpi_bounds(tmp_path, capsys):
     from fpt_ref.cli import main
 
     assert main(["draw", "demo", "-o", str(tmp_path / "d"), "--dpi", "0"]) == 2
+    assert "argument --dpi: must be at least 10, got 0" in capsys.readouterr().err
     assert main(["draw", "demo", "-o", str(tmp_path / "d"), "--dpi", "100000"]) == 2
+    assert "argument --dpi: must be at most 600, got 100000" in capsys.readouterr().err
+    assert main(["draw", "demo", "-o", str(tmp_path / "d"), "--max-tensors", "0"]) == 2
+    assert "argument --max-tensors: must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()

@@ -310,3 +310,19 @@ def test_config_rejects_out_dim_below_2_and_nonfinite_eps():
         Config(out_dim=1)
     with pytest.raises(ValueError, match="eps must be"):
         Config(eps=float("inf"))
+
+
+def test_write_vectors_errors_name_its_parameters(tmp_path):
+    from fpt_ref.vectors.cases import Config
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="^out_dir: .* exists and is not a directory"):
+        write_vectors(tmp_path / "file", Config())
+    for seed, msg in ((-1, "^seed: must be at least 0, got -1"), (True, "^seed: expected an integer, got True")):
+        with pytest.raises(ValueError, match=msg):
+            write_vectors(tmp_path / "out", Config(), seed=seed)
+    assert not (tmp_path / "out").exists()
+    r = _cli("vectors", "--seed", "-1", "-o", str(tmp_path / "out"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "fpt-ref vectors: argument --seed: must be at least 0, got -1"
+    ]

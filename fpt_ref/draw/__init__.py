@@ -1,29 +1,29 @@
-"""Figures of the expansions: ``fpt-ref draw MODEL --plan "..." -o DIR``.
+"""Figures of the expansions (``fpt-ref draw``, :mod:`fpt_ref.draw.cli`).
 
 For each plan step, a PNG of the tensors that step touches, before and after, with every
-manifest block outlined by role (:mod:`fpt_ref.draw.blocks`); and one diagram of the whole
-model before and after (:mod:`fpt_ref.draw.architecture`). matplotlib is imported only
-when drawing.
+manifest block outlined by role (:func:`step_figure`, :mod:`fpt_ref.draw.render`); and one
+diagram of the whole model before and after (:mod:`fpt_ref.draw.architecture`). matplotlib
+is imported only when drawing.
 """
 
 from __future__ import annotations
 
 import os
 
-THEOREMS = {  # op -> (theorem, its constraint as PAPER.md states it)
-    "mlp": ("Theorem 3.1, MLP expansion", "constraint: M_l2 = 0"),
-    "add_heads": ("Theorem 3.2, head addition", "constraint: M_O = 0"),
-    "heads": ("Theorem 3.3, heads expansion", "constraint: M_O,e = 0"),
-    "attention": (
-        "Theorem 3.4, attention expansion",
-        "constraint: M_K,e = 0 and W_K,e x sqrt(k^/k) (or mirror: M_Q, W_Q)",
-    ),
-    "hidden": (
-        "Theorem 3.5, hidden dimension expansion",
-        "constraint: new columns of I, P, W_O, W_l2, b_l2 = 0; g x sqrt(h/h^); eps x h/h^",
-    ),
-    "add_layer": ("Theorem 3.6, layer addition", "constraint: new layer's W_O = 0, W_l2 = 0, b_l2 = 0"),
-}
+from ..paper import EXPANSIONS
+from .render import step_figure
+
+__all__ = ["caption", "draw_plan", "draw_results", "run_for_drawing", "step_figure"]
+
+
+def caption(op: str) -> tuple:
+    """``(theorem, constraint)`` lines of a step figure for expansion ``op``, from :mod:`fpt_ref.paper`.
+
+    >>> caption("mlp")
+    ('Theorem 3.1, MLP expansion', 'constraint: M_l2 = 0')
+    """
+    row = EXPANSIONS[op]
+    return f"{row.theorem}, {row.title}", f"constraint: {row.constraint}"
 
 
 def run_for_drawing(model, plan, *, init="normal", seed: int = 0, check: bool = True) -> list:
@@ -43,10 +43,9 @@ def draw_results(model, results, out_dir: str, *, max_tensors: int = 6, dpi: int
     """
     from ..model import dims_summary
     from .architecture import model_figure
-    from .blocks import step_figure
 
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"-o: {out_dir!r} exists and is not a directory")
+        raise ValueError(f"out_dir: {out_dir!r} exists and is not a directory")
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     prev = model
@@ -64,12 +63,13 @@ def draw_results(model, results, out_dir: str, *, max_tensors: int = 6, dpi: int
             notes.append(
                 f"norm epsilon rescaled by h/h^: {prev.norm_eps:.3g} -> {r.model.norm_eps:.3g} (PAPER.md trap 2)"
             )
+        theorem, constraint = caption(r.step.op)
         fig = step_figure(
             prev,
             r.model,
             r.manifest,
-            title=f"Step {i}: {r.step}   ({THEOREMS[r.step.op][0]})",
-            subtitle=THEOREMS[r.step.op][1],
+            title=f"Step {i}: {r.step}   ({theorem})",
+            subtitle=constraint,
             notes=notes,
             max_tensors=max_tensors,
         )
@@ -96,55 +96,3 @@ def draw_plan(
     """Run ``plan`` on ``model`` and write one PNG per step plus ``model.png``; returns the paths."""
     results = run_for_drawing(model, plan, init=init, seed=seed, check=check)
     return draw_results(model, results, out_dir, max_tensors=max_tensors, dpi=dpi)
-
-
-def cmd_draw(args) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from ..cli import DEMO_MODEL, DEMO_PLAN
-    from ..init import init_model
-    from ..io import load
-
-    if args.model == "demo" and not os.path.exists(args.model):
-        model = init_model(**DEMO_MODEL)
-        plan = DEMO_PLAN if args.plan is None else args.plan
-    else:
-        if not os.path.isfile(args.model):
-            raise FileNotFoundError(f"MODEL: no such model file {args.model!r} (or use 'demo')")
-        model = load(args.model)
-        if args.plan is None:
-            raise ValueError("--plan: required unless MODEL is 'demo'")
-        plan = args.plan
-    if args.dpi > 600:
-        raise ValueError(f"--dpi: at most 600, got {args.dpi}")
-    if args.max_tensors < 1:
-        raise ValueError(f"--max-tensors: must be at least 1, got {args.max_tensors}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise ValueError(f"-o: {args.out!r} exists and is not a directory")
-    results = run_for_drawing(model, plan, init=args.init, seed=args.seed, check=not args.no_check)
-    paths = draw_results(model, results, args.out, max_tensors=args.max_tensors, dpi=args.dpi)
-    for p in paths:
-        print(f"wrote {p}")
-    broken = [str(r.step) for r in results if r.error is not None and not r.error["ok"]]
-    if broken:
-        print(f"NOT preserved after: {'; '.join(broken)}")
-    return 1 if broken else 0
-
-
-def register(subparsers) -> None:
-    """Add ``fpt-ref draw`` (cheap: matplotlib is imported only when the command runs)."""
-    from ..cli import int_arg
-
-    s = subparsers.add_parser("draw", help="figures of each plan step (blocks by role) and of the whole model")
-    s.add_argument("model", help="model file, or 'demo' for the built-in demo model (and demo plan)")
-    s.add_argument(
-        "--plan", default=None, help="';'-separated steps or a JSON file (default for 'demo': the demo plan)"
-    )
-    s.add_argument("-o", "--out", required=True, help="output directory")
-    s.add_argument("--init", choices=["normal", "zeros"], default="normal")
-    s.add_argument("--seed", type=int_arg("--seed", 0), default=0)
-    s.add_argument("--max-tensors", type=int_arg("--max-tensors"), default=6, help="tensors drawn per step (default 6)")
-    s.add_argument("--dpi", type=int_arg("--dpi", 10), default=100, help="10-600 (default 100)")
-    s.add_argument("--no-check", action="store_true", help="do not verify preservation per step")
-    s.set_defaults(func=cmd_draw)

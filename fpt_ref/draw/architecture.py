@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..model import Model, named_tensors, param_count
 from . import styles
-from .blocks import group_manifest, is_new_tensor
+from .selection import group_manifest, is_new_tensor
 from .symbols import TENSORS, parse_name
 
 MAX_HEADS = 8

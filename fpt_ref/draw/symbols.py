@@ -39,7 +39,7 @@ def parse_name(name: str):
     """
     m = _NAME.match(name)
     if not m or m.group(3) not in TENSORS:
-        raise ValueError(f"tensor name: {name!r} is not a parameter of the file format")
+        raise ValueError(f"name: {name!r} is not a parameter of the file format")
     layer, head, kind = m.groups()
     return kind, None if layer is None else int(layer), None if head is None else int(head)
 

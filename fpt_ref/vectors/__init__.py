@@ -1,50 +1,7 @@
-"""Reference vectors (``fpt-ref vectors``) and cross-framework checking (``fpt-ref compare``).
+"""Reference vectors and cross-framework checking.
 
-See docs/vectors.md for the case layout, the manifest, the tolerance policy and examples.
-``register`` stays cheap: the work is imported only when a command runs.
+:mod:`fpt_ref.vectors.write` writes the cases (``fpt-ref vectors``), :mod:`fpt_ref.vectors.compare`
+checks another implementation's tensors against one (``fpt-ref compare``); the sub-commands
+live in :mod:`fpt_ref.vectors.cli`. See docs/vectors.md for the case layout, the manifest,
+the tolerance policy and examples.
 """
-
-from __future__ import annotations
-
-
-def cmd_vectors(args) -> int:
-    import time
-
-    from .cases import load_config
-    from .write import write_vectors
-
-    cfg = load_config(args.config)
-    t0 = time.perf_counter()
-    index = write_vectors(args.out, cfg, seed=args.seed)
-    print(
-        f"wrote {len(index)} cases ({cfg.name} config, seed {args.seed}) to {args.out} "
-        f"in {time.perf_counter() - t0:.1f} s"
-    )
-    return 0
-
-
-def cmd_compare(args) -> int:
-    import json
-
-    from .compare import compare, format_report
-
-    report = compare(args.case_dir, args.actual)
-    print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report))
-    return 0 if report.ok else 1
-
-
-def register(subparsers) -> None:
-    """Add ``vectors`` and ``compare`` to the ``fpt-ref`` command line."""
-    from ..cli import int_arg
-
-    s = subparsers.add_parser("vectors", help="write reference vectors (one directory per case)")
-    s.add_argument("--config", default="tiny", help="tiny, small, or a JSON file of dimensions (default tiny)")
-    s.add_argument("--seed", type=int_arg("--seed", 0), default=0)
-    s.add_argument("-o", "--out", required=True, help="output directory")
-    s.set_defaults(func=cmd_vectors)
-
-    s = subparsers.add_parser("compare", help="compare tensors of another implementation with a case")
-    s.add_argument("case_dir", help="a case directory written by 'fpt-ref vectors'")
-    s.add_argument("actual", help=".safetensors or .npz with 'output' and 'residual.{n}'")
-    s.add_argument("--json", action="store_true", help="print the report as JSON")
-    s.set_defaults(func=cmd_compare)

@@ -22,6 +22,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from .. import __version__
+from ..checks import check_int
 from ..forward import residual_streams
 from ..init import init_model, random_inputs
 from ..io import save
@@ -232,14 +233,14 @@ def write_case(case_dir: str, case: Case, x, ref: dict, man: dict) -> None:
 def write_vectors(out_dir, cfg: Config, seed: int = 0) -> list:
     """Build every case of ``cfg`` and write it under ``out_dir``; returns the index entries.
 
-    Raises ``ValueError`` when ``out_dir`` exists and is not a directory, or when the
-    config's dimensions do not allow the expansions (message names the step).
+    Raises ``ValueError`` when ``out_dir`` exists and is not a directory, when ``seed`` is
+    not an integer >= 0, or when the config's dimensions do not allow the expansions
+    (message names the step).
     """
     out_dir = os.fspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"-o: {out_dir} exists and is not a directory")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"--seed: must be an integer >= 0, got {seed!r}")
+        raise ValueError(f"out_dir: {out_dir} exists and is not a directory")
+    seed = check_int("seed", seed, 0)
     built = []  # every family is built before anything is written, so a bad plan leaves no partial output
     for fi, fam in enumerate(FAMILIES):
         fseed = family_seed(seed, fi)

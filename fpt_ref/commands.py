@@ -1,0 +1,205 @@
+"""The core ``fpt-ref`` sub-commands: ``init``, ``expand``, ``verify``, ``info`` and ``demo``.
+
+:mod:`fpt_ref.cli` registers them first, with the same ``register(subparsers)`` interface as
+the plug-ins; ``register`` is cheap, the work is imported when a command runs.
+``demo`` also prints one line from each entry of the ``fpt_ref.demo_summaries`` group
+(a function of no arguments returning a line, or ``None``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .cli_args import int_arg
+
+DEMO_SUMMARIES = "fpt_ref.demo_summaries"
+
+
+def cmd_init(args) -> int:
+    from .init import init_model
+    from .io import save
+    from .model import param_count
+
+    model = init_model(
+        h=args.h,
+        p=args.p,
+        heads=args.heads,
+        k=args.k,
+        v=args.v,
+        layers=args.layers,
+        out_dim=args.out_dim,
+        max_seq=args.max_seq,
+        vocab=args.vocab,
+        eps=args.eps,
+        causal=args.causal,
+        dtype=args.dtype,
+        seed=args.seed,
+    )
+    save(model, args.out)
+    print(f"wrote {args.out}: {param_count(model)} parameters")
+    return 0
+
+
+def format_table(rows: list) -> str:
+    """One row per step: step, dims, parameter count, max abs error, max ulp error, tolerance."""
+    w_step = max(len("step"), *(len(r["step"]) for r in rows))
+    w_dims = max(len("dims"), *(len(r["dims"]) for r in rows))
+
+    def num(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    head = f"{'step':<{w_step}}  {'dims':<{w_dims}}  {'params':>8}  {'max abs':>9}  {'max ulp':>7}  {'tol ulp':>7}  ok"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ok = "-" if r["ok"] is None else ("yes" if r["ok"] else "NO")
+        lines.append(
+            f"{r['step']:<{w_step}}  {r['dims']:<{w_dims}}  {r['params']:>8}  {num(r['max_abs'], '.2e'):>9}  "
+            f"{num(r['max_ulp'], '.1f'):>7}  {num(r['tol_ulp'], '.0f'):>7}  {ok}"
+        )
+    return "\n".join(lines)
+
+
+def _run_and_print(model, plan, init, seed, manifest, batch=4, seq=None):
+    from .model import dims_summary, param_count
+    from .plan import run_plan
+
+    results = run_plan(model, plan, init=init, seed=seed, check=True, batch=batch, seq=seq)
+    rows = [
+        {
+            "step": "(base)",
+            "dims": dims_summary(model),
+            "params": param_count(model),
+            "max_abs": None,
+            "max_ulp": None,
+            "tol_ulp": None,
+            "ok": None,
+        }
+    ]
+    rows += [r.row() for r in results]
+    print(format_table(rows))
+    _float32_note(model)
+    if manifest:
+        for r in results:
+            print(f"\nmanifest of step: {r.step}")
+            for block in r.manifest:
+                print(f"  {block}")
+    return results
+
+
+def cmd_expand(args) -> int:
+    from .io import load, save
+
+    model = load(args.model)
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(f"-o: folder {out_dir} does not exist")
+    results = _run_and_print(model, args.plan, args.init, args.seed, args.manifest)
+    save(results[-1].model, args.out)
+    print(f"wrote {args.out}")
+    return 0 if all(r.error["ok"] for r in results) else 1
+
+
+def cmd_verify(args) -> int:
+    from .io import load
+    from .verify import verify
+
+    a, b = load(args.a), load(args.b)
+    st = verify(a, b, batch=args.batch, seq=args.seq, seed=args.seed)
+    print(
+        f"max abs {st['max_abs']:.3e}  max rel {st['max_rel']:.3e}  max ulp {st['max_ulp']:.2f}  "
+        f"(tolerance {st['tol_ulp']:.0f} ulp): {'preserved' if st['ok'] else 'NOT preserved'}"
+    )
+    _float32_note(a)
+    return 0 if st["ok"] else 1
+
+
+def _float32_note(model) -> None:
+    if str(model.dtype) == "float32":
+        print(
+            "note: float32 model: the sound tolerance is about 1e-3 relative and misses small violations; "
+            "expand and verify in float64 (fpt_ref.convert(model, dtype='float64') widens exactly), then convert down"
+        )
+
+
+def cmd_info(args) -> int:
+    from .io import load
+    from .model import param_count
+
+    m = load(args.model)
+    print(
+        f"{args.model}: h={m.h} o={m.o} N={m.N} s_max={m.s_max} vocab={m.vocab} dtype={m.dtype} "
+        f"norm_eps={m.norm_eps!r} causal={str(m.causal).lower()} params={param_count(m)}"
+    )
+    for n, layer in enumerate(m.layers):
+        heads = ", ".join(f"{e}:k={hd.k},v={hd.v}" for e, hd in enumerate(layer.heads))
+        print(f"  layer {n}: p={layer.p} E={layer.E} heads [{heads}]")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import DEMO_MODEL, DEMO_PLAN, demo_model
+
+    model = demo_model()
+    print(f"demo model: {dict(DEMO_MODEL)}")
+    print(f"plan: {DEMO_PLAN}\n")
+    results = _run_and_print(model, DEMO_PLAN, "normal", args.seed, args.manifest)
+    ok = all(r.error["ok"] for r in results)
+    print(f"\nall {len(results)} steps preserved the function: {'yes' if ok else 'NO'}")
+    for line in _demo_summaries():
+        print(line)
+    return 0 if ok else 1
+
+
+def _demo_summaries() -> list:
+    """The lines of the ``fpt_ref.demo_summaries`` plug-ins present, in the order of their names."""
+    from .plugins import entry_points, load
+
+    lines = []
+    for _, value in entry_points(DEMO_SUMMARIES):
+        fn = load(value)
+        line = None if fn is None else fn()
+        if line:
+            lines.append(line)
+    return lines
+
+
+def register(subparsers) -> None:
+    """Add ``init``, ``expand``, ``verify``, ``info`` and ``demo`` to the ``fpt-ref`` command line."""
+    s = subparsers.add_parser("init", help="write a random model")
+    for name, default in (("h", 16), ("p", 32), ("heads", 2), ("k", 8), ("v", 8), ("layers", 2)):
+        s.add_argument(f"--{name}", type=int_arg(), default=default)
+    s.add_argument("--out-dim", type=int_arg(), default=10)
+    s.add_argument("--max-seq", type=int_arg(), default=12)
+    s.add_argument("--vocab", type=int_arg(), default=None)
+    s.add_argument("--eps", type=float, default=0.0)
+    s.add_argument("--causal", action="store_true")
+    s.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    s.add_argument("--seed", type=int_arg(0), default=0)
+    s.add_argument("-o", "--out", required=True)
+    s.set_defaults(func=cmd_init)
+
+    s = subparsers.add_parser("expand", help="apply a plan of expansions, checking each step")
+    s.add_argument("model")
+    s.add_argument("--plan", required=True, help="';'-separated steps or a JSON file")
+    s.add_argument("--init", choices=["normal", "zeros"], default="normal")
+    s.add_argument("--seed", type=int_arg(0), default=0)
+    s.add_argument("--manifest", action="store_true", help="print every new or changed block and its role")
+    s.add_argument("-o", "--out", required=True)
+    s.set_defaults(func=cmd_expand)
+
+    s = subparsers.add_parser("verify", help="compare two models on the same random inputs")
+    s.add_argument("a")
+    s.add_argument("b")
+    s.add_argument("--batch", type=int_arg(), default=4)
+    s.add_argument("--seq", type=int_arg(), default=None)
+    s.add_argument("--seed", type=int_arg(0), default=0)
+    s.set_defaults(func=cmd_verify)
+
+    s = subparsers.add_parser("info", help="dimensions and parameter count of a model file")
+    s.add_argument("model")
+    s.set_defaults(func=cmd_info)
+
+    s = subparsers.add_parser("demo", help="all six expansions composed on a built-in model")
+    s.add_argument("--seed", type=int_arg(0), default=0)
+    s.add_argument("--manifest", action="store_true")
+    s.set_defaults(func=cmd_demo)
