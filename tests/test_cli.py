@@ -151,7 +151,7 @@ def test_demo():
         (["expand", "BASE", "--plan", "mlp p=20 layers=5", "-o", "x.safetensors"], "out of range"),
         (["verify", "BASE"], "the following arguments are required"),
         (["init", "--h", "x", "-o", "y"], "argument --h: expected an integer, got 'x'"),
-        (["init", "--h", "0", "-o", "y"], "h: must be an integer >= 1"),
+        (["init", "--h", "0", "-o", "y"], "h: must be at least 1, got 0"),
         (["nosuchcommand"], "invalid choice"),
         (["info", "NOTAMODEL"], "not a readable safetensors file"),
         (["init", "-o", "no/such/folder/x.safetensors"], "cannot write"),
