@@ -26,16 +26,13 @@ blocks, and :func:`fpt_ref.verify` certifies the function on inputs.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .model import Model, named_tensors
+from .names import parse_name, tensor_name
 from .xp import to_numpy
-
-_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
-_HEAD = re.compile(r"^heads\.(\d+)\.(.+)$")
 
 
 @dataclass
@@ -96,19 +93,13 @@ def _index_str(index) -> str:
 
 
 def _split(name: str):
-    """``(layer, head, rest)`` of a tensor name (``None`` where the name has no such part)."""
-    m = _LAYER.match(name)
-    if not m:
-        return None, None, name
-    n, rest = int(m[1]), m[2]
-    mh = _HEAD.match(rest)
-    return (n, int(mh[1]), mh[2]) if mh else (n, None, rest)
+    """``(layer, head, kind)`` of a tensor name (``None`` where the name has no such part)."""
+    kind, n, e = parse_name(name)
+    return n, e, kind
 
 
-def _join(n, e, rest) -> str:
-    if n is None:
-        return rest
-    return f"layers.{n}.heads.{e}.{rest}" if e is not None else f"layers.{n}.{rest}"
+def _join(n, e, kind) -> str:
+    return tensor_name(kind, n, e)
 
 
 def _entirely_new(names, by_tensor, shapes) -> bool:

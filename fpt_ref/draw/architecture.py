@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..model import Model, named_tensors, param_count
+from ..names import head_prefix, layer_prefix
 from . import styles
 from .selection import group_manifest, is_new_tensor
 from .symbols import TENSORS, parse_name
@@ -48,11 +49,11 @@ def track(before: Model, models: Sequence[Model], manifests: Sequence[Sequence])
             return bool(own) and all(t in new for t in own)
 
         for n in range(m.N):
-            if all_new(f"layers.{n}.") and len(state) < m.N:
+            if all_new(layer_prefix(n) + ".") and len(state) < m.N:
                 zero = {
                     parse_name(t)[0]
                     for t, bl in groups.items()
-                    if t.startswith(f"layers.{n}.") and any(b.role == "zero" for b in bl)
+                    if t.startswith(layer_prefix(n) + ".") and any(b.role == "zero" for b in bl)
                 }
                 state.insert(n, LayerInfo(None, i, [(None, i)] * m.layers[n].E, zero))
         if len(state) != m.N:
@@ -64,7 +65,7 @@ def track(before: Model, models: Sequence[Model], manifests: Sequence[Sequence])
             heads = []
             old = iter(info.heads)
             for e in range(E):
-                heads.append((None, i) if all_new(f"layers.{n}.heads.{e}.") else next(old))
+                heads.append((None, i) if all_new(head_prefix(n, e) + ".") else next(old))
             info.heads = heads
     return state
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import names
 from ..model import Model, named_tensors
+from ..paper import SYMBOLS
 from ..xp import to_numpy
 from .selection import is_new_tensor
 from .symbols import axis_symbols, parse_name
@@ -150,22 +152,22 @@ def stack_heads(groups: dict, before: Model, after: Model) -> tuple[dict, dict]:
         if kind != "w_o" or e is None:
             out[name] = blocks
             continue
-        key = f"layers.{n}.W_O"
+        key = f"{names.layer_prefix(n)}.W_O"
         if key in stacks:
             continue
         La = after.layers[n]
         heads_new = [
-            is_new_tensor(groups.get(f"layers.{n}.heads.{i}.w_o", [Block("", (), "copied")])) for i in range(La.E)
+            is_new_tensor(groups.get(names.tensor_name("w_o", n, i), [Block("", (), "copied")])) for i in range(La.E)
         ]
         stacked, labels, off = [], [], 0
         for i, hd in enumerate(La.heads):
-            own = groups.get(f"layers.{n}.heads.{i}.w_o")
+            own = groups.get(names.tensor_name("w_o", n, i))
             if own is None:
-                stacked.append(Block(key, ((off, off + hd.v), (0, after.h)), "copied"))
+                stacked.append(Block(key, ((off, off + hd.v), (0, after.h)), "copied", None, SYMBOLS["w_o"]))
             else:
                 for b in own:
                     (r0, r1), cols = b.index
-                    stacked.append(Block(key, ((off + r0, off + r1), cols), b.role, b.factor))
+                    stacked.append(Block(key, ((off + r0, off + r1), cols), b.role, b.factor, b.block))
             labels.append((off, off + hd.v, f"head {i}" + (" (new)" if heads_new[i] else "")))
             off += hd.v
         A = np.concatenate([to_numpy(hd.w_o) for hd in La.heads], axis=0)  # [sum v^, h^]

@@ -6,7 +6,7 @@ expansion's manifest (:class:`fpt_ref.expansions.Block`), never from these names
 
 from __future__ import annotations
 
-import re
+from .. import names
 
 # tensor kind -> (paper symbol in mathtext, axis symbols)
 TENSORS = {
@@ -28,20 +28,21 @@ TENSORS = {
 }
 
 _TEX = {"s_max": r"s_{max}", "vocab": r"\mathrm{vocab}", "Ev": r"\sum_e v_e"}
-_NAME = re.compile(r"^(?:layers\.(\d+)\.)?(?:heads\.(\d+)\.)?(\w+)$")
 
 
 def parse_name(name: str):
-    """``(kind, layer, head)`` of a file-format tensor name; layer/head are ``None`` when absent.
+    """``(kind, layer, head)`` of a file-format tensor name (:func:`fpt_ref.names.parse_name`), or
+    of the drawing-only stacked view ``layers.{n}.W_O``; layer/head are ``None`` when absent.
 
     >>> parse_name("layers.1.heads.0.w_k")
     ('w_k', 1, 0)
+    >>> parse_name("layers.1.W_O")
+    ('W_O', 1, None)
     """
-    m = _NAME.match(name)
-    if not m or m.group(3) not in TENSORS:
-        raise ValueError(f"name: {name!r} is not a parameter of the file format")
-    layer, head, kind = m.groups()
-    return kind, None if layer is None else int(layer), None if head is None else int(head)
+    if isinstance(name, str) and name.endswith(".W_O"):
+        _, n, _ = names.parse_name(name[: -len("W_O")] + "w_l1")
+        return "W_O", n, None
+    return names.parse_name(name)
 
 
 def title(name: str) -> str:
