@@ -107,18 +107,18 @@ def load_config(spec: str) -> Config:
     if spec in CONFIGS:
         return CONFIGS[spec]
     if not os.path.isfile(spec):
-        raise FileNotFoundError(f"--config: {spec!r} is neither tiny, small nor an existing JSON file")
+        raise FileNotFoundError(f"spec: {spec!r} is neither tiny, small nor an existing JSON file")
     try:
         with open(spec) as f:
             data = json.load(f)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"--config: {spec}: invalid JSON ({exc})") from None
+        raise ValueError(f"spec: {spec}: invalid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"--config: {spec}: expected a JSON object, got {type(data).__name__}")
+        raise ValueError(f"spec: {spec}: expected a JSON object, got {type(data).__name__}")
     known = {f.name for f in fields(Config)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"--config: {spec}: unknown keys {unknown} (known: {sorted(known)})")
+        raise ValueError(f"spec: {spec}: unknown keys {unknown} (known: {sorted(known)})")
     data.setdefault("name", os.path.splitext(os.path.basename(spec))[0])
     return Config(**{**CONFIGS["tiny"].to_dict(), **data})
 
