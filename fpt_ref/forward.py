@@ -4,6 +4,11 @@ The spec (PAPER.md) overrides this implementation. Row-vector convention: activa
 are ``[b, s, h]`` and weights multiply on the right. No Python loop runs over batch or
 sequence positions; heads of equal ``(k, v)`` are batched into one matmul.
 
+:func:`forward` keeps only the current residual stream; :func:`trace` runs the same layers
+and keeps every intermediate (:class:`Trace`), so that the residual streams and the
+tolerance scales of :mod:`fpt_ref.tolerance` are folds over one forward pass instead of
+walks of their own.
+
 Performance notes (see docs/benchmarks.md): large temporaries that the function itself
 created (logits ``[b, G, s, s]``, MLP activations ``[b, s, p]``, branch outputs
 ``[b, s, h]``) are updated in place instead of being re-allocated, since fresh allocations
@@ -29,7 +34,7 @@ def rms_norm(x, g, eps: float):
     xp = _xp(x)
     ms = xp.mean(x * x, axis=-1, keepdims=True)  # [b, s, 1]
     out = x * g  # [b, s, h]  a new array
-    out /= xp.sqrt(ms + eps)  # [b, s, h]  (x g) / sqrt(.), as before
+    out /= xp.sqrt(ms + eps)  # [b, s, h]  (x g) / sqrt(.)
     return out
 
 
@@ -60,7 +65,7 @@ def head_groups(layer: Layer) -> list:
 
 
 def mha_heads(layer: Layer, x, causal: bool) -> tuple:
-    """The heads of ``MHA(X) = [H_1 ... H_E] W_O``: ``([H_e ...], W_O)`` in the same head order.
+    """The heads of ``MHA(X) = [H_1 ... H_E] W_O``: ``([H_1 ... H_E], W_O)`` in one head order.
 
     x: [b, s, h] -> ``(heads [b, s, sum v], w_o [sum v, h])``. One matmul computes Q, K and V
     of every head; heads are regrouped by ``(k, v)`` (:func:`head_groups`) so each group runs
@@ -95,12 +100,6 @@ def mha_heads(layer: Layer, x, causal: bool) -> tuple:
     return heads_out, w_o
 
 
-def mha(layer: Layer, x, causal: bool):
-    """``MHA(X) = [H_1 ... H_E] W_O``; x: [b, s, h] -> [b, s, h] (:func:`mha_heads`)."""
-    heads_out, w_o = mha_heads(layer, x, causal)  # [b, s, sum v], [sum v, h]
-    return heads_out @ w_o  # [b, s, h]
-
-
 def mlp_hidden(layer: Layer, x, activation=None):
     """``f(X W_l1 + b_l1)``, f = ReLU unless ``activation`` is given; x: [b, s, h] -> [b, s, p]."""
     xp = _xp(x)
@@ -110,13 +109,6 @@ def mlp_hidden(layer: Layer, x, activation=None):
         xp.maximum(a, 0, out=a)  # [b, s, p]  ReLU
         return a
     return activation(a)  # [b, s, p]
-
-
-def mlp(layer: Layer, x):
-    """``MLP(X) = ReLU(X W_l1 + b_l1) W_l2 + b_l2``; x: [b, s, h] -> [b, s, h]."""
-    out = mlp_hidden(layer, x) @ layer.w_l2  # [b, s, h]
-    out += layer.b_l2  # [b, s, h]
-    return out
 
 
 @dataclass(frozen=True)
@@ -143,6 +135,8 @@ class Trace:
 
 def block(model: Model, layer: Layer, x, record=None, activation=None):
     """One layer: ``X' = X + MHA(Norm(X))``, ``X_next = X' + MLP(Norm(X'))``; [b, s, h].
+
+    ``MHA(X) = [H_1 ... H_E] W_O`` (:func:`mha_heads`), ``MLP(X) = ReLU(X W_l1 + b_l1) W_l2 + b_l2``.
 
     ``record``: a list to which the layer's :class:`LayerTrace` is appended (None: nothing
     is kept). ``activation``: see :func:`trace`.
