@@ -64,13 +64,14 @@ def head_groups(layer: Layer) -> list:
     return list(groups.items())
 
 
-def mha_heads(layer: Layer, x, causal: bool) -> tuple:
-    """The heads of ``MHA(X) = [H_1 ... H_E] W_O``: ``([H_1 ... H_E], W_O)`` in one head order.
+def mha(layer: Layer, x, causal: bool, parts: dict | None = None):
+    """``MHA(X) = [H_1 ... H_E] W_O``; x: [b, s, h] -> [b, s, h].
 
-    x: [b, s, h] -> ``(heads [b, s, sum v], w_o [sum v, h])``. One matmul computes Q, K and V
-    of every head; heads are regrouped by ``(k, v)`` (:func:`head_groups`) so each group runs
-    as one batched attention. The heads' outputs and the rows of ``W_O`` come in group order,
-    which gives the same sum ``heads @ w_o`` as the paper's ordering.
+    One matmul computes Q, K and V of every head; heads are regrouped by ``(k, v)`` so each
+    group runs as one batched attention. Concatenating the heads' outputs in group order and
+    the rows of ``W_O`` in the same order computes the same sum as the paper's ordering.
+    ``parts``: a dict receiving ``attn_in`` (x), ``heads`` and ``w_o`` (:class:`LayerTrace`),
+    or None.
     """
     xp = _xp(x)
     b, s, _ = x.shape
@@ -97,18 +98,29 @@ def mha_heads(layer: Layer, x, causal: bool) -> tuple:
     assert ov == 2 * n_q + n_v
     heads_out = outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=-1)  # [b, s, sum v]
     w_o = xp.concatenate([layer.heads[e].w_o for _, idx in groups for e in idx], axis=0)  # [sum v, h]
-    return heads_out, w_o
+    if parts is not None:
+        parts.update(attn_in=x, heads=heads_out, w_o=w_o)
+    return heads_out @ w_o  # [b, s, h]
 
 
-def mlp_hidden(layer: Layer, x, activation=None):
-    """``f(X W_l1 + b_l1)``, f = ReLU unless ``activation`` is given; x: [b, s, h] -> [b, s, p]."""
+def mlp(layer: Layer, x, parts: dict | None = None, activation=None):
+    """``MLP(X) = ReLU(X W_l1 + b_l1) W_l2 + b_l2``; x: [b, s, h] -> [b, s, h].
+
+    ``parts``: a dict receiving ``mlp_in`` (x) and ``act`` (:class:`LayerTrace`), or None.
+    ``activation``: see :func:`trace`.
+    """
     xp = _xp(x)
     a = x @ layer.w_l1  # [b, s, p]  a new array, updated in place below
     a += layer.b_l1  # [b, s, p]
     if activation is None:
         xp.maximum(a, 0, out=a)  # [b, s, p]  ReLU
-        return a
-    return activation(a)  # [b, s, p]
+    else:
+        a = activation(a)  # [b, s, p]
+    if parts is not None:
+        parts.update(mlp_in=x, act=a)
+    out = a @ layer.w_l2  # [b, s, h]
+    out += layer.b_l2  # [b, s, h]
+    return out
 
 
 @dataclass(frozen=True)
@@ -136,22 +148,16 @@ class Trace:
 def block(model: Model, layer: Layer, x, record=None, activation=None):
     """One layer: ``X' = X + MHA(Norm(X))``, ``X_next = X' + MLP(Norm(X'))``; [b, s, h].
 
-    ``MHA(X) = [H_1 ... H_E] W_O`` (:func:`mha_heads`), ``MLP(X) = ReLU(X W_l1 + b_l1) W_l2 + b_l2``.
-
-    ``record``: a list to which the layer's :class:`LayerTrace` is appended (None: nothing
-    is kept). ``activation``: see :func:`trace`.
+    ``record``: a list to which the layer's :class:`LayerTrace` is appended, or None (nothing
+    is kept, so temporaries are freed as soon as they are used). ``activation``: see :func:`trace`.
     """
-    xn = rms_norm(x, layer.norm_mha, model.norm_eps)  # [b, s, h]  Norm^MHA(X)
-    heads_out, w_o = mha_heads(layer, xn, model.causal)  # [b, s, sum v], [sum v, h]
-    y = heads_out @ w_o  # [b, s, h]  MHA(Norm(X)), a new array
+    parts = None if record is None else {}
+    y = mha(layer, rms_norm(x, layer.norm_mha, model.norm_eps), model.causal, parts)  # [b, s, h]  new
     y += x  # [b, s, h]  X' = X + MHA(Norm(X))
-    yn = rms_norm(y, layer.norm_mlp, model.norm_eps)  # [b, s, h]  Norm^MLP(X')
-    act = mlp_hidden(layer, yn, activation)  # [b, s, p]
-    z = act @ layer.w_l2  # [b, s, h]  a new array
-    z += layer.b_l2  # [b, s, h]  MLP(Norm(X'))
+    z = mlp(layer, rms_norm(y, layer.norm_mlp, model.norm_eps), parts, activation)  # [b, s, h]  new
     z += y  # [b, s, h]  X_next = X' + MLP(Norm(X'))
     if record is not None:
-        record.append(LayerTrace(xn, heads_out, w_o, y, yn, act))
+        record.append(LayerTrace(mid=y, **parts))
     return z
 
 

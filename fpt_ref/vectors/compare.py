@@ -1,12 +1,12 @@
 """Compare another implementation's tensors with a reference case (``fpt-ref compare``).
 
-For every reference tensor (``residual.0 .. residual.N``, ``output``) the ACTUAL file must
+For every reference tensor (``residual.0 .. residual.N``, ``output``) the file ``actual`` must
 hold a tensor of the same name and shape, in float32 or float64. Each is measured with the
 definitions of :func:`fpt_ref.tolerance.error_stats` (``max_abs``; ``max_rel = max_abs / max |ref|``;
-``max_ulp = max_abs / ulp(max |ref|)``, the ulp taken in ACTUAL's dtype) and passes when
-every element satisfies the case's tolerance for ACTUAL's dtype (``manifest.json``,
+``max_ulp = max_abs / ulp(max |ref|)``, the ulp taken in its dtype) and passes when
+every element satisfies the case's tolerance for that dtype (``manifest.json``,
 :func:`fpt_ref.tolerance.tolerances`). ``used`` is the largest ``|a - r| / (atol + rtol |r|)``
-(pass when <= 1). Problems with ACTUAL (missing tensor, wrong shape or dtype, NaN or inf)
+(pass when <= 1). Problems with ``actual``'s tensors (missing tensor, wrong shape or dtype, NaN or inf)
 are reported by name as failures, never raised.
 
 The argmax of ``output`` along the last axis must match the reference at every position
@@ -14,7 +14,7 @@ where the reference's top-2 gap is larger than the tolerance allows to close
 (:func:`fpt_ref.tolerance.decidable`); other positions are reported as near-ties.
 
 Reading the files is :mod:`fpt_ref.vectors.files`; the report and its text form are
-:mod:`fpt_ref.vectors.report`.
+:mod:`fpt_ref.vectors.report` (whose text calls the compared file ACTUAL, as the command line does).
 """
 
 from __future__ import annotations
