@@ -4,12 +4,12 @@ Gesmundo & Maile, arXiv:2308.06103. The specification is PAPER.md; it overrides 
 """
 
 from .expansions import Block, add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp
-from .forward import forward, residual_streams
+from .forward import Trace, forward, residual_streams, trace
 from .init import init_model, random_inputs
 from .io import FormatError, load, save
-from .metrics import error_stats, natural_scale, tolerance_abs, tolerance_ulps
 from .model import Head, Layer, Model, convert, dims, named_tensors, param_count
 from .plan import PlanError, Step, apply_step, parse_plan, run_plan
+from .tolerance import error_stats, natural_scale, tolerance_abs, tolerance_ulps, tolerances
 from .verify import verify, verify_each
 
 __version__ = "0.1.0"
@@ -23,6 +23,8 @@ __all__ = [
     "random_inputs",
     "forward",
     "residual_streams",
+    "trace",
+    "Trace",
     "load",
     "save",
     "FormatError",
@@ -44,6 +46,7 @@ __all__ = [
     "tolerance_ulps",
     "tolerance_abs",
     "natural_scale",
+    "tolerances",
     "dims",
     "named_tensors",
     "param_count",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .forward import forward
+from .forward import forward, trace
 from .init import random_inputs
-from .metrics import error_stats, natural_scale, streams_and_magnitudes, tolerance_abs
 from .model import Model
+from .tolerance import error_stats, preservation_scale, tolerance_abs, ulp
 from .xp import to_numpy
 
 
@@ -48,8 +48,9 @@ def _inputs_for_all(a: Model, others: list, batch, seq, seed):
 def verify(a: Model, b: Model, batch: int = 4, seq: int | None = None, seed: int = 0) -> dict:
     """Compare ``forward(a, x)`` with ``forward(b, x)`` on common random inputs.
 
-    Returns ``max_abs``, ``max_rel``, ``max_ulp`` (see :mod:`fpt_ref.metrics`), the derived
-    tolerance as ``tol_abs`` and, in the unit of ``max_ulp``, ``tol_ulp``, and ``ok``
+    Returns ``max_abs``, ``max_rel``, ``max_ulp`` (:func:`fpt_ref.tolerance.error_stats`), the
+    preservation tolerance as ``tol_abs`` (:func:`fpt_ref.tolerance.tolerance_abs`, derived in
+    docs/tolerance.md) and, in the unit of ``max_ulp``, ``tol_ulp``, and ``ok``
     (``max_abs <= tol_abs``, both finite).
     """
     return verify_each(a, [b], batch, seq, seed)[0]
@@ -58,10 +59,10 @@ def verify(a: Model, b: Model, batch: int = 4, seq: int | None = None, seed: int
 def verify_each(a: Model, others: list, batch: int = 4, seq: int | None = None, seed: int = 0) -> list:
     """:func:`verify` of ``a`` against each model of ``others``, running ``a`` only once."""
     xa, xbs = _inputs_for_all(a, list(others), batch, seq, seed)
-    last, mags = streams_and_magnitudes(a, xa)  # one pass over a: X_{N+1} and the magnitudes
-    ref = last @ a.w_out  # [b, s, o]  = forward(a, xa)
-    scale = natural_scale(a, mags[-1])
-    ulp_out = float(np.spacing(np.dtype(a.dtype).type(np.max(np.abs(to_numpy(ref))))))
+    tr = trace(a, xa)  # one pass over a: its output and what the tolerance scale needs
+    ref = tr.output  # [b, s, o]  = forward(a, xa)
+    scale = preservation_scale(a, tr)
+    ulp_out = ulp(float(np.max(np.abs(to_numpy(ref)))), a.dtype)
     results = []
     for b, xb in zip(others, xbs):
         stats = error_stats(ref, forward(b, xb))

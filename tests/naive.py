@@ -8,7 +8,9 @@ It shares no code with ``fpt_ref.forward``.
 import numpy as np
 
 
-def naive_forward(model, x):
+def naive_forward(model, x, activation=None):
+    """Output [b, s, o] (or [s, o]); ``activation`` replaces ReLU when given."""
+    f = (lambda a: np.maximum(a, 0.0)) if activation is None else activation
     x = np.asarray(x)
     tokens = model.embed is not None
     single = x.ndim == (1 if tokens else 2)
@@ -21,7 +23,7 @@ def naive_forward(model, x):
         for L in model.layers:
             X = X + _mha(L, _norm(X, L.norm_mha, model.norm_eps), model.causal)
             Xn = _norm(X, L.norm_mlp, model.norm_eps)
-            X = X + np.maximum(Xn @ L.w_l1 + L.b_l1, 0.0) @ L.w_l2 + L.b_l2
+            X = X + f(Xn @ L.w_l1 + L.b_l1) @ L.w_l2 + L.b_l2
         outs.append(X @ model.w_out)
     out = np.stack(outs)
     return out[0] if single else out

@@ -169,13 +169,13 @@ def test_argmax_rule():
 
 def test_user_errors(vec, ref, tmp_path):
     good = write(tmp_path / "a.safetensors", ref)
-    with pytest.raises(FileNotFoundError, match="CASE_DIR"):
+    with pytest.raises(FileNotFoundError, match="^case_dir: "):
         compare(tmp_path / "nowhere", good)
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         compare(tmp_path, good)
     with pytest.raises(FileNotFoundError, match="top directory of the vectors"):
         compare(vec, good)
-    with pytest.raises(FileNotFoundError, match="ACTUAL"):
+    with pytest.raises(FileNotFoundError, match="^actual: "):
         compare(vec / CASE, tmp_path / "missing.safetensors")
     (tmp_path / "a.txt").write_text("x")
     with pytest.raises(ValueError, match="'.txt'"):
@@ -206,7 +206,7 @@ def test_cli_exit_codes(vec, ref, tmp_path):
     assert rep["ok"] is False and rep["first_failing_residual"] == "residual.2"
     assert [t["status"] for t in rep["tensors"]] == ["pass", "pass", "fail", "pass"]  # output is its own tensor
     r = _cli(tmp_path / "nowhere", good)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "CASE_DIR" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "case_dir: " in r.stderr
     r = _cli(vec / CASE, tmp_path / "missing.npz")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "missing.npz" in r.stderr
 
@@ -219,7 +219,7 @@ def test_unreadable_npz_is_a_value_error(vec, tmp_path, content):
             np.save(f, np.zeros(3))  # a single .npy array under an .npz name
     else:
         path.write_bytes(content)
-    with pytest.raises(ValueError, match="ACTUAL: .*(not a readable npz file|not an .npz archive)"):
+    with pytest.raises(ValueError, match="^actual: .*(not a readable npz file|not an .npz archive)"):
         compare(vec / CASE, path)
 
 

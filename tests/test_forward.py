@@ -9,8 +9,8 @@ from test_expansions import hetero_model
 
 import fpt_ref
 from fpt_ref import add_heads
-from fpt_ref.forward import rms_norm
-from fpt_ref.metrics import magnitude_streams
+from fpt_ref.forward import head_groups, rms_norm
+from fpt_ref.tolerance import magnitude_streams, magnitudes, reduction_length
 
 
 def test_matches_naive_on_heterogeneous_model():
@@ -90,7 +90,7 @@ def test_float32_keeps_dtype_and_is_close_to_float64():
     o32, o64 = fpt_ref.forward(m32, x), fpt_ref.forward(m64, x)
     assert o32.dtype == np.float32
     # the same parameters rounded to float32: agreement to float32 precision times the reduction length
-    L = fpt_ref.metrics.reduction_length(m64, 5)
+    L = reduction_length(m64, 5)
     assert np.max(np.abs(o32 - o64)) <= 2 * L * np.finfo(np.float32).eps * np.max(np.abs(o64))
 
 
@@ -156,8 +156,6 @@ def test_convert_dtype():
 
 
 def test_magnitude_streams_bound_the_residual_streams():
-    from fpt_ref.metrics import magnitude_streams
-
     m = hetero_model()
     x = np.random.default_rng(7).integers(0, 50, size=(2, 5))
     Ms, Xs = magnitude_streams(m, x), fpt_ref.residual_streams(m, x)
@@ -165,10 +163,22 @@ def test_magnitude_streams_bound_the_residual_streams():
     for M, X in zip(Ms, Xs):
         assert M.shape == X.shape and np.all(M >= np.abs(X) * (1 - 1e-12))
     assert all(np.all(b >= a) for a, b in zip(Ms, Ms[1:]))  # magnitudes only grow
-    from fpt_ref.metrics import streams_and_magnitudes
-
-    last, _ = streams_and_magnitudes(m, x)  # verify takes the reference output from this single pass
-    assert np.array_equal(last @ m.w_out, fpt_ref.forward(m, x))
+    # the agreement policy's magnitudes take the branch results as computed: between |X| and the nested ones
+    tr = fpt_ref.trace(m, x)
+    Us = magnitudes(m, tr, nested=False)
+    assert all(np.all(U <= M * (1 + 1e-12)) and np.all(U >= np.abs(X) * (1 - 1e-12)) for U, M, X in zip(Us, Ms, Xs))
+    assert all(np.array_equal(a, b) for a, b in zip(magnitudes(m, tr, nested=True), Ms))
+    # U computed here one head at a time, from the trace's streams
+    U = np.abs(tr.inputs) + np.abs(m.pos[:5])
+    for L, t in zip(m.layers, tr.layers):
+        for hd in L.heads:
+            xn = t.attn_in
+            z = (xn @ hd.w_q) @ np.swapaxes(xn @ hd.w_k, -1, -2) / np.sqrt(hd.k)  # [b, s, s]
+            z = np.where(np.tril(np.ones((5, 5), dtype=bool)), z, -np.inf)  # causal
+            w = np.exp(z - z.max(-1, keepdims=True))
+            U = U + np.abs((w / w.sum(-1, keepdims=True)) @ (xn @ hd.w_v)) @ np.abs(hd.w_o)
+        U = U + np.abs(np.maximum(t.mlp_in @ L.w_l1 + L.b_l1, 0)) @ np.abs(L.w_l2) + np.abs(L.b_l2)
+    assert np.allclose(U, Us[-1], rtol=1e-13, atol=0)
 
 
 @pytest.mark.parametrize("eps", [float("nan"), float("inf"), True, -1e-3, "0.1"])
@@ -188,3 +198,59 @@ def test_verify_never_calls_an_overflowing_model_preserved():
     with np.errstate(over="ignore", invalid="ignore"):  # the overflow is the point
         st = fpt_ref.verify(huge, fpt_ref.expand_mlp(huge, 9))
     assert not st["ok"]
+
+
+@pytest.mark.parametrize("vocab", [50, None])
+def test_trace_is_the_forward_pass(vocab):
+    m = hetero_model(vocab=vocab, eps=1e-3, causal=True)
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 50, size=(2, 5)) if vocab else rng.normal(size=(2, 5, 6))
+    tr = fpt_ref.trace(m, x)
+    assert np.array_equal(tr.output, fpt_ref.forward(m, x))  # bit for bit
+    assert len(tr.streams) == m.N + 1 and len(tr.layers) == m.N
+    assert all(np.array_equal(a, b) for a, b in zip(tr.streams, fpt_ref.residual_streams(m, x)))
+    assert np.array_equal(tr.inputs, m.embed[x] if vocab else x)
+    assert np.array_equal(tr.streams[0], tr.inputs + m.pos[:5])
+    for n, (layer, t) in enumerate(zip(m.layers, tr.layers)):
+        X = tr.streams[n]
+        assert np.array_equal(t.attn_in, rms_norm(X, layer.norm_mha, m.norm_eps))
+        assert t.heads.shape == (2, 5, sum(hd.v for hd in layer.heads)) and t.w_o.shape == (t.heads.shape[-1], 6)
+        assert np.array_equal(t.mid, t.heads @ t.w_o + X)
+        assert np.array_equal(t.mlp_in, rms_norm(t.mid, layer.norm_mlp, m.norm_eps))
+        assert np.array_equal(t.act, np.maximum(t.mlp_in @ layer.w_l1 + layer.b_l1, 0))
+        assert np.array_equal(tr.streams[n + 1], t.act @ layer.w_l2 + layer.b_l2 + t.mid)
+    # each head's output, computed here one head at a time, is a block of columns of `heads` (head_groups order)
+    t, layer = tr.layers[0], m.layers[0]
+    order = [e for _, idx in head_groups(layer) for e in idx]
+    blocks = np.split(t.heads, np.cumsum([layer.heads[e].v for e in order])[:-1], axis=-1)
+    for e, got in zip(order, blocks):
+        hd, xn = layer.heads[e], t.attn_in
+        z = (xn @ hd.w_q) @ np.swapaxes(xn @ hd.w_k, -1, -2) / np.sqrt(hd.k)  # [b, s, s]
+        z = np.where(np.tril(np.ones((5, 5), dtype=bool)), z, -np.inf)  # causal
+        w = np.exp(z - z.max(-1, keepdims=True))  # [b, s, s]
+        assert np.allclose(got, (w / w.sum(-1, keepdims=True)) @ (xn @ hd.w_v), rtol=1e-12, atol=1e-14)
+    assert np.array_equal(np.concatenate([layer.heads[e].w_o for e in order]), t.w_o)
+
+
+def test_trace_unbatched_and_inputs_not_mutated():
+    m = hetero_model(vocab=None)
+    x = np.random.default_rng(9).normal(size=(2, 4, 6))
+    x.flags.writeable = False
+    tr, tr0 = fpt_ref.trace(m, x), fpt_ref.trace(m, x[1])
+    assert np.allclose(tr0.output, tr.output[1], rtol=0, atol=1e-14)
+    assert tr0.inputs.shape == (4, 6) and all(X.shape == (4, 6) for X in tr0.streams)
+    for t0, t in zip(tr0.layers, tr.layers):
+        assert t0.heads.shape == t.heads.shape[1:] and t0.act.shape == t.act.shape[1:]
+        assert np.array_equal(t0.w_o, t.w_o)
+
+
+def test_trace_with_another_activation_matches_naive():
+    m = hetero_model(eps=1e-3)
+    x = np.random.default_rng(10).integers(0, 50, size=(2, 5))
+    relu = fpt_ref.trace(m, x, activation=lambda a: np.maximum(a, 0))
+    assert np.array_equal(relu.output, fpt_ref.forward(m, x))
+    tr = fpt_ref.trace(m, x, activation=np.tanh)
+    assert all(np.array_equal(t.act, np.tanh(t.mlp_in @ L.w_l1 + L.b_l1)) for t, L in zip(tr.layers, m.layers))
+    ref = naive_forward(m, x, activation=np.tanh)
+    assert not np.allclose(ref, relu.output)
+    assert np.max(np.abs(ref - tr.output)) <= fpt_ref.tolerance_ulps(m, m, 5) * np.spacing(np.max(np.abs(ref)))

@@ -48,3 +48,23 @@ def test_cupy_plan_preserves_and_matches_numpy_blocks(dtype, tmp_path):
         np.array_equal(cupy.asnumpy(a), cupy.asnumpy(b))
         for a, b in zip(named_tensors(back).values(), named_tensors(res_gpu[-1].model).values())
     )
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cupy_trace_and_tolerance_scales_match_numpy(dtype):
+    import cupy
+
+    from fpt_ref.tolerance import natural_scales, preservation_scale
+
+    m = hetero_model(dtype=dtype)
+    g = convert(m, cupy)
+    x = np.random.default_rng(1).integers(0, 50, size=(3, 5))
+    tr, tr_cpu = fpt_ref.trace(g, x), fpt_ref.trace(m, x)
+    assert isinstance(tr.output, cupy.ndarray) and isinstance(tr.layers[0].act, cupy.ndarray)
+    assert bool(cupy.array_equal(tr.output, fpt_ref.forward(g, x)))  # the trace is the GPU forward pass
+    rel = 1e-5 if dtype == "float32" else 1e-12  # GPU and CPU kernels round differently
+    for nested in (True, False):
+        assert preservation_scale(g, tr, nested) == pytest.approx(preservation_scale(m, tr_cpu, nested), rel=rel)
+    scales_cpu = natural_scales(convert(m, dtype="float64"), x)
+    for name, S in natural_scales(convert(g, dtype="float64"), x).items():
+        assert S == pytest.approx(scales_cpu[name], rel=1e-12), name

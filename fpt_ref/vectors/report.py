@@ -1,0 +1,98 @@
+"""The result of ``fpt-ref compare``: per-tensor results, the whole report and its text form."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+STATUSES = ("pass", "fail", "missing", "shape", "dtype", "nonfinite", "unreadable")
+
+
+@dataclass(frozen=True)
+class TensorResult:
+    """The comparison of one tensor."""
+
+    name: str
+    status: str  # one of STATUSES
+    message: str = ""
+    dtype: str | None = None
+    max_abs: float | None = None
+    max_rel: float | None = None
+    max_ulp: float | None = None
+    used: float | None = None  # max |a-r| / (atol + rtol |r|); <= 1 passes
+    worst: tuple | None = None  # index of the element with the largest `used`
+    atol: float | None = None
+    rtol: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "pass"
+
+
+@dataclass(frozen=True)
+class Report:
+    """The whole comparison of ACTUAL with a case."""
+
+    case: str
+    description: str
+    actual: str
+    tensors: tuple  # TensorResult, in order residual.0 .. residual.N, output
+    argmax: dict  # checked, positions, matched, mismatches, near_ties, ok, message
+    first_failing_residual: str | None
+    extra: tuple  # names in ACTUAL that the case does not have (ignored)
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.tensors) and bool(self.argmax["ok"])
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tensors"] = [asdict(t) for t in self.tensors]
+        d["ok"] = self.ok
+        return d
+
+
+def _fmt(x, spec) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def format_report(r: Report) -> str:
+    """Human-readable report: one row per tensor, the argmax check, the first failing layer."""
+    lines = [f"case {r.case}: {r.description}", f"actual {r.actual}"]
+    head = f"{'tensor':<12} {'dtype':<8} {'max abs':>10} {'max rel':>10} {'max ulp':>10} {'tol used':>9}  status"
+    lines += [head, "-" * len(head)]
+    for t in r.tensors:
+        lines.append(
+            f"{t.name:<12} {t.dtype or '-':<8} {_fmt(t.max_abs, '10.3e')} {_fmt(t.max_rel, '10.3e')} "
+            f"{_fmt(t.max_ulp, '10.4g')} {_fmt(t.used, '9.3g')}  {t.status.upper() if not t.ok else 'ok'}"
+        )
+    for t in r.tensors:
+        if t.message:
+            lines.append(f"  {t.message}")
+    lines.append(r.argmax["message"])
+    if r.first_failing_residual is not None:
+        n = int(r.first_failing_residual.split(".")[1])
+        where = "the input X_1 = I + P (embedding or positions)" if n == 0 else f"the output of layer {n - 1}"
+        status = next(t.status for t in r.tensors if t.name == r.first_failing_residual)
+        if status not in ("fail", "nonfinite"):  # missing, wrong shape or dtype: says nothing about where
+            lines.append(
+                f"first failing residual: {r.first_failing_residual} ({where}) is {status}; "
+                f"fix ACTUAL before reading the layer"
+            )
+        elif n == 0:
+            lines.append(f"first failing residual: {r.first_failing_residual} ({where}); look at the input")
+        else:
+            lines.append(
+                f"first failing residual: {r.first_failing_residual} ({where}); "
+                f"earlier residuals agree, so look at layer {n - 1}"
+            )
+    elif not r.tensors[-1].ok and r.tensors[-1].name == "output":
+        lines.append("all residuals agree; output fails, so look at W_out")
+    if r.extra:
+        lines.append(f"ignored tensors in ACTUAL: {', '.join(r.extra)}")
+    n_bad = sum(not t.ok for t in r.tensors)
+    lines.append(
+        "PASS"
+        if r.ok
+        else f"FAIL: {n_bad} of {len(r.tensors)} tensors failed" + ("" if r.argmax["ok"] else "; argmax check failed")
+    )
+    return "\n".join(lines)
