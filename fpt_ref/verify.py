@@ -1,28 +1,49 @@
-"""Run two models on the same inputs and measure how far apart their outputs are."""
+"""Run two models on inputs that exercise all of them and measure how far apart their outputs are.
+
+What a "preserved" verdict of :func:`verify` rests on (README, "What `verify` guarantees"):
+
+- **inputs**: for token models, every token id of the vocabulary the two models share, laid
+  out over sequences of the full length (:func:`fpt_ref.inputs.token_tiling`), so every row
+  of ``embed`` and of ``pos`` is read; for real-valued models, one full-length sequence; in
+  both cases ``batch`` random sequences of length ``seq`` besides;
+- **the function**: on every one of those inputs, every output entry of ``b`` lies within the
+  derived rounding tolerance of ``a``'s (:func:`fpt_ref.tolerance.tolerance_abs`);
+- **the blocks** (when a manifest is given): every block is what the manifest claims, bit for
+  bit, and the zero blocks include a proved constraint set (:mod:`fpt_ref.audit`).
+
+Inputs are processed in batches whose forward pass fits ``max_bytes``
+(:func:`fpt_ref.memory.forward_bytes`), so a 150,000-token vocabulary is covered in pieces.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from .checks import check_int
 from .forward import forward, trace
 from .init import random_inputs
-from .model import Model
+from .inputs import batches, real_inputs, token_tiling
+from .memory import forward_bytes, model_bytes, require
+from .model import Model, dims
 from .tolerance import error_stats, preservation_scale, tolerance_abs, ulp
 from .xp import to_numpy
 
+#: default memory budget of one batch's forward pass
+MAX_BATCH_BYTES = 256 * 1024**2
 
-def common_inputs(a: Model, b: Model, batch: int = 4, seq: int | None = None, seed: int = 0):
-    """Inputs valid for both models: ``(x_a, x_b)``.
 
-    Token ids are drawn below both vocabularies; real inputs are drawn at ``a``'s width and
-    zero-padded to ``b``'s (the new input columns of a hidden expansion are zero, Theorem 3.5).
+def common_inputs(a: Model, b: Model, batch: int = 4, seq: int | None = None, seed: int = 0, scale: float = 1.0):
+    """Random inputs valid for both models: ``(x_a, x_b)``.
+
+    Token ids are drawn below both vocabularies; real inputs ``N(0, scale^2)`` are drawn at
+    ``a``'s width and zero-padded to ``b``'s (the new input columns of a hidden expansion
+    are zero, Theorem 3.5).
     """
-    xa, (xb,) = _inputs_for_all(a, [b], batch, seq, seed)
+    xa, (xb,) = _random_for_all(a, [b], batch, _seq(a, [b], seq), seed, scale)
     return xa, xb
 
 
-def _inputs_for_all(a: Model, others: list, batch, seq, seed):
-    """``(x_a, [x_b for b in others])``: one draw of inputs valid for ``a`` and every other model."""
+def _check_models(a: Model, others: list) -> None:
     for b in others:
         if (a.embed is None) != (b.embed is None):
             raise ValueError("models: one takes token ids and the other real-valued inputs; they cannot be compared")
@@ -32,44 +53,159 @@ def _inputs_for_all(a: Model, others: list, batch, seq, seed):
             raise ValueError(
                 f"models: the second model is narrower (h={b.h}) than the first (h={a.h}); give the smaller model first"
             )
+
+
+def _seq(a: Model, others: list, seq) -> int:
     s_max = min(m.s_max for m in [a] + others)
-    seq = s_max if seq is None else seq
-    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= s_max:
-        raise ValueError(f"seq: must be between 1 and {s_max} (the smaller s_max), got {seq!r}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch: must be an integer >= 1, got {batch!r}")
+    return s_max if seq is None else check_int("seq", seq, 1, s_max)
+
+
+def _pad(x, a: Model, others: list) -> list:
+    """``x`` as an input of each model of ``others`` (real inputs zero-padded to its width)."""
+    if a.embed is not None:
+        return [x] * len(others)
+    return [np.pad(x, [(0, 0), (0, 0), (0, b.h - a.h)]).astype(b.dtype) for b in others]
+
+
+def _random_for_all(a: Model, others: list, batch: int, seq: int, seed: int, scale: float):
     if a.embed is not None:
         x = random_inputs(min([a] + others, key=lambda m: m.vocab), batch, seq, seed)
-        return x, [x] * len(others)
-    x = random_inputs(a, batch, seq, seed)
-    return x, [np.pad(x, [(0, 0), (0, 0), (0, b.h - a.h)]).astype(b.dtype) for b in others]
+    else:
+        x = real_inputs(batch, seq, a.h, a.dtype, seed, scale)
+    return x, _pad(x, a, others)
 
 
-def verify(a: Model, b: Model, batch: int = 4, seq: int | None = None, seed: int = 0) -> dict:
-    """Compare ``forward(a, x)`` with ``forward(b, x)`` on common random inputs.
+def input_sets(a: Model, others: list, batch: int = 4, seq: int | None = None, seed: int = 0, scale: float = 1.0):
+    """The named input sets of :func:`verify_each`: ``[(name, x_a), ...]`` (NumPy).
 
-    Returns ``max_abs``, ``max_rel``, ``max_ulp`` (:func:`fpt_ref.tolerance.error_stats`), the
-    preservation tolerance as ``tol_abs`` (:func:`fpt_ref.tolerance.tolerance_abs`, derived in
-    docs/tolerance.md) and, in the unit of ``max_ulp``, ``tol_ulp``, and ``ok``
-    (``max_abs <= tol_abs``, both finite).
+    ``"all tokens"`` (token models: every id shared by all models, full-length rows) or
+    ``"full length"`` (real models: one sequence of ``s_max`` positions, seed ``seed + 1``),
+    then ``"random"`` (``batch`` sequences of ``seq`` positions).
     """
-    return verify_each(a, [b], batch, seq, seed)[0]
+    _check_models(a, others)
+    seq = _seq(a, others, seq)
+    batch = check_int("batch", batch, 1)
+    s_full = _seq(a, others, None)
+    real_inputs(1, 1, 1, a.dtype, 0, scale)  # validates scale, naming it
+    itemsize = 8 if a.embed is not None else np.dtype(a.dtype).itemsize
+    width = 1 if a.embed is not None else a.h
+    require(batch * seq * width * itemsize, f"the random inputs (batch={batch} x seq={seq})")
+    if a.embed is not None:
+        vocab = min(m.vocab for m in [a] + others)
+        cover = ("all tokens", token_tiling(vocab, s_full))
+    else:
+        cover = ("full length", real_inputs(1, s_full, a.h, a.dtype, seed + 1, scale))
+    return [cover, ("random", _random_for_all(a, others, batch, seq, seed, scale)[0])]
 
 
-def verify_each(a: Model, others: list, batch: int = 4, seq: int | None = None, seed: int = 0) -> list:
-    """:func:`verify` of ``a`` against each model of ``others``, running ``a`` only once."""
-    xa, xbs = _inputs_for_all(a, list(others), batch, seq, seed)
-    tr = trace(a, xa)  # one pass over a: its output and what the tolerance scale needs
-    ref = tr.output  # [b, s, o]  = forward(a, xa)
-    scale = preservation_scale(a, tr)
-    ulp_out = ulp(float(np.max(np.abs(to_numpy(ref)))), a.dtype)
+def verify(
+    a: Model,
+    b: Model,
+    batch: int = 4,
+    seq: int | None = None,
+    seed: int = 0,
+    *,
+    scale: float = 1.0,
+    manifest: list | None = None,
+    op: str | None = None,
+    max_bytes: int = MAX_BATCH_BYTES,
+) -> dict:
+    """Compare ``forward(a, x)`` with ``forward(b, x)`` on inputs that exercise both models.
+
+    Parameters
+    ----------
+    a, b : Model
+        The original and the grown model (``b`` at least as wide as ``a``).
+    batch, seq, seed : int
+        The random sequences beside the covering set (:func:`input_sets`).
+    scale : float
+        Standard deviation of real-valued inputs (small values expose an un-rescaled norm
+        epsilon, whose effect grows as the inputs shrink).
+    manifest : list of Block, optional
+        The manifest of the one expansion step that made ``b`` from ``a``: every block is
+        audited bit for bit (:func:`fpt_ref.audit.audit_step`); ``op`` names the expansion.
+    max_bytes : int
+        Memory budget of one batch's forward pass.
+
+    Returns
+    -------
+    dict
+        ``max_abs``, ``max_rel``, ``max_ulp`` (:func:`fpt_ref.tolerance.error_stats`), the
+        preservation tolerance ``tol_abs`` and, in the unit of ``max_ulp``, ``tol_ulp``;
+        ``inputs`` (what was run: the sets, their shapes, the token ids covered);
+        ``audit`` (the :class:`fpt_ref.audit.AuditReport` as a dict, or ``None``); ``ok``:
+        ``max_abs <= tol_abs`` (both finite) and the audit, when there is one, passed.
+    """
+    st = verify_each(a, [b], batch, seq, seed, scale=scale, max_bytes=max_bytes)[0]
+    st["audit"] = None
+    if manifest is not None:
+        from .audit import audit_step
+
+        rep = audit_step(a, b, manifest, op)
+        st["audit"] = rep.to_dict()
+        st["ok"] = bool(st["ok"] and rep.ok)
+    return st
+
+
+def verify_each(
+    a: Model,
+    others: list,
+    batch: int = 4,
+    seq: int | None = None,
+    seed: int = 0,
+    *,
+    scale: float = 1.0,
+    max_bytes: int = MAX_BATCH_BYTES,
+) -> list:
+    """:func:`verify` (without the audit) of ``a`` against each model of ``others``, running ``a``
+    once per batch.
+
+    Per model, the figures are folded over every batch of every input set: the largest
+    error, the largest reference output, the largest natural scale, and the longest sequence
+    (the tolerance grows with it), so one tolerance covers every input.
+    """
+    others = list(others)
+    sets = input_sets(a, others, batch, seq, seed, scale)
+    widest = max([a] + others, key=lambda m: model_bytes(dims(m), np.dtype(m.dtype).itemsize))
+    s_used = max(int(x.shape[1]) for _, x in sets)
+    per_row = forward_bytes(dims(widest), 1, s_used, np.dtype(widest.dtype).itemsize)
+    rows = max(1, int(max_bytes) // max(per_row, 1))
+    require(2 * per_row, "one sequence of the check's forward pass")
+    fold = [{"max_abs": 0.0, "ref": 0.0, "finite": True} for _ in others]
+    scale_a = 0.0
+    n_seq = 0
+    for _, x in sets:
+        for xa in batches(x, rows):
+            tr = trace(a, xa)  # one pass over a: its output and what the tolerance scale needs
+            ref = np.asarray(to_numpy(tr.output))  # [b, s, o]  = forward(a, xa)
+            scale_a = max(scale_a, preservation_scale(a, tr))
+            n_seq += int(xa.shape[0])
+            for f, b, xb in zip(fold, others, _pad(xa, a, others)):
+                st = error_stats(ref, forward(b, xb))
+                f["finite"] &= bool(np.isfinite(st["max_abs"]))
+                f["max_abs"] = max(f["max_abs"], st["max_abs"])
+                f["ref"] = max(f["ref"], float(np.max(np.abs(ref))) if ref.size else 0.0)
+    ulp_out = ulp(max(f["ref"] for f in fold), a.dtype)
+    described = {name: list(x.shape) for name, x in sets}
     results = []
-    for b, xb in zip(others, xbs):
-        stats = error_stats(ref, forward(b, xb))
-        tol = tolerance_abs(a, b, xa.shape[1], scale)
-        stats["tol_abs"] = tol
-        stats["tol_ulp"] = tol / ulp_out if ulp_out > 0 else float("inf")
-        # a non-finite error or scale (overflow) is never "preserved"
-        stats["ok"] = bool(np.isfinite(stats["max_abs"]) and np.isfinite(tol) and stats["max_abs"] <= tol)
-        results.append(stats)
+    for f, b in zip(fold, others):
+        max_abs = f["max_abs"] if f["finite"] else float("inf")
+        tol = tolerance_abs(a, b, s_used, scale_a)
+        results.append(
+            {
+                "max_abs": max_abs,
+                "max_rel": max_abs / f["ref"] if f["ref"] > 0 else (0.0 if max_abs == 0 else float("inf")),
+                "max_ulp": max_abs / ulp(f["ref"], a.dtype),
+                "tol_abs": tol,
+                "tol_ulp": tol / ulp_out,
+                # a non-finite error or scale (overflow) is never "preserved"
+                "ok": bool(np.isfinite(max_abs) and np.isfinite(tol) and max_abs <= tol),
+                "inputs": {
+                    "sets": described,
+                    "sequences": n_seq,
+                    "tokens_covered": min(m.vocab for m in [a] + others) if a.embed is not None else None,
+                    "batch_rows": rows,
+                },
+            }
+        )
     return results

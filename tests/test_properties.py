@@ -1,6 +1,6 @@
 """Property tests: random heterogeneous models and random compositions of 1-8 expansions
-preserve the function within the derived tolerance of fpt_ref.metrics (the bound is taken on
-the natural output scale ``S = max M_{N+1} @ |W_out|``, M the running magnitudes; see the README, "Tolerance").
+preserve the function within the derived tolerance of fpt_ref.tolerance (the bound is taken on
+the natural output scale ``S = max M_{N+1} @ |W_out|``, M the running magnitudes; see docs/tolerance.md, "Tolerance").
 The "ci" hypothesis profile runs 600 + 400 + 200 = 1,200 generated cases.
 """
 
@@ -14,7 +14,7 @@ from naive import naive_forward
 from strategies import build_model, draw_step, model_specs
 
 import fpt_ref
-from fpt_ref.metrics import magnitude_streams, tolerance_ulps
+from fpt_ref.tolerance import magnitude_streams, tolerance_ulps
 
 
 def _inputs(model, rng, h_pad=None):
@@ -31,7 +31,7 @@ def _error(base, x, ref, out, model):
 
     The error is measured here; the bound is the documented formula ``tolerance_ulps * ulp(S)``
     with ``S = max M_{N+1} @ |W_out|``, whose running magnitudes ``M`` come from
-    ``fpt_ref.metrics.magnitude_streams`` (tested on its own in test_forward.py). The bound is
+    ``fpt_ref.tolerance.magnitude_streams`` (tested on its own in test_forward.py). The bound is
     a loose worst case: in float64 it still catches any violation above ~1e-11 relative; the
     float32 runs check that float32 compositions stay within it, with far less power.
     """

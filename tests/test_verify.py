@@ -1,0 +1,113 @@
+"""verify does not say "preserved" for different models (fpt_ref.verify)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fpt_ref import expand_hidden, expand_mlp
+from fpt_ref.init import init_model
+from fpt_ref.verify import input_sets, verify
+
+
+def _tokens(**kw):
+    base = dict(h=8, p=16, heads=2, k=4, v=4, layers=2, out_dim=5, max_seq=12, vocab=50, eps=1e-6, causal=True)
+    base.update(kw)
+    return init_model(**base)
+
+
+def _row_shifted(model, row, delta=100.0):
+    embed = np.array(model.embed, copy=True)
+    embed[row] += delta
+    return replace(model, embed=embed)
+
+
+def _pos_shifted(model, row, delta=1.0):
+    pos = np.array(model.pos, copy=True)
+    pos[row] += delta
+    return replace(model, pos=pos)
+
+
+# every single embedding row and every single positional row is read
+@pytest.mark.parametrize("row", [0, 5, 37, 48, 49])
+def test_a_changed_embedding_row_is_never_preserved(row):
+    a = _tokens()
+    st = verify(a, _row_shifted(a, row))
+    assert not st["ok"] and st["max_abs"] > 1e-3
+
+
+@pytest.mark.parametrize("row", [0, 6, 11])
+def test_a_changed_position_row_is_never_preserved(row):
+    a = _tokens()
+    for seq in (None, 1, 4):  # even when the random draws are short
+        st = verify(a, _pos_shifted(a, row), seq=seq)
+        assert not st["ok"], (row, seq)
+
+
+def test_every_token_and_position_is_in_the_inputs():
+    a = _tokens(vocab=50, max_seq=12)
+    sets = dict(input_sets(a, [a], batch=2, seq=3))
+    assert set(np.unique(sets["all tokens"])) == set(range(50))
+    assert sets["all tokens"].shape[1] == 12 and sets["random"].shape == (2, 3)
+
+
+def test_large_vocabulary_in_bounded_batches():
+    a = _tokens(h=4, p=4, heads=1, k=2, v=2, layers=1, vocab=150_000, max_seq=16, out_dim=2)
+    b = _row_shifted(a, 149_999, 10.0)
+    st = verify(a, b, max_bytes=2 * 1024**2)
+    assert not st["ok"] and st["inputs"]["tokens_covered"] == 150_000 and st["inputs"]["batch_rows"] < 9375
+    assert verify(a, expand_mlp(a, 6), max_bytes=2 * 1024**2)["ok"]
+
+
+def test_batching_does_not_change_the_figures():
+    a = _tokens(vocab=200)
+    b = expand_hidden(expand_mlp(a, 24), 12)
+    one = verify(a, b, max_bytes=1 << 40)
+    many = verify(a, b, max_bytes=1)  # one sequence per batch
+    assert many["inputs"]["batch_rows"] == 1 and one["inputs"]["batch_rows"] > 20
+    for key in ("max_abs", "max_rel", "max_ulp", "tol_abs", "tol_ulp", "ok"):
+        assert one[key] == many[key], key
+
+
+@pytest.mark.parametrize("eps", [1e-4, 1e-5])
+def test_small_input_scale_exposes_the_eps_trap(eps):
+    # float32, real inputs, eps not rescaled after a hidden expansion: at input scale 1 the
+    # change hides below float32's tolerance; at scale 0.01 it is about 100x larger and caught
+    a = init_model(h=8, p=16, heads=2, k=4, v=4, layers=2, out_dim=5, max_seq=8, eps=eps, dtype="float32")
+    b = expand_hidden(a, 16)
+    trapped = replace(b, norm_eps=a.norm_eps)
+    assert verify(a, b, scale=0.01)["ok"] and verify(a, b)["ok"]
+    at_1, at_001 = verify(a, trapped), verify(a, trapped, scale=0.01)
+    assert at_1["ok"] and not at_001["ok"]
+    assert at_001["max_rel"] > 50 * at_1["max_rel"]
+
+
+def test_manifest_audit_is_part_of_the_verdict():
+    a = _tokens()
+    b, manifest = expand_mlp(a, 24, return_manifest=True)
+    st = verify(a, b, manifest=manifest, op="mlp")
+    assert st["ok"] and st["audit"]["ok"] and st["audit"]["blocks"] == len(manifest)
+    w = np.array(b.layers[0].w_l2, copy=True)
+    w[-1, 0] = 1e-30  # far below any tolerance: the function check cannot see it, the audit can
+    bad = replace(b, layers=(replace(b.layers[0], w_l2=w),) + b.layers[1:])
+    st = verify(a, bad, manifest=manifest, op="mlp")
+    assert not st["ok"] and st["max_abs"] <= st["tol_abs"]
+    assert "zero block" in st["audit"]["findings"][0]["reason"]
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"batch": 0}, "^batch: "),
+        ({"batch": True}, "^batch: "),
+        ({"seq": 13}, "^seq: "),
+        ({"scale": 0.0}, "^scale: "),
+        ({"batch": 10**12}, "needs about"),
+    ],
+)
+def test_bad_arguments_name_the_parameter(kw, message):
+    a = _tokens()
+    with pytest.raises(ValueError, match=message):
+        verify(a, a, **kw)
