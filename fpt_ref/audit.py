@@ -334,3 +334,102 @@ def _check_constraints(rep: AuditReport, manifest: list, op: str) -> None:
             f"{row.theorem}: no sufficient constraint set holds (needs one of: {sets}); "
             f"the paper's {', '.join(free) or 'scaling'} is not zero/applied",
         )
+
+
+# ---- a whole plan: the record ``expand`` writes and ``verify`` replays -------------------
+
+RECORD_FORMAT = "fpt-ref-manifest/1"
+
+
+def fingerprint(model: Model) -> str:
+    """SHA-256 of a model's tensors (names, dtypes, shapes, bytes) and options, in file order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, arr in named_tensors(model).items():
+        a = np.ascontiguousarray(to_numpy(arr))
+        h.update(f"{name}|{a.dtype.str}|{list(a.shape)}|".encode())
+        h.update(a.view(np.uint8).tobytes())
+    h.update(f"norm_eps={float(model.norm_eps)!r}|causal={bool(model.causal)}".encode())
+    return h.hexdigest()
+
+
+def plan_record(base: Model, results: list, init: str, seed: int) -> dict:
+    """The JSON-ready record of a plan run (:func:`fpt_ref.run_plan`'s results).
+
+    It holds what a replay needs (each step, the initializer and the seed each step drew
+    from: ``seed + i``), each step's manifest, and the fingerprints of the base and final
+    models. :func:`audit_record` checks a model against it.
+    """
+    if not isinstance(init, str):
+        raise ValueError("init: only 'normal' or 'zeros' can be recorded for a replay, not a callable")
+    from .checks import check_int
+
+    seed = check_int("seed", seed, 0)
+    return {
+        "format": RECORD_FORMAT,
+        "init": init,
+        "base": fingerprint(base),
+        "final": fingerprint(results[-1].model) if results else fingerprint(base),
+        "steps": [
+            {
+                "step": str(r.step),
+                "op": r.step.op,
+                "args": dict(r.step.args),
+                "seed": seed + i,
+                "blocks": [b.to_dict() for b in r.manifest],
+            }
+            for i, r in enumerate(results)
+        ],
+    }
+
+
+def _block_from_dict(d: dict):
+    from .expansions import Block
+
+    return Block(
+        d["tensor"], tuple(tuple(int(v) for v in ix) for ix in d["index"]), d["role"], d.get("factor"), d.get("block")
+    )
+
+
+def audit_record(base: Model, final: Model, record: dict) -> AuditReport:
+    """Check ``final`` against a plan record (:func:`plan_record`): replay, then audit each step.
+
+    The plan is replayed on ``base`` with the recorded initializer and seeds; each replayed
+    step must produce the recorded manifest, pass :func:`audit_step` (blocks bit for bit, a
+    proved constraint set), and the last model must equal ``final`` bit for bit. The first
+    failure is reported with its step.
+    """
+    from .plan import Step, apply_step
+
+    rep = AuditReport()
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise ValueError(f"record: not a {RECORD_FORMAT} record")
+    if record.get("base") != fingerprint(base):
+        rep.fail("(base)", "the record was made from another base model (fingerprints differ)")
+        return rep
+    current = base
+    for i, st in enumerate(record["steps"]):
+        where = f"step {i + 1} ({st['step']})"
+        nxt, manifest = apply_step(
+            current, Step(st["op"], dict(st["args"])), init=record["init"], seed=st["seed"], return_manifest=True
+        )
+        if [b.to_dict() for b in manifest] != st["blocks"]:
+            rep.fail(where, "the replayed step's manifest differs from the recorded one")
+            return rep
+        sub = audit_step(current, nxt, [_block_from_dict(b) for b in st["blocks"]], st["op"])
+        rep.blocks += sub.blocks
+        rep.tensors += sub.tensors
+        rep.notes += [f"{where}: {n}" for n in sub.notes]
+        for f in sub.findings:
+            rep.fail(f.tensor, f"{where}: {f.reason}", f.block)
+        if not sub.ok:
+            return rep
+        current = nxt
+    if fingerprint(final) != fingerprint(current):
+        g, r = named_tensors(final), named_tensors(current)
+        diff = [t for t in r if t not in g or not _bits_equal(to_numpy(g[t]), to_numpy(r[t]))]
+        extra = [t for t in g if t not in r]
+        what = (diff + extra)[:1] or ["(options)"]
+        rep.fail(what[0], "the model differs from the replay of the recorded plan")
+    return rep

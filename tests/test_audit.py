@@ -240,3 +240,35 @@ def test_alternative_proved_sets_are_accepted():
     # the W_Q mirror of the attention expansion
     base, grown, manifest = _step("attention_q")
     assert audit_step(base, grown, manifest, op="attention").ok
+
+
+def test_plan_record_replays_and_catches_tampering():
+    from fpt_ref.audit import audit_record, plan_record
+    from fpt_ref.plan import run_plan
+
+    base = _base()
+    plan = (
+        "mlp p=40 layers=0; add_heads count=1; heads v=12 layers=1 heads=0; attention k=10; hidden h=24; add_layer at=1"
+    )
+    results = run_plan(base, plan, seed=3, check=False)
+    record = plan_record(base, results, "normal", 3)
+    final = results[-1].model
+    import json
+
+    record = json.loads(json.dumps(record))  # what a file holds
+    rep = audit_record(base, final, record)
+    assert rep.ok and rep.blocks == sum(len(r.manifest) for r in results), [str(f) for f in rep.findings]
+    # one entry of the final model changed by one ulp
+    w = _perturb(named_tensors(final)["layers.0.w_l1"], 0)
+    rep = audit_record(base, with_tensor(final, "layers.0.w_l1", w), record)
+    assert not rep.ok and rep.first.tensor == "layers.0.w_l1" and "replay" in rep.first.reason
+    # a record claiming a zero block free
+    forged = json.loads(json.dumps(record))
+    forged["steps"][0]["blocks"] = [
+        dict(b, role="free") if b["role"] == "zero" else b for b in forged["steps"][0]["blocks"]
+    ]
+    rep = audit_record(base, final, forged)
+    assert not rep.ok and "step 1" in str(rep.first) and "manifest differs" in str(rep.first)
+    # another base model
+    rep = audit_record(init_model(h=16, seed=9), final, record)
+    assert not rep.ok and "another base model" in rep.first.reason
