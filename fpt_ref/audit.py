@@ -405,19 +405,30 @@ def audit_record(base: Model, final: Model, record: dict) -> AuditReport:
     rep = AuditReport()
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         raise ValueError(f"record: not a {RECORD_FORMAT} record")
+    try:
+        steps = [(dict(st), Step(str(st["op"]), dict(st["args"]))) for st in record["steps"]]
+        for st, _ in steps:
+            st["parsed"] = [_block_from_dict(b) for b in st["blocks"]]
+            st["seed"] = int(st["seed"])
+            st["step"] = str(st["step"])
+        init = str(record["init"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"record: malformed {RECORD_FORMAT} record ({type(exc).__name__}: {exc})") from None
     if record.get("base") != fingerprint(base):
         rep.fail("(base)", "the record was made from another base model (fingerprints differ)")
         return rep
     current = base
-    for i, st in enumerate(record["steps"]):
+    for i, (st, step) in enumerate(steps):
         where = f"step {i + 1} ({st['step']})"
-        nxt, manifest = apply_step(
-            current, Step(st["op"], dict(st["args"])), init=record["init"], seed=st["seed"], return_manifest=True
-        )
+        try:
+            nxt, manifest = apply_step(current, step, init=init, seed=st["seed"], return_manifest=True)
+        except ValueError as exc:
+            rep.fail(where, f"the recorded step cannot be replayed ({exc})")
+            return rep
         if [b.to_dict() for b in manifest] != st["blocks"]:
             rep.fail(where, "the replayed step's manifest differs from the recorded one")
             return rep
-        sub = audit_step(current, nxt, [_block_from_dict(b) for b in st["blocks"]], st["op"])
+        sub = audit_step(current, nxt, st["parsed"], st["op"])
         rep.blocks += sub.blocks
         rep.tensors += sub.tensors
         rep.notes += [f"{where}: {n}" for n in sub.notes]

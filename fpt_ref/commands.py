@@ -100,17 +100,42 @@ def cmd_expand(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    import json
+
+    from .audit import audit_record
     from .io import load
     from .verify import verify
 
     a, b = load(args.a), load(args.b)
-    st = verify(a, b, batch=args.batch, seq=args.seq, seed=args.seed)
+    record = None
+    if args.manifest is not None:
+        try:
+            with open(args.manifest, encoding="utf-8") as f:
+                record = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{args.manifest}: not a JSON manifest ({exc})") from None
+    st = verify(a, b, batch=args.batch, seq=args.seq, seed=args.seed, scale=args.scale)
+    inputs = st["inputs"]
+    covered = f"all {inputs['tokens_covered']} token ids, " if inputs["tokens_covered"] else ""
+    print(
+        f"inputs: {covered}{inputs['sequences']} sequences ({', '.join(f'{k} {v}' for k, v in inputs['sets'].items())})"
+    )
     print(
         f"max abs {st['max_abs']:.3e}  max rel {st['max_rel']:.3e}  max ulp {st['max_ulp']:.2f}  "
         f"(tolerance {st['tol_ulp']:.0f} ulp): {'preserved' if st['ok'] else 'NOT preserved'}"
     )
+    ok = st["ok"]
+    if record is not None:
+        rep = audit_record(a, b, record)
+        for note in rep.notes:
+            print(f"note: {note}")
+        if rep.ok:
+            print(f"blocks: {rep.blocks} blocks of {len(record['steps'])} steps audited bit for bit: all as recorded")
+        else:
+            print(f"blocks: NOT as recorded: {rep.first}")
+        ok = ok and rep.ok
     _float32_note(a)
-    return 0 if st["ok"] else 1
+    return 0 if ok else 1
 
 
 def _float32_note(model) -> None:
@@ -193,6 +218,10 @@ def register(subparsers) -> None:
     s.add_argument("--batch", type=int_arg(), default=4)
     s.add_argument("--seq", type=int_arg(), default=None)
     s.add_argument("--seed", type=int_arg(0), default=0)
+    s.add_argument("--scale", type=float, default=1.0, help="standard deviation of real-valued inputs (default 1)")
+    s.add_argument(
+        "--manifest", metavar="FILE", default=None, help="a plan record from `expand --manifest-out`: audit every block"
+    )
     s.set_defaults(func=cmd_verify)
 
     s = subparsers.add_parser("info", help="dimensions and parameter count of a model file")
