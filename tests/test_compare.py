@@ -61,12 +61,50 @@ def test_npz_actual(vec, ref, tmp_path):
 
 def test_missing_tensor(vec, ref, tmp_path):
     a = {k: v for k, v in ref.items() if k != "residual.1"}
-    r = compare(vec / CASE, write(tmp_path / "a.safetensors", a))
+    r = compare(vec / CASE, write(tmp_path / "a.safetensors", a), require_residuals=True)
     t = by_name(r)
     assert not r.ok and t["residual.1"].status == "missing"
     assert r.first_failing_residual == "residual.1"
     assert t["residual.2"].ok and t["output"].ok
     assert "residual.1: missing from ACTUAL" in format_report(r)
+
+
+def _only(ref, *names, **changed):
+    out = {k: v for k, v in ref.items() if k in names}
+    for k, scale in changed.items():
+        out[k.replace("_", ".")] = out[k.replace("_", ".")] * scale
+    return out
+
+
+# (label, tensors given, require_residuals, ok, statuses expected by name)
+GIVEN = [
+    ("output only", lambda r: _only(r, "output"), False, True, {"output": "pass", "residual.0": "not given"}),
+    ("output only, residuals required", lambda r: _only(r, "output"), True, False, {"residual.0": "missing"}),
+    ("no output", lambda r: _only(r, "residual.0", "residual.1"), False, False, {"output": "missing"}),
+    ("wrong output, no residuals", lambda r: _only(r, "output", output=1.001), False, False, {"output": "fail"}),
+    (
+        "some residuals, one wrong",
+        lambda r: _only(r, "output", "residual.0", "residual.2", residual_2=1.001),
+        False,
+        False,
+        {"residual.1": "not given", "residual.2": "fail", "residual.0": "pass"},
+    ),
+]
+
+
+@pytest.mark.parametrize("label,make,require,ok,statuses", GIVEN, ids=[g[0] for g in GIVEN])
+def test_residual_streams_not_given(vec, ref, tmp_path, label, make, require, ok, statuses):
+    r = compare(vec / CASE, write(tmp_path / "a.safetensors", make(ref)), require_residuals=require)
+    t = by_name(r)
+    assert r.ok == ok
+    for name, status in statuses.items():
+        assert t[name].status == status, name
+    text = format_report(r)
+    assert text.rstrip().endswith("PASS") == ok
+    if r.not_given:
+        assert "not given in ACTUAL (not checked)" in text
+    if label == "some residuals, one wrong":
+        assert r.first_failing_residual == "residual.2"
 
 
 def test_nan_and_inf(vec, ref, tmp_path):
@@ -247,3 +285,11 @@ def test_corrupt_manifest_is_a_value_error(vec, tmp_path, edit):
     (case / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(ValueError, match="is not a vectors manifest"):
         compare(case, tmp_path / "whatever.npz")
+
+
+def test_cli_output_only_and_require_residuals(vec, ref, tmp_path):
+    path = write(tmp_path / "logits.safetensors", _only(ref, "output"))
+    r = _cli(vec / CASE, path)
+    assert r.returncode == 0 and "not given in ACTUAL" in r.stdout, r.stdout + r.stderr
+    r = _cli(vec / CASE, path, "--require-residuals")
+    assert r.returncode == 1 and "residual.0: missing from ACTUAL" in r.stdout, r.stdout + r.stderr

@@ -29,7 +29,7 @@ def cmd_compare(args) -> int:
 
     from .compare import compare, format_report
 
-    report = compare(args.case_dir, args.actual)
+    report = compare(args.case_dir, args.actual, require_residuals=args.require_residuals)
     print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report))
     return 0 if report.ok else 1
 
@@ -46,4 +46,9 @@ def register(subparsers) -> None:
     s.add_argument("case_dir", help="a case directory written by 'fpt-ref vectors'")
     s.add_argument("actual", help=".safetensors or .npz with 'output' and 'residual.{n}'")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.add_argument(
+        "--require-residuals",
+        action="store_true",
+        help="fail when ACTUAL lacks a residual stream (default: only 'output' is required)",
+    )
     s.set_defaults(func=cmd_compare)

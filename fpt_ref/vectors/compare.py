@@ -104,8 +104,12 @@ def check_argmax(ref_out, result: TensorResult, actual, tol: dict) -> dict:
     return {"checked": True, "ok": ok, "positions": n, "mismatches": mism, "near_ties": ties, "message": msg}
 
 
-def compare(case_dir, actual) -> Report:
+def compare(case_dir, actual, require_residuals: bool = False) -> Report:
     """Compare the tensors in the file ``actual`` (.safetensors or .npz) with the case in ``case_dir``.
+
+    ``output`` must be present. A residual stream ``residual.{n}`` that ``actual`` does not
+    hold is reported as "not given" and does not fail the report (most frameworks expose the
+    logits, not the residual streams), unless ``require_residuals``.
 
     Raises ``FileNotFoundError``/``ValueError`` only for a missing or unreadable case
     directory or ACTUAL file; every problem with ACTUAL's tensors is in the report.
@@ -117,11 +121,16 @@ def compare(case_dir, actual) -> Report:
     results = []
     for name in names:
         per = {dt: tol[dt][name] for dt in DTYPES if dt in tol and name in tol[dt]}
+        if name.startswith("residual.") and name not in act and not require_residuals:
+            results.append(TensorResult(name, "not given", f"{name}: not given in ACTUAL"))
+            continue
         results.append(compare_tensor(name, np.asarray(ref[name], dtype=np.float64), act.get(name), per))
     by_name = {r.name: r for r in results}
     out_per = {dt: tol[dt]["output"] for dt in DTYPES if dt in tol}
     argmax = check_argmax(np.asarray(ref["output"], dtype=np.float64), by_name["output"], act.get("output"), out_per)
-    first = next((r.name for r in results if r.name.startswith("residual.") and not r.ok), None)
+    first = next(
+        (r.name for r in results if r.name.startswith("residual.") and r.status not in ("pass", "not given")), None
+    )
     extra = tuple(sorted(n for n in act if n not in by_name and n not in ("tokens", "inputs")))
     return Report(
         man.get("case", os.fspath(case_dir)),

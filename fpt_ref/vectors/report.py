@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-STATUSES = ("pass", "fail", "missing", "shape", "dtype", "nonfinite", "unreadable")
+STATUSES = ("pass", "fail", "missing", "shape", "dtype", "nonfinite", "unreadable", "not given")
+#: statuses that do not fail a report: a residual stream ACTUAL does not hold (unless required)
+NOT_FAILING = ("pass", "not given")
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,12 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return all(t.ok for t in self.tensors) and bool(self.argmax["ok"])
+        return all(t.status in NOT_FAILING for t in self.tensors) and bool(self.argmax["ok"])
+
+    @property
+    def not_given(self) -> tuple:
+        """Names of the residual streams ACTUAL does not hold (not failures unless required)."""
+        return tuple(t.name for t in self.tensors if t.status == "not given")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -63,11 +70,17 @@ def format_report(r: Report) -> str:
     for t in r.tensors:
         lines.append(
             f"{t.name:<12} {t.dtype or '-':<8} {_fmt(t.max_abs, '10.3e')} {_fmt(t.max_rel, '10.3e')} "
-            f"{_fmt(t.max_ulp, '10.4g')} {_fmt(t.used, '9.3g')}  {t.status.upper() if not t.ok else 'ok'}"
+            f"{_fmt(t.max_ulp, '10.4g')} {_fmt(t.used, '9.3g')}  "
+            + ("ok" if t.ok else t.status if t.status == "not given" else t.status.upper())
         )
     for t in r.tensors:
-        if t.message:
+        if t.message and t.status != "not given":
             lines.append(f"  {t.message}")
+    if r.not_given:
+        lines.append(
+            f"not given in ACTUAL (not checked): {', '.join(r.not_given)}; "
+            "give residual streams to locate a failure by layer (--require-residuals makes them required)"
+        )
     lines.append(r.argmax["message"])
     if r.first_failing_residual is not None:
         n = int(r.first_failing_residual.split(".")[1])
@@ -89,10 +102,11 @@ def format_report(r: Report) -> str:
         lines.append("all residuals agree; output fails, so look at W_out")
     if r.extra:
         lines.append(f"ignored tensors in ACTUAL: {', '.join(r.extra)}")
-    n_bad = sum(not t.ok for t in r.tensors)
+    n_bad = sum(t.status not in NOT_FAILING for t in r.tensors)
     lines.append(
         "PASS"
         if r.ok
-        else f"FAIL: {n_bad} of {len(r.tensors)} tensors failed" + ("" if r.argmax["ok"] else "; argmax check failed")
+        else f"FAIL: {n_bad} of {len(r.tensors) - len(r.not_given)} tensors failed"
+        + ("" if r.argmax["ok"] else "; argmax check failed")
     )
     return "\n".join(lines)
