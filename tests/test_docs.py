@@ -2,7 +2,7 @@
 
 Every ```python block of a file runs in order, in one namespace, in a fresh temporary
 directory; a failing block fails the test with the file and line number of the block.
-Blocks fenced as ```python proofs need the proof checker (`fpt-ref prove`, issue 3): each
+Blocks fenced as ```python proofs need the proof checker (`fpt-ref prove`): each
 runs in its own namespace, and they are skipped, with that reason, only when the checker
 is not functional (probed below), never otherwise.
 """
