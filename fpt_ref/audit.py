@@ -26,6 +26,7 @@ blocks, and :func:`fpt_ref.verify` certifies the function on inputs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -251,8 +252,21 @@ def audit_step(base: Model, grown: Model, manifest: list, op: str | None = None)
     if grown.norm_eps != eps_expected:
         rep.fail("(options)", f"norm_eps is {grown.norm_eps!r}, expected {eps_expected!r} (eps x h/h^)")
     if op is not None:
-        _check_constraints(rep, manifest, op)
+        _check_constraints(rep, grown, manifest, op)
     return rep
+
+
+def _expected_factor(t: str, new_shape, old_shape) -> float | None:
+    """The factor an expansion scales tensor ``t`` by, from its old and new sizes (:data:`fpt_ref.paper.SCALE_FACTORS`)."""
+    from .paper import SCALE_FACTORS, SCALED_TENSORS
+
+    kind = parse_name(t)[0]
+    for scaling, kinds in SCALED_TENSORS.items():
+        if kind in kinds and scaling in SCALE_FACTORS:
+            axis, sign = SCALE_FACTORS[scaling]
+            old, new = int(old_shape[axis]), int(new_shape[axis])
+            return math.sqrt(new / old) if sign > 0 else math.sqrt(old / new)
+    return None
 
 
 def _check_blocks(rep: AuditReport, t: str, arr, old, blocks, ax: int, dtype) -> None:
@@ -288,15 +302,22 @@ def _check_blocks(rep: AuditReport, t: str, arr, old, blocks, ax: int, dtype) ->
         if blk.role == "copied":
             if not _bits_equal(part, src):
                 rep.fail(t, f"copied block differs from the base tensor in {int(np.sum(part != src))} entries", where)
-        else:
-            factor = dtype.type(blk.factor)
-            if float(factor) != blk.factor:
-                rep.notes.append(
-                    f"{t}{where}: factor {blk.factor!r} rounds to {float(factor)!r} in {dtype} "
-                    f"(relative {abs(float(factor) - blk.factor) / abs(blk.factor):.1e})"
-                )
-            if not _bits_equal(part, src * factor):
-                rep.fail(t, f"scaled block is not base x {blk.factor!r} in {dtype}", where)
+            continue
+        expected = _expected_factor(t, arr.shape, old.shape)
+        if expected is None:
+            rep.fail(t, "scaled block in a tensor that no expansion scales", where)
+            continue
+        if blk.factor is None or float(blk.factor) != expected:
+            rep.fail(t, f"scaled block claims factor {blk.factor!r}; the expansion's factor is {expected!r}", where)
+            continue
+        factor = dtype.type(expected)
+        if float(factor) != expected:
+            rep.notes.append(
+                f"{t}{where}: factor {expected!r} rounds to {float(factor)!r} in {dtype} "
+                f"(relative {abs(float(factor) - expected) / expected:.1e})"
+            )
+        if not _bits_equal(part, src * factor):
+            rep.fail(t, f"scaled block is not base x {expected!r} in {dtype}", where)
     if old is not None:
         if off != (old.shape[ax] if ax < old.ndim else -1):
             rep.fail(
@@ -304,36 +325,71 @@ def _check_blocks(rep: AuditReport, t: str, arr, old, blocks, ax: int, dtype) ->
             )
 
 
-def _check_constraints(rep: AuditReport, manifest: list, op: str) -> None:
-    """The zero blocks and scalings include one of the minimal sufficient sets of ``op``."""
+def _place(t: str, per: str):
+    """The place of tensor ``t`` where constraint sets apply: a layer, a head, or the model."""
+    _, n, e = parse_name(t)
+    if per == "model" or n is None:
+        return ()
+    return (n,) if per == "layer" else (n, e)
+
+
+def _check_constraints(rep: AuditReport, grown: Model, manifest: list, op: str) -> None:
+    """At every place the step acted on, the blocks include one minimal sufficient set of ``op``.
+
+    Every block must carry a name of the step's table row (new blocks) or a tensor symbol
+    (copied or scaled blocks). At each place (:attr:`fpt_ref.paper.Expansion.per`), a set
+    ``(zero, scalings)`` holds when every block it names that the place can have (its tensor
+    exists there) is present and entirely zero, and every tensor of the place that a scaling
+    multiplies has a scaled block.
+    """
     from .paper import SCALED_TENSORS, SYMBOLS, expansion
 
     row = expansion(op)
-    named = [getattr(blk, "block", None) for blk in manifest]
-    if not manifest or any(n is None for n in named):
-        rep.notes.append(f"the manifest does not name its blocks: the constraint set of {row.theorem} was not checked")
-        return
-    roles: dict = {}
-    for blk, n in zip(manifest, named):
-        roles.setdefault(n, set()).add(blk.role)
-    scaled = {n for n, r in roles.items() if "scaled" in r}
+    known_new, known_old = set(row.blocks), set(SYMBOLS.values())
+    for blk in manifest:
+        name = getattr(blk, "block", None)
+        ok = name in known_new if blk.role in ("zero", "free") else name in known_old
+        if not ok:
+            rep.fail(
+                "(constraints)",
+                f"block {blk.tensor}{_index_str(blk.index)} ({blk.role}) is named {name!r}, "
+                f"not a block of {row.theorem} ({', '.join(row.blocks)})",
+            )
+            return
+    kinds = {t: parse_name(t)[0] for t in named_tensors(grown)}
+    places: dict = {}
+    for blk in manifest:
+        places.setdefault(_place(blk.tensor, row.per), []).append(blk)
+    for place, blocks in places.items():
+        here = [t for t in kinds if _place(t, row.per) == place]
+        roles: dict = {}
+        for blk in blocks:
+            roles.setdefault(blk.block, set()).add(blk.role)
+        scaled_tensors = {blk.tensor for blk in blocks if blk.role == "scaled"}
 
-    def holds(zero, scalings) -> bool:
-        if any(roles.get(b, {"zero"}) != {"zero"} for b in zero):
-            return False
-        return all(not SCALED_TENSORS[sc] or {SYMBOLS[t] for t in SCALED_TENSORS[sc]} & scaled for sc in scalings)
+        def holds(zero, scalings, here=here, roles=roles, scaled_tensors=scaled_tensors) -> bool:
+            for b in zero:
+                possible = any(kinds[t] in row.tensors[b] for t in here)
+                if possible and roles.get(b) != {"zero"}:
+                    return False
+            for sc in scalings:
+                for t in here:
+                    if kinds[t] in SCALED_TENSORS[sc] and t not in scaled_tensors:
+                        return False
+            return True
 
-    if not any(holds(z, sc) for z, sc in row.minimal):
-        sets = "; ".join(
-            "{" + ", ".join(sorted(z)) + "}" + (" with " + ", ".join(sorted(sc)) + " scaled" if sc else "")
-            for z, sc in row.minimal
-        )
-        free = sorted(b for b in row.zero if roles.get(b, {"zero"}) != {"zero"})
-        rep.fail(
-            "(constraints)",
-            f"{row.theorem}: no sufficient constraint set holds (needs one of: {sets}); "
-            f"the paper's {', '.join(free) or 'scaling'} is not zero/applied",
-        )
+        if not any(holds(z, sc) for z, sc in row.minimal):
+            sets = "; ".join(
+                "{" + ", ".join(sorted(z)) + "}" + (" with " + ", ".join(sorted(sc)) + " scaled" if sc else "")
+                for z, sc in row.minimal
+            )
+            where = (
+                "the model"
+                if not place
+                else ("layer {}".format(*place) if len(place) == 1 else "layer {}, head {}".format(*place))
+            )
+            rep.fail("(constraints)", f"{row.theorem} at {where}: no sufficient constraint set holds (one of: {sets})")
+            return
 
 
 # ---- a whole plan: the record ``expand`` writes and ``verify`` replays -------------------

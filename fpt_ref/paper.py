@@ -57,6 +57,9 @@ class Expansion:
         Plan keys a step must give.
     constraint : str
         The constraint as one line of text (figures, listings).
+    per : str
+        Where the constraint sets apply: ``"layer"`` (each expanded layer on its own),
+        ``"head"`` (each expanded or added head) or ``"model"`` (all blocks together).
     minimal : tuple of (frozenset of str, frozenset of str)
         Every minimal sufficient constraint set, as ``(zero blocks, scalings)``: the paper's
         and the alternatives the proof checker's exhaustive search finds (``fpt-ref prove
@@ -79,6 +82,7 @@ class Expansion:
     required: tuple[str, ...]
     constraint: str
     minimal: tuple[tuple[frozenset[str], frozenset[str]], ...] = ()
+    per: str = "model"
 
     @property
     def theorem(self) -> str:
@@ -105,6 +109,7 @@ def _row(**kw) -> Expansion:
     assert set(row.tensors) == set(row.blocks), row.name
     assert row.zero <= set(row.blocks) and row.paper_scalings <= set(row.scalings), row.name
     assert (row.zero, row.paper_scalings) in row.minimal, row.name
+    assert row.per in ("layer", "head", "model"), row.name
     assert all(z <= set(row.blocks) and sc <= set(row.scalings) for z, sc in row.minimal), row.name
     assert set(row.required) <= set(row.keys) and set(row.keys.values()) <= set(KEY_KINDS), row.name
     return row
@@ -113,6 +118,7 @@ def _row(**kw) -> Expansion:
 _ROWS = (
     _row(
         name="mlp",
+        per="layer",
         title="MLP expansion",
         section="3.1",
         function="expand_mlp",
@@ -131,6 +137,7 @@ _ROWS = (
     ),
     _row(
         name="add_heads",
+        per="head",
         title="head addition",
         section="3.2",
         function="add_heads",
@@ -150,6 +157,7 @@ _ROWS = (
     ),
     _row(
         name="heads",
+        per="head",
         title="heads expansion",
         section="3.3",
         function="expand_heads",
@@ -167,6 +175,7 @@ _ROWS = (
     ),
     _row(
         name="attention",
+        per="head",
         title="attention expansion",
         section="3.4",
         function="expand_attention",
@@ -186,6 +195,7 @@ _ROWS = (
     ),
     _row(
         name="hidden",
+        per="model",
         title="hidden dimension expansion",
         section="3.5",
         function="expand_hidden",
@@ -225,6 +235,7 @@ _ROWS = (
     ),
     _row(
         name="add_layer",
+        per="layer",
         title="layer addition",
         section="3.6",
         function="add_layer",
@@ -271,13 +282,20 @@ _ROWS = (
     ),
 )
 
-#: kind of a file-format tensor (:mod:`fpt_ref.names`) -> its paper symbol. A manifest names
-#: an existing block (copied or scaled) by the symbol of the tensor it belongs to.
 #: scaling name -> the tensor kinds it multiplies (``eps`` multiplies the model's norm epsilon)
 SCALED_TENSORS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {"W_K": ("w_k",), "W_Q": ("w_q",), "g": ("norm_mha", "norm_mlp"), "eps": ()}
 )
 
+#: scaling name -> (axis, exponent) of the factor of a scaled tensor: the size along ``axis``
+#: of the tensor grows from ``old`` to ``new`` and the factor is ``sqrt(new / old)`` for
+#: exponent +1 (``W_K``, ``W_Q``: ``sqrt(k^/k)``, axis 1 holds the key size) and
+#: ``sqrt(old / new)`` for -1 (gains: ``sqrt(h/h^)``, axis 0 holds the hidden size). The norm
+#: epsilon is not a tensor: it becomes ``eps h / h^``.
+SCALE_FACTORS: Mapping[str, tuple[int, int]] = MappingProxyType({"W_K": (1, 1), "W_Q": (1, 1), "g": (0, -1)})
+
+#: kind of a file-format tensor (:mod:`fpt_ref.names`) -> its paper symbol. A manifest names
+#: an existing block (copied or scaled) by the symbol of the tensor it belongs to.
 SYMBOLS: Mapping[str, str] = MappingProxyType(
     {
         "embed": "I",

@@ -162,7 +162,7 @@ MUTATIONS = [
         "factor claimed wrong",
         "attention",
         lambda b, g, m: (g, [replace(x, factor=x.factor * 1.0000001) if x.role == "scaled" else x for x in m]),
-        "scaled block is not base",
+        "claims factor",
     ),
     ("layer inserted, manifest empty", "add_layer", lambda b, g, m: (g, []), "does not account for the layers"),
     ("head added, manifest empty", "add_heads", lambda b, g, m: (g, []), "does not account for the heads"),
@@ -272,3 +272,93 @@ def test_plan_record_replays_and_catches_tampering():
     # another base model
     rep = audit_record(init_model(h=16, seed=9), final, record)
     assert not rep.ok and "another base model" in rep.first.reason
+
+
+def _unscale(b, g, m, kind, factor):
+    """``g`` with every scaled block of tensors whose name ends with ``kind`` replaced by its base times ``factor``
+    (1.0: left unscaled), and the manifest claiming that factor (or ``copied`` for 1.0)."""
+    base_t = named_tensors(b)
+    out, man = g, []
+    for x in m:
+        if x.role == "scaled" and x.tensor.endswith(kind):
+            arr = np.array(named_tensors(out)[x.tensor], copy=True)
+            sl = tuple(slice(a0, a1) for a0, a1 in x.index)
+            arr[sl] = np.asarray(base_t[x.tensor])[sl] * factor
+            out = with_tensor(out, x.tensor, arr)
+            x = replace(x, role="copied", factor=None) if factor == 1.0 else replace(x, factor=factor)
+        man.append(x)
+    return out, man
+
+
+def _new_w_o_free(b, g, m, rename):
+    rng = np.random.default_rng(0)
+    out, man = g, []
+    for x in m:
+        if x.role == "zero" and ".w_o" in x.tensor:
+            sl = tuple(slice(a0, a1) for a0, a1 in x.index)
+            arr = np.array(named_tensors(out)[x.tensor], copy=True)
+            arr[sl] = rng.normal(size=arr[sl].shape)
+            out = with_tensor(out, x.tensor, arr)
+            x = replace(x, role="free", block=rename)
+        man.append(x)
+    return out, man
+
+
+# blocks that are as claimed, yet the claims do not preserve the function: the constraint
+# check (with the step's expansion named) must refuse every one
+FOOLING = [
+    ("W_K left unscaled, claimed copied", "attention", lambda b, g, m: _unscale(b, g, m, "w_k", 1.0)),
+    ("W_K x 2, factor claimed 2", "attention", lambda b, g, m: _unscale(b, g, m, "w_k", 2.0)),
+    ("one gain left unscaled", "hidden", lambda b, g, m: _unscale(b, g, m, "layers.1.norm_mlp", 1.0)),
+    ("new W_O random, renamed", "add_layer", lambda b, g, m: _new_w_o_free(b, g, m, "W_O_free")),
+    ("new W_O random, names dropped", "add_layer", lambda b, g, m: _drop_names(*_new_w_o_free(b, g, m, "W_O"))),
+    ("M_l2 free", "mlp", lambda b, g, m: _free_m_l2(g, m)),
+    ("mlp manifest audited as add_heads", "mlp", lambda b, g, m: (g, m)),
+    ("scaled block without a factor", "attention", lambda b, g, m: (g, [replace(x, factor=None) for x in m])),
+]
+
+
+def _drop_names(g, m):
+    return g, [replace(x, block=None) for x in m]
+
+
+def _free_m_l2(g, m):
+    rng = np.random.default_rng(1)
+    out, man = g, []
+    for x in m:
+        if x.block == "M_l2":
+            sl = tuple(slice(a0, a1) for a0, a1 in x.index)
+            arr = np.array(named_tensors(out)[x.tensor], copy=True)
+            arr[sl] = rng.normal(size=arr[sl].shape)
+            out = with_tensor(out, x.tensor, arr)
+            x = replace(x, role="free")
+        man.append(x)
+    return out, man
+
+
+@pytest.mark.parametrize("label,step,mutate", FOOLING, ids=[f[0] for f in FOOLING])
+def test_claims_that_do_not_preserve_are_refused(label, step, mutate):
+    from fpt_ref.verify import verify
+
+    base, grown, manifest = _step(step)
+    g2, m2 = mutate(base, grown, manifest)
+    op = "add_heads" if label == "mlp manifest audited as add_heads" else STEP_OPS[step]
+    rep = audit_step(base, g2, m2, op=op)
+    assert not rep.ok, label
+    if label not in ("mlp manifest audited as add_heads", "scaled block without a factor"):
+        assert not verify(base, g2)["ok"]  # the claims were indeed function-changing
+
+
+STEP_OPS = {name: name.replace("_q", "").replace("_first", "") for name in STEPS}
+
+
+def test_mixed_sets_per_layer_are_accepted():
+    # layer 0 grown with M_l2 = 0, layer 1 with M_l1 = m_b_l1 = 0: both preserve
+    base = _base()
+    grown, manifest = expand_mlp(base, 40, init="zeros", return_manifest=True)
+    m2 = [replace(x, role="free") if x.block == "M_l2" and x.tensor.startswith("layers.1.") else x for x in manifest]
+    m2 = [
+        replace(x, role="zero") if x.block in ("M_l1", "m_b_l1") and x.tensor.startswith("layers.1.") else x for x in m2
+    ]
+    rep = audit_step(base, grown, m2, op="mlp")
+    assert rep.ok, [str(f) for f in rep.findings]
