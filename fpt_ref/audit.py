@@ -448,33 +448,51 @@ def _block_from_dict(d: dict):
     )
 
 
-def audit_record(base: Model, final: Model, record: dict) -> AuditReport:
+def parse_record(record) -> dict:
+    """Validate a plan record (as read from JSON) before any work; ``ValueError`` naming ``record``.
+
+    Returns ``{"init", "base", "final", "steps": [(step dict, Step, [Block, ...]), ...]}``;
+    steps are checked as plan steps are (:func:`fpt_ref.plan.make_step`).
+    """
+    from .plan import make_step
+
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise ValueError(f"record: not a {RECORD_FORMAT} record")
+    try:
+        init = str(record["init"])
+        if init not in ("normal", "zeros"):
+            raise ValueError(f"init {init!r}")
+        steps = []
+        for st in record["steps"]:
+            st = dict(st, seed=int(st["seed"]), step=str(st["step"]), blocks=list(st["blocks"]))
+            blocks = [_block_from_dict(b) for b in st["blocks"]]
+            steps.append((st, make_step(st["op"], dict(st["args"])), blocks))
+        return {"init": init, "base": str(record["base"]), "final": str(record["final"]), "steps": steps}
+    except (KeyError, TypeError, ValueError) as exc:
+        msg = str(exc).removeprefix("plan: ")
+        raise ValueError(f"record: malformed {RECORD_FORMAT} record ({type(exc).__name__}: {msg})") from None
+
+
+def audit_record(base: Model, final: Model, record) -> AuditReport:
     """Check ``final`` against a plan record (:func:`plan_record`): replay, then audit each step.
 
     The plan is replayed on ``base`` with the recorded initializer and seeds; each replayed
     step must produce the recorded manifest, pass :func:`audit_step` (blocks bit for bit, a
     proved constraint set), and the last model must equal ``final`` bit for bit. The first
-    failure is reported with its step.
+    failure is reported with its step. ``record`` is the dict read from JSON.
     """
-    from .plan import Step, apply_step
+    from .plan import apply_step
 
     rep = AuditReport()
-    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
-        raise ValueError(f"record: not a {RECORD_FORMAT} record")
-    try:
-        steps = [(dict(st), Step(str(st["op"]), dict(st["args"]))) for st in record["steps"]]
-        for st, _ in steps:
-            st["parsed"] = [_block_from_dict(b) for b in st["blocks"]]
-            st["seed"] = int(st["seed"])
-            st["step"] = str(st["step"])
-        init = str(record["init"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"record: malformed {RECORD_FORMAT} record ({type(exc).__name__}: {exc})") from None
-    if record.get("base") != fingerprint(base):
+    parsed = parse_record(record)
+    init, steps = parsed["init"], parsed["steps"]
+    if parsed["base"] != fingerprint(base):
         rep.fail("(base)", "the record was made from another base model (fingerprints differ)")
         return rep
+    if parsed["final"] != fingerprint(final):
+        rep.notes.append("the model is not the recorded plan's output (fingerprints differ); replaying to find where")
     current = base
-    for i, (st, step) in enumerate(steps):
+    for i, (st, step, blocks) in enumerate(steps):
         where = f"step {i + 1} ({st['step']})"
         try:
             nxt, manifest = apply_step(current, step, init=init, seed=st["seed"], return_manifest=True)
@@ -484,7 +502,7 @@ def audit_record(base: Model, final: Model, record: dict) -> AuditReport:
         if [b.to_dict() for b in manifest] != st["blocks"]:
             rep.fail(where, "the replayed step's manifest differs from the recorded one")
             return rep
-        sub = audit_step(current, nxt, st["parsed"], st["op"])
+        sub = audit_step(current, nxt, blocks, step.op)
         rep.blocks += sub.blocks
         rep.tensors += sub.tensors
         rep.notes += [f"{where}: {n}" for n in sub.notes]

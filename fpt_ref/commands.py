@@ -102,18 +102,22 @@ def cmd_expand(args) -> int:
 def cmd_verify(args) -> int:
     import json
 
-    from .audit import audit_record
+    from .audit import audit_record, parse_record
     from .io import load
     from .verify import verify
 
-    a, b = load(args.a), load(args.b)
     record = None
-    if args.manifest is not None:
+    if args.manifest is not None:  # read and checked before any work
         try:
             with open(args.manifest, encoding="utf-8") as f:
                 record = json.load(f)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{args.manifest}: not a JSON manifest ({exc})") from None
+        try:
+            parse_record(record)
+        except ValueError as exc:
+            raise ValueError(f"{args.manifest}: {exc}") from None
+    a, b = load(args.a), load(args.b)
     st = verify(a, b, batch=args.batch, seq=args.seq, seed=args.seed, scale=args.scale)
     inputs = st["inputs"]
     covered = f"all {inputs['tokens_covered']} token ids, " if inputs["tokens_covered"] else ""
@@ -124,6 +128,8 @@ def cmd_verify(args) -> int:
         f"max abs {st['max_abs']:.3e}  max rel {st['max_rel']:.3e}  max ulp {st['max_ulp']:.2f}  "
         f"(tolerance {st['tol_ulp']:.0f} ulp): {'preserved' if st['ok'] else 'NOT preserved'}"
     )
+    if st["reason"]:
+        print(f"not preserved: {st['reason']}")
     ok = st["ok"]
     if record is not None:
         rep = audit_record(a, b, record)

@@ -1,6 +1,7 @@
 """Run two models on inputs that exercise all of them and measure how far apart their outputs are.
 
-What a "preserved" verdict of :func:`verify` rests on (README, "What `verify` guarantees"):
+What a "preserved" verdict of :func:`verify` rests on (README, "What a preserved verdict
+guarantees, and what it does not"):
 
 - **inputs**: for token models, every token id of the vocabulary the two models share, laid
   out over sequences of the full length (:func:`fpt_ref.inputs.token_tiling`), so every row
@@ -32,17 +33,6 @@ from .xp import to_numpy
 MAX_BATCH_BYTES = 256 * 1024**2
 
 
-def common_inputs(a: Model, b: Model, batch: int = 4, seq: int | None = None, seed: int = 0, scale: float = 1.0):
-    """Random inputs valid for both models: ``(x_a, x_b)``.
-
-    Token ids are drawn below both vocabularies; real inputs ``N(0, scale^2)`` are drawn at
-    ``a``'s width and zero-padded to ``b``'s (the new input columns of a hidden expansion
-    are zero, Theorem 3.5).
-    """
-    xa, (xb,) = _random_for_all(a, [b], batch, _seq(a, [b], seq), seed, scale)
-    return xa, xb
-
-
 def _check_models(a: Model, others: list) -> None:
     for b in others:
         if (a.embed is None) != (b.embed is None):
@@ -53,6 +43,15 @@ def _check_models(a: Model, others: list) -> None:
             raise ValueError(
                 f"models: the second model is narrower (h={b.h}) than the first (h={a.h}); give the smaller model first"
             )
+
+
+def _domain_loss(a: Model, b: Model) -> str | None:
+    """Why ``b`` cannot compute ``a``'s function on all of ``a``'s inputs (``None`` if it can)."""
+    if a.embed is not None and b.vocab < a.vocab:
+        return f"the second model has {b.vocab} token ids, the first {a.vocab}: ids {b.vocab}.. are lost"
+    if b.s_max < a.s_max:
+        return f"the second model takes {b.s_max} positions, the first {a.s_max}: longer inputs are lost"
+    return None
 
 
 def _seq(a: Model, others: list, seq) -> int:
@@ -87,6 +86,8 @@ def input_sets(a: Model, others: list, batch: int = 4, seq: int | None = None, s
     batch = check_int("batch", batch, 1)
     s_full = _seq(a, others, None)
     real_inputs(1, 1, 1, a.dtype, 0, scale)  # validates scale, naming it
+    if a.embed is not None and scale != 1.0:
+        raise ValueError("scale: applies to real-valued inputs; these models take token ids")
     itemsize = 8 if a.embed is not None else np.dtype(a.dtype).itemsize
     width = 1 if a.embed is not None else a.h
     require(batch * seq * width * itemsize, f"the random inputs (batch={batch} x seq={seq})")
@@ -123,7 +124,8 @@ def verify(
         epsilon, whose effect grows as the inputs shrink).
     manifest : list of Block, optional
         The manifest of the one expansion step that made ``b`` from ``a``: every block is
-        audited bit for bit (:func:`fpt_ref.audit.audit_step`); ``op`` names the expansion.
+        audited bit for bit (:func:`fpt_ref.audit.audit_step`); ``op`` (required with it)
+        names the expansion, whose proved constraint sets the blocks must include.
     max_bytes : int
         Memory budget of one batch's forward pass.
 
@@ -133,14 +135,18 @@ def verify(
         ``max_abs``, ``max_rel``, ``max_ulp`` (:func:`fpt_ref.tolerance.error_stats`), the
         preservation tolerance ``tol_abs`` and, in the unit of ``max_ulp``, ``tol_ulp``;
         ``inputs`` (what was run: the sets, their shapes, the token ids covered);
-        ``audit`` (the :class:`fpt_ref.audit.AuditReport` as a dict, or ``None``); ``ok``:
-        ``max_abs <= tol_abs`` (both finite) and the audit, when there is one, passed.
+        ``audit`` (the :class:`fpt_ref.audit.AuditReport` as a dict, or ``None``); ``reason``
+        (why ``b`` cannot compute ``a``'s function on all of ``a``'s inputs: a smaller
+        vocabulary or ``s_max``; else ``None``); ``ok``: no such reason, ``max_abs <=
+        tol_abs`` (both finite), and the audit, when there is one, passed.
     """
     st = verify_each(a, [b], batch, seq, seed, scale=scale, max_bytes=max_bytes)[0]
     st["audit"] = None
     if manifest is not None:
         from .audit import audit_step
 
+        if op is None:
+            raise ValueError("op: name the expansion the manifest records (one of fpt_ref.paper.NAMES)")
         rep = audit_step(a, b, manifest, op)
         st["audit"] = rep.to_dict()
         st["ok"] = bool(st["ok"] and rep.ok)
@@ -186,9 +192,10 @@ def verify_each(
                 f["max_abs"] = max(f["max_abs"], st["max_abs"])
                 f["ref"] = max(f["ref"], float(np.max(np.abs(ref))) if ref.size else 0.0)
     ulp_out = ulp(max(f["ref"] for f in fold), a.dtype)
+    domain = [_domain_loss(a, b) for b in others]
     described = {name: list(x.shape) for name, x in sets}
     results = []
-    for f, b in zip(fold, others):
+    for f, b, lost in zip(fold, others, domain):
         max_abs = f["max_abs"] if f["finite"] else float("inf")
         tol = tolerance_abs(a, b, s_used, scale_a)
         results.append(
@@ -199,7 +206,8 @@ def verify_each(
                 "tol_abs": tol,
                 "tol_ulp": tol / ulp_out,
                 # a non-finite error or scale (overflow) is never "preserved"
-                "ok": bool(np.isfinite(max_abs) and np.isfinite(tol) and max_abs <= tol),
+                "ok": bool(lost is None and np.isfinite(max_abs) and np.isfinite(tol) and max_abs <= tol),
+                "reason": lost,
                 "inputs": {
                     "sets": described,
                     "sequences": n_seq,

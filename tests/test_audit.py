@@ -362,3 +362,29 @@ def test_mixed_sets_per_layer_are_accepted():
     ]
     rep = audit_step(base, grown, m2, op="mlp")
     assert rep.ok, [str(f) for f in rep.findings]
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda r: r["steps"][0].update(op="grow"), "unknown step 'grow'"),
+        (lambda r: r["steps"][0]["args"].update(init="zeros"), "has no key 'init'"),
+        (lambda r: r["steps"][0].pop("seed"), "KeyError"),
+        (lambda r: r.update(init="ones"), "init 'ones'"),
+        (lambda r: r["steps"][0]["blocks"][0].update(index="x"), "ValueError"),
+        (lambda r: r.update(format="other/1"), "not a fpt-ref-manifest/1 record"),
+    ],
+)
+def test_malformed_records_are_one_value_error(edit, message):
+    import json
+
+    from fpt_ref.audit import audit_record, plan_record
+    from fpt_ref.plan import run_plan
+
+    base = _base()
+    results = run_plan(base, "mlp p=40; add_layer at=1", seed=0, check=False)
+    record = json.loads(json.dumps(plan_record(base, results, "normal", 0)))
+    edit(record)
+    with pytest.raises(ValueError, match="^record: ") as exc:
+        audit_record(base, results[-1].model, record)
+    assert message in str(exc.value)

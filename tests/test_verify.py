@@ -111,3 +111,25 @@ def test_bad_arguments_name_the_parameter(kw, message):
     a = _tokens()
     with pytest.raises(ValueError, match=message):
         verify(a, a, **kw)
+
+
+@pytest.mark.parametrize(
+    "cut,reason",
+    [
+        (lambda m: replace(m, embed=m.embed[:40]), "ids 40.. are lost"),
+        (lambda m: replace(m, pos=m.pos[:8]), "longer inputs are lost"),
+    ],
+)
+def test_a_truncated_model_is_never_preserved(cut, reason):
+    a = _tokens()
+    st = verify(a, cut(a))
+    assert not st["ok"] and reason in st["reason"] and st["max_abs"] == 0  # agrees where it can, still refused
+
+
+def test_scale_applies_to_real_inputs_only_and_manifest_needs_op():
+    a = _tokens()
+    with pytest.raises(ValueError, match="^scale: applies to real-valued inputs"):
+        verify(a, a, scale=0.5)
+    b, manifest = expand_mlp(a, 24, return_manifest=True)
+    with pytest.raises(ValueError, match="^op: "):
+        verify(a, b, manifest=manifest)
