@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+#: statuses of a tensor's comparison
 STATUSES = ("pass", "fail", "missing", "shape", "dtype", "nonfinite", "unreadable", "not given")
 #: statuses that do not fail a report: a residual stream ACTUAL does not hold (unless required)
 NOT_FAILING = ("pass", "not given")
@@ -38,7 +39,7 @@ class Report:
     description: str
     actual: str
     tensors: tuple  # TensorResult, in order residual.0 .. residual.N, output
-    argmax: dict  # checked, positions, matched, mismatches, near_ties, ok, message
+    argmax: dict  # checked, positions, mismatches, near_ties, ok, message
     first_failing_residual: str | None
     extra: tuple  # names in ACTUAL that the case does not have (ignored)
 
@@ -59,7 +60,8 @@ class Report:
 
 
 def _fmt(x, spec) -> str:
-    return "-" if x is None else format(x, spec)
+    width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+    return format("-", f">{width}") if x is None else format(x, spec)
 
 
 def format_report(r: Report) -> str:
@@ -79,13 +81,15 @@ def format_report(r: Report) -> str:
     if r.not_given:
         lines.append(
             f"not given in ACTUAL (not checked): {', '.join(r.not_given)}; "
-            "give residual streams to locate a failure by layer (--require-residuals makes them required)"
+            "give residual streams to locate a failure by layer (or require them)"
         )
     lines.append(r.argmax["message"])
+    given = {t.name: t.status for t in r.tensors if t.name.startswith("residual.") and t.status != "not given"}
     if r.first_failing_residual is not None:
         n = int(r.first_failing_residual.split(".")[1])
         where = "the input X_1 = I + P (embedding or positions)" if n == 0 else f"the output of layer {n - 1}"
-        status = next(t.status for t in r.tensors if t.name == r.first_failing_residual)
+        status = given[r.first_failing_residual]
+        before = [int(name.split(".")[1]) for name in given if int(name.split(".")[1]) < n]
         if status not in ("fail", "nonfinite"):  # missing, wrong shape or dtype: says nothing about where
             lines.append(
                 f"first failing residual: {r.first_failing_residual} ({where}) is {status}; "
@@ -93,13 +97,26 @@ def format_report(r: Report) -> str:
             )
         elif n == 0:
             lines.append(f"first failing residual: {r.first_failing_residual} ({where}); look at the input")
+        elif before:
+            last = max(before)
+            layers = f"layer {n - 1}" if last == n - 1 else f"layers {last} to {n - 1}"
+            lines.append(
+                f"first failing residual: {r.first_failing_residual} ({where}); residual.{last} agrees, "
+                f"so look at {layers}"
+            )
         else:
             lines.append(
-                f"first failing residual: {r.first_failing_residual} ({where}); "
-                f"earlier residuals agree, so look at layer {n - 1}"
+                f"first failing residual: {r.first_failing_residual} ({where}); no earlier residual was given, "
+                f"so the input or layers 0 to {n - 1} may be at fault"
             )
     elif not r.tensors[-1].ok and r.tensors[-1].name == "output":
-        lines.append("all residuals agree; output fails, so look at W_out")
+        n_res = sum(t.name.startswith("residual.") for t in r.tensors)
+        if given and len(given) == n_res:
+            lines.append("all residuals agree; output fails, so look at W_out")
+        elif f"residual.{n_res - 1}" in given:
+            lines.append(f"residual.{n_res - 1} agrees; output fails, so look at W_out")
+        else:
+            lines.append("output fails; give the residual streams to locate the layer at fault")
     if r.extra:
         lines.append(f"ignored tensors in ACTUAL: {', '.join(r.extra)}")
     n_bad = sum(t.status not in NOT_FAILING for t in r.tensors)
