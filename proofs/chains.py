@@ -235,11 +235,17 @@ def prove_models(theorem: str, base: SModel, expanded: SModel, new_layers, activ
 
 
 def prove_chains(theorem: str, zero, scale, activation: str = "relu", causal: bool = False):
-    """``(chains, problems)`` of one theorem under one constraint set, at symbolic sizes."""
+    """``(chains, problems)`` of one theorem under one constraint set, at symbolic sizes.
+
+    A violated invariant of the core (a shape mismatch, say) is a problem, never a proof.
+    """
     N = 2 if theorem in ("hidden", "eps") else 1
-    base = term_model(N=N, eps=EPS if theorem == "eps" else 0, causal=causal)
-    expanded, new = build(theorem, base, set(zero), set(scale))
-    return prove_models(theorem, base, expanded, new, activation)
+    try:
+        base = term_model(N=N, eps=EPS if theorem == "eps" else 0, causal=causal)
+        expanded, new = build(theorem, base, set(zero), set(scale))
+        return prove_models(theorem, base, expanded, new, activation)
+    except C.KernelError as e:
+        return [], [f"kernel check failed: {e}"]
 
 
 # ---- composition -------------------------------------------------------------------------------------
@@ -249,24 +255,46 @@ COMPOSE_STAGES = ("mlp", "add_heads", "heads", "attention", "hidden", "add_layer
 def prove_compose(activation: str = "relu", causal: bool = False):
     """Each of the six expansions, paper constraints, applied in turn to a two-layer term model.
 
-    Returns ``(chains, problems)``; the stages are glued: each stage's base is the previous
-    stage's expanded model (the same object), so the six equalities chain by transitivity.
+    Returns ``(chains, problems)``. Each stage proves ``forward(expanded_i) = forward(base_i)``;
+    the stages are glued when ``base_1`` is the original model and every ``base_i`` is
+    ``expanded_{i-1}`` (structural equality), so the equalities chain by transitivity from
+    the original model to the final one.
     """
-    m = term_model(N=2, causal=causal)
-    first = m
-    chains, problems = [], []
-    prev_expanded = m
-    for i, name in enumerate(COMPOSE_STAGES):
-        zero, scale = X.PAPER[name]
-        if m is not prev_expanded:
-            problems.append(f"stage {name}: not applied to the previous stage's model")
-        expanded, new = build(name, m, set(zero), set(scale), prefix=f"s{i + 1}:")
-        cs, pr = prove_models(name, m, expanded, new, activation)
-        for c in cs:
-            c.title = f"{name}: {c.title}"
-        chains += cs
-        problems += [f"{name}: {x}" for x in pr]
-        prev_expanded = m = expanded
-    if t_forward(first, activation) == t_forward(m, activation):
-        problems.append("the composition changed nothing")
+    first = term_model(N=2, causal=causal)
+    stages, chains, problems = [], [], []
+    m = first
+    try:
+        for i, name in enumerate(COMPOSE_STAGES):
+            base, expanded, cs, pr = prove_stage(name, m, f"s{i + 1}:", activation)
+            stages.append((name, base, expanded))
+            chains += cs
+            problems += [f"{name}: {x}" for x in pr]
+            m = expanded
+    except C.KernelError as e:
+        return chains, problems + [f"kernel check failed: {e}"]
+    problems += check_stages(first, stages)
     return chains, problems
+
+
+def prove_stage(name: str, m: SModel, prefix: str, activation: str = "relu"):
+    """``(base, expanded, chains, problems)``: one expansion (paper constraints) of ``m``, proved."""
+    zero, scale = X.PAPER[name]
+    expanded, new = build(name, m, set(zero), set(scale), prefix=prefix)
+    cs, pr = prove_models(name, m, expanded, new, activation)
+    for c in cs:
+        c.title = f"{name}: {c.title}"
+    return m, expanded, cs, pr
+
+
+def check_stages(first: SModel, stages: list) -> list[str]:
+    """The glue of a composition: ``[(name, base, expanded), ...]`` must start at ``first`` and
+    each stage must start where the previous one ended."""
+    problems = []
+    prev = first
+    for name, base, expanded in stages:
+        if base != prev:
+            problems.append(f"stage {name}: not applied to the previous stage's model")
+        prev = expanded
+    if stages and stages[-1][2] == first:
+        problems.append("the composition changed nothing")
+    return problems

@@ -517,6 +517,11 @@ def norm_lemma_holds() -> bool:
     return _NORM_LEMMA[0]
 
 
+def gains_scaled(c, w0, w) -> bool:
+    """The norm lemma's hypothesis on the gains: ``c = sqrt(w0/w)`` (a positive root)."""
+    return sp.expand(c**2 - w0 / w) == 0 and sp.sympify(c).is_positive is True
+
+
 def _zero_like(t, label="") -> Zero:
     return Zero(t.rows, t.cols, label)
 
@@ -793,7 +798,7 @@ def _rule_node(t: Term, activation_zero: bool):
                 g0 = g.blocks[0][0]
                 c, g1 = (g0.coef, g0.args) if isinstance(g0, Mul) else (sp.Integer(1), (g0,))
                 g1 = _unit(sp.Integer(1), g1)
-                if sp.expand(c**2 - w0 / w) == 0 and sp.sympify(c).is_positive:
+                if gains_scaled(c, w0, w):
                     eps0 = sp.expand(sp.sympify(t.info) * w / w0)
                     return "norm lemma (zero columns, gains x sqrt(h/h^), eps x h/h^)", Cat(
                         ((Fn("norm", (X.blocks[0][0], g1), eps0), Zero(X.rows, w - w0)),)

@@ -440,4 +440,33 @@ def run_theorem(theorem: str, zero=None, scale=None, sizes: list[dict] | None = 
         entries += [run_entries(theorem, zero, scale, label, act, causal, sz) for label, act, causal in settings]
     refuted = any(lv.status == "refuted" for lv in entries)
     blocks = run_blocks(theorem, zero, scale, "refuted" if refuted else None)
-    return [blocks] + entries
+    return [consistent(blocks, refuted)] + entries
+
+
+def consistent(blocks: Level, refuted: bool) -> Level:
+    """A symbolic-size proof contradicted by an entry-level counterexample is reported refuted.
+
+    Any size assignment is an instance of the symbolic sizes, so both cannot hold; the
+    counterexample (numbers, evaluated to 40 digits) wins and the disagreement is shown.
+    """
+    if blocks.status == "proved" and refuted:
+        blocks.status = "refuted"
+        blocks.detail = "CONTRADICTED by an entry-level counterexample; " + blocks.detail
+    return blocks
+
+
+def decide(theorem: str, zero=None, scale=None, activation: str = "relu", causal: bool = False) -> dict:
+    """Verdicts of one claim: ``{"entries small": ..., "entries wide": ..., "symbolic": ...}``.
+
+    Entry level at both default size assignments, symbolic sizes with the same activation,
+    combined as in :func:`run_theorem`.
+    """
+    th = THEOREMS[theorem]
+    zero = th.paper[0] if zero is None else frozenset(zero)
+    scale = th.paper[1] if scale is None else frozenset(scale)
+    out = {}
+    for label, sizes in zip(("entries small", "entries wide"), default_sizes(theorem)):
+        out[label] = entry_claim(theorem, zero, scale, activation, causal, sizes=sizes).status
+    refuted = "refuted" in out.values()
+    out["symbolic"] = consistent(run_blocks(theorem, zero, scale, None, activation), refuted).status
+    return out
