@@ -100,7 +100,7 @@ def drop_each(theorem: str) -> list[Level]:
     cases += [(f"drop scaling {c}", zero, scale - {c}) for c in sorted(scale)]
     for label, z, sc in cases:
         t = time.perf_counter()
-        sizes = default_sizes(theorem)[1]
+        sizes = default_sizes(theorem)[0]
         r = entry_claim(theorem, z, sc, sizes=sizes)
         detail = (
             r.counterexample.line()

@@ -146,7 +146,7 @@ def run(theorems: list[str], zero=None, scale=None, minimal: bool = False, sizes
         else:
             assignments = [check_sizes(name, sizes)] if sizes else default_sizes(name)
             out.levels += run_theorem(name, zero, scale, assignments)
-            out.levels.append(crosscheck_theorem(name, assignments[-1]))
+            out.levels.append(crosscheck_theorem(name, assignments[0]))
             if minimal:
                 out.drops += drop_each(name)
                 found = searches(name)

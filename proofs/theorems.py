@@ -151,20 +151,30 @@ SETTINGS = [
     ("causal SiLU", "silu", True),
 ]
 
+
+def _searches(name: str) -> list:
+    """Minimal-set searches of one theorem: ``[(label, scalings, activation), ...]``.
+
+    The paper's scalings; each of them swapped for another scaling of the row (the mirror
+    image, ``W_Q`` for ``W_K``); each of them dropped. The MLP also with the generic
+    activation ``f`` (``f(0) = 0`` is what makes ``{M_l1, m_b_l1}`` work).
+    """
+    th = THEOREMS[name]
+    P = th.paper[1]
+    sets = [P] + [(P - {x}) | {y} for x in sorted(P) for y in th.scalings if y not in P]
+    sets += [P - {x} for x in sorted(P)]
+    sets = list(dict.fromkeys(frozenset(s) for s in sets))
+    out = []
+    for S in sets:
+        label = (", ".join(sorted(S)) + " scaled") if S else ("no scaling" if th.scalings else "")
+        out.append((label, S, "relu"))
+    if th.grows == "p":
+        out = [("ReLU", P, "relu"), ("any activation f", P, "f")]
+    return out
+
+
 # minimal-set searches: theorem -> [(label, scalings, activation)]
-SEARCHES = {
-    "mlp": [("ReLU", frozenset(), "relu"), ("any activation f", frozenset(), "f")],
-    "add_heads": [("", frozenset(), "relu")],
-    "heads": [("", frozenset(), "relu")],
-    "attention": [
-        ("W_K scaled", frozenset({"W_K"}), "relu"),
-        ("W_Q scaled", frozenset({"W_Q"}), "relu"),
-        ("no scaling", frozenset(), "relu"),
-    ],
-    "hidden": [("g scaled", frozenset({"g"}), "relu"), ("no scaling", frozenset(), "relu")],
-    "eps": [("g and eps scaled", frozenset({"g", "eps"}), "relu"), ("g scaled, eps not", frozenset({"g"}), "relu")],
-    "add_layer": [("", frozenset(), "relu")],
-}
+SEARCHES = {name: _searches(name) for name in THEOREMS}
 
 
 @dataclass
