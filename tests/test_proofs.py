@@ -283,3 +283,27 @@ def test_parse_constraints():
 def test_summary_line():
     line = summary_line()
     assert "\n" not in line and "6/6 theorems proved" in line
+
+
+@pytest.mark.parametrize("name", ["mlp", "heads", "attention"])
+def test_every_set_the_entry_level_finds_sufficient_is_proved_at_symbolic_sizes(name):
+    """All constraint sets of small theorems: entry-level sufficiency and symbolic proofs agree."""
+    from itertools import chain, combinations
+
+    from proofs.minimal import _decider
+    from proofs.theorems import run_blocks
+
+    th = THEOREMS[name]
+    blocks, scalings = list(th.blocks), list(th.scalings)
+    sufficient = insufficient = 0
+    for sc in chain.from_iterable(combinations(scalings, r) for r in range(len(scalings) + 1)):
+        decide, _ = _decider(name, frozenset(sc), "relu")
+        for z in chain.from_iterable(combinations(blocks, r) for r in range(len(blocks) + 1)):
+            verdict = run_blocks(name, frozenset(z), set(sc)).status
+            if decide(frozenset(z)) == "proved":
+                sufficient += 1
+                assert verdict == "proved", (z, sc)
+            else:
+                insufficient += 1
+                assert verdict == "not proved", (z, sc)
+    assert sufficient and insufficient
