@@ -30,11 +30,13 @@ Symbolic sizes (block terms, :class:`Term`):
    nonlinear maps as opaque functions (``act``, ``norm``, ``softmax``); every constructor
    checks shapes.
 6. The rewrite rules of :func:`rewrite_once`, each a block-matrix identity valid for all
-   sizes: block product and block sum (equal partitions only), transpose of a block /
-   product / sum, flattening, distributing products over sums, collecting equal terms,
-   products and sums with zero blocks, an elementwise function of a block matrix, ``f(0) = 0``
-   (as in 3), ``Norm(X, 0) = 0`` (every entry is ``x g / rms`` with ``g = 0``), and the norm lemma ``Norm([X, 0], [c g, m], eps h/h^) = [Norm(X, g, eps), 0]``
-   for ``c = sqrt(h/h^)``, whose scalar identity is itself checked (:func:`norm_lemma_holds`).
+   sizes: block product and block sum (equal partitions; zero blocks may be cut to a
+   partition), transpose of a block / product / sum, flattening, distributing products over
+   sums, collecting equal terms, products and sums with zero blocks, an elementwise function
+   of a block matrix, ``f(0) = 0`` (as in 3), ``Norm(X, 0) = 0`` (every entry is
+   ``x g / rms`` with ``g = 0``), and the norm lemma
+   ``Norm([X, 0], [c g, m], eps h/h^) = [Norm(X, g, eps), 0]`` for ``c = sqrt(h/h^)``
+   (:func:`gains_scaled`), whose scalar identity is itself checked (:func:`norm_lemma_holds`).
 7. :func:`check_chain`: a chain is a list of whole expressions; it must start at the given
    expression and end at the given one (structural equality, ``==`` of frozen dataclasses
    whose sizes and coefficients are SymPy expressions); step ``i``'s right side *is* step
@@ -43,9 +45,14 @@ Symbolic sizes (block terms, :class:`Term`):
    where their difference must be exactly 0 (:func:`equal_at` compares the subterms where the
    two sides differ; identical parts are equal by congruence, a sum's terms in another order
    by commutativity).
-8. :func:`subst` (substitution of terms for symbols, sizes for size symbols) for instances
-   of lemmas: a lemma proved with a fresh stream symbol ``X`` holds for every term put in
-   its place, because ``X`` is free.
+8. :func:`subst` (substitution of terms for matrix symbols) for instances of lemmas: a lemma
+   proved with a fresh stream symbol ``X`` holds for every term put in its place, because
+   ``X`` is free. The induction over layers and the glue of composed expansions
+   (``proofs.chains.check_induction``, ``proofs.chains.check_stages``) use only ``==`` and
+   :func:`subst` on terms built by the model's forward pass.
+
+Not trusted: :func:`derive` and :func:`normalize` (they only propose chains), :func:`text`
+(display and a sort key), :meth:`Kernel.numeric` (counterexamples).
 
 A verdict "proved" additionally needs no numeric disagreement (the callers evaluate both
 models at random numbers; a proof contradicted by numbers is reported as refuted).
