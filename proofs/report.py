@@ -162,7 +162,7 @@ def _line(theorem, level, status, secs, detail) -> str:
 
 
 def records(r: Run) -> list[dict]:
-    """One JSON record per claim (levels, dropped constraints)."""
+    """One JSON record per claim: levels, dropped constraints, minimal-set searches (with ``minimal``)."""
     out = []
     for lv in r.levels + r.drops:
         out.append(
@@ -177,6 +177,23 @@ def records(r: Run) -> list[dict]:
                 "seconds": round(lv.seconds, 4),
                 "label": lv.name,
                 "detail": lv.detail,
+            }
+        )
+    for s in r.searches:
+        label = "minimal sets" + (f" ({s.label})" if s.label else "")
+        out.append(
+            {
+                "theorem": s.theorem,
+                "zero": [],
+                "scale": sorted(s.scale),
+                "level": "entries",
+                "variant": f"{label}, {s.activation}",
+                "verdict": "proved" if not s.undecided else "not proved",
+                "sizes": dict(default_sizes(s.theorem)[0]),
+                "seconds": round(s.seconds, 4),
+                "label": label,
+                "detail": s.sets_text(),
+                "minimal": [sorted(m) for m in s.minimal],
             }
         )
     return out
