@@ -234,14 +234,17 @@ def prove_models(theorem: str, base: SModel, expanded: SModel, new_layers, activ
     return [inp] + [lm for lm, _ in layer_lemmas] + [out], problems
 
 
-def prove_chains(theorem: str, zero, scale, activation: str = "relu", causal: bool = False):
+def prove_chains(theorem: str, zero, scale, activation: str = "relu", causal: bool = False, E: int = 2):
     """``(chains, problems)`` of one theorem under one constraint set, at symbolic sizes.
 
-    A violated invariant of the core (a shape mismatch, say) is a problem, never a proof.
+    The base model has ``E`` heads per layer (two: every head-wise block product runs over
+    several heads) and one layer (two for the hidden expansion, whose induction carries the
+    ``[X, 0]`` invariant through a layer boundary). A violated invariant of the core (a
+    shape mismatch, say) is a problem, never a proof.
     """
     N = 2 if theorem in ("hidden", "eps") else 1
     try:
-        base = term_model(N=N, eps=EPS if theorem == "eps" else 0, causal=causal)
+        base = term_model(N=N, E=E, eps=EPS if theorem == "eps" else 0, causal=causal)
         expanded, new = build(theorem, base, set(zero), set(scale))
         return prove_models(theorem, base, expanded, new, activation)
     except C.KernelError as e:

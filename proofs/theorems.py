@@ -281,8 +281,8 @@ def run_entries(theorem: str, zero, scale, label: str, activation: str, causal: 
 
 def _symbolic_sizes(theorem: str) -> dict:
     g = THEOREMS[theorem].grows
-    sz = {"s": "s", "h": "h", "p": "p", "E": 1, "k": "k", "v": "v", "o": "o", "N": THEOREMS[theorem].N}
-    sz[g + "_new"] = {"p": "p^", "v": "v^", "k": "k^", "h": "h^", "E": 2, "N": sz["N"] + 1}[g]
+    sz = {"s": "s", "h": "h", "p": "p", "E": 2, "k": "k", "v": "v", "o": "o", "N": THEOREMS[theorem].N}
+    sz[g + "_new"] = {"p": "p^", "v": "v^", "k": "k^", "h": "h^", "E": 3, "N": sz["N"] + 1}[g]
     return sz
 
 
