@@ -60,6 +60,7 @@ models at random numbers; a proof contradicted by numbers is reported as refuted
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -243,9 +244,15 @@ def check_fresh(base_symbols: set, expanded_entries: list, new_blocks: dict) -> 
 # ==== symbolic sizes: block terms ==========================================================
 def same_size(a, b) -> bool:
     """Two sizes (integers or expressions in size symbols) are equal for every size."""
-    return sp.expand(sp.sympify(a) - sp.sympify(b)) == 0
+    return _same_size(sp.sympify(a), sp.sympify(b))
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _same_size(a, b) -> bool:
+    return a == b or sp.expand(a - b) == 0
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def _size(a):
     return sp.expand(sp.sympify(a))
 
