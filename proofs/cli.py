@@ -1,20 +1,25 @@
 """``fpt-ref prove``: machine-checked proofs of the six theorems, epsilon and composition.
 
-``register`` is cheap: SymPy is imported only when the command runs.
+``register`` is cheap: SymPy is imported only when the command runs. Theorem names come
+from :mod:`fpt_ref.paper` (the six expansions) plus the proofs-only ``eps`` and ``compose``.
 """
 
 from __future__ import annotations
 
-NAMES = ["mlp", "add_heads", "heads", "attention", "hidden", "add_layer", "eps", "compose"]
+from fpt_ref.paper import NAMES as _SIX
+
+NAMES = list(_SIX) + ["eps", "compose"]
+_FLAGS = {"zero": "--zero", "scale": "--scale", "sizes": "--size", "theorem": "THEOREM"}
 
 
 def register(subparsers) -> None:
     s = subparsers.add_parser(
         "prove",
         help="prove the expansions preserve the function (SymPy): both levels, minimality, composition",
-        description="Prove Theorems 3.1-3.6 (mlp, add_heads, heads, attention, hidden, add_layer), the epsilon "
-        "rescaling (eps) and the composition of all six (compose). Exit 0 when every claim is proved, "
-        "1 when one is refuted or not proved, 2 on bad usage.",
+        description="Prove Theorems 3.1-3.6 (" + ", ".join(_SIX) + "), the epsilon rescaling (eps) and the "
+        "composition of all six (compose), at symbolic sizes (generated, machine-glued lemma chains) and at "
+        "explicit entries (two size assignments), and cross-check the symbolic models against fpt_ref.forward. "
+        "Exit 0 when every claim is proved, 1 when one is refuted or not proved, 2 on bad usage.",
     )
     s.add_argument("theorems", nargs="*", metavar="THEOREM", help=f"any of: {', '.join(NAMES)}")
     s.add_argument(
@@ -23,8 +28,17 @@ def register(subparsers) -> None:
     s.add_argument("--minimal", action="store_true", help="also drop each constraint and search all minimal sets")
     s.add_argument("--zero", metavar="BLOCK[,BLOCK...]|none", help="your own set of zero blocks (one theorem)")
     s.add_argument("--scale", metavar="W_K|W_Q|g|eps|none", help="your own scalings (one theorem)")
+    s.add_argument(
+        "--size",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="entry-level size (s, h, p, E, k, v, o, N, or a grown one: h_new, p_new, k_new, v_new, E_new, N_new); "
+        "repeatable; replaces the two default size assignments by one",
+    )
     s.add_argument("--list-blocks", metavar="THEOREM", help="list a theorem's new blocks and scalings, then exit")
     s.add_argument("--chains", action="store_true", help="print the proof chains as plain text")
+    s.add_argument("--json", action="store_true", help="print one JSON record per claim instead of the text report")
     s.add_argument("--latex", metavar="FILE", help="write the proof chains as a LaTeX document")
     s.add_argument("--markdown", metavar="FILE", help="write the results, chains and counterexamples as Markdown")
     s.set_defaults(func=cmd_prove)
@@ -53,6 +67,25 @@ def list_blocks(theorem: str) -> str:
     return "\n".join(lines)
 
 
+def _parse_sizes(items: list[str]) -> dict:
+    from fpt_ref.checks import parse_int
+
+    out = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise ValueError(f"--size: expected NAME=VALUE, got {item!r}")
+        out[name.strip()] = parse_int(f"--size {name.strip()}", value.strip())
+    return out
+
+
+def _flagged(e: ValueError) -> ValueError:
+    """A library error (``zero: ...``) worded for the command line (``--zero: ...``)."""
+    msg = str(e)
+    head, sep, rest = msg.partition(":")
+    return ValueError(f"{_FLAGS[head]}:{rest}") if sep and head in _FLAGS else e
+
+
 def cmd_prove(args) -> int:
     if args.list_blocks:
         print(list_blocks(args.list_blocks))
@@ -69,17 +102,32 @@ def cmd_prove(args) -> int:
             raise ValueError("--zero/--scale: give exactly one theorem (not compose)")
         from .theorems import parse_constraints
 
-        zero, scale = parse_constraints(names[0], args.zero, args.scale)
-    from .report import latex_document, markdown_report, run, text_report
+        try:
+            zero, scale = parse_constraints(names[0], args.zero, args.scale)
+        except ValueError as e:
+            raise _flagged(e) from None
+    sizes = _parse_sizes(args.size) if args.size else None
+    if sizes:
+        from .theorems import check_sizes
 
-    r = run(names, zero, scale, minimal=args.all or args.minimal)
-    print(text_report(r, show_chains=args.chains))
+        try:
+            for n in names:
+                if n != "compose":
+                    check_sizes(n, sizes)
+        except ValueError as e:
+            raise _flagged(e) from None
+    from .report import json_report, latex_document, markdown_report, run, text_report
+
+    r = run(names, zero, scale, minimal=args.all or args.minimal, sizes=sizes)
+    print(json_report(r) if args.json else text_report(r, show_chains=args.chains))
     if args.latex:
         with open(args.latex, "w") as f:
             f.write(latex_document(r))
-        print(f"wrote {args.latex}")
+        if not args.json:
+            print(f"wrote {args.latex}")
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(markdown_report(r))
-        print(f"wrote {args.markdown}")
+        if not args.json:
+            print(f"wrote {args.markdown}")
     return 0 if r.ok else 1

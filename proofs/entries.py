@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from .symbolic import ACTIVATIONS, PREC, Kernel, SHead, SLayer, SModel, forward, model_symbols
+from .core import KernelError, check_fresh, outputs_equal
+from .symbolic import ACTIVATIONS, PREC, Kernel, SHead, SLayer, SModel, forward, model_symbols, tensors
 
 # a numeric difference counts as real when it exceeds this (evaluation error is ~10^-PREC)
 DIFF_THRESHOLD = sp.Float("1e-20", PREC)
@@ -48,6 +49,7 @@ class EntryResult:
     atoms: int = 0
     counterexample: Counterexample | None = None
     free_blocks: list = field(default_factory=list)  # new blocks whose symbols stayed free
+    reason: str = ""  # why a claim is "not proved" or refuted without a numeric point
 
 
 class NumKernel(Kernel):
@@ -153,17 +155,39 @@ def prove_equal(
 ) -> EntryResult:
     """Prove ``forward(expanded) == forward(base)`` entrywise, or refute it with numbers.
 
-    Returns "proved" when every entry of the difference reduces to exactly 0, "refuted"
-    when a numeric counterexample exists, otherwise "not proved".
+    Returns "proved" when the outputs have the same (non-empty) shape, every entry of the
+    difference reduces to exactly 0, every free new block is made of fresh symbols
+    (:func:`proofs.core.check_fresh`) and a float64 evaluation at random numbers does not
+    contradict it; "refuted" when the shapes differ or a numeric counterexample exists;
+    otherwise "not proved" (``reason`` says why).
     """
-    K = Kernel(activation)
-    y0 = forward(base, K)
-    y1 = forward(expanded, K)
-    diff = [K.canon(a - b) for a, b in zip(y1, y0)]
-    left = sum(1 for d in diff if d != 0)
     syms = model_symbols(expanded)
     free = [name for name, Ms in (blocks or {}).items() if any(M.free_symbols & syms for M in Ms)]
-    if left == 0:
+    if blocks is not None:
+        entries = [e for M in tensors(expanded).values() for e in M]
+        why = check_fresh(model_symbols(base), entries, blocks)
+        if why:
+            return EntryResult("not proved", 0, 0, None, free, reason=f"new blocks not fresh: {why}")
+    K = Kernel(activation)
+    try:
+        y0 = forward(base, K)
+        y1 = forward(expanded, K)
+        verdict, left = outputs_equal(y0, y1, K)
+    except KernelError as e:
+        return EntryResult("not proved", 0, len(K.defs), None, free, reason=f"kernel check failed: {e}")
+    if verdict == "shape":
+        return EntryResult(
+            "refuted", 0, len(K.defs), None, free, reason=f"output shapes differ: {y0.shape} vs {y1.shape}"
+        )
+    if verdict == "empty":
+        return EntryResult("not proved", 0, len(K.defs), None, free, reason="the models have no output entries")
+    if verdict == "equal":
+        worst = float_screen(base, expanded, activation, seeds=range(2))
+        if worst > SCREEN_THRESHOLD:  # a proof contradicted by numbers: the kernel is wrong, never "proved"
+            cx = counterexample(base, expanded, activation) if refute else None
+            return EntryResult(
+                "refuted", 0, len(K.defs), cx, free, reason=f"reduced to 0 but numbers differ by {worst:.3g}"
+            )
         return EntryResult("proved", 0, len(K.defs), None, free)
     cx = counterexample(base, expanded, activation) if refute else None
     return EntryResult("refuted" if cx else "not proved", left, len(K.defs), cx, free)

@@ -15,100 +15,78 @@ from collections.abc import Iterable
 
 import sympy as sp
 
+from fpt_ref.paper import EXPANSIONS, NAMES
+
+from . import core as C
 from .symbolic import SHead, SLayer, SModel, sym_matrix
 
-# theorem -> {block: description}; the order is the order of the listing
-BLOCKS = {
-    "mlp": {
-        "M_l1": "new columns of W_l1 (h x (p^-p))",
-        "m_b_l1": "new entries of b_l1 (p^-p)",
-        "M_l2": "new rows of W_l2 ((p^-p) x h)",
-    },
-    "add_heads": {
-        "W_Q_new": "the new head's W_Q (h x k)",
-        "W_K_new": "the new head's W_K (h x k)",
-        "W_V_new": "the new head's W_V (h x v)",
-        "M_O": "the new head's rows of W_O (v x h)",
-    },
-    "heads": {"M_V": "new columns of W_V,e (h x (v^-v))", "M_O": "new rows of W_O,e ((v^-v) x h)"},
-    "attention": {"M_Q": "new columns of W_Q,e (h x (k^-k))", "M_K": "new columns of W_K,e (h x (k^-k))"},
-    "hidden": {
-        "M_I": "new columns of the input I (s x (h^-h))",
-        "M_P": "new columns of P",
-        "M_O": "new columns of every W_O,e",
-        "M_l2": "new columns of W_l2",
-        "m_b_l2": "new entries of b_l2",
-        "m_g": "new entries of every gain vector g",
-        "M_out": "new rows of W_out",
-        "M_l1": "new rows of W_l1",
-        "M_Q": "new rows of every W_Q,e",
-        "M_K": "new rows of every W_K,e",
-        "M_V": "new rows of every W_V,e",
-    },
-    "add_layer": {
-        "W_Q": "the new layer's W_Q,e",
-        "W_K": "the new layer's W_K,e",
-        "W_V": "the new layer's W_V,e",
-        "W_O": "the new layer's W_O",
-        "g_MHA": "the new layer's Norm^MHA gains",
-        "g_MLP": "the new layer's Norm^MLP gains",
-        "W_l1": "the new layer's W_l1",
-        "b_l1": "the new layer's b_l1",
-        "W_l2": "the new layer's W_l2",
-        "b_l2": "the new layer's b_l2",
-    },
-}
-BLOCKS["eps"] = BLOCKS["hidden"]
 
-# theorem -> {scaling: description}
-SCALINGS = {
-    "mlp": {},
-    "add_heads": {},
-    "heads": {},
-    "attention": {"W_K": "W_K,e multiplied by sqrt(k^/k)", "W_Q": "W_Q,e multiplied by sqrt(k^/k)"},
-    "hidden": {"g": "every gain g multiplied by sqrt(h/h^)"},
-    "eps": {"g": "every gain g multiplied by sqrt(h/h^)", "eps": "norm epsilon multiplied by h/h^"},
-    "add_layer": {},
-}
+def _rows() -> tuple[dict, dict, dict]:
+    """Block names, scalings and the paper's constraint sets, read from :mod:`fpt_ref.paper`.
 
-# the paper's constraints (PAPER.md table; eps: trap 2)
-PAPER = {
-    "mlp": ({"M_l2"}, set()),
-    "add_heads": ({"M_O"}, set()),
-    "heads": ({"M_O"}, set()),
-    "attention": ({"M_K"}, {"W_K"}),
-    "hidden": ({"M_I", "M_P", "M_O", "M_l2", "m_b_l2"}, {"g"}),
-    "eps": ({"M_I", "M_P", "M_O", "M_l2", "m_b_l2"}, {"g", "eps"}),
-    "add_layer": ({"W_O", "W_l2", "b_l2"}, set()),
-}
+    ``hidden`` is the hidden-dimension row at ``eps = 0``, where the epsilon rescaling does
+    nothing, so its scalings omit ``eps``; ``eps`` is the same row with ``eps > 0`` and every
+    scaling (docs/spec.md trap 2).
+    """
+    blocks, scalings, paper = {}, {}, {}
+    for name in NAMES:
+        row = EXPANSIONS[name]
+        blocks[name] = dict(row.blocks)
+        scalings[name] = dict(row.scalings)
+        paper[name] = (set(row.zero), set(row.paper_scalings))
+    blocks["eps"] = blocks["hidden"]
+    scalings["eps"] = dict(scalings["hidden"])
+    paper["eps"] = (set(paper["hidden"][0]), set(paper["hidden"][1]))
+    scalings["hidden"] = {k: d for k, d in scalings["hidden"].items() if k != "eps"}
+    paper["hidden"] = (paper["hidden"][0], paper["hidden"][1] - {"eps"})
+    return blocks, scalings, paper
+
+
+#: theorem -> {block: description}, in the paper's order
+#: theorem -> {scaling: description}
+#: theorem -> (zero blocks, scalings) of the paper
+BLOCKS, SCALINGS, PAPER = _rows()
 
 
 class _Blocks:
-    """Makes new blocks (zero or fresh symbols) and records them by block name."""
+    """Makes new blocks (zero or fresh symbols) and records them by block name.
 
-    def __init__(self, zero: Iterable[str], prefix: str, multi: bool):
+    Every new block is tagged with where it sits (``@layer``, ``@layer.head``,
+    ``@layer.mha`` for a gain), so no two blocks share a symbol, whatever the model's size.
+    The model's tensors are explicit SymPy matrices (entry level) or block terms
+    (:mod:`proofs.core`, symbolic sizes); new blocks are made of the same kind.
+    """
+
+    def __init__(self, zero: Iterable[str], prefix: str, terms: bool):
         self.zero = set(zero)
         self.prefix = prefix
-        self.multi = multi
+        self.terms = terms
         self.made: dict = {}
 
-    def __call__(self, name: str, rows: int, cols: int, where: str = ""):
-        if name in self.zero:
+    def __call__(self, name: str, rows, cols, where: str = ""):
+        tag = f"@{where}" if where else ""
+        if self.terms:
+            M = C.Zero(rows, cols, name) if name in self.zero else C.Sym(f"{self.prefix}{name}{tag}", rows, cols)
+        elif name in self.zero:
             M = sp.zeros(rows, cols)
         else:
-            tag = f"@{where}" if (self.multi and where) else ""
             M = sym_matrix(f"{self.prefix}{name}{tag}", rows, cols)
         self.made.setdefault(name, []).append(M)
         return M
 
 
-def _multi(m: SModel) -> bool:
-    return len(m.layers) > 1 or any(len(L.heads) > 1 for L in m.layers)
+def _terms(m: SModel) -> bool:
+    return isinstance(m.pos, C.Term)
 
 
-def expand_mlp(m: SModel, p_new: int, zero=("M_l2",), scale=(), prefix=""):
+def _root(a, b):
+    """``sqrt(a / b)``, exact (integers or size symbols)."""
+    return sp.sqrt(sp.sympify(a) / sp.sympify(b))
+
+
+def expand_mlp(m: SModel, p_new, zero=PAPER["mlp"][0], scale=(), prefix=""):
     """``W_l1 -> [W_l1 M_l1]``, ``b_l1 -> [b_l1 m_b_l1]``, ``W_l2 -> [[W_l2], [M_l2]]`` in every layer."""
-    B = _Blocks(zero, prefix, len(m.layers) > 1)
+    B = _Blocks(zero, prefix, _terms(m))
     layers = []
     for n, L in enumerate(m.layers):
         h, p = L.w_l1.shape
@@ -127,22 +105,28 @@ def expand_mlp(m: SModel, p_new: int, zero=("M_l2",), scale=(), prefix=""):
     return m.replace(layers=tuple(layers)), B.made
 
 
-def add_heads(m: SModel, k: int, v: int, zero=("M_O",), scale=(), prefix=""):
-    """Add one head (``W_Q_new``, ``W_K_new``, ``W_V_new``, rows ``M_O`` of ``W_O``) to every layer."""
-    B = _Blocks(zero, prefix, len(m.layers) > 1)
+def add_heads(m: SModel, k, v, zero=PAPER["add_heads"][0], scale=(), prefix="", count: int = 1):
+    """Add ``count`` heads (``W_Q_new``, ``W_K_new``, ``W_V_new``, rows ``M_O`` of ``W_O``) to every layer."""
+    B = _Blocks(zero, prefix, _terms(m))
     layers = []
     for n, L in enumerate(m.layers):
         h = L.w_l1.rows
-        new = SHead(
-            B("W_Q_new", h, k, str(n)), B("W_K_new", h, k, str(n)), B("W_V_new", h, v, str(n)), B("M_O", v, h, str(n))
+        new = tuple(
+            SHead(
+                B("W_Q_new", h, k, f"{n}.{e}"),  # [h, k]
+                B("W_K_new", h, k, f"{n}.{e}"),  # [h, k]
+                B("W_V_new", h, v, f"{n}.{e}"),  # [h, v]
+                B("M_O", v, h, f"{n}.{e}"),  # [v, h]
+            )
+            for e in range(len(L.heads), len(L.heads) + count)
         )
-        layers.append(SLayer(L.norm_mha, L.heads + (new,), L.norm_mlp, L.w_l1, L.b_l1, L.w_l2, L.b_l2))
+        layers.append(SLayer(L.norm_mha, L.heads + new, L.norm_mlp, L.w_l1, L.b_l1, L.w_l2, L.b_l2))
     return m.replace(layers=tuple(layers)), B.made
 
 
-def expand_heads(m: SModel, v_new: int, zero=("M_O",), scale=(), prefix=""):
+def expand_heads(m: SModel, v_new, zero=PAPER["heads"][0], scale=(), prefix=""):
     """``W_V,e -> [W_V,e M_V,e]``, ``W_O,e -> [[W_O,e], [M_O,e]]`` for every head."""
-    B = _Blocks(zero, prefix, _multi(m))
+    B = _Blocks(zero, prefix, _terms(m))
     layers = []
     for n, L in enumerate(m.layers):
         heads = []
@@ -154,22 +138,22 @@ def expand_heads(m: SModel, v_new: int, zero=("M_O",), scale=(), prefix=""):
                     H.w_q,
                     H.w_k,
                     H.w_v.row_join(B("M_V", h, d, f"{n}.{e}")),  # [h, v^]
-                    H.w_o.col_join(B("M_O", d, h, f"{n}.{e}")),
+                    H.w_o.col_join(B("M_O", d, h, f"{n}.{e}")),  # [v^, h]
                 )
-            )  # [v^, h]
+            )
         layers.append(SLayer(L.norm_mha, tuple(heads), L.norm_mlp, L.w_l1, L.b_l1, L.w_l2, L.b_l2))
     return m.replace(layers=tuple(layers)), B.made
 
 
-def expand_attention(m: SModel, k_new: int, zero=("M_K",), scale=("W_K",), prefix=""):
+def expand_attention(m: SModel, k_new, zero=PAPER["attention"][0], scale=PAPER["attention"][1], prefix=""):
     """``W_Q,e -> [W_Q,e M_Q,e]``, ``W_K,e -> [W_K,e M_K,e]``, with ``sqrt(k^/k)`` on the scaled projection(s)."""
-    B = _Blocks(zero, prefix, _multi(m))
+    B = _Blocks(zero, prefix, _terms(m))
     layers = []
     for n, L in enumerate(m.layers):
         heads = []
         for e, H in enumerate(L.heads):
             h, k = H.w_q.shape
-            c = sp.sqrt(sp.Rational(k_new, k))
+            c = _root(k_new, k)
             wq = H.w_q * c if "W_Q" in scale else H.w_q
             wk = H.w_k * c if "W_K" in scale else H.w_k
             heads.append(
@@ -184,15 +168,15 @@ def expand_attention(m: SModel, k_new: int, zero=("M_K",), scale=("W_K",), prefi
     return m.replace(layers=tuple(layers)), B.made
 
 
-def expand_hidden(m: SModel, h_new: int, zero=PAPER["hidden"][0], scale=("g",), prefix=""):
+def expand_hidden(m: SModel, h_new, zero=PAPER["hidden"][0], scale=PAPER["hidden"][1], prefix=""):
     """Grow ``h -> h^``: new columns of I, P, W_O, W_l2, b_l2, g; new rows of W_out, W_l1, W_Q, W_K, W_V.
 
     ``scale`` may hold ``"g"`` (gains times ``sqrt(h/h^)``) and ``"eps"`` (epsilon times ``h/h^``).
     """
     h = m.h
     d = h_new - h
-    c = sp.sqrt(sp.Rational(h, h_new))
-    B = _Blocks(zero, prefix, _multi(m))
+    c = _root(h, h_new)
+    B = _Blocks(zero, prefix, _terms(m))
 
     def gain(g, where):
         return (g * c if "g" in scale else g).row_join(B("m_g", 1, d, where))  # [1, h^]
@@ -204,8 +188,8 @@ def expand_hidden(m: SModel, h_new: int, zero=PAPER["hidden"][0], scale=("g",), 
                 H.w_q.col_join(B("M_Q", d, H.w_q.cols, f"{n}.{e}")),  # [h^, k]
                 H.w_k.col_join(B("M_K", d, H.w_k.cols, f"{n}.{e}")),  # [h^, k]
                 H.w_v.col_join(B("M_V", d, H.w_v.cols, f"{n}.{e}")),  # [h^, v]
-                H.w_o.row_join(B("M_O", H.w_o.rows, d, f"{n}.{e}")),
-            )  # [v, h^]
+                H.w_o.row_join(B("M_O", H.w_o.rows, d, f"{n}.{e}")),  # [v, h^]
+            )
             for e, H in enumerate(L.heads)
         )
         layers.append(
@@ -216,28 +200,44 @@ def expand_hidden(m: SModel, h_new: int, zero=PAPER["hidden"][0], scale=("g",), 
                 L.w_l1.col_join(B("M_l1", d, L.w_l1.cols, str(n))),  # [h^, p]
                 L.b_l1,
                 L.w_l2.row_join(B("M_l2", L.w_l2.rows, d, str(n))),  # [p, h^]
-                L.b_l2.row_join(B("m_b_l2", 1, d, str(n))),
+                L.b_l2.row_join(B("m_b_l2", 1, d, str(n))),  # [1, h^]
             )
-        )  # [1, h^]
-    eps = m.eps * sp.Rational(h, h_new) if "eps" in scale else m.eps
+        )
+    eps = m.eps * sp.sympify(h) / h_new if "eps" in scale else m.eps
     return m.replace(
-        inp=m.inp.row_join(B("M_I", m.s, d)),
-        pos=m.pos.row_join(B("M_P", m.s, d)),
-        w_out=m.w_out.col_join(B("M_out", d, m.w_out.cols)),
+        inp=m.inp.row_join(B("M_I", m.s, d)),  # [s, h^]
+        pos=m.pos.row_join(B("M_P", m.s, d)),  # [s, h^]
+        w_out=m.w_out.col_join(B("M_out", d, m.w_out.cols)),  # [h^, o]
         layers=tuple(layers),
         eps=eps,
     ), B.made
 
 
-def add_layer(m: SModel, at: int, p: int, E: int, k: int, v: int, zero=PAPER["add_layer"][0], scale=(), prefix=""):
-    """Insert a new layer at position ``at``; all its tensors are new blocks."""
-    B = _Blocks(zero, prefix, E > 1)
+def add_layer(m: SModel, at: int, p, E: int, k, v, zero=PAPER["add_layer"][0], scale=(), prefix="", count: int = 1):
+    """Insert ``count`` new layers at position ``at``; all their tensors are new blocks."""
+    B = _Blocks(zero, prefix, _terms(m))
     h = m.h
-    heads = tuple(
-        SHead(B("W_Q", h, k, str(e)), B("W_K", h, k, str(e)), B("W_V", h, v, str(e)), B("W_O", v, h, str(e)))
-        for e in range(E)
-    )
-    L = SLayer(
-        B("g_MHA", 1, h), heads, B("g_MLP", 1, h), B("W_l1", h, p), B("b_l1", 1, p), B("W_l2", p, h), B("b_l2", 1, h)
-    )
-    return m.replace(layers=m.layers[:at] + (L,) + m.layers[at:]), B.made
+    new = []
+    for j in range(count):
+        w = f"{at + j}"
+        heads = tuple(
+            SHead(
+                B("W_Q", h, k, f"{w}.{e}"),  # [h, k]
+                B("W_K", h, k, f"{w}.{e}"),  # [h, k]
+                B("W_V", h, v, f"{w}.{e}"),  # [h, v]
+                B("W_O", v, h, f"{w}.{e}"),  # [v, h]
+            )
+            for e in range(E)
+        )
+        new.append(
+            SLayer(
+                B("g_MHA", 1, h, w),  # [1, h]
+                heads,
+                B("g_MLP", 1, h, w),  # [1, h]
+                B("W_l1", h, p, w),  # [h, p]
+                B("b_l1", 1, p, w),  # [1, p]
+                B("W_l2", p, h, w),  # [p, h]
+                B("b_l2", 1, h, w),  # [1, h]
+            )
+        )
+    return m.replace(layers=m.layers[:at] + tuple(new) + m.layers[at:]), B.made

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 from .entries import SCREEN_THRESHOLD, float_screen, prove_equal
-from .symbolic import base_model
-from .theorems import SEARCHES, THEOREMS, Level, entry_claim
+from .theorems import SEARCHES, THEOREMS, Level, build_entries, default_sizes, entry_claim, run_blocks
 
 
 @dataclass
@@ -48,13 +47,12 @@ class Search:
 
 
 def _decider(theorem: str, scale, activation: str):
-    th = THEOREMS[theorem]
-    base = base_model(**th.base)
+    sizes = default_sizes(theorem)[0]
     memo: dict = {}
 
     def decide(zero: frozenset) -> str:
         if zero not in memo:
-            expanded, blocks = th.build(base, set(zero), set(scale))
+            base, expanded, blocks = build_entries(theorem, sizes, zero, scale)
             if float_screen(base, expanded, activation) > SCREEN_THRESHOLD:
                 memo[zero] = "refuted"
             else:
@@ -102,7 +100,8 @@ def drop_each(theorem: str) -> list[Level]:
     cases += [(f"drop scaling {c}", zero, scale - {c}) for c in sorted(scale)]
     for label, z, sc in cases:
         t = time.perf_counter()
-        r = entry_claim(theorem, z, sc)
+        sizes = default_sizes(theorem)[0]
+        r = entry_claim(theorem, z, sc, sizes=sizes)
         detail = (
             r.counterexample.line()
             if r.counterexample
@@ -111,10 +110,44 @@ def drop_each(theorem: str) -> list[Level]:
         # the claim checked here is "the constraint is necessary": it holds when preservation is refuted
         status = "refuted" if r.status == "refuted" else r.status
         out.append(
-            Level(theorem, label, status, time.perf_counter() - t, detail, frozenset(z), frozenset(sc), result=r)
+            Level(
+                theorem,
+                "entries",
+                status,
+                time.perf_counter() - t,
+                detail,
+                frozenset(z),
+                frozenset(sc),
+                result=r,
+                variant=label,
+                sizes=dict(sizes),
+                label=label,
+            )
         )
     return out
 
 
 def searches(theorem: str) -> list[Search]:
     return [search(theorem, label, sc, act) for label, sc, act in SEARCHES[theorem]]
+
+
+def sufficient_proofs(found: list[Search], done: list[Level] = ()) -> list[Level]:
+    """A symbolic-size proof for every minimal set found with an activation where f(0) = 0.
+
+    Sets proved in ``done`` are not proved again. Supersets need no proof of their own (zero is one value of a free block), but
+    ``fpt-ref prove THEOREM --zero ...`` generates one for any set on request.
+    """
+    out = []
+    seen = {(lv.theorem, lv.zero, lv.scale) for lv in done if lv.level == "symbolic" and lv.status == "proved"}
+    for s in found:
+        if s.activation == "f":
+            continue
+        for m in s.minimal:
+            key = (s.theorem, m, s.scale)
+            if key in seen:
+                continue
+            seen.add(key)
+            lv = run_blocks(s.theorem, m, s.scale)
+            lv.label = "symbolic sizes, minimal set"
+            out.append(lv)
+    return out

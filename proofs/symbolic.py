@@ -1,8 +1,9 @@
 """Entry-level symbolic model: every parameter and input entry a SymPy ``Symbol``.
 
-The forward pass is PAPER.md section 1 written out entry by entry (RMSNorm with optional
+The forward pass is docs/spec.md section 1 written out entry by entry (RMSNorm with optional
 epsilon, softmax with ``exp``, an elementwise activation applied as an uninterpreted
-function, an optional causal mask). It runs against a :class:`Kernel`, which
+function, an optional causal mask). It runs against a :class:`~proofs.core.Kernel` (the
+trusted core), which
 
 - keeps every value in a canonical form (``sympy.expand``: a Laurent polynomial in the
   symbols and the kernel's *atoms*, with exact numeric coefficients), and
@@ -30,118 +31,7 @@ from dataclasses import dataclass, replace
 
 import sympy as sp
 
-# activation name -> (has f(0) = 0, numeric definition used to evaluate it)
-ACTIVATIONS = {
-    "relu": (True, lambda x: sp.Max(x, 0)),
-    "gelu": (True, lambda x: x * (1 + sp.erf(x / sp.sqrt(2))) / 2),
-    "silu": (True, lambda x: x / (1 + sp.exp(-x))),
-    # an arbitrary activation: no law is used in proofs; softplus (f(0) = log 2) is the
-    # concrete instance used to evaluate it, so a counterexample for it is a real one
-    "f": (False, lambda x: sp.log(1 + sp.exp(x))),
-}
-
-PREC = 40  # decimal digits of numeric evaluation
-
-
-class Kernel:
-    """Canonical forms and shared atoms for one proof (see module docstring).
-
-    Parameters
-    ----------
-    activation : str
-        One of ``ACTIVATIONS``.
-    let_streams : bool
-        Name every residual-stream entry by an atom (keeps expressions small).
-    """
-
-    def __init__(self, activation: str = "relu", let_streams: bool = True):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation: must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        self.activation = activation
-        self.let_streams = let_streams
-        self._keys: dict[tuple, sp.Symbol] = {}
-        self.defs: dict[sp.Symbol, tuple] = {}  # atom -> (kind, canonical argument)
-
-    # ---- canonical forms ------------------------------------------------------------
-    @staticmethod
-    def canon(e):
-        """Canonical form: full expansion (exact coefficients, combined monomials)."""
-        return sp.expand(e)
-
-    def _atom(self, kind: str, arg, label: str) -> sp.Symbol:
-        key = (kind, arg)
-        a = self._keys.get(key)
-        if a is None:
-            a = sp.Symbol(f"{label}{len(self.defs)}", real=True)
-            self._keys[key] = a
-            self.defs[a] = (kind, arg)
-        return a
-
-    # ---- the nonlinear operations -------------------------------------------------------
-    def exp(self, arg):
-        """``exp(arg)``."""
-        return self._atom("exp", self.canon(arg), "e")
-
-    def rsqrt(self, arg):
-        """``1/sqrt(arg)``, pulling a positive rational content out of the root."""
-        arg = self.canon(arg)
-        c, prim = arg.as_content_primitive()
-        if not (c.is_Rational and c > 0):
-            c, prim = sp.Integer(1), arg
-        return self._atom("rsqrt", self.canon(prim), "r") / sp.sqrt(c)
-
-    def recip(self, arg):
-        """``1/arg``."""
-        return self._atom("recip", self.canon(arg), "z")
-
-    def act(self, arg):
-        """The activation applied to one entry; ``f(0) = 0`` only where it holds."""
-        arg = self.canon(arg)
-        if arg == 0 and ACTIVATIONS[self.activation][0]:
-            return sp.Integer(0)
-        return self._atom("act:" + self.activation, arg, "a")
-
-    def let(self, e):
-        """Name a residual-stream entry (numbers stay numbers)."""
-        e = self.canon(e)
-        if not self.let_streams or e.is_number or e.is_Symbol:
-            return e
-        return self._atom("let", e, "x")
-
-    # ---- numeric evaluation ----------------------------------------------------------
-    def numeric(self, expr, values: dict, prec: int = PREC):
-        """Value of ``expr`` (an atom expression) at ``values`` {Symbol: number}, to ``prec`` digits.
-
-        Atoms are evaluated from their definitions (``exp``, ``sqrt``, the activation's
-        numeric definition), recursively, with a memo kept in ``values``' copy.
-        """
-        env = {s: sp.Float(v, prec) if not isinstance(v, sp.Basic) else v for s, v in values.items()}
-        return self._num(sp.sympify(expr), env, prec)
-
-    def numeric_matrix(self, M, values: dict, prec: int = PREC):
-        env = {s: sp.Float(v, prec) if not isinstance(v, sp.Basic) else v for s, v in values.items()}
-        return sp.Matrix(M.rows, M.cols, [self._num(e, env, prec) for e in M])
-
-    def _num(self, expr, env, prec):
-        for a in sorted(expr.free_symbols, key=lambda s: s.name):
-            if a in env:
-                continue
-            if a not in self.defs:
-                raise ValueError(f"values: no value given for symbol {a}")
-            kind, arg = self.defs[a]
-            x = self._num(arg, env, prec)
-            if kind == "exp":
-                val = sp.exp(x)
-            elif kind == "rsqrt":
-                val = 1 / sp.sqrt(x)
-            elif kind == "recip":
-                val = 1 / x
-            elif kind == "let":
-                val = x
-            else:
-                val = ACTIVATIONS[kind.split(":", 1)[1]][1](x)
-            env[a] = sp.N(val, prec)
-        return sp.N(expr.xreplace(env), prec)
+from .core import ACTIVATIONS, PREC, Kernel, KernelError, StandIn  # noqa: F401  (re-exported)
 
 
 # ---- the symbolic model ---------------------------------------------------------------

@@ -1,54 +1,82 @@
-"""The SymPy proof checker (issue 3): kernel, chains, refutations, minimality, summary."""
+"""The SymPy proof checker: trusted core, entry level at two sizes, generated symbolic-size proofs, minimality."""
 
 from __future__ import annotations
 
 import pytest
 import sympy as sp
-from sympy.matrices.expressions import BlockMatrix, MatrixSymbol, ZeroMatrix
 
+from proofs import core as C
 from proofs import summary_line
-from proofs.chains import SIZES, Chain, Step, check_chain, explicit_equal, prove_chains, symbolic_equal
+from proofs.chains import SIZE_SETS, prove_chains, prove_compose
 from proofs.entries import DIFF_THRESHOLD, SCREEN_THRESHOLD, float_screen, numpy_forward, prove_equal
+from proofs.expand import BLOCKS, PAPER, SCALINGS, expand_hidden
 from proofs.minimal import drop_each, search
-from proofs.symbolic import Kernel, base_model, forward
-from proofs.theorems import SIX, THEOREMS, entry_claim, parse_constraints
+from proofs.symbolic import Kernel, base_model, forward, model_symbols
+from proofs.theorems import SIX, THEOREMS, build_entries, check_sizes, default_sizes, entry_claim, parse_constraints
 
 h, p, s = sp.symbols("h p s", integer=True, positive=True)
 
 
+# ---- the table comes from fpt_ref.paper ------------------------------------------------------------
+def test_blocks_and_constraints_are_read_from_the_paper_table():
+    from fpt_ref.paper import EXPANSIONS
+
+    for name in SIX:
+        row = EXPANSIONS[name]
+        assert list(BLOCKS[name]) == list(row.blocks)
+        assert PAPER[name][0] == set(row.zero)
+    assert set(SCALINGS["eps"]) == set(EXPANSIONS["hidden"].scalings)
+    assert PAPER["eps"][1] == set(EXPANSIONS["hidden"].paper_scalings)
+    assert PAPER["hidden"][1] == set(EXPANSIONS["hidden"].paper_scalings) - {"eps"}  # eps = 0 there
+
+
+# ---- sizes ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SIX + ["eps"])
+def test_two_default_size_assignments_one_wide(name):
+    small, wide = default_sizes(name)
+    g = THEOREMS[name].grows
+    assert small != wide
+    assert wide[g + "_new"] - wide[g] >= 2
+    assert all(wide[n] >= 2 for n in ("s", "h", "p", "k", "v", "o"))
+
+
+def test_check_sizes():
+    assert check_sizes("hidden", {"h": 3, "h_new": 6})["h_new"] == 6
+    assert check_sizes("mlp", {"h_new": 5})["p_new"] == 3  # another theorem's growth is ignored
+    with pytest.raises(ValueError, match="^sizes: unknown size 'x'"):
+        check_sizes("mlp", {"x": 2})
+    with pytest.raises(ValueError, match="^sizes: p_new must exceed p"):
+        check_sizes("mlp", {"p": 3, "p_new": 3})
+    with pytest.raises(ValueError, match="^sizes: h must be an integer"):
+        check_sizes("mlp", {"h": 0})
+
+
 # ---- entry level --------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", SIX + ["eps"])
-def test_paper_constraints_proved_at_entry_level(name):
+def test_paper_constraints_proved_at_entry_level_at_both_sizes(name):
     zero, scale = THEOREMS[name].paper
-    r = entry_claim(name, zero, scale)
-    assert r.status == "proved", r
-    # the free blocks really are free symbols of the expanded model, and the constrained ones are not
-    assert r.free_blocks and not set(r.free_blocks) & set(zero)
+    for sizes in default_sizes(name):
+        r = entry_claim(name, zero, scale, sizes=sizes)
+        assert r.status == "proved", (sizes, r)
+        # the free blocks really are free symbols of the expanded model, and the constrained ones are not
+        assert r.free_blocks and not set(r.free_blocks) & set(zero)
 
 
 @pytest.mark.parametrize("name", SIX + ["eps"])
 def test_dropping_each_constraint_is_refuted_by_numbers(name):
-    th = THEOREMS[name]
     drops = drop_each(name)
-    zero, scale = th.paper
+    zero, scale = THEOREMS[name].paper
     assert len(drops) == len(zero) + len(scale)
     for d in drops:
         assert d.status == "refuted", (d.level, d.detail)
         cx = d.result.counterexample
         assert cx.max_abs_diff > DIFF_THRESHOLD
         # independent float64 evaluation at the same values shows the same difference
-        base = base_model(**th.base)
-        expanded, _ = th.build(base, set(d.zero), set(d.scale))
-        vals = {sym: cx.values[sym.name] for sym in _symbols(base) | _symbols(expanded)}
+        base, expanded, _ = build_entries(name, d.sizes, d.zero, d.scale)
+        vals = {sym: cx.values[sym.name] for sym in model_symbols(base) | model_symbols(expanded)}
         y0, y1 = numpy_forward(base, vals), numpy_forward(expanded, vals)
         i, j = cx.entry
         assert abs((y1[i, j] - y0[i, j]) - float(cx.expanded - cx.original)) <= 1e-9 * max(1.0, abs(y0).max())
-
-
-def _symbols(m):
-    from proofs.symbolic import model_symbols
-
-    return model_symbols(m)
 
 
 def test_eps_without_rescaling_gives_an_error_of_the_order_of_eps():
@@ -72,23 +100,18 @@ def test_a_true_identity_the_kernel_cannot_see_is_not_proved_never_proved():
 
 
 def test_a_deliberately_wrong_claim_is_refuted():
-    # the paper's hidden expansion without the sqrt(h/h^) gain scaling
     zero, _ = THEOREMS["hidden"].paper
     assert entry_claim("hidden", zero, set()).status == "refuted"
-    # attention expansion scaling the wrong amount: no scaling at all, but both new blocks zero
     assert entry_claim("attention", {"M_Q", "M_K"}, set()).status == "refuted"
 
 
 def test_atoms_evaluate_to_the_numeric_forward_pass():
-    # the proof's atom expressions and a plain numeric forward agree at random numbers
-    th = THEOREMS["hidden"]
-    base = base_model(**th.base)
-    expanded, _ = th.build(base, *map(set, th.paper))
+    base, expanded, _ = build_entries("hidden", default_sizes("hidden")[1], *THEOREMS["hidden"].paper)
     K = Kernel("relu")
     y = forward(expanded, K)
     from proofs.entries import evaluate, random_values
 
-    vals = random_values(_symbols(expanded), seed=3)
+    vals = random_values(model_symbols(expanded), seed=3)
     a = K.numeric_matrix(y, vals)
     b = evaluate(expanded, vals)
     assert max(abs(u - v) for u, v in zip(a, b)) < sp.Float("1e-30")
@@ -102,6 +125,120 @@ def test_generic_activation_needs_f0_for_the_alternative_mlp_constraints():
         assert entry_claim("mlp", {"M_l1", "m_b_l1"}, set(), activation=act, causal=True).status == "proved"
 
 
+# ---- trusted core: stand-ins, shapes, fresh symbols ---------------------------------------------------
+def test_stand_ins_are_fresh_and_keyed_by_the_exact_argument():
+    K = Kernel("relu")
+    x = sp.Symbol("x", real=True)
+    a, b = K.exp(x), K.exp(x + 0)
+    assert a is b and isinstance(a, C.StandIn)
+    assert K.exp(2 * x) != a
+    assert a != sp.Symbol(a.name, real=True)  # cannot collide with a model symbol of the same name
+    assert C.StandIn("exp0") != C.StandIn("exp0")  # nor with another stand-in
+
+
+def test_norm_instances_have_distinct_new_gains_even_with_one_layer_and_one_head():
+    base = base_model(N=1)
+    expanded, blocks = expand_hidden(base, 3, PAPER["hidden"][0], {"g"})
+    g_mha, g_mlp = blocks["m_g"]
+    assert not (g_mha.free_symbols & g_mlp.free_symbols)
+    assert prove_equal(base, expanded, "relu", blocks).status == "proved"
+
+
+def test_shape_equality_is_part_of_equality():
+    base = base_model()
+    no_out = base.replace(w_out=sp.zeros(base.h, 0))
+    r = prove_equal(base, no_out)
+    assert r.status == "refuted" and "shapes differ" in r.reason
+    assert prove_equal(no_out, no_out).status == "not proved"  # nothing compared is nothing proved
+
+
+def test_terms_check_shapes():
+    A, B = C.Sym("A", s, h), C.Sym("B", p, h)
+    with pytest.raises(C.KernelError):
+        C.Add((A, B))
+    with pytest.raises(C.KernelError):
+        C.Mul(sp.Integer(1), (A, A))
+    with pytest.raises(C.KernelError):
+        C.Cat(((A,), (C.Sym("D", s, p),)))
+
+
+def test_chain_checker_rejects_false_steps_bad_glue_and_a_wrong_end():
+    A, B = C.Sym("A", s, h), C.Sym("B", s, p)
+    Cm, D = C.Sym("C", h, h), C.Sym("D", p, h)
+    start = C.Mul(sp.Integer(1), (C.Cat(((A, B),)), C.Cat(((Cm,), (D,)))))
+    good = C.Add((C.Mul(sp.Integer(1), (A, Cm)), C.Mul(sp.Integer(1), (B, D))))
+    sizes = [{s: 2, h: 2, p: 3}]
+    assert C.check_chain(C.Chain("t", start, good, [C.Step(start, good, "block product")]), sizes).ok
+    wrong = C.Mul(sp.Integer(1), (A, Cm))
+    bad = C.check_chain(C.Chain("t", start, wrong, [C.Step(start, wrong, "forgot a block")]), sizes)
+    assert not bad.ok and "sides differ" in bad.detail
+    unglued = C.check_chain(C.Chain("t", start, good, [C.Step(good, good, "")]), sizes)
+    assert not unglued.ok and "not the previous right side" in unglued.detail
+    short = C.check_chain(C.Chain("t", start, wrong, [C.Step(start, good, "block product")]), sizes)
+    assert not short.ok and "claimed end" in short.detail
+
+
+def test_norm_lemma_scalar_identity_is_checked():
+    assert C.norm_lemma_holds()
+
+
+# ---- symbolic sizes: generated chains for every sufficient set ---------------------------------------
+@pytest.mark.parametrize("name", SIX + ["eps"])
+def test_paper_sets_proved_at_symbolic_sizes(name):
+    chains, problems = prove_chains(name, *THEOREMS[name].paper)
+    assert not problems and chains and all(c.ok and all(st.ok for st in c.steps) for c in chains)
+
+
+@pytest.mark.parametrize(
+    "name,zero,scale",
+    [
+        ("attention", {"M_Q"}, {"W_K"}),
+        ("attention", {"M_K"}, {"W_Q"}),
+        ("add_heads", {"W_V_new"}, set()),
+        ("heads", {"M_V"}, set()),
+        ("add_layer", {"W_V", "W_l1", "b_l1", "b_l2"}, set()),
+        ("add_layer", {"g_MHA", "g_MLP", "b_l1", "b_l2"}, set()),
+        ("mlp", {"M_l1", "m_b_l1"}, set()),
+        ("mlp", {"M_l1", "m_b_l1", "M_l2"}, set()),  # a superset
+        ("hidden", PAPER["hidden"][0] | {"M_Q", "m_g"}, {"g"}),  # a superset
+    ],
+)
+def test_other_sufficient_sets_get_generated_proofs(name, zero, scale):
+    _, problems = prove_chains(name, zero, scale)
+    assert not problems, problems
+
+
+@pytest.mark.parametrize(
+    "name,zero,scale",
+    [
+        ("attention", {"M_K"}, set()),
+        ("attention", set(), {"W_K"}),
+        ("mlp", set(), set()),
+        ("hidden", PAPER["hidden"][0], set()),
+        ("eps", PAPER["hidden"][0], {"g"}),
+        ("add_layer", {"W_O", "W_l2"}, set()),
+    ],
+)
+def test_insufficient_sets_are_not_proved_at_symbolic_sizes(name, zero, scale):
+    _, problems = prove_chains(name, zero, scale)
+    assert problems
+
+
+def test_generic_activation_keeps_the_mlp_alternative_unproved():
+    assert prove_chains("mlp", {"M_l1", "m_b_l1"}, set(), activation="f")[1]
+    assert not prove_chains("mlp", {"M_l2"}, set(), activation="f")[1]
+
+
+def test_composition_is_glued_and_proved():
+    chains, problems = prove_compose()
+    assert not problems and len(chains) > 20
+
+
+def test_explicit_step_checks_use_sizes_of_at_least_two():
+    first = SIZE_SETS[0]
+    assert all(v >= 2 for v in first.values())
+
+
 # ---- minimal sets -----------------------------------------------------------------------------------
 def test_minimal_sets_mlp():
     relu = search("mlp", "ReLU", frozenset(), "relu")
@@ -113,8 +250,6 @@ def test_minimal_sets_mlp():
 def test_minimal_sets_attention():
     wk = search("attention", "", frozenset({"W_K"}), "relu")
     wq = search("attention", "", frozenset({"W_Q"}), "relu")
-    assert frozenset({"M_K"}) in wk.minimal and frozenset({"M_Q"}) in wq.minimal
-    # zeroing either new block kills the cross term, whichever projection carries the scaling
     assert set(wk.minimal) == set(wq.minimal) == {frozenset({"M_K"}), frozenset({"M_Q"})}
     assert search("attention", "", frozenset(), "relu").minimal == []
 
@@ -128,55 +263,20 @@ def test_minimal_sets_add_layer_include_the_papers_set_and_nothing_undecided():
     r = search("add_layer", "", frozenset(), "relu")
     assert frozenset({"W_O", "W_l2", "b_l2"}) in r.minimal and not r.undecided
     assert all("b_l2" in m for m in r.minimal)  # b_l2 is added directly to the stream
-    # every minimal set is minimal: removing any block breaks preservation (float64 difference
-    # far above rounding, evaluated independently of the search's memo)
-    th = THEOREMS["add_layer"]
-    base = base_model(**th.base)
+    sizes = default_sizes("add_layer")[0]
     for m in r.minimal:
         for b in m:
-            expanded, _ = th.build(base, set(m - {b}), set())
+            base, expanded, _ = build_entries("add_layer", sizes, m - {b}, set())
             assert float_screen(base, expanded) > SCREEN_THRESHOLD
-
-
-# ---- block level --------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,variant", [(n, "paper") for n in SIX + ["eps"]] + [("mlp", "alt"), ("attention", "alt")])
-def test_every_chain_step_checked(name, variant):
-    chains = prove_chains(name, variant)
-    assert chains and all(st.ok for c in chains for st in c.steps)
-
-
-def test_chain_checker_rejects_wrong_steps():
-    A, B = MatrixSymbol("A", s, h), MatrixSymbol("B", s, p - 1 + h)
-    C, D = MatrixSymbol("C", h, h), MatrixSymbol("D", p - 1 + h, h)
-    start = BlockMatrix([[A, B]]) * BlockMatrix([[C], [D]])
-    good = check_chain(
-        Chain("t", start, [Step(A * C + B * D, "block product"), Step(A * C, "D = 0", {D: ZeroMatrix(p - 1 + h, h)})])
-    )
-    assert good.ok
-    bad = check_chain(Chain("t", start, [Step(A * C, "forgot the second block")]))
-    assert not bad.ok
-    wrong_order = check_chain(Chain("t", start, [Step(C * A + D * B, "wrong order")]))
-    assert not wrong_order.ok
-    # the explicit check on its own catches it too, at every size assignment
-    assert not any(explicit_equal(start, A * C, sz) for sz in SIZES)
-    assert not symbolic_equal(start, A * C)
-
-
-def test_scalar_step_checked_and_refuted():
-    k, kh = sp.symbols("k khat", positive=True)
-    ok = check_chain(Chain("t", sp.sqrt(kh / k) / sp.sqrt(kh), [Step(1 / sp.sqrt(k), "")]))
-    assert ok.ok
-    bad = check_chain(Chain("t", sp.sqrt(kh / k) / sp.sqrt(kh), [Step(1 / sp.sqrt(kh), "")]))
-    assert not bad.ok
 
 
 # ---- user constraint sets, names ---------------------------------------------------------------
 def test_parse_constraints():
     assert parse_constraints("mlp", "M_l1,m_b_l1", None) == (frozenset({"M_l1", "m_b_l1"}), frozenset())
     assert parse_constraints("attention", "none", "W_Q") == (frozenset(), frozenset({"W_Q"}))
-    with pytest.raises(ValueError, match="M_x"):
+    with pytest.raises(ValueError, match="^zero: .*M_x"):
         parse_constraints("mlp", "M_x", None)
-    with pytest.raises(ValueError, match="--scale"):
+    with pytest.raises(ValueError, match="^scale: "):
         parse_constraints("attention", None, "W_V")
 
 
@@ -185,12 +285,25 @@ def test_summary_line():
     assert "\n" not in line and "6/6 theorems proved" in line
 
 
-def test_chain_steps_may_only_assume_what_the_constraint_set_grants(monkeypatch):
-    """A chain that zeroes a block its variant does not constrain is not proved."""
-    from proofs import chains
+@pytest.mark.parametrize("name", ["mlp", "heads", "attention"])
+def test_every_set_the_entry_level_finds_sufficient_is_proved_at_symbolic_sizes(name):
+    """All constraint sets of small theorems: entry-level sufficiency and symbolic proofs agree."""
+    from itertools import chain, combinations
 
-    assert all(c.ok for c in chains.prove_chains("mlp", "paper"))
-    monkeypatch.setitem(chains.CHAIN_SETS, "mlp", [("paper", set(), set()), ("alt", {"M_l1", "m_b_l1"}, set())])
-    bad = chains.prove_chains("mlp", "paper")
-    assert not all(c.ok for c in bad)
-    assert any("does not grant" in st.detail for c in bad for st in c.steps)
+    from proofs.minimal import _decider
+    from proofs.theorems import run_blocks
+
+    th = THEOREMS[name]
+    blocks, scalings = list(th.blocks), list(th.scalings)
+    sufficient = insufficient = 0
+    for sc in chain.from_iterable(combinations(scalings, r) for r in range(len(scalings) + 1)):
+        decide, _ = _decider(name, frozenset(sc), "relu")
+        for z in chain.from_iterable(combinations(blocks, r) for r in range(len(blocks) + 1)):
+            verdict = run_blocks(name, frozenset(z), set(sc)).status
+            if decide(frozenset(z)) == "proved":
+                sufficient += 1
+                assert verdict == "proved", (z, sc)
+            else:
+                insufficient += 1
+                assert verdict == "not proved", (z, sc)
+    assert sufficient and insufficient

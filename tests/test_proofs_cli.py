@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -24,11 +25,21 @@ def prove(*args, cwd=None):
 def full(tmp_path_factory):
     d = tmp_path_factory.mktemp("prove")
     tex, md = str(d / "proofs.tex"), str(d / "proofs.md")
-    rc, out, err = prove("--all", "--latex", tex, "--markdown", md)
+    rc, out, err = prove("--all", "--json", "--latex", tex, "--markdown", md)
     return rc, out, err, tex, md
 
 
-def _rows(out):
+def _rows(md_path):
+    """{(theorem, level): (status, detail)} from the Markdown report's table."""
+    rows = {}
+    for line in open(md_path).read().splitlines():
+        m = re.match(r"^\| (\S+) \| (.+?) \| (proved|refuted|not proved) \| ([\d.]+) \| (.*) \|$", line)
+        if m:
+            rows.setdefault((m.group(1), m.group(2).strip()), (m.group(3), m.group(5)))
+    return rows
+
+
+def _text_rows(out):
     """{(theorem, level): (status, detail)} from the text report."""
     rows = {}
     for line in out.splitlines():
@@ -39,38 +50,53 @@ def _rows(out):
 
 
 def test_all_exit_code_and_every_level_proved(full):
-    rc, out, err, _, _ = full
+    rc, out, err, _, md = full
     assert rc == 0, out + err
-    rows = _rows(out)
+    rows = _rows(md)
     for name in NAMES:
         assert rows[(name, "symbolic sizes")][0] == "proved"
-        assert rows[(name, "entries ReLU")][0] == "proved"
-        assert rows[(name, "entries causal GELU")][0] == "proved"
+        mine = [v for k, v in rows.items() if k[0] == name and k[1].startswith("entries ")]
+        assert len(mine) >= 2 and all(st == "proved" for st, _ in mine)
     for name in NAMES[:7]:
-        assert rows[(name, "entries causal SiLU")][0] == "proved"
+        assert rows[(name, "cross-check fpt_ref.forward")][0] == "proved"
+        assert any(k[0] == name and k[1].startswith("entries causal SiLU") for k in rows)
+    assert "all claims hold" in open(md).read()
+
+
+def test_text_report_lines_and_totals():
+    rc, out, err = prove("mlp", "heads")
+    assert rc == 0, err
+    rows = _text_rows(out)
+    assert rows[("mlp", "symbolic sizes")][0] == "proved" and rows[("heads", "entries ReLU v3->5")][0] == "proved"
     assert re.search(r"^all \d+ claims hold", out, re.M)
-    # time per theorem is recorded
-    assert all(re.search(rf"^{n}\s+total\s+[\d.]+ s", out, re.M) for n in NAMES)
+    assert all(re.search(rf"^{n}\s+total\s+[\d.]+ s", out, re.M) for n in ("mlp", "heads"))
+
+
+def test_all_proves_every_minimal_set_at_symbolic_sizes(full):
+    lines = [ln for ln in open(full[4]).read().splitlines() if "| symbolic sizes, minimal set |" in ln]
+    assert lines and all("| proved |" in ln for ln in lines)
+    assert any(ln.startswith("| add_layer") and "g_MHA" in ln for ln in lines)
+    assert any(ln.startswith("| attention") and "zero {M_Q} scale {W_K}" in ln for ln in lines)
 
 
 def test_all_refutes_every_dropped_constraint(full):
-    rows = _rows(full[1])
+    rows = _rows(full[4])
     drops = {k: v for k, v in rows.items() if k[1].startswith("drop ")}
     expected = {"mlp": 1, "add_heads": 1, "heads": 1, "attention": 2, "hidden": 6, "add_layer": 3, "eps": 7}
     for name, n in expected.items():
         mine = [v for k, v in drops.items() if k[0] == name]
         assert len(mine) == n, name
-        assert all(st == "refuted" and "counterexample" in d and "|difference|" in d for st, d in mine)
+        assert all(st == "refuted" and "counterexample" in d and "difference" in d for st, d in mine)
 
 
 def test_all_lists_the_minimal_sets(full):
-    rows = _rows(full[1])
+    rows = _rows(full[4])
     mlp = rows[("mlp", "minimal sets (ReLU)")]
     assert mlp[0] == "proved" and "{M_l2}" in mlp[1] and "{M_l1, m_b_l1}" in mlp[1]
-    assert rows[("mlp", "minimal sets (any activation f)")][1].startswith("{M_l2}  [")
+    assert rows[("mlp", "minimal sets (any activation f)")][1] == "{M_l2}"
     assert "{M_K}" in rows[("attention", "minimal sets (W_K scaled)")][1]
     assert "{M_Q}" in rows[("attention", "minimal sets (W_Q scaled)")][1]
-    assert rows[("hidden", "minimal sets (g scaled)")][1].startswith("{M_I, M_P, M_O, M_l2, m_b_l2}  [")
+    assert rows[("hidden", "minimal sets (g scaled)")][1] == "{M_I, M_P, M_O, M_l2, m_b_l2}"
     assert "{W_O, W_l2, b_l2}" in rows[("add_layer", "minimal sets")][1]
 
 
@@ -91,7 +117,7 @@ def test_markdown_holds_chains_and_counterexample_values(full):
     md = open(full[4]).read()
     assert "| mlp | symbolic sizes | proved |" in md
     assert "## Counterexamples" in md and "values:" in md
-    assert "[block product; ok]" in md
+    assert "[block product; ok]" in md and "M_l2 = 0" in md
 
 
 @pytest.mark.parametrize(
@@ -100,12 +126,24 @@ def test_markdown_holds_chains_and_counterexample_values(full):
         (["attention", "--zero", "M_Q", "--scale", "W_Q"], 0, "proved"),
         (["attention", "--zero", "none"], 1, "refuted"),
         (["mlp", "--zero", "M_l1,m_b_l1"], 0, "proved"),
+        # valid sets without a hand-written chain: generated proofs
+        (["attention", "--zero", "M_Q", "--scale", "W_K"], 0, "proved"),
+        (["attention", "--zero", "M_K", "--scale", "W_Q"], 0, "proved"),
+        (["add_heads", "--zero", "W_V_new"], 0, "proved"),
+        (["heads", "--zero", "M_V"], 0, "proved"),
+        (["add_layer", "--zero", "W_V,W_l1,b_l1,b_l2"], 0, "proved"),
+        # invalid ones
+        (["add_layer", "--zero", "W_V,W_l1,b_l1"], 1, "refuted"),
+        (["heads", "--zero", "none"], 1, "refuted"),
+        (["attention", "--zero", "M_K", "--scale", "none"], 1, "refuted"),
     ],
 )
 def test_user_constraint_sets(args, code, word):
     rc, out, err = prove(*args)
     assert rc == code, out + err
-    assert all(word in line for line in out.splitlines() if line.startswith(args[0]) and " total " not in line)
+    verdicts = [ln for ln in out.splitlines() if ln.startswith(args[0]) and " total " not in ln]
+    verdicts = [ln for ln in verdicts if "cross-check" not in ln]  # the cross-check is about the paper's set
+    assert verdicts and all(word in line for line in verdicts)
     if word == "refuted":
         assert "counterexample" in out
 
@@ -118,6 +156,9 @@ def test_user_constraint_sets(args, code, word):
         (["attention", "--scale", "W_V"], "W_V"),
         (["mlp", "heads", "--zero", "none"], "exactly one theorem"),
         ([], "at least one theorem"),
+        (["mlp", "--size", "h"], "--size: expected NAME=VALUE"),
+        (["mlp", "--size", "q=2"], "--size: unknown size 'q'"),
+        (["mlp", "--size", "p_new=2"], "--size: p_new must exceed p"),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args, needle, capsys):
@@ -140,3 +181,37 @@ def test_bad_usage_through_a_subprocess():
 def test_list_blocks():
     rc, out, _ = prove("--list-blocks", "attention")
     assert rc == 0 and "M_Q" in out and "M_K" in out and "scale W_K" in out
+
+
+def test_json_records():
+    rc, out, err = prove("hidden", "--json")
+    assert rc == 0, err
+    recs = json.loads(out)
+    keys = {"theorem", "zero", "scale", "level", "variant", "verdict", "sizes", "seconds"}
+    assert all(keys <= set(r) for r in recs)
+    assert {r["level"] for r in recs} >= {"symbolic", "entries", "crosscheck"}
+    wide = [r for r in recs if r["level"] == "entries" and r["sizes"]["h_new"] - r["sizes"]["h"] >= 2]
+    assert wide and all(r["verdict"] == "proved" for r in wide)
+    assert all(isinstance(r["zero"], list) and isinstance(r["seconds"], float) for r in recs)
+
+
+def test_all_json_has_a_wide_proved_entry_record_for_every_theorem(full):
+    rc, out, err = full[:3]
+    assert rc == 0, err
+    recs = json.loads(out)
+    assert {r["theorem"] for r in recs} == set(NAMES)
+    for name in NAMES:
+        entries = [r for r in recs if r["theorem"] == name and r["level"] == "entries" and r["verdict"] == "proved"]
+        grown = [
+            r
+            for r in entries
+            if all(v - r["sizes"][k[: -len("_new")]] >= 2 for k, v in r["sizes"].items() if k.endswith("_new"))
+        ]
+        assert grown, name
+
+
+def test_size_option_chooses_the_sizes():
+    rc, out, err = prove("hidden", "--size", "h=2", "--size", "h_new=4", "--json")
+    assert rc == 0, err
+    recs = [r for r in json.loads(out) if r["level"] == "entries"]
+    assert recs and all(r["sizes"]["h"] == 2 and r["sizes"]["h_new"] == 4 for r in recs)

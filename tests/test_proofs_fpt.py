@@ -22,28 +22,20 @@ from fpt_ref.expansions import add_heads, add_layer, expand_attention, expand_he
 from fpt_ref.forward import forward as fpt_forward
 from fpt_ref.metrics import error_stats, reduction_length
 from proofs import expand as X
-from proofs.crosscheck import tensor_mismatches, to_fpt, values_from_fpt
+from proofs.crosscheck import compare_forward, crosscheck_theorem, tensor_mismatches, to_fpt, values_from_fpt
 from proofs.entries import positive_fix, random_values
 from proofs.symbolic import Kernel, base_model, forward, model_symbols
-from proofs.theorems import THEOREMS, compose_models
+from proofs.theorems import THEOREMS, build_entries, compose_models, default_sizes
 
 
 def _compare(m, values):
-    K = Kernel("relu")
-    y = K.numeric_matrix(forward(m, K), values)  # exact to 40 digits
-    exact = np.array([[float(y[i, j]) for j in range(y.cols)] for i in range(y.rows)])  # [s, o]
-    model, inp = to_fpt(m, values)
-    got = fpt_forward(model, inp)  # [s, o]
-    st = error_stats(exact, got)
-    return st["max_ulp"], reduction_length(model, m.s) + 1
+    return compare_forward(m, values)
 
 
 @pytest.mark.parametrize("name", list(THEOREMS))
 @pytest.mark.parametrize("causal", [False, True])
 def test_symbolic_models_match_fpt_forward(name, causal):
-    th = THEOREMS[name]
-    base = base_model(causal=causal, **th.base)
-    expanded, _ = th.build(base, *map(set, th.paper))
+    base, expanded, _ = build_entries(name, default_sizes(name)[1], *THEOREMS[name].paper, causal=causal)
     for m in (base, expanded):
         syms = model_symbols(m)
         vals = random_values(syms, seed=11, fixed=positive_fix(syms))
@@ -55,6 +47,12 @@ def test_composed_model_matches_fpt_forward():
     base, m = compose_models()
     ulp, tol = _compare(m, random_values(model_symbols(m), seed=5))
     assert ulp <= tol
+
+
+@pytest.mark.parametrize("name", ["mlp", "hidden"])
+def test_prove_runs_the_crosscheck_as_a_claim(name):
+    lv = crosscheck_theorem(name, default_sizes(name)[1])
+    assert lv.status == "proved" and lv.level == "crosscheck" and "ulp" in lv.detail
 
 
 def test_tolerance_is_tight_enough_to_catch_a_wrong_model():
