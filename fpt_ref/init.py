@@ -10,7 +10,7 @@ import numpy as np
 
 from .checks import check_int, is_int
 from .deprecation import renamed
-from .memory import model_bytes, param_count_of, require
+from .memory import require
 from .model import Head, Layer, Model
 
 IntOrList = Union[int, Sequence[int]]
@@ -67,21 +67,26 @@ def init_model(
         vocab = check_int("vocab", vocab, 1)
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError(f"dtype: must be float32 or float64, got {dtype!r}")
-    ps, Es, ks, vs = (_per_layer(n, val, layers) for n, val in (("p", p), ("n_heads", n_heads), ("k", k), ("v", v)))
     if seed is not None:
         seed = check_int("seed", seed, 0)
-    d = {
-        "h": h,
-        "o": out_dim,
-        "s_max": max_seq,
-        "vocab": vocab,
-        "N": layers,
-        "layers": [{"p": ps[n], "heads": [[ks[n], vs[n]]] * Es[n]} for n in range(layers)],
-    }
+    per = {n: val for n, val in (("p", p), ("n_heads", n_heads), ("k", k), ("v", v))}
+    for name, val in per.items():
+        if is_int(val):
+            check_int(name, val, 1)
+    # the memory, from the sizes alone: before any per-layer list is built or any value drawn
     itemsize = np.dtype(dtype).itemsize
-    # each tensor is drawn in float64 and converted: the model plus its largest tensor in float64
-    largest = max([h * max(ps + [out_dim, max_seq, vocab or 1])] + [h * (2 * k_ + v_) for k_, v_ in zip(ks, vs)])
-    require(model_bytes(d, itemsize) + 8 * largest, f"init_model ({param_count_of(d)} parameters)")
+    if all(is_int(val) for val in per.values()):
+        sizes = [(int(p), int(n_heads), int(k), int(v))]
+        repeat = layers
+    else:
+        sizes = list(zip(*(_per_layer(n, val, layers) for n, val in per.items())))
+        repeat = 1
+    n_params = (vocab or 0) * h + max_seq * h + h * out_dim
+    n_params += repeat * sum(3 * h + 2 * h * p_ + p_ + E_ * (h * (2 * k_ + v_) + v_ * h) for p_, E_, k_, v_ in sizes)
+    # each tensor is drawn in float64, then converted: the model plus its largest tensor in float64
+    largest = h * max([out_dim, max_seq, vocab or 1] + [max(p_, k_, v_) for p_, _, k_, v_ in sizes])
+    require(n_params * itemsize + 8 * largest, f"init_model ({n_params} parameters)")
+    ps, Es, ks, vs = (_per_layer(n, val, layers) for n, val in per.items())
     rng = np.random.default_rng(seed)
 
     def w(*shape, std=None):
