@@ -342,7 +342,7 @@ def test_bench_rejected_options_leave_no_folder(extra, tmp_path, capsys):
     assert status == 2
     assert not out.exists()
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("fpt-ref: ")
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("fpt-ref")
 
 
 def test_bench_out_that_is_a_file_is_refused_before_measuring(tmp_path, capsys, monkeypatch):
