@@ -101,12 +101,37 @@ def load_model(path, allow_nonfinite: bool = False):
     return model
 
 
+def _require_plan_and_write(model, plan) -> None:
+    """Refuse, before the first step, a plan whose steps, check or written result would not fit.
+
+    The steps and the check as :func:`fpt_ref.plan.run_plan` sizes them; writing holds every
+    model of the plan plus the serialised result three times (the library's bytes, the data
+    section sliced from them and the rewritten file, :func:`fpt_ref.files.safetensors_bytes`).
+    """
+    from .memory import available_bytes, fmt_bytes, model_bytes, require
+    from .model import dims
+    from .plan import parse_plan, plan_bytes, plan_dims
+
+    avail = available_bytes()
+    steps = parse_plan(plan)
+    per_step, checking = plan_bytes(model, steps, True, 4, None, avail)
+    for i, (step, need) in enumerate(zip(steps, per_step), start=1):
+        require(need, f"plan: step {i} ({step})", avail)
+    require(checking, f"plan: checking the {len(steps)} steps on batch=4 sequences", avail)
+    itemsize = int(model.dtype.itemsize)
+    chain = [dims(model)] + plan_dims(model, steps, avail)
+    final = model_bytes(chain[-1], itemsize)
+    need = sum(model_bytes(d, itemsize) for d in chain) + 3 * final
+    require(need, f"writing the result ({fmt_bytes(final)})", avail)
+
+
 def cmd_expand(args) -> int:
     from .files import check_output_file
     from .io import save
 
     out = check_output_file(args.out, "-o")  # before any work: a device, FIFO or folder is refused
     model = load_model(args.model, args.allow_nonfinite)
+    _require_plan_and_write(model, args.plan)
     results = _run_and_print(model, args.plan, args.init, args.seed, args.manifest)
     ok = all(r.error["ok"] for r in results)
     if not ok and not args.force:

@@ -353,3 +353,20 @@ def test_bench_out_that_is_a_file_is_refused_before_measuring(tmp_path, capsys, 
     out.write_text("x")
     assert main(["bench", "--quick", "--backends", "numpy", "--out", str(out)]) == 2
     _one_error_line(capsys, "--out", "exists and is not a directory")
+
+
+@pytest.mark.parametrize(
+    "plan,what", [("hidden h=3000000", "step 1 (hidden h=3000000)"), ("mlp p=145000", "writing the result")]
+)
+def test_expand_sizes_the_written_result_too(plan, what, model_file, tmp_path, monkeypatch, capsys):
+    import fpt_ref.memory
+
+    # a 64 MiB machine: the plan's steps, its check or the written result does not fit
+    monkeypatch.setattr(fpt_ref.memory, "available_bytes", lambda: 64 * 1024**2)
+    out = tmp_path / "x.safetensors"
+    capsys.readouterr()
+    t0 = time.perf_counter()
+    assert main(["expand", str(model_file), "--plan", plan, "-o", str(out)]) == 2
+    assert time.perf_counter() - t0 < 1.0
+    _one_error_line(capsys, what, "needs about", "64.0 MiB available")
+    assert not out.exists()
