@@ -95,17 +95,30 @@ def config_from_args(args, gpu_usable: bool):
     return cfg
 
 
+def check_out_dir(out: str) -> None:
+    """``ValueError`` naming ``--out`` when ``out`` is not a writable folder or one that can be created."""
+    real = os.path.realpath(out)
+    if os.path.exists(real):
+        if not os.path.isdir(real):
+            raise ValueError(f"--out: {out} exists and is not a directory")
+        if not os.access(real, os.W_OK | os.X_OK):
+            raise ValueError(f"--out: {out} is not writable")
+        return
+    parent = os.path.dirname(real)
+    while not os.path.exists(parent):  # created with its missing parents, like mkdir -p
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out: cannot create {out} ({parent} is not a writable folder)")
+
+
 def cmd_bench(args) -> int:
     from . import machine, report, runner
 
     gpu_usable = "cupy" in args.backends and machine.cupy_status()[0] is not None
     cfg = config_from_args(args, gpu_usable)
-    # check --out before measuring, so a bad path does not throw a long run away
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise ValueError(f"--out: {args.out} exists and is not a directory")
-    os.makedirs(args.out, exist_ok=True)
-    if not os.access(args.out, os.W_OK):
-        raise ValueError(f"--out: {args.out} is not writable")
+    # check --out before measuring, so a bad path does not throw a long run away; it is
+    # created only once there is something to write, so a rejected run leaves no folder
+    check_out_dir(args.out)
     results = runner.run(cfg)
     if not results.get("records"):
         raise ValueError(

@@ -133,10 +133,10 @@ def build_model(size: Size, dtype: str, xp=np, seed: int = 0) -> Model:
     return init_model(
         h=size.h,
         p=size.p,
-        heads=size.E,
+        n_heads=size.E,
         k=size.k,
         v=size.v,
-        layers=size.N,
+        n_layers=size.N,
         out_dim=size.o,
         max_seq=size.s,
         vocab=None,

@@ -15,9 +15,10 @@ TARGETS = {"cpu_ratio_matmul": 0.7, "ratio_torch": 1.0, "ratio_copy": 3.0, "gpu_
 
 
 def write_json(results: dict, path: str) -> str:
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1, sort_keys=False)
-        f.write("\n")
+    """``results`` as JSON at ``path``, written atomically (:func:`fpt_ref.files.write_text`)."""
+    from fpt_ref.files import write_text
+
+    write_text(path, json.dumps(results, indent=1, sort_keys=False) + "\n", name="path")
     return path
 
 
@@ -248,10 +249,14 @@ def plot_all(results: dict, out_dir: str) -> list:
 def _save(fig, out_dir, name):
     import matplotlib.pyplot as plt
 
+    from fpt_ref.files import atomic_write
+
     path = os.path.join(out_dir, name)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), name="out_dir")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -259,9 +264,10 @@ def write_all(results: dict, out_dir: str) -> list:
     """``results.json``, ``table.md`` and the PNG plots in ``out_dir`` (created); returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = [write_json(results, os.path.join(out_dir, "results.json"))]
+    from fpt_ref.files import write_text
+
     table = os.path.join(out_dir, "table.md")
-    with open(table, "w") as f:
-        f.write(markdown_table(results) + "\n")
+    write_text(table, markdown_table(results) + "\n", name="out_dir")
     paths.append(table)
     paths += plot_all(results, out_dir)
     return paths

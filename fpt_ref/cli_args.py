@@ -49,19 +49,34 @@ def run_command(parser: argparse.ArgumentParser, argv=None, prog: str = "fpt-ref
     """Parse ``argv`` with ``parser`` and run the chosen ``func(args)``; the exit status.
 
     User errors (bad usage, a bad plan or file, an unreadable or unwritable path, a bad
-    value) print one line on stderr and give 2; Ctrl-C gives 130.
+    value, a size that needs more memory than is available, a ``MemoryError``) print one
+    line on stderr and give 2; Ctrl-C gives 130. Warnings (a deprecated name, a model
+    loaded with non-finite values) print as one line ``PROG: warning: ...`` each.
     """
+    import warnings
+
     from .io import FormatError
     from .plan import PlanError
 
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {error_line(Warning(str(message)))}", file=sys.stderr)
+
     try:
-        args = parser.parse_args(argv)
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", DeprecationWarning)
+            warnings.showwarning = one_line
+            args = parser.parse_args(argv)
+            return int(args.func(args) or 0)
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return 2
     except (PlanError, FormatError, OSError, ValueError) as exc:  # OSError: unreadable/unwritable user paths
+        # ValueError includes fpt_ref.memory.ResourceError: a size refused before allocating
         print(f"{prog}: error: {error_line(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:  # an allocation the estimates did not foresee: still one line
+        what = f" ({error_line(exc)})" if str(exc).strip() else ""
+        print(f"{prog}: error: out of memory{what}; use smaller sizes (or a larger machine)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -8,25 +8,25 @@ the plug-ins; ``register`` is cheap, the work is imported when a command runs.
 
 from __future__ import annotations
 
-import os
-
 from .cli_args import int_arg
 
 DEMO_SUMMARIES = "fpt_ref.demo_summaries"
 
 
 def cmd_init(args) -> int:
+    from .files import check_output_file
     from .init import init_model
     from .io import save
     from .model import param_count
 
+    check_output_file(args.out, "-o")
     model = init_model(
         h=args.h,
         p=args.p,
-        heads=args.heads,
+        n_heads=args.heads,
         k=args.k,
         v=args.v,
-        layers=args.layers,
+        n_layers=args.layers,
         out_dim=args.out_dim,
         max_seq=args.max_seq,
         vocab=args.vocab,
@@ -86,17 +86,64 @@ def _run_and_print(model, plan, init, seed, manifest, batch=4, seq=None):
     return results
 
 
-def cmd_expand(args) -> int:
-    from .io import load, save
+def load_model(path, allow_nonfinite: bool = False):
+    """:func:`fpt_ref.load` for a command: with ``allow_nonfinite``, one warning line on
+    stderr per tensor holding NaN or infinity (name and count)."""
+    import sys
 
-    model = load(args.model)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        raise FileNotFoundError(f"-o: folder {out_dir} does not exist")
+    from .io import load, nonfinite_counts
+    from .model import named_tensors
+
+    model = load(path, allow_nonfinite=allow_nonfinite)
+    if allow_nonfinite:
+        for name, count in nonfinite_counts(named_tensors(model)).items():
+            print(f"fpt-ref: warning: {path}: tensor {name!r} holds {count} non-finite values", file=sys.stderr)
+    return model
+
+
+def _require_plan_and_write(model, plan) -> None:
+    """Refuse, before the first step, a plan whose steps, check or written result would not fit.
+
+    The steps and the check as :func:`fpt_ref.plan.run_plan` sizes them; writing holds every
+    model of the plan plus the serialised result three times (the library's bytes, the data
+    section sliced from them and the rewritten file, :func:`fpt_ref.files.safetensors_bytes`).
+    """
+    from .memory import available_bytes, fmt_bytes, model_bytes, require
+    from .model import dims
+    from .plan import parse_plan, plan_bytes, plan_dims
+
+    avail = available_bytes()
+    steps = parse_plan(plan)
+    per_step, checking = plan_bytes(model, steps, True, 4, None, avail)
+    for i, (step, need) in enumerate(zip(steps, per_step), start=1):
+        require(need, f"plan: step {i} ({step})", avail)
+    require(checking, f"plan: checking the {len(steps)} steps on batch=4 sequences", avail)
+    itemsize = int(model.dtype.itemsize)
+    chain = [dims(model)] + plan_dims(model, steps, avail)
+    final = model_bytes(chain[-1], itemsize)
+    need = sum(model_bytes(d, itemsize) for d in chain) + 3 * final
+    require(need, f"writing the result ({fmt_bytes(final)})", avail)
+
+
+def cmd_expand(args) -> int:
+    from .files import check_output_file
+    from .io import save
+
+    out = check_output_file(args.out, "-o")  # before any work: a device, FIFO or folder is refused
+    model = load_model(args.model, args.allow_nonfinite)
+    _require_plan_and_write(model, args.plan)
     results = _run_and_print(model, args.plan, args.init, args.seed, args.manifest)
-    save(results[-1].model, args.out)
-    print(f"wrote {args.out}")
-    return 0 if all(r.error["ok"] for r in results) else 1
+    ok = all(r.error["ok"] for r in results)
+    if not ok and not args.force:
+        bad = [str(i) for i, r in enumerate(results, start=1) if not r.error["ok"]]
+        print(f"NOT preserved (step {', '.join(bad)}): nothing written (--force writes the result anyway)")
+        return 1
+    save(results[-1].model, out)  # atomic: an input given as -o is replaced only now
+    if ok:
+        print(f"wrote {args.out}")
+        return 0
+    print(f"wrote {args.out}: NOT preserved, written because of --force")
+    return 1
 
 
 def cmd_verify(args) -> int:
@@ -153,10 +200,10 @@ def _float32_note(model) -> None:
 
 
 def cmd_info(args) -> int:
-    from .io import load
+    from .io import load_header
     from .model import param_count
 
-    m = load(args.model)
+    m = load_header(args.model)  # the header only: no tensor data is read
     print(
         f"{args.model}: h={m.h} o={m.o} N={m.N} s_max={m.s_max} vocab={m.vocab} dtype={m.dtype} "
         f"norm_eps={m.norm_eps!r} causal={str(m.causal).lower()} params={param_count(m)}"
@@ -164,6 +211,14 @@ def cmd_info(args) -> int:
     for n, layer in enumerate(m.layers):
         heads = ", ".join(f"{e}:k={hd.k},v={hd.v}" for e, hd in enumerate(layer.heads))
         print(f"  layer {n}: p={layer.p} E={layer.E} heads [{heads}]")
+    if args.nonfinite:
+        from .io import load, nonfinite_counts
+        from .model import named_tensors
+
+        counts = nonfinite_counts(named_tensors(load(args.model, allow_nonfinite=True)))
+        print(f"non-finite values: {sum(counts.values())}")
+        for name, count in counts.items():
+            print(f"  {name}: {count}")
     return 0
 
 
@@ -206,7 +261,7 @@ def register(subparsers) -> None:
     s.add_argument("--causal", action="store_true")
     s.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     s.add_argument("--seed", type=int_arg(0), default=0)
-    s.add_argument("-o", "--out", required=True)
+    s.add_argument("-o", "--out", required=True, help="output file: a regular file or a new one")
     s.set_defaults(func=cmd_init)
 
     s = subparsers.add_parser("expand", help="apply a plan of expansions, checking each step")
@@ -215,7 +270,15 @@ def register(subparsers) -> None:
     s.add_argument("--init", choices=["normal", "zeros"], default="normal")
     s.add_argument("--seed", type=int_arg(0), default=0)
     s.add_argument("--manifest", action="store_true", help="print every new or changed block and its role")
-    s.add_argument("-o", "--out", required=True)
+    s.add_argument(
+        "--force", action="store_true", help="write the result even when a step is not preserved (exit status 1)"
+    )
+    s.add_argument(
+        "--allow-nonfinite", action="store_true", help="load a model holding NaN or inf (a warning names each tensor)"
+    )
+    s.add_argument(
+        "-o", "--out", required=True, help="output file: a regular file or a new one (may be the input; see README)"
+    )
     s.set_defaults(func=cmd_expand)
 
     s = subparsers.add_parser("verify", help="compare two models on the same random inputs")
@@ -232,6 +295,7 @@ def register(subparsers) -> None:
 
     s = subparsers.add_parser("info", help="dimensions and parameter count of a model file")
     s.add_argument("model")
+    s.add_argument("--nonfinite", action="store_true", help="also read the data and count NaN and inf per tensor")
     s.set_defaults(func=cmd_info)
 
     s = subparsers.add_parser("demo", help="all six expansions composed on a built-in model")

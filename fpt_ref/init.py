@@ -9,6 +9,8 @@ from typing import Union
 import numpy as np
 
 from .checks import check_int, is_int
+from .deprecation import renamed
+from .memory import require
 from .model import Head, Layer, Model
 
 IntOrList = Union[int, Sequence[int]]
@@ -21,13 +23,14 @@ def _per_layer(name: str, value: IntOrList, layers: int) -> list:
     return [check_int(name, x, 1) for x in vals]
 
 
+@renamed(heads="n_heads", layers="n_layers")
 def init_model(
     h: int = 16,
     p: IntOrList = 32,
-    heads: IntOrList = 2,
+    n_heads: IntOrList = 2,
     k: IntOrList = 8,
     v: IntOrList = 8,
-    layers: int = 2,
+    n_layers: int = 2,
     out_dim: int = 10,
     max_seq: int = 12,
     vocab: int | None = None,
@@ -39,13 +42,16 @@ def init_model(
 ) -> Model:
     """A randomly initialised model.
 
-    ``p``, ``heads``, ``k``, ``v`` are one int for every layer or a list with one per layer.
+    ``p``, ``n_heads``, ``k``, ``v`` are one int for every layer or a list with one per layer;
+    ``n_layers`` and ``n_heads`` are counts (``layers=`` and ``heads=`` are their deprecated
+    names). The memory the model needs is checked before anything is drawn
+    (:class:`fpt_ref.memory.ResourceError`, a ``ValueError``, naming both figures).
     Weights are drawn ``N(0, 1/fan_in)``; gains ``1 + N(0, 0.1^2)``; biases ``N(0, 0.1^2)``;
     embedding and positions ``N(0, 1)`` and ``N(0, 0.1^2)``. ``xp`` picks NumPy or CuPy.
 
     Examples
     --------
-    >>> model = init_model(h=4, p=[8, 6], heads=2, k=2, v=3, layers=2, out_dim=3, max_seq=5, vocab=10)
+    >>> model = init_model(h=4, p=[8, 6], n_heads=2, k=2, v=3, n_layers=2, out_dim=3, max_seq=5, vocab=10)
     >>> model.h, model.N, model.vocab, [layer.p for layer in model.layers], model.layers[0].heads[0].v
     (4, 2, 10, [8, 6], 3)
     >>> init_model(h=0)
@@ -55,13 +61,32 @@ def init_model(
     """
     h, layers, out_dim, max_seq = (
         check_int(name, val, lo)
-        for name, val, lo in (("h", h, 1), ("layers", layers, 0), ("out_dim", out_dim, 1), ("max_seq", max_seq, 1))
+        for name, val, lo in (("h", h, 1), ("n_layers", n_layers, 0), ("out_dim", out_dim, 1), ("max_seq", max_seq, 1))
     )
     if vocab is not None:
         vocab = check_int("vocab", vocab, 1)
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError(f"dtype: must be float32 or float64, got {dtype!r}")
-    ps, Es, ks, vs = (_per_layer(n, val, layers) for n, val in (("p", p), ("heads", heads), ("k", k), ("v", v)))
+    if seed is not None:
+        seed = check_int("seed", seed, 0)
+    per = {n: val for n, val in (("p", p), ("n_heads", n_heads), ("k", k), ("v", v))}
+    for name, val in per.items():
+        if is_int(val):
+            check_int(name, val, 1)
+    # the memory, from the sizes alone: before any per-layer list is built or any value drawn
+    itemsize = np.dtype(dtype).itemsize
+    if all(is_int(val) for val in per.values()):
+        sizes = [(int(p), int(n_heads), int(k), int(v))]
+        repeat = layers
+    else:
+        sizes = list(zip(*(_per_layer(n, val, layers) for n, val in per.items())))
+        repeat = 1
+    n_params = (vocab or 0) * h + max_seq * h + h * out_dim
+    n_params += repeat * sum(3 * h + 2 * h * p_ + p_ + E_ * (h * (2 * k_ + v_) + v_ * h) for p_, E_, k_, v_ in sizes)
+    # each tensor is drawn in float64, then converted: the model plus its largest tensor in float64
+    largest = h * max([out_dim, max_seq, vocab or 1] + [max(p_, k_, v_) for p_, _, k_, v_ in sizes])
+    require(n_params * itemsize + 8 * largest, f"init_model ({n_params} parameters)")
+    ps, Es, ks, vs = (_per_layer(n, val, layers) for n, val in per.items())
     rng = np.random.default_rng(seed)
 
     def w(*shape, std=None):

@@ -1,51 +1,160 @@
-"""The model file format (README, "File format"): one safetensors file per model."""
+"""The model file format (README, "File format"): one safetensors file per model.
+
+Reading is in two stages. :func:`read_header` reads only the safetensors header (names,
+dtypes, shapes, data offsets, metadata) and checks every declared size against the file's
+size; :func:`load` then checks the layout on the header alone (names and shapes, through
+:func:`fpt_ref.model.from_tensors` on zero-stride stand-ins), checks the memory the
+tensors need (:func:`fpt_ref.memory.require`), and only then reads the data. A file whose
+tensors hold NaN or infinity is refused unless ``allow_nonfinite`` is given.
+
+Writing goes through :func:`fpt_ref.files.write_safetensors`: the output is checked first
+(a regular file or a new one), written atomically, keeps an existing file's permission
+bits, and the same model gives the same bytes.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import stat
+import struct
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
 
-from .model import Head, Layer, Model, named_tensors
-from .names import HEAD_KINDS, parse_name, tensor_name
+from .files import write_safetensors
+from .model import Model, from_tensors, named_tensors
 from .xp import to_numpy
 
 FORMAT = "fpt-ref/1"
+
+#: safetensors dtype names this format accepts, and their NumPy dtypes
+DTYPES = {"F64": np.dtype("float64"), "F32": np.dtype("float32")}
+#: a header larger than this is refused before it is read (the library's own limit is 100 MB)
+MAX_HEADER = 100 * 1024 * 1024
 
 
 class FormatError(ValueError):
     """A model file that does not follow the documented layout."""
 
 
-def save(model: Model, path) -> None:
-    """Write ``model`` to ``path`` (safetensors; CuPy arrays are copied to the host)."""
+def save(model: Model, path) -> str:
+    """Write ``model`` to ``path`` (safetensors; CuPy arrays are copied to the host).
+
+    ``path`` must be a regular file, a symbolic link to one (its target is written) or a
+    new file in an existing folder; anything else is refused with ``ValueError`` before
+    anything is written (:func:`fpt_ref.files.check_output_file`). The file is written
+    atomically; an existing file keeps its permission bits, a new one gets
+    ``0666 & ~umask``. The same model gives the same bytes. Returns the real path written.
+    """
     tensors = {name: np.ascontiguousarray(to_numpy(a)) for name, a in named_tensors(model).items()}
     meta = {"format": FORMAT, "norm_eps": repr(float(model.norm_eps)), "causal": "true" if model.causal else "false"}
-    try:
-        save_file(tensors, os.fspath(path), metadata=meta)
-    except SafetensorError as exc:  # e.g. a missing folder: a user error about the path
-        raise OSError(f"{os.fspath(path)}: cannot write ({exc})") from None
+    return write_safetensors(path, tensors, meta, name="path")
 
 
-def load(path, xp=np) -> Model:
-    """Read a model written by :func:`save`; ``xp=cupy`` puts it on the GPU.
+def _file_kind(mode: int) -> str:
+    for test, what in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return what
+    return "not a regular file"
 
-    Raises ``FileNotFoundError`` for a missing file and :class:`FormatError` naming the
-    tensor and shapes for a missing, extra, misnamed or wrongly shaped tensor or bad metadata.
+
+def check_input_file(path) -> int:
+    """The size of the regular file ``path``; a one-line error otherwise.
+
+    ``FileNotFoundError`` (``no such file``), ``PermissionError`` (``permission denied``),
+    :class:`FormatError` for a device, FIFO, socket or directory (``not a regular file
+    (a character device)``).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
     try:
-        from safetensors import safe_open
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except PermissionError:
+        raise PermissionError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise OSError(f"{path}: cannot read ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(f"{path}: not a regular file ({_file_kind(st.st_mode)})")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"{path}: permission denied")
+    return int(st.st_size)
 
-        with safe_open(path, framework="numpy") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(path)
-    except (SafetensorError, OSError, ValueError, TypeError) as exc:  # TypeError: e.g. a bfloat16 tensor
-        raise FormatError(f"{path}: not a readable safetensors file ({exc})") from None
+
+def read_header(path) -> tuple:
+    """``(metadata, entries)`` of a safetensors file, reading only its header.
+
+    ``entries`` maps each tensor name to ``(dtype, shape, (begin, end))`` as declared
+    (``dtype`` the safetensors name, ``"F64"``). Every entry's byte size is checked against
+    its shape and dtype, every data range against the file's size, and the ranges must tile
+    the data section exactly; a violation is a :class:`FormatError` naming the tensor.
+    """
+    path = os.fspath(path)
+    size = check_input_file(path)
+    bad = f"{path}: not a readable safetensors file"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise FormatError(f"{bad} (shorter than 8 bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER or 8 + n > size:
+                raise FormatError(f"{bad} (header of {n} bytes in a file of {size} bytes)")
+            raw = f.read(n)
+    except PermissionError:
+        raise PermissionError(f"{path}: permission denied") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{bad} (header is not JSON: {exc})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{bad} (header is not a JSON object)")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise FormatError(f"{bad} (__metadata__ is not an object of strings)")
+    data_size = size - 8 - n
+    entries = {}
+    for name, info in header.items():
+        try:
+            dtype, shape, (begin, end) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
+            begin, end = int(begin), int(end)
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{bad} (entry {name!r} lacks dtype, shape or data_offsets)") from None
+        if dtype not in DTYPES:
+            raise FormatError(
+                f"{path}: tensor {name!r} has dtype {dtype}; the format holds F64 or F32 (float64 or float32)"
+            )
+        if any(d < 0 for d in shape):
+            raise FormatError(f"{path}: tensor {name!r} has a negative dimension in shape {shape}")
+        want = int(np.prod(shape, dtype=object)) * DTYPES[dtype].itemsize
+        if not 0 <= begin <= end or end - begin != want:
+            raise FormatError(
+                f"{path}: tensor {name!r} declares shape {shape} ({want} bytes) but data offsets [{begin}, {end}]"
+            )
+        if end > data_size:
+            raise FormatError(
+                f"{path}: tensor {name!r} ends at byte {end} of the data, but the file holds {data_size} bytes of data "
+                "(truncated?)"
+            )
+        entries[name] = (dtype, shape, (begin, end))
+    covered = sorted(r for _, _, r in entries.values())
+    pos = 0
+    for begin, end in covered:
+        if begin != pos:
+            raise FormatError(f"{bad} (data ranges overlap or leave gaps at byte {pos})")
+        pos = end
+    if pos != data_size:
+        raise FormatError(f"{bad} (the tensors declare {pos} bytes of data, the file holds {data_size})")
+    return meta, entries
+
+
+def _options(path: str, meta: dict) -> tuple:
     if meta.get("format") != FORMAT:
         raise FormatError(f"{path}: metadata format is {meta.get('format')!r}, expected {FORMAT!r}")
     try:
@@ -55,54 +164,94 @@ def load(path, xp=np) -> Model:
     causal = meta.get("causal", "false")
     if causal not in ("true", "false"):
         raise FormatError(f"{path}: metadata causal={causal!r}, expected 'true' or 'false'")
+    return eps, causal == "true"
 
-    layer_parts: dict = {}
-    head_parts: dict = {}
-    for name in tensors:
-        try:
-            kind, n, e = parse_name(name)
-        except ValueError:
-            raise FormatError(f"{path}: unexpected tensor {name!r} with shape {list(tensors[name].shape)}") from None
-        if e is not None:
-            head_parts.setdefault(n, {}).setdefault(e, set()).add(kind)
-        elif n is not None:
-            layer_parts.setdefault(n, set()).add(kind)
-    for req in ("pos", "w_out"):
-        if req not in tensors:
-            raise FormatError(f"{path}: missing tensor {req!r}")
-    n_layers = 1 + max(list(layer_parts) + list(head_parts), default=-1)
 
-    def get(name):
-        if name not in tensors:
-            raise FormatError(f"{path}: missing tensor {name!r}")
-        return xp.asarray(tensors[name])
-
-    layers = []
-    for n in range(n_layers):
-        heads_here = head_parts.get(n, {})
-        n_heads = 1 + max(heads_here, default=-1)
-        heads = tuple(Head(**{kind: get(tensor_name(kind, n, e)) for kind in HEAD_KINDS}) for e in range(n_heads))
-        if not heads:
-            raise FormatError(f"{path}: layer {n} has no heads (missing tensor {tensor_name('w_q', n, 0)!r})")
-        layers.append(
-            Layer(
-                norm_mha=get(tensor_name("norm_mha", n)),
-                heads=heads,
-                norm_mlp=get(tensor_name("norm_mlp", n)),
-                w_l1=get(tensor_name("w_l1", n)),
-                b_l1=get(tensor_name("b_l1", n)),
-                w_l2=get(tensor_name("w_l2", n)),
-                b_l2=get(tensor_name("b_l2", n)),
-            )
-        )
+def _build(path: str, tensors: dict, eps: float, causal: bool, xp) -> Model:
     try:
-        return Model(
-            embed=xp.asarray(tensors["embed"]) if "embed" in tensors else None,
-            pos=get("pos"),
-            w_out=get("w_out"),
-            layers=tuple(layers),
-            norm_eps=eps,
-            causal=causal == "true",
-        )
+        return from_tensors(tensors, norm_eps=eps, causal=causal, xp=xp)
     except (ValueError, TypeError) as exc:
-        raise FormatError(f"{path}: {exc}") from None
+        msg = str(exc)
+        raise FormatError(f"{path}: {msg[len('tensors: ') :] if msg.startswith('tensors: ') else msg}") from None
+
+
+def load_header(path) -> Model:
+    """The model of ``path`` with its layout checked but no data read.
+
+    Every tensor is a zero-stride stand-in of the declared shape and dtype (it reads as
+    zeros and takes no memory), so the dimensions (``h``, ``N``, each layer's ``p`` and
+    heads), :func:`fpt_ref.param_count` and :func:`fpt_ref.dims` are those of the file.
+    Raises as :func:`load` does, except for values.
+    """
+    path = os.fspath(path)
+    meta, entries = read_header(path)
+    eps, causal = _options(path, meta)
+    stand_ins = {
+        name: np.broadcast_to(np.zeros((), DTYPES[dtype]), tuple(shape)) for name, (dtype, shape, _) in entries.items()
+    }
+    return _build(path, stand_ins, eps, causal, None)
+
+
+def nonfinite_counts(tensors: dict) -> dict:
+    """``{name: count}`` of NaN and infinite entries, for the tensors that have any (file order)."""
+    out = {}
+    for name, a in tensors.items():
+        a = to_numpy(a)
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if bad:
+            out[name] = bad
+    return out
+
+
+def load(path, xp=np, allow_nonfinite: bool = False) -> Model:
+    """Read a model written by :func:`save`; ``xp=cupy`` puts it on the GPU.
+
+    The header is checked first (:func:`load_header`: names, shapes, dtypes, declared sizes
+    against the file's size), then the memory the tensors need, and only then is the data read.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    xp : module
+        ``numpy`` (default) or ``cupy``.
+    allow_nonfinite : bool
+        Accept tensors holding NaN or infinity (default: refuse them, naming the first such
+        tensor and its count; :func:`nonfinite_counts` lists them all).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``no such file``.
+    PermissionError
+        ``permission denied``.
+    FormatError
+        Not a regular file (a device, a FIFO, a directory), not a safetensors file, a
+        declared size the file does not hold, a missing, extra, misnamed or wrongly shaped
+        tensor, bad metadata, or (without ``allow_nonfinite``) a non-finite value.
+    fpt_ref.memory.ResourceError
+        The tensors would not fit in the memory available.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    from .memory import fmt_bytes, require
+
+    path = os.fspath(path)
+    shell = load_header(path)
+    _, entries = read_header(path)
+    nbytes = sum(end - begin for _, _, (begin, end) in entries.values())
+    require(nbytes, f"loading {path} ({fmt_bytes(nbytes)} of tensors)")
+    try:
+        with safe_open(path, framework="numpy") as f:
+            tensors = {name: f.get_tensor(name) for name in entries}
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        raise FormatError(f"{path}: not a readable safetensors file ({exc})") from None
+    if not allow_nonfinite:
+        for name in named_tensors(shell):  # file order: embed, pos, w_out, layer by layer
+            a = tensors[name]
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            if bad:
+                raise FormatError(
+                    f"{path}: tensor {name!r} holds {bad} non-finite value{'s' if bad != 1 else ''} (NaN or inf) "
+                    f"of {a.size}; refusing to load it (allow_nonfinite=True accepts it)"
+                )
+    return _build(path, tensors, shell.norm_eps, shell.causal, xp)

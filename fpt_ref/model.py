@@ -146,6 +146,107 @@ def named_tensors(model: Model) -> dict:
     return out
 
 
+def to_tensors(model: Model) -> dict:
+    """The inverse of :func:`from_tensors`: every parameter under its file-format name.
+
+    The same dict as :func:`named_tensors` (file order); its arrays are the model's own
+    arrays, not copies (NumPy or CuPy as the model holds them), so treat them as read-only.
+    ``from_tensors(to_tensors(m), m.norm_eps, m.causal)`` rebuilds ``m``.
+    """
+    return named_tensors(model)
+
+
+def from_tensors(tensors: dict, norm_eps: float = 0.0, causal: bool = False, xp=None) -> Model:
+    """A model from a dict of arrays under their file-format names (:mod:`fpt_ref.names`).
+
+    The in-memory counterpart of :func:`fpt_ref.load` (which reads the dict from a file
+    and calls this). The number of layers and of heads per layer follow from the names;
+    every tensor's shape is checked (:func:`validate`).
+
+    Parameters
+    ----------
+    tensors : dict of str to array
+        ``embed`` [vocab, h] (optional), ``pos`` [s_max, h], ``w_out`` [h, o] and per layer
+        ``n`` and head ``e`` the tensors ``layers.{n}.*`` and ``layers.{n}.heads.{e}.*``.
+    norm_eps : float
+        Epsilon of the RMS norms (``>= 0``).
+    causal : bool
+        Whether attention is causally masked.
+    xp : module, optional
+        ``numpy`` or ``cupy``: the arrays are converted with ``xp.asarray`` (no copy when
+        they already are). ``None`` keeps each array as it is.
+
+    Returns
+    -------
+    Model
+
+    Raises
+    ------
+    ValueError
+        Starting ``tensors:`` for an unexpected, missing or wrongly shaped tensor (naming it
+        and the shapes); ``TypeError`` for mixed dtypes or array libraries.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = {"pos": np.zeros((4, 2)), "w_out": np.zeros((2, 3))}
+    >>> from_tensors(t).h, from_tensors(t).N
+    (2, 0)
+    >>> from_tensors(dict(t, extra=np.zeros(1)))
+    Traceback (most recent call last):
+    ...
+    ValueError: tensors: unexpected tensor 'extra' with shape [1]
+    """
+    from .names import parse_name
+
+    if not isinstance(tensors, dict):
+        raise TypeError(f"tensors: expected a dict of arrays, got {type(tensors).__name__}")
+    layer_parts: dict = {}
+    head_parts: dict = {}
+    for name in tensors:
+        try:
+            kind, n, e = parse_name(name)
+        except ValueError:
+            shape = list(getattr(tensors[name], "shape", ()))
+            raise ValueError(f"tensors: unexpected tensor {name!r} with shape {shape}") from None
+        if e is not None:
+            head_parts.setdefault(n, set()).add(e)
+        elif n is not None:
+            layer_parts.setdefault(n, None)
+
+    def get(name):
+        if name not in tensors:
+            raise ValueError(f"tensors: missing tensor {name!r}")
+        a = tensors[name]
+        return a if xp is None else xp.asarray(a)
+
+    for req in ("pos", "w_out"):
+        get(req)
+    n_layers = 1 + max(list(layer_parts) + list(head_parts), default=-1)
+    layers = []
+    for n in range(n_layers):
+        n_heads = 1 + max(head_parts.get(n, ()), default=-1)
+        if n_heads == 0:
+            raise ValueError(f"tensors: layer {n} has no heads (missing tensor {tensor_name('w_q', n, 0)!r})")
+        heads = tuple(Head(**{kind: get(tensor_name(kind, n, e)) for kind in HEAD_KINDS}) for e in range(n_heads))
+        layers.append(
+            Layer(
+                heads=heads,
+                **{
+                    kind: get(tensor_name(kind, n)) for kind in ("norm_mha", "norm_mlp", "w_l1", "b_l1", "w_l2", "b_l2")
+                },
+            )
+        )
+    return Model(
+        embed=get("embed") if "embed" in tensors else None,
+        pos=get("pos"),
+        w_out=get("w_out"),
+        layers=tuple(layers),
+        norm_eps=norm_eps,
+        causal=causal,
+    )
+
+
 def param_count(model: Model) -> int:
     """Number of scalar parameters."""
     return int(sum(int(a.size) for a in named_tensors(model).values()))

@@ -265,7 +265,7 @@ _ROWS = (
             "b_l2": ("b_l2",),
         },
         zero={"W_O", "W_l2", "b_l2"},
-        keys={"at": "int", "p": "int", "heads": "int", "k": "int", "v": "int"},
+        keys={"at": "int", "p": "int", "n_heads": "int", "k": "int", "v": "int", "count": "int"},
         required=("at",),
         constraint="new layer's W_O = 0, W_l2 = 0, b_l2 = 0",
         minimal=[

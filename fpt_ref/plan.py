@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 
 from . import expansions
@@ -74,9 +75,23 @@ def _convert(op: str, key: str, value):
     return items
 
 
+#: plan keys renamed: step -> {old key: new key}; the old key still works, with a DeprecationWarning
+RENAMED_KEYS = {"add_layer": {"heads": "n_heads"}}
+
+
 def make_step(op: str, args: dict) -> Step:
     if not isinstance(op, str) or op not in STEPS:
         raise PlanError(f"plan: unknown step {op!r} (steps: {', '.join(STEPS)})")
+    for old, new in RENAMED_KEYS.get(op, {}).items():
+        if old in args:
+            if new in args:
+                raise PlanError(f"plan: step {op!r}: give {new}= only ({old}= is its deprecated name)")
+            warnings.warn(
+                f"plan: step {op!r}: key '{old}=' is deprecated, use '{new}=' (a count)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            args = {(new if k == old else k): v for k, v in args.items()}
     conv = {k: _convert(op, k, v) for k, v in args.items()}
     missing = [k for k in REQUIRED[op] if k not in conv]
     if missing:
@@ -124,13 +139,15 @@ def parse_plan(plan) -> list:
         return steps
     if not isinstance(plan, str):
         raise PlanError(f"plan: expected text, a JSON file or a list of steps, got {type(plan).__name__}")
-    text = plan
+    text = plan.lstrip("\ufeff")
     if plan.strip().endswith(".json") or os.path.isfile(plan):
         try:
-            with open(plan) as f:
+            with open(plan, encoding="utf-8-sig") as f:  # a byte-order mark is not part of the plan
                 text = f.read()
         except OSError as exc:
             raise PlanError(f"plan: cannot read {plan!r}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise PlanError(f"plan: {plan!r} is not UTF-8 text") from None
     if text.lstrip().startswith("{"):
         raise PlanError('plan: a JSON plan must be a list of steps, [{"op": ...}, ...]')
     if text.lstrip().startswith("["):
@@ -183,32 +200,139 @@ class StepResult:
         }
 
 
+def _added_bytes(d: dict, step: Step, itemsize: int) -> int:
+    """Cheap upper bound on what a step with a ``count`` adds, computed before building its dims."""
+    h, count = int(d["h"]), int(step.args.get("count", 1))
+    kv = [tuple(x) for L in d["layers"] for x in L["heads"]] or [(1, 1)]
+    k = int(step.args.get("k", max(a for a, _ in kv)))
+    v = int(step.args.get("v", max(b for _, b in kv)))
+    if step.op == "add_heads":
+        per = max(1, len(d["layers"])) * (h * (2 * k + v) + v * h)
+    else:  # add_layer
+        p = int(step.args.get("p", max([L["p"] for L in d["layers"]] or [1])))
+        e = int(step.args.get("n_heads", max([len(L["heads"]) for L in d["layers"]] or [1])))
+        per = 4 * h + 2 * h * p + p + e * (h * (2 * k + v) + v * h)
+    return count * per * itemsize
+
+
+def plan_dims(model: Model, steps: list, available: int | None = None) -> list:
+    """The dimensions (:func:`fpt_ref.model.dims`) after each step, computed without running it.
+
+    With ``available`` (bytes), a step adding ``count`` heads or layers whose new tensors
+    alone exceed it raises :class:`fpt_ref.memory.ResourceError` before its dimensions are
+    listed one by one.
+    """
+    from .memory import ResourceError, dims_after, fmt_bytes, model_bytes
+    from .model import dims
+
+    itemsize = int(model.dtype.itemsize)
+    out, d = [], dims(model)
+    for i, step in enumerate(steps, start=1):
+        args = dict(step.args)
+        if available is not None and step.op in ("add_heads", "add_layer"):
+            need = model_bytes(d, itemsize) + _added_bytes(d, step, itemsize)
+            if need > available:
+                raise ResourceError(
+                    f"plan: step {i} ({step}) needs about {fmt_bytes(need)} of memory, {fmt_bytes(available)} "
+                    "available; use smaller sizes (or a larger machine)"
+                )
+        if step.op == "add_layer":
+            if "n_heads" in args:
+                args["heads"] = args.pop("n_heads")
+            count = int(args.pop("count", 1))
+            one = dims_after(d, "add_layer", args)
+            at = min(max(int(args["at"]), 0), len(d["layers"]))
+            layers = one["layers"][:at] + [one["layers"][at]] * count + one["layers"][at + 1 :]
+            d = dict(one, layers=layers, N=len(layers))
+        else:
+            d = dims_after(d, step.op, args)
+        out.append(d)
+    return out
+
+
+def plan_bytes(
+    model: Model, steps: list, check: bool = True, batch: int = 4, seq: int | None = None, available: int | None = None
+) -> tuple:
+    """Upper estimates of the memory a plan holds, from dimensions alone (bytes).
+
+    Returns ``(per_step, checking)``. Step ``i`` holds the original model and every model
+    so far (they are all returned) and the new model twice (its new blocks and the tensors
+    assembled from them). The check (``check``; else ``checking`` is 0) holds every model
+    and one forward pass of the largest on ``batch`` sequences of ``seq`` positions
+    (:func:`fpt_ref.memory.forward_bytes`) with its inputs.
+    """
+    from .memory import forward_bytes, model_bytes
+    from .model import dims
+
+    itemsize = int(model.dtype.itemsize)
+    seq_ = model.s_max if seq is None else int(seq)
+    chain = [dims(model)] + plan_dims(model, steps, available)
+    held = model_bytes(chain[0], itemsize)
+    per_step = []
+    for d in chain[1:]:
+        new = model_bytes(d, itemsize)
+        per_step.append(held + 2 * new)
+        held += new
+    checking = 0
+    if check:
+        checking = held + max(
+            forward_bytes(d, batch, seq_, itemsize) + 2 * int(batch) * seq_ * int(d["h"]) * itemsize for d in chain
+        )
+    return per_step, checking
+
+
 def run_plan(
-    model: Model, plan, init="normal", seed: int = 0, check: bool = True, batch: int = 4, seq: int | None = None
+    model: Model,
+    plan,
+    init="normal",
+    seed: int | None = 0,
+    check: bool = True,
+    batch: int = 4,
+    seq: int | None = None,
 ) -> list:
     """Apply the plan's steps in order; return one :class:`StepResult` per step.
 
-    Step ``i`` draws its free blocks from seed ``seed + i``. With ``check``, every step's
+    Step ``i`` draws its free blocks from seed ``seed + i``; ``seed=None`` draws every step
+    from fresh, independent entropy (not reproducible). With ``check``, every step's
     model is compared with the *original* model on the same random inputs (so the error
-    reported at step ``i`` is that of the whole composition so far).
+    reported at step ``i`` is that of the whole composition so far; the inputs are drawn
+    from ``seed``, from seed 0 when ``seed`` is ``None``).
+
+    Before the first step runs, the memory of every step is computed from the dimensions
+    (:func:`plan_bytes`); a step that would need more than is available raises
+    :class:`fpt_ref.memory.ResourceError` (a ``ValueError``) naming the step and both figures.
 
     Examples
     --------
     >>> import fpt_ref
-    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4)
+    >>> model = fpt_ref.init_model(h=4, p=8, n_heads=1, k=2, v=2, n_layers=2, out_dim=3, max_seq=4)
     >>> for result in run_plan(model, "mlp p=12; hidden h=6"):
     ...     print(result.step, result.model.h, result.model.layers[0].p, result.error["ok"])
     mlp p=12 4 12 True
     hidden h=6 6 12 True
     """
+    from .memory import available_bytes, require
+
     steps = parse_plan(plan)
+    if seed is not None:
+        seed = check_int("seed", seed, 0)
+    batch = check_int("batch", batch, 1)
+    if seq is not None:
+        seq = check_int("seq", seq, 1)
+    avail = available_bytes()
+    per_step, checking = plan_bytes(model, steps, check, batch, seq, avail)
+    for i, (step, need) in enumerate(zip(steps, per_step), start=1):
+        require(need, f"plan: step {i} ({step})", avail)
+    require(checking, f"plan: checking the {len(steps)} steps on batch={batch} sequences", avail)
     results = []
     current = model
     for i, step in enumerate(steps):
-        current, manifest = apply_step(current, step, init=init, seed=seed + i, return_manifest=True)
+        current, manifest = apply_step(
+            current, step, init=init, seed=None if seed is None else seed + i, return_manifest=True
+        )
         results.append(StepResult(step, current, manifest, None))
     if check:  # the original model runs once for all the steps
-        errors = verify_each(model, [r.model for r in results], batch=batch, seq=seq, seed=seed)
+        errors = verify_each(model, [r.model for r in results], batch=batch, seq=seq, seed=0 if seed is None else seed)
         for r, err in zip(results, errors):
             r.error = err
     return results

@@ -86,7 +86,7 @@ def test_forward_flops_matches_the_matmuls_the_forward_performs():
 def test_forward_flops_by_hand():
     # h=4, one layer, two heads (k=2, v=3), p=5, o=6, b=1, s=7:
     # QKV 4*(2*4+6)=56, logits+AV 7*(4+6)=70, W_O 4*6=24, MLP 2*4*5=40, W_out 4*6=24 -> 214; x 2 b s
-    m = fpt_ref.init_model(h=4, p=5, heads=2, k=2, v=3, layers=1, out_dim=6, max_seq=7)
+    m = fpt_ref.init_model(h=4, p=5, n_heads=2, k=2, v=3, n_layers=1, out_dim=6, max_seq=7)
     assert ops.forward_flops(m, 1, 7) == 2 * 7 * 214
 
 

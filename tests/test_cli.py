@@ -154,7 +154,14 @@ def test_demo():
         (["init", "--h", "0", "-o", "y"], "h: must be at least 1, got 0"),
         (["nosuchcommand"], "invalid choice"),
         (["info", "NOTAMODEL"], "not a readable safetensors file"),
-        (["init", "-o", "no/such/folder/x.safetensors"], "cannot write"),
+        (["init", "-o", "no/such/folder/x.safetensors"], "-o: folder"),
+        (["info", "/dev/null"], "/dev/null: not a regular file (a character device)"),
+        (["info", "."], ": not a regular file (a directory)"),
+        (
+            ["expand", "/dev/null", "--plan", "mlp p=20", "-o", "x.safetensors"],
+            "not a regular file (a character device)",
+        ),
+        (["init", "-o", "/dev/null"], "-o: /dev/null is a character device, not a regular file"),
         (["expand", "BASE", "--plan", "mlp p=20", "-o", "no/such/folder/x.safetensors"], "does not exist"),
         (["expand", "BASE", "--plan", '[{"op": [1]}]', "-o", "x.safetensors"], "unknown step"),
         (["init", "--seed", "-1", "-o", "x.safetensors"], "argument --seed: must be at least 0, got -1"),
@@ -170,6 +177,65 @@ def test_user_errors_print_one_line_and_exit_2(base, tmp_path, args, msg):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and msg in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_version_prints_the_setup_cfg_version():
+    import configparser
+    import os
+
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(os.path.dirname(__file__), os.pardir, "setup.cfg"))
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"fpt-ref {cfg.get('metadata', 'version')}"
+
+
+def test_json_plan_file_with_a_byte_order_mark(base, tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_bytes("\ufeff".encode() + b'[{"op": "mlp", "p": 16}]')
+    r = run("expand", base, "--plan", plan, "-o", tmp_path / "big.safetensors")
+    assert r.returncode == 0, r.stderr
+    assert fpt_ref.load(tmp_path / "big.safetensors").layers[0].p == 16
+
+
+def test_nonfinite_weights_are_an_error_unless_allowed(base, tmp_path):
+    from fpt_ref.model import from_tensors, to_tensors
+
+    m = fpt_ref.load(base)
+    t = {k: np.array(v) for k, v in to_tensors(m).items()}
+    t["layers.0.w_l2"][0, :3] = [np.nan, np.inf, -np.inf]
+    bad = tmp_path / "nan.safetensors"
+    fpt_ref.save(from_tensors(t, m.norm_eps, m.causal), bad)
+    r = run("expand", bad, "--plan", "mlp p=16", "-o", tmp_path / "o.safetensors")
+    assert r.returncode == 2 and "tensor 'layers.0.w_l2' holds 3 non-finite values" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.safetensors").exists()
+    r = run("expand", bad, "--plan", "mlp p=16", "--allow-nonfinite", "-o", tmp_path / "o.safetensors")
+    assert "warning:" in r.stderr and "'layers.0.w_l2' holds 3 non-finite values" in r.stderr
+    r = run("info", bad, "--nonfinite")
+    assert r.returncode == 0 and "non-finite values: 3" in r.stdout and "layers.0.w_l2: 3" in r.stdout
+    r = run("info", bad)  # the header only: dimensions, no values read
+    assert r.returncode == 0 and "h=8 o=5 N=2" in r.stdout
+
+
+def test_info_reads_only_the_header_of_a_large_file(tmp_path):
+    import json
+    import struct
+
+    # a header declaring 8 GB of tensors over a sparse file: info answers from the header alone
+    h, s, o = 1 << 16, 1 << 14, 1
+    header = {
+        "pos": {"dtype": "F64", "shape": [s, h], "data_offsets": [0, 8 * s * h]},
+        "w_out": {"dtype": "F64", "shape": [h, o], "data_offsets": [8 * s * h, 8 * s * h + 8 * h * o]},
+        "__metadata__": {"format": "fpt-ref/1"},
+    }
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = tmp_path / "big.safetensors"
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + 8 * s * h + 8 * h * o)
+    r = run("info", path)
+    assert r.returncode == 0, r.stderr
+    assert f"h={h} o=1 N=0 s_max={s}" in r.stdout
 
 
 # ---- plug-ins: sub-commands found through the fpt_ref.commands entry-point group ----------

@@ -192,11 +192,11 @@ def test_layer_addition(at, hetero_model):
 
 def test_layer_addition_overrides_and_empty_model(hetero_model):
     m = hetero_model()
-    big = add_layer(m, 1, p=3, heads=4, k=2, v=5)
+    big = add_layer(m, 1, p=3, n_heads=4, k=2, v=5)
     assert big.layers[1].p == 3 and [(h.k, h.v) for h in big.layers[1].heads] == [(2, 5)] * 4
     preserved(m, big)
-    empty = fpt_ref.init_model(h=4, layers=0, p=[], heads=[], k=[], v=[], vocab=9)
-    grown = add_layer(empty, 0, p=3, heads=2, k=2, v=2)
+    empty = fpt_ref.init_model(h=4, n_layers=0, p=[], n_heads=[], k=[], v=[], vocab=9)
+    grown = add_layer(empty, 0, p=3, n_heads=2, k=2, v=2)
     assert grown.N == 1
     preserved(empty, grown)
     with pytest.raises(ValueError, match="give all four"):
@@ -416,7 +416,7 @@ def test_bad_arguments_raise_value_error_naming_the_argument(call, arg, hetero_m
 
 
 def test_expansions_on_a_model_without_layers_raise_instead_of_doing_nothing():
-    empty = fpt_ref.init_model(h=4, layers=0, p=[], heads=[], k=[], v=[])
+    empty = fpt_ref.init_model(h=4, n_layers=0, p=[], n_heads=[], k=[], v=[])
     for call in (
         lambda: expand_mlp(empty, 5),
         lambda: add_heads(empty),

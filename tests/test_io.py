@@ -131,8 +131,8 @@ def test_unsupported_dtype_file_is_a_format_error(tmp_path):
     ).encode()
     path = tmp_path / "bf16.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x80\x3f\x80\x3f")
-    # NumPy cannot hold bfloat16 unless ml_dtypes is loaded (JAX loads it): then the dtype check speaks
-    with pytest.raises(fpt_ref.FormatError, match="not a readable safetensors file|dtype must be float32 or float64"):
+    # the header alone is refused: the data is never handed to NumPy
+    with pytest.raises(fpt_ref.FormatError, match="tensor 'pos' has dtype BF16; the format holds F64 or F32"):
         fpt_ref.load(path)
 
 
@@ -141,8 +141,8 @@ def test_nan_eps_in_metadata_is_a_format_error(tmp_path, tensors):
         fpt_ref.load(_write(tmp_path, tensors, {"format": "fpt-ref/1", "norm_eps": "nan", "causal": "false"}))
 
 
-def test_save_to_a_missing_folder_is_an_os_error(tmp_path, hetero_model):
-    with pytest.raises(OSError, match="cannot write"):
+def test_save_to_a_missing_folder_is_refused(tmp_path, hetero_model):
+    with pytest.raises(ValueError, match="^path: folder .* does not exist"):
         fpt_ref.save(hetero_model(), tmp_path / "no" / "such" / "m.safetensors")
 
 
@@ -202,3 +202,104 @@ def test_a_model_tensor_under_a_layer_is_an_unexpected_tensor(tmp_path, tensors)
     t["layers.0.pos"] = np.zeros((5, 6))
     with pytest.raises(fpt_ref.FormatError, match="unexpected tensor 'layers.0.pos'"):
         fpt_ref.load(_write(tmp_path, t))
+
+
+# ---- inputs users really have: devices, permissions, truncated files, NaN, header-only reads ----
+
+
+def test_a_device_is_not_a_regular_file():
+    with pytest.raises(fpt_ref.FormatError, match=r"^/dev/null: not a regular file \(a character device\)$"):
+        fpt_ref.load("/dev/null")
+
+
+def test_a_directory_is_not_a_regular_file(tmp_path):
+    with pytest.raises(fpt_ref.FormatError, match=r"not a regular file \(a directory\)"):
+        fpt_ref.load(tmp_path)
+
+
+def test_permission_error_says_permission_denied(tmp_path, monkeypatch, hetero_model):
+    path = tmp_path / "m.safetensors"
+    fpt_ref.save(hetero_model(), path)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("fpt_ref.io.os.stat", denied)  # root reads every file: simulate the refusal
+    with pytest.raises(PermissionError, match="permission denied") as info:
+        fpt_ref.load(path)
+    assert "No such file" not in str(info.value)
+
+
+@pytest.mark.parametrize("cut", [1, 100, 8])
+def test_truncated_file_is_refused_from_the_header(tmp_path, hetero_model, cut):
+    path = tmp_path / "m.safetensors"
+    fpt_ref.save(hetero_model(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-cut] if cut != 8 else data[:8])
+    with pytest.raises(fpt_ref.FormatError, match="truncated|header of|not a readable"):
+        fpt_ref.load(path)
+
+
+def test_declared_size_that_does_not_match_the_shape(tmp_path):
+    import json
+    import struct
+
+    header = json.dumps(
+        {
+            "pos": {"dtype": "F64", "shape": [1000000, 1000000], "data_offsets": [0, 8]},
+            "w_out": {"dtype": "F64", "shape": [1, 1], "data_offsets": [8, 16]},
+            "__metadata__": {"format": "fpt-ref/1"},
+        }
+    ).encode()
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+    with pytest.raises(fpt_ref.FormatError, match=r"tensor 'pos' declares shape \[1000000, 1000000\]"):
+        fpt_ref.load(path)
+
+
+@pytest.mark.parametrize("value,count", [(np.nan, 1), (np.inf, 3), (-np.inf, 2)])
+def test_nonfinite_weights_are_named_at_load(tmp_path, hetero_model, value, count):
+    m = hetero_model()
+    t = {k: np.array(v) for k, v in named_tensors(m).items()}
+    t["layers.1.w_l1"].flat[:count] = value
+    path = tmp_path / "nan.safetensors"
+    fpt_ref.save(fpt_ref.model.from_tensors(t, m.norm_eps, m.causal), path)
+    with pytest.raises(fpt_ref.FormatError, match=rf"tensor 'layers.1.w_l1' holds {count} non-finite value"):
+        fpt_ref.load(path)
+    back = fpt_ref.load(path, allow_nonfinite=True)
+    assert int(np.sum(~np.isfinite(back.layers[1].w_l1))) == count
+    from fpt_ref.io import nonfinite_counts
+
+    assert nonfinite_counts(named_tensors(back)) == {"layers.1.w_l1": count}
+
+
+def test_load_header_reads_no_data(tmp_path, hetero_model, monkeypatch):
+    from fpt_ref.io import load_header
+
+    m = hetero_model()
+    path = tmp_path / "m.safetensors"
+    fpt_ref.save(m, path)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr("safetensors.safe_open", no_data)
+    monkeypatch.setattr("safetensors.numpy.load_file", no_data)
+    shell = load_header(path)
+    assert fpt_ref.dims(shell) == fpt_ref.dims(m) and fpt_ref.param_count(shell) == fpt_ref.param_count(m)
+    assert (shell.norm_eps, shell.causal) == (m.norm_eps, m.causal)
+
+
+def test_from_tensors_and_to_tensors_round_trip(hetero_model):
+    from fpt_ref.model import from_tensors, to_tensors
+
+    m = hetero_model(vocab=9, causal=True, eps=1e-6)
+    t = to_tensors(m)
+    back = from_tensors(t, norm_eps=m.norm_eps, causal=m.causal)
+    assert list(to_tensors(back)) == list(t)
+    assert all(to_tensors(back)[k] is t[k] for k in t)  # no copies
+    assert fpt_ref.dims(back) == fpt_ref.dims(m) and back.causal and back.norm_eps == 1e-6
+    with pytest.raises(ValueError, match="^tensors: missing tensor 'layers.1.w_l2'"):
+        from_tensors({k: v for k, v in t.items() if k != "layers.1.w_l2"})
+    with pytest.raises(ValueError, match="^tensors: unexpected tensor 'bogus'"):
+        from_tensors(dict(t, bogus=np.zeros(2)))

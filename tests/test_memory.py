@@ -41,7 +41,7 @@ STEPS = [
 
 @pytest.mark.parametrize("op,args", STEPS, ids=[f"{op}-{i}" for i, (op, _) in enumerate(STEPS)])
 def test_dims_after_matches_the_expansion(op, args):
-    model = init_model(h=16, p=[32, 24], heads=[2, 3], k=[8, 6], v=[8, 5], layers=2, vocab=20, max_seq=6)
+    model = init_model(h=16, p=[32, 24], n_heads=[2, 3], k=[8, 6], v=[8, 5], n_layers=2, vocab=20, max_seq=6)
     grown = FNS[op](model, **args)
     assert dims_after(dims(model), op, args) == dims(grown)
     assert param_count_of(dims(grown)) == param_count(grown)
@@ -52,7 +52,7 @@ SHAPES = [(64, 256, 4, 64, 8), (32, 64, 2, 12, 4), (128, 512, 8, 128, 2), (16, 3
 
 @pytest.mark.parametrize("h,p,E,s,b", SHAPES)
 def test_forward_bytes_bounds_the_measured_peak(h, p, E, s, b):
-    model = init_model(h=h, p=p, heads=E, k=16, v=16, layers=2, max_seq=s, causal=True)
+    model = init_model(h=h, p=p, n_heads=E, k=16, v=16, n_layers=2, max_seq=s, causal=True)
     x = random_inputs(model, batch=b, seq=s)
     forward(model, x)  # warm up whatever NumPy caches
     tracemalloc.start()
@@ -65,7 +65,7 @@ def test_forward_bytes_bounds_the_measured_peak(h, p, E, s, b):
 
 
 def test_model_bytes_is_exact():
-    model = init_model(h=12, p=[7, 9], heads=[1, 3], k=[2, 5], v=[3, 4], layers=2, vocab=11, dtype="float32")
+    model = init_model(h=12, p=[7, 9], n_heads=[1, 3], k=[2, 5], v=[3, 4], n_layers=2, vocab=11, dtype="float32")
     assert model_bytes(dims(model), 4) == sum(int(a.nbytes) for a in _tensors(model))
 
 

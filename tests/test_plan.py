@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 import fpt_ref
-from fpt_ref import PlanError, Step, paper, parse_plan, plan
+from fpt_ref import PlanError, Step, paper, parse_plan, plan, run_plan
 
 TEXT = (
     "mlp p=48 layers=0,1; add_heads count=2\nheads v=12 layers=1 heads=0; attention k=12; hidden h=24; add_layer at=1"
@@ -99,7 +100,7 @@ def test_plan_accepts_exactly_the_keys_of_the_papers_table(op):
         args = {**required, key: TEXT_OF[kind]}
         (step,) = parse_plan(op + " " + " ".join(f"{k}={v}" for k, v in args.items()))
         assert step.op == op and step.args[key] == VALUE_OF[kind], (op, key)
-    others = {k for r in paper.EXPANSIONS.values() for k in r.keys} - set(row.keys)
+    others = {k for r in paper.EXPANSIONS.values() for k in r.keys} - set(row.keys) - set(plan.RENAMED_KEYS.get(op, ()))
     for key in sorted(others) + ["q"]:
         text = op + " " + " ".join(f"{k}={v}" for k, v in {**required, key: "1"}.items())
         with pytest.raises(PlanError, match=f"has no key '{key}'"):
@@ -126,3 +127,70 @@ def test_plan_integers_are_decimal_integers(value):
 def test_plan_json_integers_refuse_other_types(value):
     with pytest.raises(PlanError, match="is not"):
         parse_plan([{"op": "mlp", "p": 9, "layers": value}])
+
+
+@pytest.fixture
+def small_model():
+    return fpt_ref.init_model(h=4, p=8, n_heads=1, k=2, v=2, n_layers=2, out_dim=3, max_seq=4)
+
+
+def test_add_layer_old_heads_key_is_deprecated_and_means_n_heads():
+    with pytest.warns(DeprecationWarning, match="'heads=' is deprecated, use 'n_heads='"):
+        (step,) = parse_plan("add_layer at=1 heads=3")
+    assert step.args == {"at": 1, "n_heads": 3}
+    with pytest.raises(PlanError, match="give n_heads= only"):
+        parse_plan("add_layer at=1 heads=3 n_heads=2")
+
+
+def test_json_plan_file_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_bytes("\ufeff".encode() + b'[{"op": "hidden", "h": 24}]')
+    assert parse_plan(str(path)) == [plan.Step("hidden", {"h": 24})]
+    text = tmp_path / "plan.txt"
+    text.write_bytes("\ufeff".encode() + b"mlp p=12; hidden h=24")
+    assert [s.op for s in parse_plan(str(text))] == ["mlp", "hidden"]
+
+
+def test_run_plan_seed_none_draws_fresh_entropy(small_model):
+    a = run_plan(small_model, "mlp p=12", seed=None)
+    b = run_plan(small_model, "mlp p=12", seed=None)
+    assert a[0].error["ok"] and b[0].error["ok"]
+    assert not np.array_equal(a[0].model.layers[0].w_l1, b[0].model.layers[0].w_l1)
+    c = run_plan(small_model, "mlp p=12", seed=np.int64(3))
+    d = run_plan(small_model, "mlp p=12", seed=3)
+    assert np.array_equal(c[0].model.layers[0].w_l1, d[0].model.layers[0].w_l1)
+
+
+@pytest.mark.parametrize(
+    "text,step",
+    [
+        ("hidden h=1000000000", "step 1 (hidden h=1000000000)"),
+        ("mlp p=12; mlp p=1000000000", "step 2 (mlp p=1000000000)"),
+        ("add_layer at=0 p=100000 count=100000", "step 1 (add_layer at=0 p=100000 count=100000)"),
+        ("add_heads count=100000000", "step 1 (add_heads count=100000000)"),
+    ],
+)
+def test_run_plan_refuses_a_plan_too_large_before_the_first_step(small_model, text, step, monkeypatch):
+    import time
+
+    from fpt_ref.memory import ResourceError
+
+    calls = []
+    monkeypatch.setattr(plan, "apply_step", lambda *a, **k: calls.append(a))
+    t0 = time.perf_counter()
+    with pytest.raises(ResourceError, match=rf"^plan: {re.escape(step)} needs about .* of memory, .* available"):
+        run_plan(small_model, text)
+    assert time.perf_counter() - t0 < 1.0 and not calls
+
+
+def test_plan_bytes_counts_every_model_held(small_model):
+    from fpt_ref.memory import model_bytes
+
+    steps = parse_plan("mlp p=12; hidden h=8")
+    need, checking = plan.plan_bytes(small_model, steps, check=False)
+    assert checking == 0
+    d0, d1, d2 = [fpt_ref.dims(small_model)] + plan.plan_dims(small_model, steps)
+    b = [model_bytes(d, 8) for d in (d0, d1, d2)]
+    assert need == [b[0] + 2 * b[1], b[0] + b[1] + 2 * b[2]]
+    real = run_plan(small_model, "mlp p=12; hidden h=8", check=False)
+    assert [fpt_ref.dims(r.model) for r in real] == [d1, d2]

@@ -186,7 +186,7 @@ def test_no_float32_argmax_near_ties(vec):
 
 def test_path_lengths_by_hand():
     # h=4, k=2, v=3, p=6, E=1, s=5: per layer 4h + k + 2s + v + p = 16 + 2 + 10 + 3 + 6 = 37, + 28 elementwise
-    model = fpt_ref.init_model(h=4, p=6, heads=1, k=2, v=3, layers=2, out_dim=3, max_seq=5)
+    model = fpt_ref.init_model(h=4, p=6, n_heads=1, k=2, v=3, n_layers=2, out_dim=3, max_seq=5)
     assert path_lengths(model, 5) == {"residual.0": 3, "residual.1": 68, "residual.2": 133, "output": 138}
 
 

@@ -9,6 +9,7 @@ is imported only when drawing.
 from __future__ import annotations
 
 import os
+import re
 
 from ..paper import EXPANSIONS
 from .render import step_figure
@@ -40,13 +41,52 @@ def draw_results(model, results, out_dir: str, *, max_tensors: int = 6, dpi: int
 
     Files: ``step{i}_{op}.png`` (i from 1) and ``model.png``. Each caption gives the step's
     preservation error of the composition so far when the plan was run with ``check``.
+
+    ``out_dir`` is missing, empty, or a folder holding only figures of this function: it is
+    replaced as a whole once every figure is drawn (:func:`fpt_ref.files.replace_directory`),
+    so no figure of an older, longer plan survives; any other folder is refused before drawing.
     """
+    from ..files import replace_directory
+
+    with replace_directory(out_dir, is_figures_dir, name="out_dir") as tmp:
+        paths = _draw_into(tmp, model, results, max_tensors, dpi)
+    return [os.path.join(out_dir, os.path.basename(p)) for p in paths]
+
+
+_FIGURE = re.compile(r"^(step[0-9]+_[a-z_]+|model)\.png$")
+
+
+def is_figures_dir(path: str) -> bool:
+    """Whether every entry of folder ``path`` is a figure :func:`draw_results` writes."""
+    try:
+        return all(_FIGURE.match(name) and os.path.isfile(os.path.join(path, name)) for name in os.listdir(path))
+    except OSError:
+        return False
+
+
+def check_out_dir(out_dir: str) -> None:
+    """``ValueError`` (``out_dir: ...``) when ``out_dir`` cannot take the figures, before any work."""
+    real = os.path.realpath(os.fspath(out_dir))
+    if os.path.exists(real):
+        if not os.path.isdir(real):
+            raise ValueError(f"out_dir: {out_dir} exists and is not a directory")
+        if os.listdir(real) and not is_figures_dir(real):
+            raise ValueError(f"out_dir: {out_dir} is not empty and does not hold only figures of fpt-ref draw")
+    elif not os.path.isdir(os.path.dirname(real)):
+        raise ValueError(f"out_dir: folder {os.path.dirname(real)} does not exist")
+
+
+def _savefig(fig, path: str, dpi: int) -> str:
+    from ..files import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"), name="out_dir")
+    return path
+
+
+def _draw_into(out_dir: str, model, results, max_tensors: int, dpi: int) -> list:
     from ..model import dims_summary
     from .architecture import model_figure
 
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"out_dir: {out_dir!r} exists and is not a directory")
-    os.makedirs(out_dir, exist_ok=True)
     paths = []
     prev = model
     for i, r in enumerate(results, 1):
@@ -73,9 +113,7 @@ def draw_results(model, results, out_dir: str, *, max_tensors: int = 6, dpi: int
             notes=notes,
             max_tensors=max_tensors,
         )
-        path = os.path.join(out_dir, f"step{i}_{r.step.op}.png")
-        fig.savefig(path, dpi=dpi)
-        paths.append(path)
+        paths.append(_savefig(fig, os.path.join(out_dir, f"step{i}_{r.step.op}.png"), dpi))
         prev = r.model
     fig = model_figure(
         model,
@@ -84,9 +122,7 @@ def draw_results(model, results, out_dir: str, *, max_tensors: int = 6, dpi: int
         [r.manifest for r in results],
         title="plan: " + "; ".join(str(r.step) for r in results),
     )
-    path = os.path.join(out_dir, "model.png")
-    fig.savefig(path, dpi=dpi)
-    paths.append(path)
+    paths.append(_savefig(fig, os.path.join(out_dir, "model.png"), dpi))
     return paths
 
 
@@ -94,5 +130,6 @@ def draw_plan(
     model, plan, out_dir: str, *, init="normal", seed: int = 0, max_tensors: int = 6, check: bool = True, dpi: int = 100
 ) -> list:
     """Run ``plan`` on ``model`` and write one PNG per step plus ``model.png``; returns the paths."""
+    check_out_dir(out_dir)
     results = run_for_drawing(model, plan, init=init, seed=seed, check=check)
     return draw_results(model, results, out_dir, max_tensors=max_tensors, dpi=dpi)

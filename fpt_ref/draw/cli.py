@@ -16,7 +16,12 @@ def cmd_draw(args) -> int:
     matplotlib.use("Agg")
     from ..demo import DEMO_PLAN, demo_model
     from ..io import load
-    from . import draw_results, run_for_drawing
+    from . import check_out_dir, draw_results, run_for_drawing
+
+    try:
+        check_out_dir(args.out)  # before loading or drawing anything
+    except ValueError as exc:
+        raise ValueError("-o" + str(exc)[len("out_dir") :]) from None
 
     if args.model == "demo" and not os.path.exists(args.model):
         model = demo_model()
@@ -28,8 +33,6 @@ def cmd_draw(args) -> int:
         if args.plan is None:
             raise ValueError("--plan: required unless MODEL is 'demo'")
         plan = args.plan
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise ValueError(f"-o: {args.out!r} exists and is not a directory")
     results = run_for_drawing(model, plan, init=args.init, seed=args.seed, check=not args.no_check)
     paths = draw_results(model, results, args.out, max_tensors=args.max_tensors, dpi=args.dpi)
     for p in paths:

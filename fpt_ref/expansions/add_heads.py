@@ -34,7 +34,7 @@ def add_heads(
     Examples
     --------
     >>> import fpt_ref
-    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4)
+    >>> model = fpt_ref.init_model(h=4, p=8, n_heads=1, k=2, v=2, n_layers=2, out_dim=3, max_seq=4)
     >>> big, manifest = add_heads(model, layers=1, k=3, return_manifest=True)
     >>> [(head.k, head.v) for head in big.layers[1].heads]
     [(2, 2), (3, 2)]

@@ -5,17 +5,29 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..checks import check_int
+from ..deprecation import renamed
 from ..model import Head, Layer, Model
 from ..names import tensor_name
 from ._common import Builder, finish
 
 
+@renamed(heads="n_heads")
 def add_layer(
-    model: Model, at: int, *, p=None, heads=None, k=None, v=None, init="normal", seed=0, return_manifest=False
+    model: Model,
+    at: int,
+    *,
+    p=None,
+    n_heads=None,
+    k=None,
+    v=None,
+    count: int = 1,
+    init="normal",
+    seed=0,
+    return_manifest=False,
 ):
-    """Insert a new layer at position ``at`` in ``0..N`` (paper section 3.6).
+    """Insert ``count`` new layers at position ``at`` in ``0..N`` (paper section 3.6).
 
-    Constrained: the new layer's ``W_O`` (every head's block), ``W_l2`` and ``b_l2`` are zero,
+    Constrained: each new layer's ``W_O`` (every head's block), ``W_l2`` and ``b_l2`` are zero,
     so both residual branches add zero and the layer is the identity.
     Free: both gain vectors, every ``W_Q,e``, ``W_K,e``, ``W_V,e``, ``W_l1`` and ``b_l1``.
 
@@ -23,18 +35,22 @@ def add_layer(
     ----------
     model : Model
     at : int
-        Position of the new layer; layers ``at..N-1`` move up by one.
-    p, heads, k, v : int, optional
-        Dimensions of the new layer. Defaults come from the layer it follows (layer ``at-1``;
-        layer 0 when ``at == 0``): its ``p``, its heads' ``(k, v)``. Giving ``heads`` gives
+        Position of the first new layer; layers ``at..N-1`` move up by ``count``.
+    p, n_heads, k, v : int, optional
+        Dimensions of the new layers. Defaults come from the layer they follow (layer ``at-1``;
+        layer 0 when ``at == 0``): its ``p``, its heads' ``(k, v)``. ``n_heads`` (a count) gives
         that many heads of that layer's first head's ``(k, v)``; ``k`` / ``v`` set every head's.
-        A model with no layers needs all four.
+        A model with no layers needs all four. ``heads=`` is the deprecated name of ``n_heads``.
+    count : int
+        Number of layers inserted (default 1), all of the same dimensions, at
+        ``at, at+1, ..., at+count-1``; each is an identity layer, so the result is what
+        ``count`` single insertions give, and the manifest lists the blocks of all of them.
     init, seed, return_manifest : see :func:`fpt_ref.expand_mlp`.
 
     Examples
     --------
     >>> import fpt_ref
-    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4)
+    >>> model = fpt_ref.init_model(h=4, p=8, n_heads=1, k=2, v=2, n_layers=2, out_dim=3, max_seq=4)
     >>> big, manifest = add_layer(model, 1, p=5, return_manifest=True)
     >>> big.N, big.layers[1].p
     (3, 5)
@@ -42,28 +58,31 @@ def add_layer(
     ['W_O', 'W_l2', 'b_l2']
     >>> fpt_ref.verify(model, big)["ok"]
     True
+    >>> add_layer(model, 2, n_heads=3, count=2).N
+    4
     """
     at = check_int("at", at, 0)
     if at > model.N:
         raise ValueError(f"at: position {at} is out of range 0..{model.N} for a model with N={model.N} layers")
-    for name, val in (("p", p), ("heads", heads), ("k", k), ("v", v)):
+    for name, val in (("p", p), ("n_heads", n_heads), ("k", k), ("v", v)):
         if val is not None:
             check_int(name, val, 1)
+    count = check_int("count", count, 1)
     xp, h = model.xp, model.h
     if model.N == 0:
-        if None in (p, heads, k, v):
+        if None in (p, n_heads, k, v):
             raise ValueError(
-                "p, heads, k, v: a model with no layers has no layer to copy dimensions from; give all four"
+                "p, n_heads, k, v: a model with no layers has no layer to copy dimensions from; give all four"
             )
         ones = xp.ones((h,), dtype=model.dtype)
         ref = None
     else:
         ref = model.layers[at - 1 if at > 0 else 0]
-    p = ref.p if p is None else p
-    if heads is None and ref is not None:
-        kv = [(hd.k if k is None else k, hd.v if v is None else v) for hd in ref.heads]
+    p = ref.p if p is None else int(p)
+    if n_heads is None and ref is not None:
+        kv = [(hd.k if k is None else int(k), hd.v if v is None else int(v)) for hd in ref.heads]
     else:
-        kv = [(ref.heads[0].k if k is None else k, ref.heads[0].v if v is None else v)] * heads
+        kv = [(ref.heads[0].k if k is None else int(k), ref.heads[0].v if v is None else int(v))] * int(n_heads)
 
     b = Builder(model, "add_layer", init, seed)
 
@@ -72,27 +91,30 @@ def add_layer(
             return None
         return getattr(ref.heads[min(e, ref.E - 1)], name)
 
-    new_heads = tuple(
-        Head(
-            w_q=b.whole(tensor_name("w_q", at, e), b.free("W_Q", (h, ke), like(e, "w_q"))),  # [h, k]
-            w_k=b.whole(tensor_name("w_k", at, e), b.free("W_K", (h, ke), like(e, "w_k"))),  # [h, k]
-            w_v=b.whole(tensor_name("w_v", at, e), b.free("W_V", (h, ve), like(e, "w_v"))),  # [h, v]
-            w_o=b.whole(tensor_name("w_o", at, e), b.zeros("W_O", (ve, h))),  # [v, h]  W_O = 0
+    def new_layer(n):
+        new_heads = tuple(
+            Head(
+                w_q=b.whole(tensor_name("w_q", n, e), b.free("W_Q", (h, ke), like(e, "w_q"))),  # [h, k]
+                w_k=b.whole(tensor_name("w_k", n, e), b.free("W_K", (h, ke), like(e, "w_k"))),  # [h, k]
+                w_v=b.whole(tensor_name("w_v", n, e), b.free("W_V", (h, ve), like(e, "w_v"))),  # [h, v]
+                w_o=b.whole(tensor_name("w_o", n, e), b.zeros("W_O", (ve, h))),  # [v, h]  W_O = 0
+            )
+            for e, (ke, ve) in enumerate(kv)
         )
-        for e, (ke, ve) in enumerate(kv)
-    )
-    layer = Layer(
-        norm_mha=b.whole(
-            tensor_name("norm_mha", at), b.free("g_MHA", (h,), ones if ref is None else ref.norm_mha)
-        ),  # [h]
-        heads=new_heads,
-        norm_mlp=b.whole(
-            tensor_name("norm_mlp", at), b.free("g_MLP", (h,), ones if ref is None else ref.norm_mlp)
-        ),  # [h]
-        w_l1=b.whole(tensor_name("w_l1", at), b.free("W_l1", (h, p), None if ref is None else ref.w_l1)),  # [h, p]
-        b_l1=b.whole(tensor_name("b_l1", at), b.free("b_l1", (p,), None if ref is None else ref.b_l1)),  # [p]
-        w_l2=b.whole(tensor_name("w_l2", at), b.zeros("W_l2", (p, h))),  # [p, h]  W_l2 = 0
-        b_l2=b.whole(tensor_name("b_l2", at), b.zeros("b_l2", (h,))),  # [h]  b_l2 = 0
-    )
-    layers = model.layers[:at] + (layer,) + model.layers[at:]
+        return Layer(
+            norm_mha=b.whole(
+                tensor_name("norm_mha", n), b.free("g_MHA", (h,), ones if ref is None else ref.norm_mha)
+            ),  # [h]
+            heads=new_heads,
+            norm_mlp=b.whole(
+                tensor_name("norm_mlp", n), b.free("g_MLP", (h,), ones if ref is None else ref.norm_mlp)
+            ),  # [h]
+            w_l1=b.whole(tensor_name("w_l1", n), b.free("W_l1", (h, p), None if ref is None else ref.w_l1)),  # [h, p]
+            b_l1=b.whole(tensor_name("b_l1", n), b.free("b_l1", (p,), None if ref is None else ref.b_l1)),  # [p]
+            w_l2=b.whole(tensor_name("w_l2", n), b.zeros("W_l2", (p, h))),  # [p, h]  W_l2 = 0
+            b_l2=b.whole(tensor_name("b_l2", n), b.zeros("b_l2", (h,))),  # [h]  b_l2 = 0
+        )
+
+    added = tuple(new_layer(at + i) for i in range(count))
+    layers = model.layers[:at] + added + model.layers[at:]
     return finish(replace(model, layers=layers), b.blocks, return_manifest)

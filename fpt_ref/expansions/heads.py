@@ -31,7 +31,7 @@ def expand_heads(model: Model, v: int, layers=None, heads=None, *, init="normal"
     Examples
     --------
     >>> import fpt_ref
-    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4)
+    >>> model = fpt_ref.init_model(h=4, p=8, n_heads=1, k=2, v=2, n_layers=2, out_dim=3, max_seq=4)
     >>> big, manifest = expand_heads(model, 3, layers=0, return_manifest=True)
     >>> for block in manifest:
     ...     print(block)

@@ -32,7 +32,7 @@ def expand_hidden(model: Model, h: int, *, init="normal", seed=0, return_manifes
     Examples
     --------
     >>> import fpt_ref
-    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4, eps=1e-6)
+    >>> model = fpt_ref.init_model(h=4, p=8, n_heads=1, k=2, v=2, n_layers=2, out_dim=3, max_seq=4, eps=1e-6)
     >>> big, manifest = expand_hidden(model, 6, return_manifest=True)
     >>> big.h, big.norm_eps == model.norm_eps * 4 / 6
     (6, True)

@@ -36,7 +36,7 @@ def expand_mlp(model: Model, p: int, layers=None, *, init="normal", seed=0, retu
     Examples
     --------
     >>> import fpt_ref
-    >>> model = fpt_ref.init_model(h=4, p=8, heads=1, k=2, v=2, layers=2, out_dim=3, max_seq=4)
+    >>> model = fpt_ref.init_model(h=4, p=8, n_heads=1, k=2, v=2, n_layers=2, out_dim=3, max_seq=4)
     >>> big, manifest = expand_mlp(model, 12, layers=[0], return_manifest=True)
     >>> big.layers[0].p, big.layers[1].p
     (12, 8)

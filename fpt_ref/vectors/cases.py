@@ -159,10 +159,10 @@ def base_kwargs(cfg: Config, fam: Family, seed: int) -> dict:
     return dict(
         h=cfg.h,
         p=p,
-        heads=heads,
+        n_heads=heads,
         k=k,
         v=v,
-        layers=N,
+        n_layers=N,
         out_dim=cfg.out_dim,
         max_seq=cfg.max_seq,
         vocab=cfg.vocab if fam.tokens else None,
@@ -193,7 +193,7 @@ def single_steps(model: Model) -> dict:
         "heads": f"heads v={v + 2} layers=0 heads=0",
         "attention": f"attention k={k + 2} layers={N - 1} heads=0",
         "hidden": f"hidden h={h + max(2, h // 2)}",
-        "add_layer": f"add_layer at={N // 2} p={p + 2} heads=2 k={k + 2} v={v}",
+        "add_layer": f"add_layer at={N // 2} p={p + 2} n_heads=2 k={k + 2} v={v}",
     }
 
 

@@ -19,13 +19,14 @@ import platform
 from dataclasses import dataclass
 
 import numpy as np
-from safetensors.numpy import save_file
 
 from .. import __version__
 from ..checks import check_int
+from ..files import replace_directory, write_npz, write_safetensors, write_text
 from ..forward import residual_streams
 from ..init import init_model, random_inputs
 from ..io import save
+from ..memory import ResourceError, require
 from ..metrics import error_stats
 from ..model import Model, dims, named_tensors, param_count
 from ..plan import apply_step, parse_plan
@@ -217,37 +218,90 @@ def manifest(case: Case, cfg: Config, seed: int, x, iseed: int, ref: dict, tol: 
 
 
 def write_case(case_dir: str, case: Case, x, ref: dict, man: dict) -> None:
-    """Write the five files of one case into ``case_dir`` (created)."""
+    """Write the six files of one case into ``case_dir`` (created), each byte-reproducible."""
     os.makedirs(case_dir, exist_ok=True)
     save(case.model, os.path.join(case_dir, "model.safetensors"))
     in_name = man["inputs"]["name"]
-    save_file({in_name: np.ascontiguousarray(x)}, os.path.join(case_dir, "inputs.safetensors"))
-    save_file({k: np.ascontiguousarray(v) for k, v in ref.items()}, os.path.join(case_dir, "outputs.safetensors"))
-    np.savez(os.path.join(case_dir, "vectors.npz"), **{in_name: x}, **ref)
-    np.savez(os.path.join(case_dir, "model.npz"), **{k: np.asarray(v) for k, v in named_tensors(case.model).items()})
-    with open(os.path.join(case_dir, "manifest.json"), "w") as f:
-        json.dump(man, f, indent=1, allow_nan=False)  # strict JSON for other languages
-        f.write("\n")
+    write_safetensors(os.path.join(case_dir, "inputs.safetensors"), {in_name: np.ascontiguousarray(x)})
+    write_safetensors(
+        os.path.join(case_dir, "outputs.safetensors"), {k: np.ascontiguousarray(v) for k, v in ref.items()}
+    )
+    write_npz(os.path.join(case_dir, "vectors.npz"), {in_name: x, **ref})
+    write_npz(os.path.join(case_dir, "model.npz"), {k: np.asarray(v) for k, v in named_tensors(case.model).items()})
+    # strict JSON for other languages
+    write_text(os.path.join(case_dir, "manifest.json"), json.dumps(man, indent=1, allow_nan=False) + "\n")
+
+
+def config_bytes(cfg: Config) -> int:
+    """Upper estimate of the memory one family's cases hold (bytes), from the config alone.
+
+    Every case model of a family is held at once (the base, six expansions, the plan's
+    steps), each at most the size of the base grown by every step of the plan; plus their
+    float64 reference outputs and residual streams, and one forward pass.
+    """
+    from ..memory import dims_after, forward_bytes, model_bytes
+
+    N, E = cfg.layers, cfg.heads + 1  # hetero families: one more head on odd layers
+    p, k, v = cfg.p + max(1, cfg.p // 2), cfg.k + 2, cfg.v + 2
+    d = {
+        "h": cfg.h,
+        "o": cfg.out_dim,
+        "s_max": cfg.max_seq,
+        "vocab": cfg.vocab,
+        "N": N,
+        "layers": [{"p": p, "heads": [[k, v]] * E} for _ in range(N)],
+    }
+    for step in parse_plan(cfg.plan) if cfg.plan else []:
+        args = dict(step.args)
+        if step.op == "add_layer":
+            args["heads"] = args.pop("n_heads", None)
+            args.pop("count", None)
+        d = dims_after(d, step.op, {k_: v_ for k_, v_ in args.items() if v_ is not None})
+    n_cases = 1 + len(EXPANSIONS) + 8
+    streams = cfg.batch * cfg.seq * (d["h"] * (d["N"] + 1) + d["o"]) * 8
+    return n_cases * (model_bytes(d, 8) + streams) + forward_bytes(d, cfg.batch, cfg.seq, 8)
+
+
+def is_vectors_dir(path: str) -> bool:
+    """Whether ``path`` holds an earlier output of :func:`write_vectors` (its ``index.json``)."""
+    try:
+        with open(os.path.join(path, "index.json"), encoding="utf-8") as f:
+            return json.load(f).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def write_vectors(out_dir, cfg: Config, seed: int = 0) -> list:
     """Build every case of ``cfg`` and write it under ``out_dir``; returns the index entries.
 
-    Raises ``ValueError`` when ``out_dir`` exists and is not a directory, when ``seed`` is
-    not an integer >= 0, or when the config's dimensions do not allow the expansions
-    (message names the step).
+    ``out_dir`` is missing, empty, or an earlier output of this function: it is replaced as
+    a whole (:func:`fpt_ref.files.replace_directory`), so no stale case of an older run
+    survives; the new folder is built beside it and put in place only when complete.
+    Same ``cfg`` and ``seed`` give byte-identical files.
+
+    Raises ``ValueError`` when ``out_dir`` exists and is not a directory or holds something
+    else, when ``seed`` is not an integer >= 0, when the config's dimensions do not allow the
+    expansions (message names the step), or (:class:`fpt_ref.memory.ResourceError`) when a
+    family's models would not fit in memory.
     """
-    out_dir = os.fspath(out_dir)
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"out_dir: {out_dir} exists and is not a directory")
     seed = check_int("seed", seed, 0)
+    require(config_bytes(cfg), f"config {cfg.name}: the cases of one family")
+    with replace_directory(out_dir, is_vectors_dir, name="out_dir") as tmp:
+        return _write_all(tmp, cfg, seed)
+
+
+def _write_all(out_dir: str, cfg: Config, seed: int) -> list:
     built = []  # every family is built before anything is written, so a bad plan leaves no partial output
     for fi, fam in enumerate(FAMILIES):
         fseed = family_seed(seed, fi)
         try:
             built.append((fseed, build_family(cfg, fam, fseed)))
         except ValueError as exc:
-            raise ValueError(f"family {fam.name}: {exc}") from None
+            raise (
+                type(exc)(f"family {fam.name}: {exc}")
+                if isinstance(exc, ResourceError)
+                else ValueError(f"family {fam.name}: {exc}")
+            ) from None
     index = []
     for fseed, cases in built:
         x_base, iseed, refs, tols = choose_inputs(cases, cfg, fseed)
@@ -259,7 +313,6 @@ def write_vectors(out_dir, cfg: Config, seed: int = 0) -> list:
             man = manifest(c, cfg, seed, x, iseed, ref, tols[c.name], root_out, parent_out)
             write_case(os.path.join(out_dir, *c.name.split("/")), c, x, ref, man)
             index.append({"case": c.name, "path": c.name, "kind": c.kind, "step": c.step, "parent": c.parent})
-    with open(os.path.join(out_dir, "index.json"), "w") as f:
-        json.dump({"format": FORMAT, "config": cfg.to_dict(), "seed": seed, "cases": index}, f, indent=1)
-        f.write("\n")
+    text = json.dumps({"format": FORMAT, "config": cfg.to_dict(), "seed": seed, "cases": index}, indent=1)
+    write_text(os.path.join(out_dir, "index.json"), text + "\n")
     return index
