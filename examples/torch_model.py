@@ -107,7 +107,7 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """PAPER.md section 1; ``forward`` returns ``(output, [X_1, ..., X_{N+1}])``."""
+    """docs/spec.md section 1; ``forward`` returns ``(output, [X_1, ..., X_{N+1}])``."""
 
     def __init__(self, h, o, s_max, vocab, layer_sizes, eps, causal, fused=False, fixed_k=None):
         super().__init__()

@@ -1,6 +1,6 @@
 """fpt-ref: reference implementation of composable function-preserving transformer expansions.
 
-Gesmundo & Maile, arXiv:2308.06103. The specification is PAPER.md; it overrides this code.
+Gesmundo & Maile, arXiv:2308.06103. The specification is docs/spec.md; it overrides this code.
 """
 
 from .expansions import Block, add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp

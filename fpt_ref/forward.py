@@ -1,6 +1,6 @@
-"""The forward pass of PAPER.md section 1 (paper eqs. 1-5), NumPy or CuPy.
+"""The forward pass of docs/spec.md section 1 (paper eqs. 1-5), NumPy or CuPy.
 
-The spec (PAPER.md) overrides this implementation. Row-vector convention: activations
+The spec (docs/spec.md) overrides this implementation. Row-vector convention: activations
 are ``[b, s, h]`` and weights multiply on the right. No Python loop runs over batch or
 sequence positions; heads of equal ``(k, v)`` are batched into one matmul.
 

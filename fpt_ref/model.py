@@ -1,4 +1,4 @@
-"""Parameter containers for the transformer of PAPER.md section 1.
+"""Parameter containers for the transformer of docs/spec.md section 1.
 
 A model is a tree of frozen dataclasses holding arrays (NumPy or CuPy). The containers
 hold no state beyond their arrays and two options; every function in this package takes
@@ -67,7 +67,7 @@ class Layer:
 
 @dataclass(frozen=True)
 class Model:
-    """The whole model of PAPER.md section 1.
+    """The whole model of docs/spec.md section 1.
 
     Parameters
     ----------

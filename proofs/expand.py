@@ -1,4 +1,4 @@
-"""The six expansions on symbolic models (PAPER.md section 2), block by block.
+"""The six expansions on symbolic models (docs/spec.md section 2), block by block.
 
 Each builder takes an :class:`~proofs.symbolic.SModel`, the set ``zero`` of new-block names
 constrained to zero and the set ``scale`` of scalings applied, and returns the expanded

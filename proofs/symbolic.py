@@ -56,7 +56,7 @@ class SLayer:
 
 @dataclass(frozen=True)
 class SModel:
-    """Model of PAPER.md section 1 with symbolic entries and real-valued inputs.
+    """Model of docs/spec.md section 1 with symbolic entries and real-valued inputs.
 
     ``inp`` is the input representation ``I`` [s, h] (symbols), ``pos`` the positional
     parameters ``P`` [s, h]; ``eps`` the norm epsilon (0 or a symbol).

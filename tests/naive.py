@@ -1,4 +1,4 @@
-"""An independent, deliberately naive implementation of PAPER.md section 1 for the tests.
+"""An independent, deliberately naive implementation of docs/spec.md section 1 for the tests.
 
 Loops over batch entries and heads, and follows the paper's equations literally (heads in
 paper order, ``W_O`` as one stacked matrix, the norm as ``x g / sqrt(mean(x^2) + eps)``).

@@ -68,7 +68,7 @@ def test_expand_writes_a_model_satisfying_every_constraint(base, tmp_path):
     a, b = fpt_ref.load(base), fpt_ref.load(out)
     assert b.h == 10 and b.layers[0].p == 16 and b.layers[1].p == 12
     assert b.norm_eps == 1e-5 * 8 / 10
-    # PAPER.md section 2, inspected tensor by tensor
+    # docs/spec.md section 2, inspected tensor by tensor
     assert np.all(b.layers[0].w_l2[12:] == 0)
     for L in b.layers:
         assert np.all(L.w_l2[:, 8:] == 0) and np.all(L.b_l2[8:] == 0)

@@ -1,6 +1,6 @@
 """Tests of ``fpt-ref draw`` (fpt_ref/draw): the figures show exactly the manifest's blocks.
 
-Expected blocks are written out by hand from the theorems (PAPER.md section 2), never taken
+Expected blocks are written out by hand from the theorems (docs/spec.md section 2), never taken
 from the drawing code. Figures are rendered with matplotlib's Agg backend.
 """
 

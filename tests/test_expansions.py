@@ -1,7 +1,7 @@
 """Each expansion on its own: shapes, the paper's constraints checked tensor by tensor,
 manifests that match the tensors, free blocks, preservation, no mutation, bad arguments.
 
-The constraint checks here restate PAPER.md section 2 directly; they do not use the
+The constraint checks here restate docs/spec.md section 2 directly; they do not use the
 manifests, which are checked separately against the tensors.
 """
 
@@ -156,7 +156,7 @@ def test_hidden_expansion(vocab, hetero_model):
 
 
 def test_hidden_expansion_needs_eps_rescaled(hetero_model):
-    """PAPER.md trap 2: keeping eps fixed breaks exact preservation when eps > 0."""
+    """docs/spec.md trap 2: keeping eps fixed breaks exact preservation when eps > 0."""
     m = hetero_model(eps=1e-3)
     big = expand_hidden(m, 10)
     assert fpt_ref.verify(m, big)["ok"]
@@ -164,7 +164,7 @@ def test_hidden_expansion_needs_eps_rescaled(hetero_model):
 
 
 def test_hidden_expansion_needs_zero_embedding_columns(hetero_model):
-    """PAPER.md trap 1: random new embedding columns break preservation."""
+    """docs/spec.md trap 1: random new embedding columns break preservation."""
     m = hetero_model()
     big = expand_hidden(m, 10)
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""The forward pass: the function of PAPER.md section 1, its options and its input checks."""
+"""The forward pass: the function of docs/spec.md section 1, its options and its input checks."""
 
 from __future__ import annotations
 

@@ -129,7 +129,7 @@ def _roles(m, role):
 
 
 def test_single_expansions_have_the_theorems_constraints(vec):
-    """PAPER.md section 2's table, read off each single-expansion manifest."""
+    """docs/spec.md section 2's table, read off each single-expansion manifest."""
     fam = "tok-causal-eps"
     base = manifest(vec, f"{fam}/base")["model"]["dims"]
     N, h = base["N"], base["h"]

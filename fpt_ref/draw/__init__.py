@@ -101,7 +101,7 @@ def _draw_into(out_dir: str, model, results, max_tensors: int, dpi: int) -> list
             )
         if r.step.op == "hidden" and prev.norm_eps:
             notes.append(
-                f"norm epsilon rescaled by h/h^: {prev.norm_eps:.3g} -> {r.model.norm_eps:.3g} (PAPER.md trap 2)"
+                f"norm epsilon rescaled by h/h^: {prev.norm_eps:.3g} -> {r.model.norm_eps:.3g} (docs/spec.md trap 2)"
             )
         theorem, constraint = caption(r.step.op)
         fig = step_figure(

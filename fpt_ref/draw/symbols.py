@@ -1,4 +1,4 @@
-"""Paper symbols for the tensors of the file format (PAPER.md section 1) and their axes.
+"""Paper symbols for the tensors of the file format (docs/spec.md section 1) and their axes.
 
 Only labels live here: which blocks are new, zero, scaled or copied always comes from an
 expansion's manifest (:class:`fpt_ref.expansions.Block`), never from these names.

@@ -1,4 +1,4 @@
-"""The six function-preserving expansions of PAPER.md section 2, one per module."""
+"""The six function-preserving expansions of docs/spec.md section 2, one per module."""
 
 from ._common import ROLES, Block
 from .add_heads import add_heads

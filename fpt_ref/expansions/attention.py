@@ -19,7 +19,7 @@ def expand_attention(
     ``W_Q,e -> [W_Q,e  M_Q,e]``, ``W_K,e -> [sqrt(k^/k) W_K,e  M_K,e]`` (both h x k^).
     Constrained: ``M_K,e = 0`` and the scaling of ``W_K,e`` by ``sqrt(k^/k)``. Free: ``M_Q,e``.
 
-    With ``scale="W_Q"`` (the mirror image, PAPER.md trap 3): ``W_Q,e`` is scaled, ``M_Q,e = 0``
+    With ``scale="W_Q"`` (the mirror image, docs/spec.md trap 3): ``W_Q,e`` is scaled, ``M_Q,e = 0``
     and ``M_K,e`` is free. Either way ``Q^ K^T`` keeps only the old products, multiplied by
     ``sqrt(k^/k)``, and ``sqrt(k^/k) / sqrt(k^) = 1 / sqrt(k)`` restores the temperature.
 

@@ -15,7 +15,7 @@ def expand_hidden(model: Model, h: int, *, init="normal", seed=0, return_manifes
 
     Constrained (new columns, zero): ``embed`` (``M_I``), ``pos`` (``M_P``), every ``W_O,e``,
     ``W_l2`` and ``b_l2``. Scaled: every gain vector ``g`` by ``sqrt(h/h^)``, and ``norm_eps``
-    by ``h/h^`` (PAPER.md trap 2: exact only with this rescaling when ``eps > 0``).
+    by ``h/h^`` (docs/spec.md trap 2: exact only with this rescaling when ``eps > 0``).
     Free: the new entries of every ``g``; the new rows of ``W_out``, ``W_l1`` and every
     ``W_Q,e``, ``W_K,e``, ``W_V,e``.
 
