@@ -1,4 +1,4 @@
-"""``python -m benchmarks [options]``: the same as ``fpt-ref bench [options]``."""
+"""``python -m fpt_ref.benchmarks [options]``: the same as ``fpt-ref bench [options]``."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""``fpt-ref bench``: the benchmark command (also ``python -m benchmarks``).
+"""``fpt-ref bench``: the benchmark command (also ``python -m fpt_ref.benchmarks``).
 
 ``register`` only adds the sub-parser; NumPy-heavy modules, matplotlib, CuPy and PyTorch
 are imported when the command runs.
@@ -30,7 +30,7 @@ def _list(choices=None):
 
 
 def add_arguments(s) -> None:
-    """The options of ``fpt-ref bench`` (and ``python -m benchmarks``) on the parser ``s``."""
+    """The options of ``fpt-ref bench`` (and ``python -m fpt_ref.benchmarks``) on the parser ``s``."""
     from .ops import OPS  # light: fpt_ref and NumPy only
 
     s.add_argument("--quick", action="store_true", help="tiny ladder, few repeats (under a minute on 2 cores)")

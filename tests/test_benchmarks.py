@@ -16,7 +16,7 @@ import pytest
 from test_expansions import hetero_model
 
 import fpt_ref
-from benchmarks import machine, ops, ratios, report, runner, timing
+from fpt_ref.benchmarks import machine, ops, ratios, report, runner, timing
 from fpt_ref.cli import main as cli_main
 from fpt_ref.model import convert, param_count
 
@@ -334,7 +334,7 @@ def test_python_dash_m_benchmarks(tmp_path):
         [
             sys.executable,
             "-m",
-            "benchmarks",
+            "fpt_ref.benchmarks",
             "--quick",
             "--sizes",
             "xxs",
@@ -356,13 +356,13 @@ def test_python_dash_m_benchmarks(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "results.json").read_text())["records"]
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--repeats", "0", "--out", str(tmp_path)],
+        [sys.executable, "-m", "fpt_ref.benchmarks", "--repeats", "0", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "python -m benchmarks: argument --repeats: must be at least 1, got 0"
+        "python -m fpt_ref.benchmarks: argument --repeats: must be at least 1, got 0"
     ]
 
 

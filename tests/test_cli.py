@@ -347,7 +347,7 @@ def test_int_arg_messages_name_no_parameter_twice():
 
 def test_plug_ins_do_not_import_the_cli_module():
     code = (
-        "import sys, fpt_ref.commands, fpt_ref.vectors.cli, fpt_ref.draw.cli, benchmarks.cli; "
+        "import sys, fpt_ref.commands, fpt_ref.vectors.cli, fpt_ref.draw.cli, fpt_ref.benchmarks.cli; "
         "assert 'fpt_ref.cli' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -63,12 +63,12 @@ def proof_checker_status():
         reason = None
         try:
             found = (
-                importlib.util.find_spec("proofs") is not None and importlib.util.find_spec("proofs.cli") is not None
+                importlib.util.find_spec("fpt_ref.proofs") is not None and importlib.util.find_spec("fpt_ref.proofs.cli") is not None
             )
         except (ImportError, ValueError):
             found = False
         if not found:
-            reason = "proof checker not available (no proofs.cli module)"
+            reason = "proof checker not available (no fpt_ref.proofs.cli module)"
         else:
             from fpt_ref.cli import main
 

@@ -346,7 +346,7 @@ def test_bench_rejected_options_leave_no_folder(extra, tmp_path, capsys):
 
 
 def test_bench_out_that_is_a_file_is_refused_before_measuring(tmp_path, capsys, monkeypatch):
-    import benchmarks.runner
+    import fpt_ref.benchmarks.runner
 
     monkeypatch.setattr(benchmarks.runner, "run", lambda *a, **k: pytest.fail("measured before checking --out"))
     out = tmp_path / "afile"

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import sympy as sp
 
-from proofs import core as C
-from proofs import summary_line
-from proofs.chains import SIZE_SETS, prove_chains, prove_compose
-from proofs.entries import DIFF_THRESHOLD, SCREEN_THRESHOLD, float_screen, numpy_forward, prove_equal
-from proofs.expand import BLOCKS, PAPER, SCALINGS, expand_hidden
-from proofs.minimal import drop_each, search
-from proofs.symbolic import Kernel, base_model, forward, model_symbols
-from proofs.theorems import SIX, THEOREMS, build_entries, check_sizes, default_sizes, entry_claim, parse_constraints
+from fpt_ref.proofs import core as C
+from fpt_ref.proofs import summary_line
+from fpt_ref.proofs.chains import SIZE_SETS, prove_chains, prove_compose
+from fpt_ref.proofs.entries import DIFF_THRESHOLD, SCREEN_THRESHOLD, float_screen, numpy_forward, prove_equal
+from fpt_ref.proofs.expand import BLOCKS, PAPER, SCALINGS, expand_hidden
+from fpt_ref.proofs.minimal import drop_each, search
+from fpt_ref.proofs.symbolic import Kernel, base_model, forward, model_symbols
+from fpt_ref.proofs.theorems import SIX, THEOREMS, build_entries, check_sizes, default_sizes, entry_claim, parse_constraints
 
 h, p, s = sp.symbols("h p s", integer=True, positive=True)
 
@@ -109,7 +109,7 @@ def test_atoms_evaluate_to_the_numeric_forward_pass():
     base, expanded, _ = build_entries("hidden", default_sizes("hidden")[1], *THEOREMS["hidden"].paper)
     K = Kernel("relu")
     y = forward(expanded, K)
-    from proofs.entries import evaluate, random_values
+    from fpt_ref.proofs.entries import evaluate, random_values
 
     vals = random_values(model_symbols(expanded), seed=3)
     a = K.numeric_matrix(y, vals)
@@ -290,8 +290,8 @@ def test_every_set_the_entry_level_finds_sufficient_is_proved_at_symbolic_sizes(
     """All constraint sets of small theorems: entry-level sufficiency and symbolic proofs agree."""
     from itertools import chain, combinations
 
-    from proofs.minimal import _decider
-    from proofs.theorems import run_blocks
+    from fpt_ref.proofs.minimal import _decider
+    from fpt_ref.proofs.theorems import run_blocks
 
     th = THEOREMS[name]
     blocks, scalings = list(th.blocks), list(th.scalings)

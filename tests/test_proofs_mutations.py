@@ -12,12 +12,12 @@ import types
 import pytest
 import sympy as sp
 
-from proofs import chains as CH
-from proofs import core as C
-from proofs import expand as X
-from proofs import symbolic as S
-from proofs.crosscheck import crosscheck_theorem
-from proofs.theorems import THEOREMS, decide, default_sizes, entry_claim, run_blocks
+from fpt_ref.proofs import chains as CH
+from fpt_ref.proofs import core as C
+from fpt_ref.proofs import expand as X
+from fpt_ref.proofs import symbolic as S
+from fpt_ref.proofs.crosscheck import crosscheck_theorem
+from fpt_ref.proofs.theorems import THEOREMS, decide, default_sizes, entry_claim, run_blocks
 
 NOT_PROVED = ("refuted", "not proved")
 
