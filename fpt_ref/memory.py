@@ -63,17 +63,21 @@ def forward_bytes(d: dict, batch: int, seq: int, itemsize: int) -> int:
     return int(itemsize) * (4 * rows * h + peak_layer + rows * o)
 
 
-def available_bytes() -> int | None:
-    """Memory this process may still use, or ``None`` where it cannot be read."""
-    avail = None
+def meminfo(field: str) -> int | None:
+    """A ``/proc/meminfo`` field in bytes (``"MemAvailable"``, ``"MemTotal"``), or ``None``."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def available_bytes() -> int | None:
+    """Memory this process may still use, or ``None`` where it cannot be read."""
+    avail = meminfo("MemAvailable")
     for path, used_path in (
         ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
