@@ -32,7 +32,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, when it is not a regular file (``"a FIFO"``, ...)."""
     for test, what in (
         (stat.S_ISDIR, "a directory"),
         (stat.S_ISCHR, "a character device"),
@@ -65,7 +66,7 @@ def check_output_file(path, name: str = "path") -> str:
     except FileNotFoundError:
         st = None
     if st is not None and not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{name}: {raw} is {_kind(st.st_mode)}, not a regular file; refusing to write to it")
+        raise ValueError(f"{name}: {raw} is {file_kind(st.st_mode)}, not a regular file; refusing to write to it")
     folder = os.path.dirname(real)
     if not os.path.isdir(folder):
         raise ValueError(f"{name}: folder {os.path.dirname(os.path.abspath(raw))} does not exist")

@@ -21,7 +21,7 @@ import struct
 
 import numpy as np
 
-from .files import write_safetensors
+from .files import file_kind, write_safetensors
 from .model import Model, from_tensors, named_tensors
 from .xp import to_numpy
 
@@ -51,19 +51,6 @@ def save(model: Model, path) -> str:
     return write_safetensors(path, tensors, meta, name="path")
 
 
-def _file_kind(mode: int) -> str:
-    for test, what in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return what
-    return "not a regular file"
-
-
 def check_input_file(path) -> int:
     """The size of the regular file ``path``; a one-line error otherwise.
 
@@ -81,7 +68,7 @@ def check_input_file(path) -> int:
     except OSError as exc:
         raise OSError(f"{path}: cannot read ({exc.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise FormatError(f"{path}: not a regular file ({_file_kind(st.st_mode)})")
+        raise FormatError(f"{path}: not a regular file ({file_kind(st.st_mode)})")
     if not os.access(path, os.R_OK):
         raise PermissionError(f"{path}: permission denied")
     return int(st.st_size)
