@@ -91,10 +91,10 @@ def build_hetero_model(vocab=50, eps=1e-6, causal=True, dtype="float64"):
     m = fpt_ref.init_model(
         h=6,
         p=[5, 7],
-        heads=[2, 3],
+        n_heads=[2, 3],
         k=[3, 2],
         v=[2, 4],
-        layers=2,
+        n_layers=2,
         out_dim=3,
         max_seq=5,
         vocab=vocab,

@@ -27,10 +27,10 @@ def test_matches_naive_at_sizes_where_blas_blocks(dtype):
     m = fpt_ref.init_model(
         h=96,
         p=[256, 320],
-        heads=[6, 4],
+        n_heads=[6, 4],
         k=[16, 24],
         v=[16, 8],
-        layers=2,
+        n_layers=2,
         out_dim=7,
         max_seq=40,
         vocab=300,

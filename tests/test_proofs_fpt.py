@@ -81,7 +81,7 @@ FPT = {  # theorem -> (fpt_ref expansion, symbolic builder), same sizes and layo
     ),
     "hidden": (lambda m: expand_hidden(m, 3), lambda b: X.expand_hidden(b, 3)),
     "eps": (lambda m: expand_hidden(m, 3), lambda b: X.expand_hidden(b, 3, scale={"g", "eps"})),
-    "add_layer": (lambda m: add_layer(m, 0, p=2, heads=1, k=2, v=2), lambda b: X.add_layer(b, 0, 2, 1, 2, 2)),
+    "add_layer": (lambda m: add_layer(m, 0, p=2, n_heads=1, k=2, v=2), lambda b: X.add_layer(b, 0, 2, 1, 2, 2)),
 }
 
 
