@@ -13,10 +13,10 @@ import sys
 
 import numpy as np
 import pytest
+from fpt_ref.benchmarks import machine, ops, ratios, report, runner, timing
 from test_expansions import hetero_model
 
 import fpt_ref
-from fpt_ref.benchmarks import machine, ops, ratios, report, runner, timing
 from fpt_ref.cli import main as cli_main
 from fpt_ref.model import convert, param_count
 

@@ -17,15 +17,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy as sp
-
-from fpt_ref.expansions import add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp
-from fpt_ref.forward import forward as fpt_forward
-from fpt_ref.metrics import error_stats, reduction_length
 from fpt_ref.proofs import expand as X
 from fpt_ref.proofs.crosscheck import compare_forward, crosscheck_theorem, tensor_mismatches, to_fpt, values_from_fpt
 from fpt_ref.proofs.entries import positive_fix, random_values
 from fpt_ref.proofs.symbolic import Kernel, base_model, forward, model_symbols
 from fpt_ref.proofs.theorems import THEOREMS, build_entries, compose_models, default_sizes
+
+from fpt_ref.expansions import add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp
+from fpt_ref.forward import forward as fpt_forward
+from fpt_ref.metrics import error_stats, reduction_length
 
 
 def _compare(m, values):
