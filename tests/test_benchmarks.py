@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import build_hetero_model
 from fpt_ref.benchmarks import machine, ops, ratios, report, runner, timing
-from test_expansions import hetero_model
 
 import fpt_ref
 from fpt_ref.cli import main as cli_main
@@ -75,7 +75,7 @@ class _CountingNamespace:
 
 def test_forward_flops_matches_the_matmuls_the_forward_performs():
     # heterogeneous heads (two (k, v) groups in layer 1) and per-layer p
-    m = convert(hetero_model(vocab=None), _CountingNamespace)
+    m = convert(build_hetero_model(vocab=None), _CountingNamespace)
     x = np.random.default_rng(0).normal(size=(3, 5, 6))
     _Counting.flops = 0
     fpt_ref.forward(m, x)
@@ -370,7 +370,7 @@ def test_python_dash_m_benchmarks(tmp_path):
 @pytest.mark.parametrize("causal,eps", [(False, 0.0), (True, 1e-6)])
 def test_torch_reference_computes_our_forward(causal, eps):
     pytest.importorskip("torch")
-    m = hetero_model(vocab=None, causal=causal, eps=eps)
+    m = build_hetero_model(vocab=None, causal=causal, eps=eps)
     x = np.random.default_rng(1).normal(size=(2, 5, 6))
     ours = fpt_ref.forward(m, x)
     theirs = ops.torch_forward_fn(m, x)().numpy()
