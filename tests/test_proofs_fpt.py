@@ -1,10 +1,10 @@
-"""Issue 3 section 5: the symbolic models compute fpt_ref's function.
+"""The symbolic models compute fpt_ref's function.
 
 Each symbolic model is evaluated at random float64 values, through the very atom
 expressions the proofs reduce (40 digits), and compared with ``fpt_ref.forward`` on a
 ``fpt_ref.Model`` built from the same numbers. The symbolic value is exact to far below
 float64 resolution, so the difference is fpt_ref's rounding alone, which
-``fpt_ref.metrics`` bounds by ``reduction_length(model, s)`` ulps of the output scale; one
+``fpt_ref.tolerance`` bounds by ``reduction_length(model, s)`` ulps of the output scale; one
 more ulp covers rounding the exact value to float64.
 
 The symbolic expansions are also compared, tensor by tensor, with fpt_ref's expansion
@@ -25,7 +25,7 @@ from fpt_ref.proofs.theorems import THEOREMS, build_entries, compose_models, def
 
 from fpt_ref.expansions import add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp
 from fpt_ref.forward import forward as fpt_forward
-from fpt_ref.metrics import error_stats, reduction_length
+from fpt_ref.tolerance import error_stats, reduction_length
 
 
 def _compare(m, values):
