@@ -15,6 +15,8 @@ import sys
 
 import numpy as np
 
+from fpt_ref.memory import meminfo
+
 ENV_VARS = (
     "OPENBLAS_CORETYPE",
     "OPENBLAS_L2_SIZE",
@@ -40,14 +42,7 @@ def cpu_info() -> dict:
                     flags = line.split(":", 1)[1]
     except OSError:
         pass
-    mem = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    mem = int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    mem = meminfo("MemTotal")
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:

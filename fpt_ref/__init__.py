@@ -3,16 +3,17 @@
 Gesmundo & Maile, arXiv:2308.06103. The specification is docs/spec.md; it overrides this code.
 """
 
+from ._version import version as _version
 from .expansions import Block, add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp
 from .forward import Trace, forward, residual_streams, trace
 from .init import init_model, random_inputs
 from .io import FormatError, load, save
-from .model import Head, Layer, Model, convert, dims, named_tensors, param_count
+from .model import Head, Layer, Model, convert, dims, from_tensors, named_tensors, param_count, to_tensors
 from .plan import PlanError, Step, apply_step, parse_plan, run_plan
 from .tolerance import error_stats, natural_scale, tolerance_abs, tolerance_ulps, tolerances
 from .verify import verify, verify_each
 
-__version__ = "0.1.0"
+__version__ = _version()
 
 __all__ = [
     "Model",
@@ -49,5 +50,7 @@ __all__ = [
     "tolerances",
     "dims",
     "named_tensors",
+    "from_tensors",
+    "to_tensors",
     "param_count",
 ]

@@ -41,20 +41,24 @@ def cmd_init(args) -> int:
 
 
 def format_table(rows: list) -> str:
-    """One row per step: step, dims, parameter count, max abs error, max ulp error, tolerance."""
+    """One row per step: step, dims, parameter count, max abs error, max ulp error, tolerance,
+    the block audit and the verdict."""
     w_step = max(len("step"), *(len(r["step"]) for r in rows))
     w_dims = max(len("dims"), *(len(r["dims"]) for r in rows))
 
     def num(value, fmt):
         return "-" if value is None else format(value, fmt)
 
-    head = f"{'step':<{w_step}}  {'dims':<{w_dims}}  {'params':>8}  {'max abs':>9}  {'max ulp':>7}  {'tol ulp':>7}  ok"
+    head = (
+        f"{'step':<{w_step}}  {'dims':<{w_dims}}  {'params':>8}  {'max abs':>9}  {'max ulp':>7}  {'tol ulp':>7}  "
+        f"blocks  ok"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         ok = "-" if r["ok"] is None else ("yes" if r["ok"] else "NO")
         lines.append(
             f"{r['step']:<{w_step}}  {r['dims']:<{w_dims}}  {r['params']:>8}  {num(r['max_abs'], '.2e'):>9}  "
-            f"{num(r['max_ulp'], '.1f'):>7}  {num(r['tol_ulp'], '.0f'):>7}  {ok}"
+            f"{num(r['max_ulp'], '.1f'):>7}  {num(r['tol_ulp'], '.0f'):>7}  {r.get('blocks') or '-':<6}  {ok}"
         )
     return "\n".join(lines)
 
@@ -72,11 +76,15 @@ def _run_and_print(model, plan, init, seed, manifest, batch=4, seq=None):
             "max_abs": None,
             "max_ulp": None,
             "tol_ulp": None,
+            "blocks": None,
             "ok": None,
         }
     ]
     rows += [r.row() for r in results]
     print(format_table(rows))
+    for i, r in enumerate(results, start=1):
+        if not r.error["audit"].ok:
+            print(f"step {i} blocks: {r.error['audit'].first}")
     _float32_note(model)
     if manifest:
         for r in results:
@@ -105,8 +113,8 @@ def _require_plan_and_write(model, plan) -> None:
     """Refuse, before the first step, a plan whose steps, check or written result would not fit.
 
     The steps and the check as :func:`fpt_ref.plan.run_plan` sizes them; writing holds every
-    model of the plan plus the serialised result three times (the library's bytes, the data
-    section sliced from them and the rewritten file, :func:`fpt_ref.files.safetensors_bytes`).
+    model of the plan plus, at most, one contiguous copy of the result's tensors (the file
+    itself is streamed, :func:`fpt_ref.files.write_safetensors`).
     """
     from .memory import available_bytes, fmt_bytes, model_bytes, require
     from .model import dims
@@ -121,7 +129,7 @@ def _require_plan_and_write(model, plan) -> None:
     itemsize = int(model.dtype.itemsize)
     chain = [dims(model)] + plan_dims(model, steps, avail)
     final = model_bytes(chain[-1], itemsize)
-    need = sum(model_bytes(d, itemsize) for d in chain) + 3 * final
+    need = sum(model_bytes(d, itemsize) for d in chain) + final
     require(need, f"writing the result ({fmt_bytes(final)})", avail)
 
 
@@ -130,6 +138,9 @@ def cmd_expand(args) -> int:
     from .io import save
 
     out = check_output_file(args.out, "-o")  # before any work: a device, FIFO or folder is refused
+    record_out = None if args.manifest_out is None else check_output_file(args.manifest_out, "--manifest-out")
+    if record_out is not None and record_out == out:
+        raise ValueError("--manifest-out: the same file as -o")
     model = load_model(args.model, args.allow_nonfinite)
     _require_plan_and_write(model, args.plan)
     results = _run_and_print(model, args.plan, args.init, args.seed, args.manifest)
@@ -139,6 +150,15 @@ def cmd_expand(args) -> int:
         print(f"NOT preserved (step {', '.join(bad)}): nothing written (--force writes the result anyway)")
         return 1
     save(results[-1].model, out)  # atomic: an input given as -o is replaced only now
+    if record_out is not None:
+        import json
+
+        from .audit import plan_record
+        from .files import write_text
+
+        record = plan_record(model, results, args.init, args.seed)
+        write_text(record_out, json.dumps(record, indent=1, sort_keys=True) + "\n", "--manifest-out")
+        print(f"wrote {args.manifest_out}: the plan record (fpt-ref verify BASE OUT --manifest {args.manifest_out})")
     if ok:
         print(f"wrote {args.out}")
         return 0
@@ -270,6 +290,12 @@ def register(subparsers) -> None:
     s.add_argument("--init", choices=["normal", "zeros"], default="normal")
     s.add_argument("--seed", type=int_arg(0), default=0)
     s.add_argument("--manifest", action="store_true", help="print every new or changed block and its role")
+    s.add_argument(
+        "--manifest-out",
+        metavar="FILE",
+        default=None,
+        help="write the plan record (steps, seeds, every block) for `fpt-ref verify --manifest`",
+    )
     s.add_argument(
         "--force", action="store_true", help="write the result even when a step is not preserved (exit status 1)"
     )

@@ -133,27 +133,51 @@ def write_text(path, text: str, name: str = "path") -> str:
     return write_bytes(path, text.encode("utf-8"), name)
 
 
+def _canonical_header(raw_header: bytes) -> bytes:
+    """A safetensors header (JSON) rewritten with sorted keys, with its 8-byte length prefix."""
+    header = json.loads(raw_header)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
 def safetensors_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
     """The safetensors serialisation of ``tensors`` (NumPy arrays), byte-reproducible.
 
     The library's own header lists ``__metadata__`` in hash order, different from one run
     to the next; this rewrites the header as JSON with sorted keys, padded with spaces to a
     multiple of 8 bytes as the format asks. Data offsets are relative to the end of the
-    header, so the data section is unchanged.
+    header, so the data section is unchanged. (In memory: for files, :func:`write_safetensors`
+    streams instead.)
     """
     from safetensors.numpy import save
 
     raw = save(tensors, metadata=metadata)
     (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + n])
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + raw[8 + n :]
+    return _canonical_header(raw[8 : 8 + n]) + raw[8 + n :]
 
 
 def write_safetensors(path, tensors: dict, metadata: dict | None = None, name: str = "path") -> str:
-    """Write :func:`safetensors_bytes` atomically (:func:`atomic_write`)."""
-    return write_bytes(path, safetensors_bytes(tensors, metadata), name)
+    """Write the bytes of :func:`safetensors_bytes` atomically (:func:`atomic_write`), streaming.
+
+    The library writes the file beside the destination; its header is rewritten and the data
+    section copied in 16 MiB pieces, so no serialised copy of the tensors is held in memory.
+    """
+    from safetensors.numpy import save_file
+
+    def write(tmp: str) -> None:
+        raw = tmp + ".raw"
+        try:
+            save_file(tensors, raw, metadata=metadata)
+            with open(raw, "rb") as src, open(tmp, "wb") as dst:
+                (n,) = struct.unpack("<Q", src.read(8))
+                dst.write(_canonical_header(src.read(n)))
+                shutil.copyfileobj(src, dst, 16 * 1024**2)
+        finally:
+            if os.path.exists(raw):
+                os.unlink(raw)
+
+    return atomic_write(path, write, name)
 
 
 def write_npz(path, arrays: dict, name: str = "path") -> str:

@@ -22,6 +22,7 @@ runs. The figures are upper estimates of what the NumPy code paths hold at their
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 GiB = 1024**3
 
@@ -54,7 +55,7 @@ def forward_bytes(d: dict, batch: int, seq: int, itemsize: int) -> int:
     for layer in d["layers"]:
         heads = layer["heads"]
         qkv = sum(2 * k + v for k, v in heads)
-        widest = max((sum(1 for kv in heads if kv == key) for key in heads), default=0)
+        widest = max(Counter(map(tuple, heads)).values(), default=0)  # the largest group of equal (k, v)
         logits = (2 * int(batch) * widest + 3) * int(seq) ** 2  # + the causal mask's [s, s] temporaries
         fused = h * qkv + sum(v for _, v in heads) * h  # W_QKV and W_O concatenated
         here = fused + rows * (2 * qkv) + logits + 2 * rows * layer["p"]
@@ -62,17 +63,21 @@ def forward_bytes(d: dict, batch: int, seq: int, itemsize: int) -> int:
     return int(itemsize) * (4 * rows * h + peak_layer + rows * o)
 
 
-def available_bytes() -> int | None:
-    """Memory this process may still use, or ``None`` where it cannot be read."""
-    avail = None
+def meminfo(field: str) -> int | None:
+    """A ``/proc/meminfo`` field in bytes (``"MemAvailable"``, ``"MemTotal"``), or ``None``."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def available_bytes() -> int | None:
+    """Memory this process may still use, or ``None`` where it cannot be read."""
+    avail = meminfo("MemAvailable")
     for path, used_path in (
         ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),

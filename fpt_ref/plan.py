@@ -196,6 +196,7 @@ class StepResult:
             "max_abs": e.get("max_abs"),
             "max_ulp": e.get("max_ulp"),
             "tol_ulp": e.get("tol_ulp"),
+            "blocks": None if e.get("audit") is None else ("ok" if e["audit"].ok else "NO"),
             "ok": e.get("ok"),
         }
 
@@ -294,9 +295,13 @@ def run_plan(
 
     Step ``i`` draws its free blocks from seed ``seed + i``; ``seed=None`` draws every step
     from fresh, independent entropy (not reproducible). With ``check``, every step's
-    model is compared with the *original* model on the same random inputs (so the error
-    reported at step ``i`` is that of the whole composition so far; the inputs are drawn
-    from ``seed``, from seed 0 when ``seed`` is ``None``).
+    model is compared with the *original* model by :func:`fpt_ref.verify_each` (every token
+    id and position, plus ``batch`` random sequences of ``seq`` positions drawn from ``seed``,
+    from seed 0 when ``seed`` is ``None``), so the error reported at step ``i`` is that of the
+    whole composition so far; and each step's manifest is audited block by block against
+    the model before it (:func:`fpt_ref.audit.audit_step`, with the step's expansion: bit-exact
+    blocks and a proved constraint set). ``error`` then holds the check's figures, ``audit``
+    (the :class:`~fpt_ref.audit.AuditReport`) and ``ok``, true when both passed.
 
     Before the first step runs, the memory of every step is computed from the dimensions
     (:func:`plan_bytes`); a step that would need more than is available raises
@@ -332,7 +337,13 @@ def run_plan(
         )
         results.append(StepResult(step, current, manifest, None))
     if check:  # the original model runs once for all the steps
+        from .audit import audit_step
+
         errors = verify_each(model, [r.model for r in results], batch=batch, seq=seq, seed=0 if seed is None else seed)
-        for r, err in zip(results, errors):
+        before = [model] + [r.model for r in results[:-1]]
+        for r, err, prev in zip(results, errors, before):
+            rep = audit_step(prev, r.model, r.manifest, r.step.op)
+            err["audit"] = rep
+            err["ok"] = bool(err["ok"] and rep.ok)
             r.error = err
     return results

@@ -116,18 +116,21 @@ def cmd_prove(args) -> int:
                     check_sizes(n, sizes)
         except ValueError as e:
             raise _flagged(e) from None
+    from fpt_ref.files import check_output_file, write_text
+
+    for path, flag in ((args.latex, "--latex"), (args.markdown, "--markdown")):
+        if path:
+            check_output_file(path, flag)  # before any work
     from .report import json_report, latex_document, markdown_report, run, text_report
 
     r = run(names, zero, scale, minimal=args.all or args.minimal, sizes=sizes)
     print(json_report(r) if args.json else text_report(r, show_chains=args.chains))
     if args.latex:
-        with open(args.latex, "w") as f:
-            f.write(latex_document(r))
+        write_text(args.latex, latex_document(r), "--latex")
         if not args.json:
             print(f"wrote {args.latex}")
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(markdown_report(r))
+        write_text(args.markdown, markdown_report(r), "--markdown")
         if not args.json:
             print(f"wrote {args.markdown}")
     return 0 if r.ok else 1

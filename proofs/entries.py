@@ -207,28 +207,41 @@ def _np(M, values) -> np.ndarray:
 
 
 def numpy_forward(m: SModel, values: dict, activation: str = "relu") -> np.ndarray:
-    """float64 output [s, o] of the symbolic model at ``values`` (an independent NumPy evaluation)."""
-    X = _np(m.inp, values) + _np(m.pos, values)  # [s, h]
-    eps = float(sp.sympify(m.eps).xreplace(values))
-    s = X.shape[0]
-    mask = np.tril(np.ones((s, s), dtype=bool)) if m.causal else np.ones((s, s), dtype=bool)  # [s, s]
-    f = ACT_NP[activation]
+    """float64 output [s, o] of the symbolic model at ``values``: fpt_ref's forward pass
+    (:func:`fpt_ref.forward.trace`) on the same numbers, with the claim's activation.
 
-    def norm(X, g):
-        return X * _np(g, values) / np.sqrt(np.mean(X * X, axis=1, keepdims=True) + eps)  # [s, h]
+    A fold over fpt_ref's one walk of the model; the symbolic model (:func:`proofs.symbolic.forward`)
+    stays the independent evaluation that the cross-check compares with it.
+    """
+    from fpt_ref.forward import trace
+    from fpt_ref.model import Head, Layer, Model
 
-    for L in m.layers:
-        N = norm(X, L.norm_mha)  # [s, h]
-        outs = []
-        for H in L.heads:
-            Q, Km, V = N @ _np(H.w_q, values), N @ _np(H.w_k, values), N @ _np(H.w_v, values)
-            lg = np.where(mask, Q @ Km.T / np.sqrt(Q.shape[1]), -np.inf)  # [s, s]
-            w = np.exp(lg - lg.max(axis=1, keepdims=True))  # [s, s]
-            outs.append((w / w.sum(axis=1, keepdims=True)) @ V)  # [s, v]
-        X = X + np.hstack(outs) @ np.vstack([_np(H.w_o, values) for H in L.heads])  # [s, h]
-        N = norm(X, L.norm_mlp)  # [s, h]
-        X = X + f(N @ _np(L.w_l1, values) + _np(L.b_l1, values)) @ _np(L.w_l2, values) + _np(L.b_l2, values)
-    return X @ _np(m.w_out, values)  # [s, o]
+    def row(M):  # [1, n] -> [n]
+        return _np(M, values)[0]
+
+    layers = tuple(
+        Layer(
+            row(L.norm_mha),
+            tuple(Head(*(_np(W, values) for W in (H.w_q, H.w_k, H.w_v, H.w_o))) for H in L.heads),
+            row(L.norm_mlp),
+            _np(L.w_l1, values),
+            row(L.b_l1),
+            _np(L.w_l2, values),
+            row(L.b_l2),
+        )
+        for L in m.layers
+    )
+    model = Model(
+        None,
+        _np(m.pos, values),  # [s, h]
+        _np(m.w_out, values),  # [h, o]
+        layers,
+        norm_eps=float(sp.sympify(m.eps).xreplace(values)),
+        causal=m.causal,
+    )
+    act = None if activation == "relu" else ACT_NP[activation]
+    out = trace(model, _np(m.inp, values)[None], activation=act).output  # [1, s, o]
+    return out[0]  # [s, o]
 
 
 def float_screen(base: SModel, expanded: SModel, activation: str = "relu", seeds=range(8)) -> float:

@@ -164,7 +164,7 @@ def test_version_has_one_source_setup_cfg():
     import configparser
     import os
 
-    from fpt_ref.cli import version
+    from fpt_ref._version import version
 
     cfg = configparser.ConfigParser()
     cfg.read(os.path.join(os.path.dirname(__file__), os.pardir, "setup.cfg"))

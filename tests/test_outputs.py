@@ -364,7 +364,7 @@ def test_bench_out_that_is_a_file_is_refused_before_measuring(tmp_path, capsys, 
 
 
 @pytest.mark.parametrize(
-    "plan,what", [("hidden h=3000000", "step 1 (hidden h=3000000)"), ("mlp p=145000", "writing the result")]
+    "plan,what", [("hidden h=3000000", "step 1 (hidden h=3000000)"), ("mlp p=3000000", "step 1 (mlp p=3000000)")]
 )
 def test_expand_sizes_the_written_result_too(plan, what, model_file, tmp_path, monkeypatch, capsys):
     import fpt_ref.memory

@@ -133,3 +133,33 @@ def test_scale_applies_to_real_inputs_only_and_manifest_needs_op():
     b, manifest = expand_mlp(a, 24, return_manifest=True)
     with pytest.raises(ValueError, match="^op: "):
         verify(a, b, manifest=manifest)
+
+
+def test_cli_expand_manifest_out_then_verify_manifest(tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    from fpt_ref.cli import main
+    from fpt_ref.files import write_safetensors
+
+    a, b, rec = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "rec.json"
+    assert main(["init", "--vocab", "30", "--eps", "1e-6", "-o", str(a)]) == 0
+    plan = "mlp p=40; add_heads count=1; heads v=10 layers=1 heads=0; attention k=10; hidden h=20; add_layer at=1"
+    assert main(["expand", str(a), "--plan", plan, "--manifest-out", str(rec), "-o", str(b)]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(a), str(b), "--manifest", str(rec)]) == 0
+    assert "audited bit for bit: all as recorded" in capsys.readouterr().out
+    # a zero block given a value far below the tolerance: the function check passes, the audit does not
+    t = load_file(str(b))
+    with safe_open(str(b), framework="numpy") as f:
+        meta = f.metadata()
+    t["layers.0.w_l2"][-1, 0] = 1e-300
+    write_safetensors(b, t, meta)
+    assert main(["verify", str(a), str(b), "--manifest", str(rec)]) == 1
+    out = capsys.readouterr().out
+    assert ": preserved" in out and "blocks: NOT as recorded: layers.0.w_l2" in out
+    # a record that is not one: one line, exit 2, before any work
+    (tmp_path / "bad.json").write_text('{"format": "x"}')
+    assert main(["verify", str(a), str(b), "--manifest", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a fpt-ref-manifest/1 record" in err[0]
