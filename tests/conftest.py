@@ -1,5 +1,6 @@
 """Shared pytest configuration and test models: hypothesis profiles, GPU detection,
-preservation records, and the models several test modules build (``hetero_model``).
+preservation records, the models several test modules build (``hetero_model``) and a
+character device node of the test's own (``char_device``).
 
 Test modules take the shared models as fixtures; a module that needs one at import time
 (a parametrization) imports the plain builder: ``from conftest import build_hetero_model``.
@@ -8,6 +9,7 @@ Test modules take the shared models as fixtures; a module that needs one at impo
 from __future__ import annotations
 
 import os
+import stat
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -91,10 +93,10 @@ def build_hetero_model(vocab=50, eps=1e-6, causal=True, dtype="float64"):
     m = fpt_ref.init_model(
         h=6,
         p=[5, 7],
-        heads=[2, 3],
+        n_heads=[2, 3],
         k=[3, 2],
         v=[2, 4],
-        layers=2,
+        n_layers=2,
         out_dim=3,
         max_seq=5,
         vocab=vocab,
@@ -110,3 +112,22 @@ def build_hetero_model(vocab=50, eps=1e-6, causal=True, dtype="float64"):
 def hetero_model():
     """:func:`build_hetero_model`, to call with its options: ``hetero_model(vocab=None)``."""
     return build_hetero_model
+
+
+# ---- a device node of the test's own --------------------------------------------------------
+
+
+@pytest.fixture
+def char_device(tmp_path):
+    """A character device node of the test's own, ``tmp_path / "null"`` with the null device's
+    numbers (1, 3). A test that tries to write to a device path uses this node, never the
+    system's /dev/null: a broken "not a regular file" check then replaces this node only.
+    Creating a node needs CAP_MKNOD; where that is not permitted the test is skipped."""
+    p = tmp_path / "null"
+    try:
+        os.mknod(p, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except OSError as exc:  # PermissionError included: no CAP_MKNOD (rootless containers, most users)
+        pytest.skip(
+            f"cannot create a character device node in tmp_path ({exc}); writing to /dev/null instead is unsafe"
+        )
+    return p

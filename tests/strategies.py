@@ -78,7 +78,7 @@ def draw_step(data, model: Model):
         if model.N == 0 or data.draw(st.booleans(), label="override"):
             kw.update(
                 p=data.draw(st.integers(1, 4)),
-                heads=data.draw(st.integers(1, 2)),
+                n_heads=data.draw(st.integers(1, 2)),
                 k=data.draw(st.integers(1, 3)),
                 v=data.draw(st.integers(1, 3)),
             )

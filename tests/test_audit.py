@@ -25,7 +25,7 @@ STEPS = {
 
 
 def _base(dtype="float64"):
-    return init_model(h=16, p=[32, 24], heads=[2, 3], k=[8, 6], v=[8, 5], layers=2, vocab=20, eps=1e-3, dtype=dtype)
+    return init_model(h=16, p=[32, 24], n_heads=[2, 3], k=[8, 6], v=[8, 5], n_layers=2, vocab=20, eps=1e-3, dtype=dtype)
 
 
 def _step(name, dtype="float64"):

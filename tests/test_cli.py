@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import types
@@ -161,27 +163,32 @@ def test_demo():
             ["expand", "/dev/null", "--plan", "mlp p=20", "-o", "x.safetensors"],
             "not a regular file (a character device)",
         ),
-        (["init", "-o", "/dev/null"], "-o: /dev/null is a character device, not a regular file"),
+        (["init", "-o", "CHARDEV"], "-o: CHARDEV is a character device, not a regular file"),
         (["expand", "BASE", "--plan", "mlp p=20", "-o", "no/such/folder/x.safetensors"], "does not exist"),
         (["expand", "BASE", "--plan", '[{"op": [1]}]', "-o", "x.safetensors"], "unknown step"),
         (["init", "--seed", "-1", "-o", "x.safetensors"], "argument --seed: must be at least 0, got -1"),
         (["init", "--eps", "nan", "-o", "x.safetensors"], "norm_eps: must be a finite float"),
     ],
 )
-def test_user_errors_print_one_line_and_exit_2(base, tmp_path, args, msg):
+def test_user_errors_print_one_line_and_exit_2(request, base, tmp_path, args, msg):
     bad = tmp_path / "bad.safetensors"
     bad.write_text("hello")
-    args = [str(base) if a == "BASE" else str(bad) if a == "NOTAMODEL" else a for a in args]
+    # an output that is a device is a node of the test's own (conftest char_device), never /dev/null
+    dev = str(request.getfixturevalue("char_device")) if "CHARDEV" in args else None
+    before = os.lstat(dev) if dev else None
+    args = [str(base) if a == "BASE" else str(bad) if a == "NOTAMODEL" else dev if a == "CHARDEV" else a for a in args]
     r = run(*args, cwd=tmp_path)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and msg in lines[0], r.stderr
+    assert len(lines) == 1 and msg.replace("CHARDEV", dev or "CHARDEV") in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+    if dev:
+        after = os.lstat(dev)
+        assert stat.S_ISCHR(after.st_mode) and (after.st_ino, after.st_rdev) == (before.st_ino, before.st_rdev)
 
 
 def test_version_prints_the_setup_cfg_version():
     import configparser
-    import os
 
     cfg = configparser.ConfigParser()
     cfg.read(os.path.join(os.path.dirname(__file__), os.pardir, "setup.cfg"))

@@ -63,7 +63,8 @@ def proof_checker_status():
         reason = None
         try:
             found = (
-                importlib.util.find_spec("fpt_ref.proofs") is not None and importlib.util.find_spec("fpt_ref.proofs.cli") is not None
+                importlib.util.find_spec("fpt_ref.proofs") is not None
+                and importlib.util.find_spec("fpt_ref.proofs.cli") is not None
             )
         except (ImportError, ValueError):
             found = False

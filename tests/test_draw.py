@@ -48,7 +48,7 @@ def axes_by_gid(fig) -> dict:
 
 
 def small(**kw):
-    args = dict(h=4, p=6, heads=1, k=2, v=2, layers=1, out_dim=3, max_seq=5, vocab=7, eps=1e-6, seed=3)
+    args = dict(h=4, p=6, n_heads=1, k=2, v=2, n_layers=1, out_dim=3, max_seq=5, vocab=7, eps=1e-6, seed=3)
     args.update(kw)
     return init_model(**args)
 
@@ -89,7 +89,7 @@ def test_attention_step_shows_scaled_and_zero_blocks_both_mirrors():
 
 
 def test_new_head_and_stacked_w_o():
-    m = small(heads=1, v=2)
+    m = small(n_heads=1, v=2)
     m2, man = add_heads(m, 1, return_manifest=True)
     fig = step_figure(m, m2, man)
     axes = axes_by_gid(fig)
@@ -103,7 +103,7 @@ def test_new_head_and_stacked_w_o():
 
 
 def test_heads_expansion_inserts_zero_rows_after_each_head_block():
-    m = small(heads=2, v=2)
+    m = small(n_heads=2, v=2)
     m2, man = expand_heads(m, 5, heads=[0], return_manifest=True)
     fig = step_figure(m, m2, man)
     # stacked W_O: head 0 now rows 0:5 (old 0:2 copied, inserted 2:5 zero), head 1 moves to rows 5:7
@@ -125,7 +125,7 @@ def test_role_styles_differ_without_colour():
 
 
 def test_cap_draws_every_role_and_lists_the_rest():
-    m = small(h=6, layers=3, heads=3)
+    m = small(h=6, n_layers=3, n_heads=3)
     m2, man = expand_hidden(m, 9, return_manifest=True)
     groups = group_manifest(man)
     chosen, omitted = select_tensors(groups, max_tensors=3)
@@ -155,7 +155,7 @@ def test_long_axis_is_subsampled_but_keeps_narrow_new_blocks():
 
 
 def test_model_figure_tracks_new_layers_and_heads():
-    m = small(layers=2, heads=2)
+    m = small(n_layers=2, n_heads=2)
     m1, man1 = add_heads(m, 1, layers=[0], return_manifest=True)
     m2, man2 = add_layer(m1, 0, return_manifest=True)
     infos = track(m, [m1, m2], [man1, man2])

@@ -12,17 +12,6 @@ import pytest
 from fpt_ref.files import atomic_write, check_output_file, replace_directory, write_bytes
 
 
-def _char_device(tmp_path):
-    """A character device node of our own (the null device's numbers) in ``tmp_path``: a
-    broken check then replaces this node, never the system's /dev/null."""
-    p = tmp_path / "null"
-    try:
-        os.mknod(p, stat.S_IFCHR | 0o666, os.makedev(1, 3))
-    except (PermissionError, OSError) as exc:
-        pytest.skip(f"cannot create a device node here ({exc}); the FIFO and socket cases still run")
-    return p
-
-
 def _fifo(tmp_path):
     p = tmp_path / "fifo"
     os.mkfifo(p)
@@ -47,7 +36,7 @@ def _missing_folder(tmp_path):
 
 
 REFUSED = [
-    ("char device", _char_device, "character device"),
+    ("char device", "char_device", "character device"),  # the conftest fixture
     ("fifo", _fifo, "FIFO"),
     ("socket", _socket, "socket"),
     ("directory", _dir, "directory"),
@@ -57,8 +46,8 @@ REFUSED = [
 
 
 @pytest.mark.parametrize("label,make,message", REFUSED, ids=[r[0] for r in REFUSED])
-def test_non_regular_outputs_are_refused_untouched(tmp_path, label, make, message):
-    target = make(tmp_path)
+def test_non_regular_outputs_are_refused_untouched(request, tmp_path, label, make, message):
+    target = request.getfixturevalue(make) if isinstance(make, str) else make(tmp_path)
     before = os.lstat(target) if target and os.path.lexists(target) else None
     called = []
     with pytest.raises(ValueError, match=f"^out: .*{message}"):
@@ -79,9 +68,9 @@ def test_symlink_is_followed_and_stays_a_link(tmp_path):
     assert os.path.islink(link) and target.read_bytes() == b"new"
 
 
-def test_symlink_to_device_is_refused(tmp_path):
+def test_symlink_to_device_is_refused(tmp_path, char_device):
     link = tmp_path / "link"
-    link.symlink_to(_char_device(tmp_path))
+    link.symlink_to(char_device)
     with pytest.raises(ValueError, match="character device"):
         check_output_file(link, "out")
     assert os.path.islink(link)

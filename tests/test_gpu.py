@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_expansions import hetero_model
+from conftest import build_hetero_model
 
 import fpt_ref
 from fpt_ref.model import convert, named_tensors
@@ -18,7 +18,7 @@ PLAN = "mlp p=9; add_heads count=2 layers=0; heads v=6 layers=1 heads=0; attenti
 def test_cupy_forward_matches_numpy(dtype):
     import cupy
 
-    m = hetero_model(dtype=dtype)
+    m = build_hetero_model(dtype=dtype)
     g = convert(m, cupy)
     x = np.random.default_rng(0).integers(0, 50, size=(3, 5))
     out = fpt_ref.forward(g, x)
@@ -32,7 +32,7 @@ def test_cupy_forward_matches_numpy(dtype):
 def test_cupy_plan_preserves_and_matches_numpy_blocks(dtype, tmp_path):
     import cupy
 
-    m = hetero_model(dtype=dtype)
+    m = build_hetero_model(dtype=dtype)
     res_gpu = fpt_ref.run_plan(convert(m, cupy), PLAN, seed=2)
     res_cpu = fpt_ref.run_plan(m, PLAN, seed=2)
     assert all(r.error["ok"] for r in res_gpu)
@@ -56,7 +56,7 @@ def test_cupy_trace_and_tolerance_scales_match_numpy(dtype):
 
     from fpt_ref.tolerance import natural_scales, preservation_scale
 
-    m = hetero_model(dtype=dtype)
+    m = build_hetero_model(dtype=dtype)
     g = convert(m, cupy)
     x = np.random.default_rng(1).integers(0, 50, size=(3, 5))
     tr, tr_cpu = fpt_ref.trace(g, x), fpt_ref.trace(m, x)

@@ -34,7 +34,7 @@ STEPS = [
     ("hidden", {"h": 21}),
     ("add_layer", {"at": 0}),
     ("add_layer", {"at": 2}),
-    ("add_layer", {"at": 1, "heads": 3, "k": 4}),
+    ("add_layer", {"at": 1, "n_heads": 3, "k": 4}),
     ("add_layer", {"at": 1, "p": 9, "v": 3}),
 ]
 

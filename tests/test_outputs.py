@@ -67,10 +67,22 @@ def _one_error_line(capsys, *needles):
 # ---- file outputs: the classes of paths ---------------------------------------------------
 
 
-def _special(kind: str, tmp_path):
-    """A path of the given kind and a check that it is still that kind afterwards."""
-    if kind == "device":
-        return "/dev/null", lambda: stat.S_ISCHR(os.stat("/dev/null").st_mode)
+def _special(kind: str, tmp_path, request):
+    """A path of the given kind and a check that it is still that kind afterwards. A device is
+    a node of the test's own (conftest ``char_device``), never the system's /dev/null."""
+    if kind in ("device", "link to a device"):
+        dev = request.getfixturevalue("char_device")
+        ino = os.lstat(dev).st_ino
+
+        def device_kept():
+            st = os.lstat(dev)
+            return stat.S_ISCHR(st.st_mode) and st.st_ino == ino
+
+        if kind == "device":
+            return str(dev), device_kept
+        path = tmp_path / "link"
+        os.symlink(dev, path)
+        return str(path), lambda: os.path.islink(path) and os.readlink(path) == str(dev) and device_kept()
     if kind == "fifo":
         path = tmp_path / "fifo"
         os.mkfifo(path)
@@ -85,10 +97,6 @@ def _special(kind: str, tmp_path):
         path = tmp_path / "adir"
         path.mkdir()
         return str(path), lambda: path.is_dir() and not any(path.iterdir())
-    if kind == "link to a device":
-        path = tmp_path / "link"
-        os.symlink("/dev/null", path)
-        return str(path), lambda: os.path.islink(path) and os.readlink(path) == "/dev/null"
     raise AssertionError(kind)
 
 
@@ -105,8 +113,8 @@ WHAT = {
 
 @pytest.mark.parametrize("kind", SPECIAL)
 @pytest.mark.parametrize("writer", WRITERS)
-def test_non_regular_outputs_are_refused_and_left_alone(writer, kind, tmp_path, model_file, capsys):
-    path, still = _special(kind, tmp_path)
+def test_non_regular_outputs_are_refused_and_left_alone(writer, kind, tmp_path, model_file, capsys, request):
+    path, still = _special(kind, tmp_path, request)
     args = _init(path) if writer == "init" else _expand(model_file)(path)
     capsys.readouterr()
     t0 = time.perf_counter()

@@ -177,13 +177,40 @@ def test_docstrings_cite_the_papers_section(name):
     assert f"section {row.section}" in fn.__doc__, name
 
 
+# The paper's constraints written out by hand from docs/spec.md section 2 (Theorems 3.1-3.6):
+# expansion -> (blocks constrained to zero, free blocks, the scalings the paper applies).
+PAPER_BLOCKS = {
+    "mlp": ({"M_l2"}, {"M_l1", "m_b_l1"}, set()),
+    "add_heads": ({"M_O"}, {"W_Q_new", "W_K_new", "W_V_new"}, set()),
+    "heads": ({"M_O"}, {"M_V"}, set()),
+    "attention": ({"M_K"}, {"M_Q"}, {"W_K"}),
+    "hidden": ({"M_I", "M_P", "M_O", "M_l2", "m_b_l2"}, {"M_l1", "M_Q", "M_K", "M_V", "M_out", "m_g"}, {"eps", "g"}),
+    "add_layer": ({"W_O", "W_l2", "b_l2"}, {"W_Q", "W_K", "W_V", "W_l1", "b_l1", "g_MHA", "g_MLP"}, set()),
+}
+
+# Where the blocks lie (file-format tensor kinds, fpt_ref.names), by hand: the gain block of the
+# hidden expansion lies in both gain vectors; every other block in one tensor.
+BLOCK_TENSORS = {
+    "M_l1": "w_l1", "m_b_l1": "b_l1", "M_l2": "w_l2", "m_b_l2": "b_l2", "M_O": "w_o", "M_V": "w_v",
+    "M_Q": "w_q", "M_K": "w_k", "M_I": "embed", "M_P": "pos", "M_out": "w_out",
+    "W_Q_new": "w_q", "W_K_new": "w_k", "W_V_new": "w_v",
+    "W_Q": "w_q", "W_K": "w_k", "W_V": "w_v", "W_O": "w_o", "W_l1": "w_l1", "b_l1": "b_l1", "W_l2": "w_l2",
+    "b_l2": "b_l2", "g_MHA": "norm_mha", "g_MLP": "norm_mlp",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", paper.NAMES)
+def test_table_has_the_papers_blocks(name):
+    row = paper.EXPANSIONS[name]
+    zero, free, scalings = PAPER_BLOCKS[name]
+    assert (set(row.zero), set(row.free), set(row.paper_scalings)) == (zero, free, scalings)
+    expected = {b: ("norm_mha", "norm_mlp") if b == "m_g" else (BLOCK_TENSORS[b],) for b in zero | free}
+    assert dict(row.tensors) == expected
+
+
 def test_table_is_consistent():
-    assert set(paper.SYMBOLS) == set(KINDS)
-    for row in paper.EXPANSIONS.values():
-        assert set(row.tensors) == set(row.blocks), row.name
-        assert all(set(kinds) <= set(KINDS) for kinds in row.tensors.values()), row.name
-        assert row.zero and row.zero <= set(row.blocks), row.name
-        assert row.free == set(row.blocks) - row.zero
+    assert set(paper.SYMBOLS) == set(KINDS)  # every file-format tensor has its paper symbol
+    assert tuple(PAPER_BLOCKS) == paper.NAMES
     assert [row.section for row in paper.EXPANSIONS.values()] == ["3.1", "3.2", "3.3", "3.4", "3.5", "3.6"]
     with pytest.raises(ValueError, match="^name: unknown expansion 'grow'; choose from mlp, add_heads"):
         paper.expansion("grow")

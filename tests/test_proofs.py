@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import sympy as sp
-
 from fpt_ref.proofs import core as C
 from fpt_ref.proofs import summary_line
 from fpt_ref.proofs.chains import SIZE_SETS, prove_chains, prove_compose
@@ -12,7 +11,15 @@ from fpt_ref.proofs.entries import DIFF_THRESHOLD, SCREEN_THRESHOLD, float_scree
 from fpt_ref.proofs.expand import BLOCKS, PAPER, SCALINGS, expand_hidden
 from fpt_ref.proofs.minimal import drop_each, search
 from fpt_ref.proofs.symbolic import Kernel, base_model, forward, model_symbols
-from fpt_ref.proofs.theorems import SIX, THEOREMS, build_entries, check_sizes, default_sizes, entry_claim, parse_constraints
+from fpt_ref.proofs.theorems import (
+    SIX,
+    THEOREMS,
+    build_entries,
+    check_sizes,
+    default_sizes,
+    entry_claim,
+    parse_constraints,
+)
 
 h, p, s = sp.symbols("h p s", integer=True, positive=True)
 

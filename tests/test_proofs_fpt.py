@@ -1,10 +1,10 @@
-"""Issue 3 section 5: the symbolic models compute fpt_ref's function.
+"""The symbolic models compute fpt_ref's function.
 
 Each symbolic model is evaluated at random float64 values, through the very atom
 expressions the proofs reduce (40 digits), and compared with ``fpt_ref.forward`` on a
 ``fpt_ref.Model`` built from the same numbers. The symbolic value is exact to far below
 float64 resolution, so the difference is fpt_ref's rounding alone, which
-``fpt_ref.metrics`` bounds by ``reduction_length(model, s)`` ulps of the output scale; one
+``fpt_ref.tolerance`` bounds by ``reduction_length(model, s)`` ulps of the output scale; one
 more ulp covers rounding the exact value to float64.
 
 The symbolic expansions are also compared, tensor by tensor, with fpt_ref's expansion
@@ -17,15 +17,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy as sp
-
-from fpt_ref.expansions import add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp
-from fpt_ref.forward import forward as fpt_forward
-from fpt_ref.metrics import error_stats, reduction_length
 from fpt_ref.proofs import expand as X
 from fpt_ref.proofs.crosscheck import compare_forward, crosscheck_theorem, tensor_mismatches, to_fpt, values_from_fpt
 from fpt_ref.proofs.entries import positive_fix, random_values
 from fpt_ref.proofs.symbolic import Kernel, base_model, forward, model_symbols
 from fpt_ref.proofs.theorems import THEOREMS, build_entries, compose_models, default_sizes
+
+from fpt_ref.expansions import add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp
+from fpt_ref.forward import forward as fpt_forward
+from fpt_ref.tolerance import error_stats, reduction_length
 
 
 def _compare(m, values):
@@ -81,7 +81,7 @@ FPT = {  # theorem -> (fpt_ref expansion, symbolic builder), same sizes and layo
     ),
     "hidden": (lambda m: expand_hidden(m, 3), lambda b: X.expand_hidden(b, 3)),
     "eps": (lambda m: expand_hidden(m, 3), lambda b: X.expand_hidden(b, 3, scale={"g", "eps"})),
-    "add_layer": (lambda m: add_layer(m, 0, p=2, heads=1, k=2, v=2), lambda b: X.add_layer(b, 0, 2, 1, 2, 2)),
+    "add_layer": (lambda m: add_layer(m, 0, p=2, n_heads=1, k=2, v=2), lambda b: X.add_layer(b, 0, 2, 1, 2, 2)),
 }
 
 

@@ -11,7 +11,6 @@ import types
 
 import pytest
 import sympy as sp
-
 from fpt_ref.proofs import chains as CH
 from fpt_ref.proofs import core as C
 from fpt_ref.proofs import expand as X

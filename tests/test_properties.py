@@ -14,7 +14,7 @@ from naive import naive_forward
 from strategies import build_model, draw_step, model_specs
 
 import fpt_ref
-from fpt_ref.tolerance import magnitude_streams, tolerance_ulps
+from fpt_ref.tolerance import preservation_scale, tolerance_abs, ulp
 
 
 def _inputs(model, rng, h_pad=None):
@@ -30,8 +30,9 @@ def _error(base, x, ref, out, model):
     """(error in ulps of the output scale, fraction of the derived tolerance used).
 
     The error is measured here; the bound is the documented formula ``tolerance_ulps * ulp(S)``
-    with ``S = max M_{N+1} @ |W_out|``, whose running magnitudes ``M`` come from
-    ``fpt_ref.tolerance.magnitude_streams`` (tested on its own in test_forward.py). The bound is
+    (``fpt_ref.tolerance.tolerance_abs``) with ``S = max M_{N+1} @ |W_out|``
+    (``fpt_ref.tolerance.preservation_scale``, whose running magnitudes ``M`` are tested on
+    their own in test_forward.py). The bound is
     a loose worst case: in float64 it still catches any violation above ~1e-11 relative; the
     float32 runs check that float32 compositions stay within it, with far less power.
     """
@@ -39,9 +40,8 @@ def _error(base, x, ref, out, model):
     assert ref.shape == out.shape and ref.dtype == out.dtype
     assert np.all(np.isfinite(out))
     diff = float(np.max(np.abs(out.astype(np.float64) - ref.astype(np.float64))))
-    S = np.max(magnitude_streams(base, x)[-1] @ np.abs(base.w_out))
-    tol = tolerance_ulps(base, model, x.shape[1]) * np.spacing(ref.dtype.type(S))
-    return diff / np.spacing(ref.dtype.type(np.max(np.abs(ref)))), diff / tol
+    tol = tolerance_abs(base, model, x.shape[1], preservation_scale(base, fpt_ref.trace(base, x)))
+    return diff / ulp(np.max(np.abs(ref)), ref.dtype), diff / tol
 
 
 def _check_composition(data, dtype):

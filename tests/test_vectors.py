@@ -13,8 +13,8 @@ from safetensors.numpy import load_file
 
 import fpt_ref
 from fpt_ref.model import dims
+from fpt_ref.tolerance import decidable, path_lengths, tolerances, top2_gap
 from fpt_ref.vectors.cases import FAMILIES, load_config
-from fpt_ref.vectors.tolerance import decidable, path_lengths, tolerances, top2_gap
 from fpt_ref.vectors.write import write_vectors
 
 EXPANSIONS = ("mlp", "add_heads", "heads", "attention", "hidden", "add_layer")

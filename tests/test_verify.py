@@ -13,7 +13,7 @@ from fpt_ref.verify import input_sets, verify
 
 
 def _tokens(**kw):
-    base = dict(h=8, p=16, heads=2, k=4, v=4, layers=2, out_dim=5, max_seq=12, vocab=50, eps=1e-6, causal=True)
+    base = dict(h=8, p=16, n_heads=2, k=4, v=4, n_layers=2, out_dim=5, max_seq=12, vocab=50, eps=1e-6, causal=True)
     base.update(kw)
     return init_model(**base)
 
@@ -54,7 +54,7 @@ def test_every_token_and_position_is_in_the_inputs():
 
 
 def test_large_vocabulary_in_bounded_batches():
-    a = _tokens(h=4, p=4, heads=1, k=2, v=2, layers=1, vocab=150_000, max_seq=16, out_dim=2)
+    a = _tokens(h=4, p=4, n_heads=1, k=2, v=2, n_layers=1, vocab=150_000, max_seq=16, out_dim=2)
     b = _row_shifted(a, 149_999, 10.0)
     st = verify(a, b, max_bytes=2 * 1024**2)
     assert not st["ok"] and st["inputs"]["tokens_covered"] == 150_000 and st["inputs"]["batch_rows"] < 9375
@@ -75,7 +75,7 @@ def test_batching_does_not_change_the_figures():
 def test_small_input_scale_exposes_the_eps_trap(eps):
     # float32, real inputs, eps not rescaled after a hidden expansion: at input scale 1 the
     # change hides below float32's tolerance; at scale 0.01 it is about 100x larger and caught
-    a = init_model(h=8, p=16, heads=2, k=4, v=4, layers=2, out_dim=5, max_seq=8, eps=eps, dtype="float32")
+    a = init_model(h=8, p=16, n_heads=2, k=4, v=4, n_layers=2, out_dim=5, max_seq=8, eps=eps, dtype="float32")
     b = expand_hidden(a, 16)
     trapped = replace(b, norm_eps=a.norm_eps)
     assert verify(a, b, scale=0.01)["ok"] and verify(a, b)["ok"]
