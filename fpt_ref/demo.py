@@ -15,10 +15,10 @@ DEMO_MODEL = MappingProxyType(
     dict(
         h=16,
         p=32,
-        heads=2,
+        n_heads=2,
         k=8,
         v=8,
-        layers=2,
+        n_layers=2,
         out_dim=10,
         max_seq=12,
         vocab=50,

@@ -157,11 +157,11 @@ def dims_after(d: dict, op: str, args: dict) -> dict:
     elif op == "add_layer":
         at = int(args["at"])
         ref: dict = layers[at - 1 if at > 0 else 0] if layers else {"p": 0, "heads": []}
-        if args.get("heads") is None:
+        if args.get("n_heads") is None:
             kv = [[int(args.get("k", k)), int(args.get("v", v))] for k, v in ref["heads"]]
         else:
             k0, v0 = ref["heads"][0] if ref["heads"] else (0, 0)
-            kv = [[int(args.get("k", k0)), int(args.get("v", v0))] for _ in range(int(args["heads"]))]
+            kv = [[int(args.get("k", k0)), int(args.get("v", v0))] for _ in range(int(args["n_heads"]))]
         layers.insert(min(max(at, 0), len(layers)), {"p": int(args.get("p", ref["p"])), "heads": kv})
     else:
         raise ValueError(f"op: unknown expansion {op!r}")

@@ -238,8 +238,6 @@ def plan_dims(model: Model, steps: list, available: int | None = None) -> list:
                     "available; use smaller sizes (or a larger machine)"
                 )
         if step.op == "add_layer":
-            if "n_heads" in args:
-                args["heads"] = args.pop("n_heads")
             count = int(args.pop("count", 1))
             one = dims_after(d, "add_layer", args)
             at = min(max(int(args["at"]), 0), len(d["layers"]))

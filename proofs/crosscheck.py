@@ -85,11 +85,11 @@ def compare_forward(m: SModel, values: dict) -> tuple[float, int]:
     stand-in expressions the proofs reduce) against ``fpt_ref.forward`` on the same numbers.
 
     The symbolic value is exact far below float64 resolution, so the difference is
-    fpt_ref's rounding alone, which ``fpt_ref.metrics`` bounds by ``reduction_length(model, s)``
+    fpt_ref's rounding alone, which ``fpt_ref.tolerance`` bounds by ``reduction_length(model, s)``
     ulps of the output scale; one more ulp covers rounding the exact value to float64.
     """
     from fpt_ref.forward import forward as fpt_forward
-    from fpt_ref.metrics import error_stats, reduction_length
+    from fpt_ref.tolerance import error_stats, reduction_length
 
     from .symbolic import Kernel, forward
 
@@ -130,7 +130,7 @@ def crosscheck_theorem(theorem: str, sizes: dict, seed: int = 11):
     status = "proved" if ok else "refuted"
     detail = (
         f"{n} models (base, expanded; with and without the causal mask) at random numbers (seed {seed}) vs "
-        f"fpt_ref.forward: max {worst:.0f} ulp (tolerance {tol_of_worst} ulp, fpt_ref.metrics.reduction_length + 1)"
+        f"fpt_ref.forward: max {worst:.0f} ulp (tolerance {tol_of_worst} ulp, fpt_ref.tolerance.reduction_length + 1)"
     )
     return Level(
         theorem,

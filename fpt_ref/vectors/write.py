@@ -23,15 +23,14 @@ import numpy as np
 from .. import __version__
 from ..checks import check_int
 from ..files import replace_directory, write_npz, write_safetensors, write_text
-from ..forward import residual_streams
+from ..forward import trace
 from ..init import init_model, random_inputs
 from ..io import save
 from ..memory import ResourceError, require
-from ..metrics import error_stats
 from ..model import Model, dims, named_tensors, param_count
 from ..plan import apply_step, parse_plan
+from ..tolerance import C_IN, C_LAYER, C_OUT, decidable, error_stats, tolerances, top2_gap
 from .cases import EXPANSIONS, FAMILIES, Config, Family, base_kwargs, plan_steps, single_steps
-from .tolerance import C_IN, C_LAYER, C_OUT, decidable, tolerances, top2_gap
 
 FORMAT = "fpt-ref-vectors/1"
 #: draws of a family's inputs looking for one without float32 argmax near-ties
@@ -100,10 +99,9 @@ def case_inputs(model: Model, x_base):
 
 def reference(model: Model, x) -> dict:
     """float64 ``output`` [b, s, o] and ``residual.{n}`` [b, s, h], n = 0..N."""
-    streams = residual_streams(model, x)  # N + 1 of [b, s, h]
-    # forward's last line on the same X_{N+1}: bit-identical to forward(model, x) (tested)
-    out = {"output": np.asarray(streams[-1] @ model.w_out)}  # [b, s, o]
-    out.update({f"residual.{n}": np.asarray(r) for n, r in enumerate(streams)})
+    tr = trace(model, x)  # one walk: the output and the N + 1 residual streams [b, s, h]
+    out = {"output": np.asarray(tr.output)}  # [b, s, o]
+    out.update({f"residual.{n}": np.asarray(r) for n, r in enumerate(tr.streams)})
     return out
 
 
@@ -254,7 +252,6 @@ def config_bytes(cfg: Config) -> int:
     for step in parse_plan(cfg.plan) if cfg.plan else []:
         args = dict(step.args)
         if step.op == "add_layer":
-            args["heads"] = args.pop("n_heads", None)
             args.pop("count", None)
         d = dims_after(d, step.op, {k_: v_ for k_, v_ in args.items() if v_ is not None})
     n_cases = 1 + len(EXPANSIONS) + 8
