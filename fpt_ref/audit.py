@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -443,9 +444,9 @@ def plan_record(base: Model, results: list, init: str, seed: int) -> dict:
 def _block_from_dict(d: dict):
     from .expansions import Block
 
-    return Block(
-        d["tensor"], tuple(tuple(int(v) for v in ix) for ix in d["index"]), d["role"], d.get("factor"), d.get("block")
-    )
+    # (start, stop) pairs in a well-formed record; the audit of the blocks judges the rest
+    index = cast(tuple[tuple[int, int], ...], tuple(tuple(int(v) for v in ix) for ix in d["index"]))
+    return Block(d["tensor"], index, d["role"], d.get("factor"), d.get("block"))
 
 
 def parse_record(record) -> dict:

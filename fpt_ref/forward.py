@@ -151,12 +151,13 @@ def block(model: Model, layer: Layer, x, record=None, activation=None):
     ``record``: a list to which the layer's :class:`LayerTrace` is appended, or None (nothing
     is kept, so temporaries are freed as soon as they are used). ``activation``: see :func:`trace`.
     """
-    parts = None if record is None else {}
+    parts: dict[str, Array] | None = None if record is None else {}
     y = mha(layer, rms_norm(x, layer.norm_mha, model.norm_eps), model.causal, parts)  # [b, s, h]  new
     y += x  # [b, s, h]  X' = X + MHA(Norm(X))
     z = mlp(layer, rms_norm(y, layer.norm_mlp, model.norm_eps), parts, activation)  # [b, s, h]  new
     z += y  # [b, s, h]  X_next = X' + MLP(Norm(X'))
     if record is not None:
+        assert parts is not None  # a dict whenever record is given
         record.append(LayerTrace(mid=y, **parts))
     return z
 
@@ -175,6 +176,7 @@ def input_rows(model: Model, x):
             )
         if x.ndim != 2:
             raise ValueError(f"x: token ids must have shape [s] or [b, s], got {list(x.shape)}")
+        assert model.vocab is not None  # the embedding table's row count
         if x.size and (int(x.min()) < 0 or int(x.max()) >= model.vocab):
             raise ValueError(f"x: token ids must lie in [0, {model.vocab}), got range [{int(x.min())}, {int(x.max())}]")
         inp = model.embed[x]  # [b, s, h]
@@ -247,7 +249,8 @@ def trace(model: Model, x, activation=None) -> Trace:
     xb, unbatched = _batched(model, x)
     inp = input_rows(model, xb)  # I [b, s, h]
     X = inp + model.pos[: inp.shape[1]]  # X_1 [b, s, h]  (as embed_inputs)
-    streams, layers = [X], []
+    streams = [X]
+    layers: list[LayerTrace] = []
     for layer in model.layers:
         X = block(model, layer, X, layers, activation)  # X_{n+1} [b, s, h]
         streams.append(X)

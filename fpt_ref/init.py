@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Union
+from typing import Union, cast
 
 import numpy as np
 
@@ -17,7 +17,7 @@ IntOrList = Union[int, Sequence[int]]
 
 
 def _per_layer(name: str, value: IntOrList, layers: int) -> list:
-    vals = [value] * layers if is_int(value) else list(value)
+    vals = [value] * layers if is_int(value) else list(cast(Sequence[int], value))
     if len(vals) != layers:
         raise ValueError(f"{name}: expected one value per layer ({layers}), got {len(vals)}")
     return [check_int(name, x, 1) for x in vals]
@@ -76,7 +76,8 @@ def init_model(
     # the memory, from the sizes alone: before any per-layer list is built or any value drawn
     itemsize = np.dtype(dtype).itemsize
     if all(is_int(val) for val in per.values()):
-        sizes = [(int(p), int(n_heads), int(k), int(v))]
+        # each is an int here (is_int above), which mypy cannot follow
+        sizes = [(int(cast(int, p)), int(cast(int, n_heads)), int(cast(int, k)), int(cast(int, v)))]
         repeat = layers
     else:
         sizes = list(zip(*(_per_layer(n, val, layers) for n, val in per.items())))

@@ -28,7 +28,7 @@ from .xp import to_numpy
 FORMAT = "fpt-ref/1"
 
 #: safetensors dtype names this format accepts, and their NumPy dtypes
-DTYPES = {"F64": np.dtype("float64"), "F32": np.dtype("float32")}
+DTYPES: dict[str, np.dtype] = {"F64": np.dtype("float64"), "F32": np.dtype("float32")}
 #: a header larger than this is refused before it is read (the library's own limit is 100 MB)
 MAX_HEADER = 100 * 1024 * 1024
 

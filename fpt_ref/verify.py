@@ -18,6 +18,8 @@ Inputs are processed in batches whose forward pass fits ``max_bytes``
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 
 from .checks import check_int
@@ -31,6 +33,14 @@ from .xp import to_numpy
 
 #: default memory budget of one batch's forward pass
 MAX_BATCH_BYTES = 256 * 1024**2
+
+
+class _Fold(TypedDict):
+    """One compared model's running figures over the batches (:func:`verify_each`)."""
+
+    max_abs: float
+    ref: float
+    finite: bool
 
 
 def _check_models(a: Model, others: list) -> None:
@@ -47,8 +57,10 @@ def _check_models(a: Model, others: list) -> None:
 
 def _domain_loss(a: Model, b: Model) -> str | None:
     """Why ``b`` cannot compute ``a``'s function on all of ``a``'s inputs (``None`` if it can)."""
-    if a.embed is not None and b.vocab < a.vocab:
-        return f"the second model has {b.vocab} token ids, the first {a.vocab}: ids {b.vocab}.. are lost"
+    if a.vocab is not None:  # a takes token ids
+        assert b.vocab is not None  # so does b (_check_models)
+        if b.vocab < a.vocab:
+            return f"the second model has {b.vocab} token ids, the first {a.vocab}: ids {b.vocab}.. are lost"
     if b.s_max < a.s_max:
         return f"the second model takes {b.s_max} positions, the first {a.s_max}: longer inputs are lost"
     return None
@@ -177,7 +189,7 @@ def verify_each(
     per_row = forward_bytes(dims(widest), 1, s_used, np.dtype(widest.dtype).itemsize)
     rows = max(1, int(max_bytes) // max(per_row, 1))
     require(2 * per_row, "one sequence of the check's forward pass")
-    fold = [{"max_abs": 0.0, "ref": 0.0, "finite": True} for _ in others]
+    fold: list[_Fold] = [{"max_abs": 0.0, "ref": 0.0, "finite": True} for _ in others]
     scale_a = 0.0
     n_seq = 0
     for _, x in sets:

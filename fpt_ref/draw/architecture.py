@@ -260,5 +260,5 @@ def model_figure(before: Model, after: Model, models: Sequence[Model], manifests
         handleheight=1.5,
     )
     fig.text(0.02, 0.012, r"bold with a hat ($\hat{p}$, $\hat{k}$, ...) = dimension grown by the plan", fontsize=11)
-    fig.fpt_layers = info_after
+    fig.fpt_layers = info_after  # type: ignore[attr-defined]  # documented attribute, read by callers
     return fig

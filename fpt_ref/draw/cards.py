@@ -171,7 +171,8 @@ def stack_heads(groups: dict, before: Model, after: Model) -> tuple[dict, dict]:
             labels.append((off, off + hd.v, f"head {i}" + (" (new)" if heads_new[i] else "")))
             off += hd.v
         A = np.concatenate([to_numpy(hd.w_o) for hd in La.heads], axis=0)  # [sum v^, h^]
-        B, bb, lb = None, (), None
+        B, lb = None, None
+        bb: tuple[int, ...] = ()
         if not all(heads_new):  # the layer existed: stack its heads as they were
             Lb = before.layers[n]
             B = np.concatenate([to_numpy(hd.w_o) for hd in Lb.heads], axis=0)  # [sum v, h]

@@ -19,6 +19,7 @@ def panel_size(card: Card, c: float, which: str) -> tuple:
     rows, cols = (card.rows, card.cols) if which == "after" else (card.rows_before, card.cols_before)
     if rows is None:
         return 0.9, max(MIN_PANEL, card.rows.disp[-1] * c)  # "did not exist" placeholder
+    assert cols is not None  # a card's rows_before and cols_before are set together
     return max(MIN_PANEL, cols.disp[-1] * c), max(MIN_PANEL, rows.disp[-1] * c)
 
 

@@ -131,6 +131,8 @@ def draw_card(fig, card: Card, x0: float, y0: float, c: float, fw: float, fh: fl
             transform=axb.transAxes,
         )
     else:
+        # a card's rows_before and cols_before are set together with before
+        assert card.rows_before is not None and card.cols_before is not None
         _heat(axb, card.before, card.rows_before, card.cols_before, vmax)
         _axis_ticks(axb, card.cols_before, csym, None, "x", "bottom")
         if rsym is None:
@@ -287,6 +289,6 @@ def step_figure(
     cb.set_label("heat map: value / max |value| of the tensor", fontsize=10)
     if text:
         fig.text(0.012, (foot - 1.2) / fh, text, fontsize=10.5, va="top", ha="left")
-    fig.fpt_cards = cards  # for tests and callers: what was drawn
-    fig.fpt_omitted = omitted
+    fig.fpt_cards = cards  # type: ignore[attr-defined]  # for tests and callers: what was drawn
+    fig.fpt_omitted = omitted  # type: ignore[attr-defined]
     return fig

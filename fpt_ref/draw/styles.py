@@ -18,10 +18,23 @@ colour-vision deficiency), so values also read correctly when printed in grey.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 CMAP = "cividis"
 
+
+class RoleStyle(TypedDict):
+    """How one role is drawn (:data:`ROLE_STYLE`)."""
+
+    color: str
+    linestyle: str
+    linewidth: float
+    hatch: str | None
+    label: str
+
+
 # Okabe-Ito colour-blind-safe colours
-ROLE_STYLE = {
+ROLE_STYLE: dict[str, RoleStyle] = {
     "copied": dict(color="#000000", linestyle="-", linewidth=1.4, hatch=None, label="copied (unchanged)"),
     "scaled": dict(color="#D55E00", linestyle="-.", linewidth=2.8, hatch="..", label="scaled (x factor)"),
     "zero": dict(color="#0072B2", linestyle="-", linewidth=3.2, hatch="///", label="zero (constrained)"),
@@ -42,7 +55,7 @@ def _rect(x, y, w, h, **kw):
     return Rectangle((x, y), w, h, **kw)
 
 
-def outline(ax, x, y, w, h, role: str, gid: str = None, inset: float = 0.0):
+def outline(ax, x, y, w, h, role: str, gid: str | None = None, inset: float = 0.0):
     """Draw the outline (and hatching) of one block in data coordinates; returns the patches.
 
     ``(x, y)`` is the top-left corner in display cells (the image axis runs downwards).

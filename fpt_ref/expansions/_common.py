@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import paper
 from ..checks import check_int, is_int
-from ..model import Model
+from ..model import Array, Model
 from ..names import parse_name
 
 ROLES = ("copied", "scaled", "zero", "free")
@@ -126,6 +126,7 @@ class Builder:
             arr *= std
             arr += mean
         else:
+            assert callable(self.init)  # __init__ accepts only "normal", "zeros" or a callable
             arr = self.init(shape, like, self.rng)
             if tuple(getattr(arr, "shape", ())) != shape:
                 raise ValueError(
@@ -169,7 +170,7 @@ class Builder:
 
 @dataclass(frozen=True)
 class Part:
-    array: object
+    array: Array
     role: str
     factor: float | None = None
     block: str | None = None  # paper name of a new block; None: the tensor's symbol

@@ -78,11 +78,14 @@ def add_layer(
         ref = None
     else:
         ref = model.layers[at - 1 if at > 0 else 0]
-    p = ref.p if p is None else int(p)
-    if n_heads is None and ref is not None:
-        kv = [(hd.k if k is None else int(k), hd.v if v is None else int(v)) for hd in ref.heads]
+    if ref is None:  # a model with no layers: all four are given (checked above)
+        p, kv = int(p), [(int(k), int(v))] * int(n_heads)
     else:
-        kv = [(ref.heads[0].k if k is None else int(k), ref.heads[0].v if v is None else int(v))] * int(n_heads)
+        p = ref.p if p is None else int(p)
+        if n_heads is None:
+            kv = [(hd.k if k is None else int(k), hd.v if v is None else int(v)) for hd in ref.heads]
+        else:
+            kv = [(ref.heads[0].k if k is None else int(k), ref.heads[0].v if v is None else int(v))] * int(n_heads)
 
     b = Builder(model, "add_layer", init, seed)
 

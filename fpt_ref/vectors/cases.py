@@ -149,6 +149,10 @@ def base_kwargs(cfg: Config, fam: Family, seed: int) -> dict:
     ``E_n = heads + (n mod 2)``, ``k_n = k + 2 (n mod 2)``, ``v_n = v + 2 ((n+1) mod 2)``.
     """
     N = cfg.layers
+    p: int | list[int]
+    heads: int | list[int]
+    k: int | list[int]
+    v: int | list[int]
     if fam.hetero:
         p = [cfg.p + (n % 2) * max(1, cfg.p // 2) for n in range(N)]
         heads = [cfg.heads + n % 2 for n in range(N)]

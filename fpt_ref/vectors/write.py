@@ -17,6 +17,7 @@ import json
 import os
 import platform
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -127,6 +128,7 @@ def choose_inputs(cases: list, cfg: Config, fseed: int):
             best = (ties, x, iseed, refs, tols)
         if ties == 0:
             break
+    assert best is not None  # INPUT_ATTEMPTS >= 1 draws
     return best[1:]
 
 
@@ -142,7 +144,7 @@ def _versions() -> dict:
 
 
 def _role_summary(blocks) -> dict:
-    out = {}
+    out: dict[str, list[str]] = {}
     for b in blocks:
         out.setdefault(b.role, [])
         if b.tensor not in out[b.role]:
@@ -153,7 +155,7 @@ def _role_summary(blocks) -> dict:
 def manifest(case: Case, cfg: Config, seed: int, x, iseed: int, ref: dict, tol: dict, root_out, parent_out) -> dict:
     """The manifest.json content of one case (docs/vectors.md, "Manifest")."""
     m = case.model
-    argmax = {"min_top2_gap": float(np.min(top2_gap(ref["output"])))}
+    argmax: dict[str, float | list[list[int]]] = {"min_top2_gap": float(np.min(top2_gap(ref["output"])))}
     for dt, per in tol.items():
         dec = decidable(ref["output"], per["output"]["atol"], per["output"]["rtol"])
         argmax[f"near_ties_{dt}"] = [list(map(int, ix)) for ix in np.argwhere(~dec)]
@@ -241,7 +243,7 @@ def config_bytes(cfg: Config) -> int:
 
     N, E = cfg.layers, cfg.heads + 1  # hetero families: one more head on odd layers
     p, k, v = cfg.p + max(1, cfg.p // 2), cfg.k + 2, cfg.v + 2
-    d = {
+    d: dict[str, Any] = {
         "h": cfg.h,
         "o": cfg.out_dim,
         "s_max": cfg.max_seq,
