@@ -1,4 +1,4 @@
-"""Argument checks shared by the whole library: one home for "is this an integer".
+"""Argument checks shared by the whole library: one home for "is this an integer / a number".
 
 Errors are ``ValueError`` whose message starts with the Python parameter's name, so a
 caller (the CLI, a script) can show it as it is.
@@ -12,6 +12,8 @@ ValueError: p: expected an integer, got True
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -31,6 +33,24 @@ def check_int(name: str, value, minimum: int | None = None, maximum: int | None 
     if maximum is not None and value > maximum:
         raise ValueError(f"{name}: must be at most {maximum}, got {value}")
     return int(value)
+
+
+def check_float(name: str, value, minimum: float | None = None, positive: bool = False) -> float:
+    """``value`` as a finite Python ``float``; ``ValueError`` naming ``name`` when it is not a
+    real number (``bool`` is refused), not finite, below ``minimum``, or not ``> 0`` when
+    ``positive``.
+
+    >>> check_float("eps", np.float32(0.25), minimum=0.0)
+    0.25
+    """
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not ok or not math.isfinite(float(value)):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: must be at least {minimum}, got {value!r}")
+    if positive and not value > 0:
+        raise ValueError(f"{name}: must be > 0, got {value!r}")
+    return float(value)
 
 
 def parse_int(name: str, text: str, minimum: int | None = None, maximum: int | None = None) -> int:

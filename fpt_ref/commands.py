@@ -307,7 +307,7 @@ def register(subparsers) -> None:
     )
     s.set_defaults(func=cmd_expand)
 
-    s = subparsers.add_parser("verify", help="compare two models on the same random inputs")
+    s = subparsers.add_parser("verify", help="compare two models on every token id and position and random inputs")
     s.add_argument("a")
     s.add_argument("b")
     s.add_argument("--batch", type=int_arg(), default=4)

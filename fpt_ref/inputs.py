@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import check_int
+from .checks import check_float, check_int
 
 
 def token_tiling(vocab: int, seq: int) -> np.ndarray:
@@ -39,8 +39,7 @@ def real_inputs(batch: int, seq: int, h: int, dtype, seed: int = 0, scale: float
     relative amount that grows as the inputs shrink (about ``eps / mean(x^2)``), so a
     small scale (e.g. 0.01) exposes it where scale 1 hides it.
     """
-    if not (isinstance(scale, (int, float, np.floating)) and np.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale: must be a finite number > 0, got {scale!r}")
+    scale = check_float("scale", scale, positive=True)
     rng = np.random.default_rng(check_int("seed", seed, 0))
     x = rng.normal(0.0, 1.0, size=(batch, seq, h))  # [batch, seq, h]
     return (x * float(scale)).astype(dtype)

@@ -12,11 +12,10 @@ rows of positional parameters, ``vocab`` rows of the optional embedding table.
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .checks import check_float
 from .names import HEAD_KINDS, head_prefix, layer_prefix, tensor_name
 from .xp import array_namespace
 
@@ -311,10 +310,10 @@ def validate(model: Model) -> None:
     if model.embed is not None:
         _expect("embed", model.embed, (None, h), dtype, xp)
     _expect("w_out", model.w_out, (h, None), dtype, xp)
-    eps = model.norm_eps
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"norm_eps: must be a finite float >= 0, got {eps!r}")
-    object.__setattr__(model, "norm_eps", float(eps))  # one representation (e.g. from np.float32)
+    try:  # one representation (e.g. from np.float32)
+        object.__setattr__(model, "norm_eps", check_float("norm_eps", model.norm_eps, minimum=0.0))
+    except ValueError:
+        raise ValueError(f"norm_eps: must be a finite float >= 0, got {model.norm_eps!r}") from None
     if not isinstance(model.causal, bool):
         raise TypeError(f"causal: must be a bool, got {model.causal!r}")
     for n, layer in enumerate(model.layers):

@@ -80,3 +80,20 @@ def parse_name(name: str) -> tuple[str, int | None, int | None]:
         except ValueError:
             pass
     raise ValueError(f"name: {name!r} is not a tensor name of the file format")
+
+
+#: prefix of the residual-stream names of reference vectors and their comparison
+RESIDUAL = "residual"
+
+
+def residual_name(n: int) -> str:
+    """``residual.{n}``: the residual stream ``X_{n+1}`` (``residual.0`` is ``I + P``)."""
+    return f"{RESIDUAL}.{int(n)}"
+
+
+def residual_index(name: str) -> int | None:
+    """``n`` of ``residual.{n}``, or ``None`` for any other name (``output``, ...)."""
+    prefix = RESIDUAL + "."
+    if isinstance(name, str) and name.startswith(prefix) and name[len(prefix) :].isdigit():
+        return int(name[len(prefix) :])
+    return None

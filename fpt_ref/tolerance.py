@@ -40,6 +40,7 @@ import numpy as np
 
 from .forward import trace
 from .model import Layer, Model
+from .names import residual_name
 from .xp import to_numpy
 
 #: dtypes an implementation may be compared in (agreement policy).
@@ -113,11 +114,11 @@ def path_lengths(model: Model, s: int) -> dict:
     -------
     dict name -> int
     """
-    out = {"residual.0": C_IN}
+    out = {residual_name(0): C_IN}
     total = C_IN
     for n, layer in enumerate(model.layers):
         total += layer_reductions(layer, model.h, s) + C_LAYER
-        out[f"residual.{n + 1}"] = total
+        out[residual_name(n + 1)] = total
     out["output"] = total + model.h + C_OUT
     return out
 
@@ -199,7 +200,7 @@ def natural_scales(model: Model, x) -> dict:
     """
     xp = model.xp
     Ms = magnitudes(model, trace(model, x), nested=False)  # N + 1 of [b, s, h]
-    out = {f"residual.{n}": float(xp.max(M)) for n, M in enumerate(Ms)}
+    out = {residual_name(n): float(xp.max(M)) for n, M in enumerate(Ms)}
     out["output"] = natural_scale(model, Ms[-1])
     return out
 

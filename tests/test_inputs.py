@@ -36,6 +36,6 @@ def test_real_inputs_scale_and_reproducibility():
     # N(0, 1): 100,000 draws have mean within 5 standard errors of 0 and standard deviation within 1%
     big = real_inputs(10, 100, 100, "float64", seed=0)
     assert abs(big.mean()) < 5 / np.sqrt(big.size) and abs(big.std() - 1) < 0.01
-    for bad in (0, -1.0, float("nan"), float("inf"), "1"):
+    for bad in (0, -1.0, float("nan"), float("inf"), "1", True):
         with pytest.raises(ValueError, match="^scale: "):
             real_inputs(1, 1, 1, "float64", scale=bad)

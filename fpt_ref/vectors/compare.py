@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from ..names import residual_index
 from ..tolerance import DTYPES, decidable, error_stats, excess
 from .files import read_actual, read_case
 from .report import Report, TensorResult, format_report
@@ -73,8 +74,9 @@ def compare_tensor(name: str, ref, actual, tol: dict) -> TensorResult:
 
 
 def _order(names) -> list:
-    res = sorted((n for n in names if n.startswith("residual.")), key=lambda n: int(n.split(".", 1)[1]))
-    return res + [n for n in names if not n.startswith("residual.")]
+    index = {n: residual_index(n) for n in names}
+    res = sorted((n for n, i in index.items() if i is not None), key=lambda n: index[n] or 0)
+    return res + [n for n, i in index.items() if i is None]
 
 
 def check_argmax(ref_out, result: TensorResult, actual, tol: dict) -> dict:
@@ -120,7 +122,7 @@ def compare(case_dir, actual, require_residuals: bool = False) -> Report:
     results = []
     for name in names:
         per = {dt: tol[dt][name] for dt in DTYPES if dt in tol and name in tol[dt]}
-        if name.startswith("residual.") and name not in act and not require_residuals:
+        if residual_index(name) is not None and name not in act and not require_residuals:
             results.append(TensorResult(name, "not given", f"{name}: not given in ACTUAL"))
             continue
         results.append(compare_tensor(name, np.asarray(ref[name], dtype=np.float64), act.get(name), per))
@@ -128,7 +130,7 @@ def compare(case_dir, actual, require_residuals: bool = False) -> Report:
     out_per = {dt: tol[dt]["output"] for dt in DTYPES if dt in tol}
     argmax = check_argmax(np.asarray(ref["output"], dtype=np.float64), by_name["output"], act.get("output"), out_per)
     first = next(
-        (r.name for r in results if r.name.startswith("residual.") and r.status not in ("pass", "not given")), None
+        (r.name for r in results if residual_index(r.name) is not None and r.status not in ("pass", "not given")), None
     )
     extra = tuple(sorted(n for n in act if n not in by_name and n not in ("tokens", "inputs")))
     return Report(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..names import residual_index, residual_name
+
 #: statuses of a tensor's comparison
 STATUSES = ("pass", "fail", "missing", "shape", "dtype", "nonfinite", "unreadable", "not given")
 #: statuses that do not fail a report: a residual stream ACTUAL does not hold (unless required)
@@ -84,12 +86,13 @@ def format_report(r: Report) -> str:
             "give residual streams to locate a failure by layer (or require them)"
         )
     lines.append(r.argmax["message"])
-    given = {t.name: t.status for t in r.tensors if t.name.startswith("residual.") and t.status != "not given"}
+    given = {t.name: t.status for t in r.tensors if residual_index(t.name) is not None and t.status != "not given"}
     if r.first_failing_residual is not None:
-        n = int(r.first_failing_residual.split(".")[1])
+        n = residual_index(r.first_failing_residual)
+        assert n is not None  # compare sets it to a residual stream's name
         where = "the input X_1 = I + P (embedding or positions)" if n == 0 else f"the output of layer {n - 1}"
         status = given[r.first_failing_residual]
-        before = [int(name.split(".")[1]) for name in given if int(name.split(".")[1]) < n]
+        before = [i for i in map(residual_index, given) if i is not None and i < n]
         if status not in ("fail", "nonfinite"):  # missing, wrong shape or dtype: says nothing about where
             lines.append(
                 f"first failing residual: {r.first_failing_residual} ({where}) is {status}; "
@@ -101,7 +104,7 @@ def format_report(r: Report) -> str:
             last = max(before)
             layers = f"layer {n - 1}" if last == n - 1 else f"layers {last} to {n - 1}"
             lines.append(
-                f"first failing residual: {r.first_failing_residual} ({where}); residual.{last} agrees, "
+                f"first failing residual: {r.first_failing_residual} ({where}); {residual_name(last)} agrees, "
                 f"so look at {layers}"
             )
         else:
@@ -110,11 +113,11 @@ def format_report(r: Report) -> str:
                 f"so the input or layers 0 to {n - 1} may be at fault"
             )
     elif not r.tensors[-1].ok and r.tensors[-1].name == "output":
-        n_res = sum(t.name.startswith("residual.") for t in r.tensors)
+        n_res = sum(residual_index(t.name) is not None for t in r.tensors)
         if given and len(given) == n_res:
             lines.append("all residuals agree; output fails, so look at W_out")
-        elif f"residual.{n_res - 1}" in given:
-            lines.append(f"residual.{n_res - 1} agrees; output fails, so look at W_out")
+        elif residual_name(n_res - 1) in given:
+            lines.append(f"{residual_name(n_res - 1)} agrees; output fails, so look at W_out")
         else:
             lines.append("output fails; give the residual streams to locate the layer at fault")
     if r.extra:

@@ -29,6 +29,7 @@ from ..init import init_model, random_inputs
 from ..io import save
 from ..memory import ResourceError, require
 from ..model import Model, dims, named_tensors, param_count
+from ..names import residual_name
 from ..plan import apply_step, parse_plan
 from ..tolerance import C_IN, C_LAYER, C_OUT, decidable, error_stats, tolerances, top2_gap
 from .cases import EXPANSIONS, FAMILIES, Config, Family, base_kwargs, plan_steps, single_steps
@@ -102,7 +103,7 @@ def reference(model: Model, x) -> dict:
     """float64 ``output`` [b, s, o] and ``residual.{n}`` [b, s, h], n = 0..N."""
     tr = trace(model, x)  # one walk: the output and the N + 1 residual streams [b, s, h]
     out = {"output": np.asarray(tr.output)}  # [b, s, o]
-    out.update({f"residual.{n}": np.asarray(r) for n, r in enumerate(tr.streams)})
+    out.update({residual_name(n): np.asarray(r) for n, r in enumerate(tr.streams)})
     return out
 
 
