@@ -63,11 +63,11 @@ def format_table(rows: list) -> str:
     return "\n".join(lines)
 
 
-def _run_and_print(model, plan, init, seed, manifest, batch=4, seq=None):
+def _run_and_print(model, plan, init, seed, manifest, batch=4, seq=None, scale=1.0):
     from .model import dims_summary, param_count
     from .plan import run_plan
 
-    results = run_plan(model, plan, init=init, seed=seed, check=True, batch=batch, seq=seq)
+    results = run_plan(model, plan, init=init, seed=seed, check=True, batch=batch, seq=seq, scale=scale)
     rows = [
         {
             "step": "(base)",
@@ -143,7 +143,7 @@ def cmd_expand(args) -> int:
         raise ValueError("--manifest-out: the same file as -o")
     model = load_model(args.model, args.allow_nonfinite)
     _require_plan_and_write(model, args.plan)
-    results = _run_and_print(model, args.plan, args.init, args.seed, args.manifest)
+    results = _run_and_print(model, args.plan, args.init, args.seed, args.manifest, scale=args.scale)
     ok = all(r.error["ok"] for r in results)
     if not ok and not args.force:
         bad = [str(i) for i, r in enumerate(results, start=1) if not r.error["ok"]]
@@ -290,6 +290,7 @@ def register(subparsers) -> None:
     s.add_argument("--init", choices=["normal", "zeros"], default="normal")
     s.add_argument("--seed", type=int_arg(0), default=0)
     s.add_argument("--manifest", action="store_true", help="print every new or changed block and its role")
+    s.add_argument("--scale", type=float, default=1.0, help="standard deviation of the check's real-valued inputs")
     s.add_argument(
         "--manifest-out",
         metavar="FILE",

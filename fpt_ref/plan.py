@@ -288,6 +288,7 @@ def run_plan(
     check: bool = True,
     batch: int = 4,
     seq: int | None = None,
+    scale: float = 1.0,
 ) -> list:
     """Apply the plan's steps in order; return one :class:`StepResult` per step.
 
@@ -295,7 +296,7 @@ def run_plan(
     from fresh, independent entropy (not reproducible). With ``check``, every step's
     model is compared with the *original* model by :func:`fpt_ref.verify_each` (every token
     id and position, plus ``batch`` random sequences of ``seq`` positions drawn from ``seed``,
-    from seed 0 when ``seed`` is ``None``), so the error reported at step ``i`` is that of the
+    from seed 0 when ``seed`` is ``None``; real inputs with standard deviation ``scale``), so the error reported at step ``i`` is that of the
     whole composition so far; and each step's manifest is audited block by block against
     the model before it (:func:`fpt_ref.audit.audit_step`, with the step's expansion: bit-exact
     blocks and a proved constraint set). ``error`` then holds the check's figures, ``audit``
@@ -337,7 +338,9 @@ def run_plan(
     if check:  # the original model runs once for all the steps
         from .audit import audit_step
 
-        errors = verify_each(model, [r.model for r in results], batch=batch, seq=seq, seed=0 if seed is None else seed)
+        errors = verify_each(
+            model, [r.model for r in results], batch=batch, seq=seq, seed=0 if seed is None else seed, scale=scale
+        )
         before = [model] + [r.model for r in results[:-1]]
         for r, err, prev in zip(results, errors, before):
             rep = audit_step(prev, r.model, r.manifest, r.step.op)

@@ -163,3 +163,15 @@ def test_cli_expand_manifest_out_then_verify_manifest(tmp_path, capsys):
     assert main(["verify", str(a), str(b), "--manifest", str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a fpt-ref-manifest/1 record" in err[0]
+
+
+def test_run_plan_checks_at_the_chosen_input_scale():
+    from fpt_ref.plan import run_plan
+
+    a = init_model(h=8, p=16, n_heads=2, k=4, v=4, n_layers=2, out_dim=5, max_seq=8, eps=1e-3)
+    res = run_plan(a, "mlp p=20; hidden h=12", scale=0.01)
+    assert all(r.error["ok"] for r in res)
+    with pytest.raises(ValueError, match="^scale: "):
+        run_plan(a, "mlp p=20", scale=0.0)
+    with pytest.raises(ValueError, match="^scale: applies to real-valued inputs"):
+        run_plan(_tokens(), "mlp p=20", scale=0.5)
