@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import sympy as sp
 
+from fpt_ref.names import tensor_name
+
 from . import core as C
 from . import expand as X
 from .symbolic import SHead, SLayer, SModel
@@ -51,25 +53,24 @@ def term_model(N: int = 1, E: int = 1, eps=0, causal: bool = False) -> SModel:
     """A model whose tensors are matrix symbols of symbolic sizes (names as fpt_ref's files)."""
     layers = []
     for n in range(N):
-        pre = f"layers.{n}"
         heads = tuple(
             SHead(
-                C.Sym(f"{pre}.heads.{e}.w_q", h, k),
-                C.Sym(f"{pre}.heads.{e}.w_k", h, k),
-                C.Sym(f"{pre}.heads.{e}.w_v", h, v),
-                C.Sym(f"{pre}.heads.{e}.w_o", v, h),
+                C.Sym(tensor_name("w_q", n, e), h, k),
+                C.Sym(tensor_name("w_k", n, e), h, k),
+                C.Sym(tensor_name("w_v", n, e), h, v),
+                C.Sym(tensor_name("w_o", n, e), v, h),
             )
             for e in range(E)
         )
         layers.append(
             SLayer(
-                C.Sym(f"{pre}.norm_mha", 1, h),
+                C.Sym(tensor_name("norm_mha", n), 1, h),
                 heads,
-                C.Sym(f"{pre}.norm_mlp", 1, h),
-                C.Sym(f"{pre}.w_l1", h, p),
-                C.Sym(f"{pre}.b_l1", 1, p),
-                C.Sym(f"{pre}.w_l2", p, h),
-                C.Sym(f"{pre}.b_l2", 1, h),
+                C.Sym(tensor_name("norm_mlp", n), 1, h),
+                C.Sym(tensor_name("w_l1", n), h, p),
+                C.Sym(tensor_name("b_l1", n), 1, p),
+                C.Sym(tensor_name("w_l2", n), p, h),
+                C.Sym(tensor_name("b_l2", n), 1, h),
             )
         )
     return SModel(C.Sym("I", s, h), C.Sym("pos", s, h), C.Sym("w_out", h, o), tuple(layers), eps=eps, causal=causal)

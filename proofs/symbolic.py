@@ -31,6 +31,8 @@ from dataclasses import dataclass, replace
 
 import sympy as sp
 
+from fpt_ref.names import tensor_name
+
 from .core import ACTIVATIONS, PREC, Kernel, KernelError, StandIn  # noqa: F401  (re-exported)
 
 
@@ -95,25 +97,24 @@ def base_model(s=2, h=2, p=2, E=1, k=2, v=2, o=2, N=1, eps=0, causal=False) -> S
     """A symbolic model; parameter names follow fpt_ref's file format (``layers.0.w_l1[i,j]``)."""
     layers = []
     for n in range(N):
-        pre = f"layers.{n}"
         heads = tuple(
             SHead(
-                sym_matrix(f"{pre}.heads.{e}.w_q", h, k),
-                sym_matrix(f"{pre}.heads.{e}.w_k", h, k),
-                sym_matrix(f"{pre}.heads.{e}.w_v", h, v),
-                sym_matrix(f"{pre}.heads.{e}.w_o", v, h),
+                sym_matrix(tensor_name("w_q", n, e), h, k),
+                sym_matrix(tensor_name("w_k", n, e), h, k),
+                sym_matrix(tensor_name("w_v", n, e), h, v),
+                sym_matrix(tensor_name("w_o", n, e), v, h),
             )
             for e in range(E)
         )
         layers.append(
             SLayer(
-                sym_row(f"{pre}.norm_mha", h),
+                sym_row(tensor_name("norm_mha", n), h),
                 heads,
-                sym_row(f"{pre}.norm_mlp", h),
-                sym_matrix(f"{pre}.w_l1", h, p),
-                sym_row(f"{pre}.b_l1", p),
-                sym_matrix(f"{pre}.w_l2", p, h),
-                sym_row(f"{pre}.b_l2", h),
+                sym_row(tensor_name("norm_mlp", n), h),
+                sym_matrix(tensor_name("w_l1", n), h, p),
+                sym_row(tensor_name("b_l1", n), p),
+                sym_matrix(tensor_name("w_l2", n), p, h),
+                sym_row(tensor_name("b_l2", n), h),
             )
         )
     return SModel(
@@ -135,12 +136,12 @@ def _tensors(m: SModel) -> dict:
     """Tensors under fpt_ref's file-format names (plus ``I`` for the input)."""
     out = {"I": m.inp, "pos": m.pos, "w_out": m.w_out}
     for n, L in enumerate(m.layers):
-        out[f"layers.{n}.norm_mha"] = L.norm_mha
+        out[tensor_name("norm_mha", n)] = L.norm_mha
         for e, H in enumerate(L.heads):
             for f in ("w_q", "w_k", "w_v", "w_o"):
-                out[f"layers.{n}.heads.{e}.{f}"] = getattr(H, f)
+                out[tensor_name(f, n, e)] = getattr(H, f)
         for f in ("norm_mlp", "w_l1", "b_l1", "w_l2", "b_l2"):
-            out[f"layers.{n}.{f}"] = getattr(L, f)
+            out[tensor_name(f, n)] = getattr(L, f)
     return out
 
 
