@@ -75,6 +75,8 @@ def _parse_sizes(items: list[str]) -> dict:
         name, eq, value = item.partition("=")
         if not eq or not name.strip():
             raise ValueError(f"--size: expected NAME=VALUE, got {item!r}")
+        if name.strip() in out:
+            raise ValueError(f"--size: {name.strip()} given twice")
         out[name.strip()] = parse_int(f"--size {name.strip()}", value.strip())
     return out
 
@@ -108,12 +110,17 @@ def cmd_prove(args) -> int:
             raise _flagged(e) from None
     sizes = _parse_sizes(args.size) if args.size else None
     if sizes:
-        from .theorems import check_sizes
+        from .theorems import THEOREMS, check_sizes
 
+        if "compose" in names:
+            raise ValueError("--size: the composition runs at its own fixed sizes; leave compose out")
+        grown = {THEOREMS[n].grows + "_new" for n in names}
+        foreign = sorted(k for k in sizes if k.endswith("_new") and k not in grown)
+        if foreign:
+            raise ValueError(f"--size: {', '.join(foreign)} is not grown by {', '.join(names)}")
         try:
             for n in names:
-                if n != "compose":
-                    check_sizes(n, sizes)
+                check_sizes(n, sizes)
         except ValueError as e:
             raise _flagged(e) from None
     from fpt_ref.files import check_output_file, write_text

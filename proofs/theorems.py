@@ -101,6 +101,8 @@ def check_sizes(theorem: str, sizes: dict) -> dict:
         out[name] = int(value)
     g = th.grows
     if g + "_new" not in sizes:
+        if out[g] + 1 > MAX_SIZE:
+            raise ValueError(f"sizes: {g} must be at most {MAX_SIZE - 1} to leave room for {g}_new, got {out[g]}")
         out[g + "_new"] = out[g] + 1
     if out[g + "_new"] <= out[g]:
         raise ValueError(f"sizes: {g}_new must exceed {g} ({out[g]}), got {out[g + '_new']}")

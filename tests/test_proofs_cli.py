@@ -159,6 +159,10 @@ def test_user_constraint_sets(args, code, word):
         (["mlp", "--size", "h"], "--size: expected NAME=VALUE"),
         (["mlp", "--size", "q=2"], "--size: unknown size 'q'"),
         (["mlp", "--size", "p_new=2"], "--size: p_new must exceed p"),
+        (["compose", "--size", "h=3"], "--size: the composition runs at its own fixed sizes"),
+        (["hidden", "--size", "k_new=5"], "--size: k_new is not grown by hidden"),
+        (["hidden", "--size", "h=8"], "--size: h must be at most 7 to leave room for h_new"),
+        (["mlp", "--size", "h=3", "--size", "h=4"], "--size: h given twice"),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args, needle, capsys):
