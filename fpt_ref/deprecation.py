@@ -19,6 +19,29 @@ from __future__ import annotations
 import functools
 import warnings
 
+TWICE = "{new}: given twice, as {new}= and as the deprecated {old}="
+
+
+def rename(kwargs: dict, old_to_new: dict, where: str, stacklevel: int, error=ValueError, twice: str = TWICE) -> dict:
+    """``kwargs`` with each deprecated key ``old`` renamed to ``new``, warning for each one used.
+
+    ``where`` starts the warning (``"f"``, ``"plan: step 'add_layer'"``); giving both names
+    raises ``error`` with the message ``twice`` (formatted with ``old`` and ``new``); ``stacklevel`` is that of the caller to blame,
+    counted from the caller of :func:`rename`.
+    """
+    out = dict(kwargs)
+    for old, new in old_to_new.items():
+        if old in out:
+            if new in out:
+                raise error(twice.format(old=old, new=new))
+            warnings.warn(
+                f"{where}: '{old}=' is deprecated, use '{new}=' (a count)",
+                DeprecationWarning,
+                stacklevel=stacklevel + 1,
+            )
+            out = {(new if k == old else k): v for k, v in out.items()}
+    return out
+
 
 def renamed(**old_to_new):
     """Decorator: accept each old keyword ``old`` as the new ``new``, warning once per call.
@@ -30,17 +53,7 @@ def renamed(**old_to_new):
     def wrap(fn):
         @functools.wraps(fn)
         def inner(*args, **kwargs):
-            for old, new in old_to_new.items():
-                if old in kwargs:
-                    if new in kwargs:
-                        raise ValueError(f"{new}: given twice, as {new}= and as the deprecated {old}=")
-                    warnings.warn(
-                        f"{fn.__name__}: '{old}=' is deprecated, use '{new}=' (a count)",
-                        DeprecationWarning,
-                        stacklevel=2,
-                    )
-                    kwargs[new] = kwargs.pop(old)
-            return fn(*args, **kwargs)
+            return fn(*args, **rename(kwargs, old_to_new, fn.__name__, stacklevel=2))
 
         return inner
 

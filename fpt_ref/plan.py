@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 
 from . import expansions
 from .checks import check_int, parse_int
+from .deprecation import rename
 from .model import Model, dims_summary, param_count
 from .paper import EXPANSIONS
 from .verify import verify_each
@@ -82,16 +82,8 @@ RENAMED_KEYS = {"add_layer": {"heads": "n_heads"}}
 def make_step(op: str, args: dict) -> Step:
     if not isinstance(op, str) or op not in STEPS:
         raise PlanError(f"plan: unknown step {op!r} (steps: {', '.join(STEPS)})")
-    for old, new in RENAMED_KEYS.get(op, {}).items():
-        if old in args:
-            if new in args:
-                raise PlanError(f"plan: step {op!r}: give {new}= only ({old}= is its deprecated name)")
-            warnings.warn(
-                f"plan: step {op!r}: key '{old}=' is deprecated, use '{new}=' (a count)",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-            args = {(new if k == old else k): v for k, v in args.items()}
+    twice = f"plan: step {op!r}: give {{new}}= only ({{old}}= is its deprecated name)"
+    args = rename(args, RENAMED_KEYS.get(op, {}), f"plan: step {op!r}: key", 3, PlanError, twice)
     conv = {k: _convert(op, k, v) for k, v in args.items()}
     missing = [k for k in REQUIRED[op] if k not in conv]
     if missing:
