@@ -490,7 +490,8 @@ def audit_record(base: Model, final: Model, record) -> AuditReport:
     if parsed["base"] != fingerprint(base):
         rep.fail("(base)", "the record was made from another base model (fingerprints differ)")
         return rep
-    if parsed["final"] != fingerprint(final):
+    final_fp = fingerprint(final)  # hashes every byte of the model: once
+    if parsed["final"] != final_fp:
         rep.notes.append("the model is not the recorded plan's output (fingerprints differ); replaying to find where")
     current = base
     for i, (st, step, blocks) in enumerate(steps):
@@ -512,7 +513,7 @@ def audit_record(base: Model, final: Model, record) -> AuditReport:
         if not sub.ok:
             return rep
         current = nxt
-    if fingerprint(final) != fingerprint(current):
+    if final_fp != fingerprint(current):
         g, r = named_tensors(final), named_tensors(current)
         diff = [t for t in r if t not in g or not _bits_equal(to_numpy(g[t]), to_numpy(r[t]))]
         extra = [t for t in g if t not in r]
