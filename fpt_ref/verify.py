@@ -22,7 +22,7 @@ from typing import TypedDict
 
 import numpy as np
 
-from .checks import check_int
+from .checks import check_float, check_int
 from .forward import forward, trace
 from .init import random_inputs
 from .inputs import batches, real_inputs, token_tiling
@@ -97,7 +97,7 @@ def input_sets(a: Model, others: list, batch: int = 4, seq: int | None = None, s
     seq = _seq(a, others, seq)
     batch = check_int("batch", batch, 1)
     s_full = _seq(a, others, None)
-    real_inputs(1, 1, 1, a.dtype, 0, scale)  # validates scale, naming it
+    scale = check_float("scale", scale, positive=True)
     if a.embed is not None and scale != 1.0:
         raise ValueError("scale: applies to real-valued inputs; these models take token ids")
     itemsize = 8 if a.embed is not None else np.dtype(a.dtype).itemsize
