@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from .model import Array, Layer, Model
 from .xp import array_namespace as _xp
 
@@ -38,88 +40,198 @@ def rms_norm(x, g, eps: float):
     return out
 
 
+def layer_norm(x, g, beta, eps: float):
+    """``LayerNorm(X)_ij = g_j (x_ij - mu_i) / sqrt(mean_c (x_ic - mu_i)^2 + eps) + beta_j`` (spec 4.1).
+
+    x: [b, s, h], g, beta: [h] -> [b, s, h]
+    """
+    xp = _xp(x)
+    xc = x - xp.mean(x, axis=-1, keepdims=True)  # [b, s, h]  x - mu
+    var = xp.mean(xc * xc, axis=-1, keepdims=True)  # [b, s, 1]
+    xc *= g  # [b, s, h]  (x - mu) g
+    xc /= xp.sqrt(var + eps)  # [b, s, h]
+    xc += beta  # [b, s, h]
+    return xc
+
+
+def norm(model: Model, x, g, beta):
+    """The model's norm (``arch.norm``) with gain ``g`` and LayerNorm bias ``beta``; [b, s, h]."""
+    if model.arch.norm == "layer":
+        return layer_norm(x, g, beta, model.norm_eps)
+    return rms_norm(x, g, model.norm_eps)
+
+
+def _erf(x):
+    """``erf`` elementwise, from SciPy (NumPy) or cupyx (CuPy): NumPy has none."""
+    if type(x).__module__.startswith("cupy"):
+        from cupyx.scipy.special import erf
+    else:
+        from scipy.special import erf
+    return erf(x)
+
+
+def relu(a):
+    """``max(a, 0)`` in place on ``a`` (an array this module created); returns it."""
+    _xp(a).maximum(a, 0, out=a)
+    return a
+
+
+def gelu(a):
+    """``a/2 (1 + erf(a / sqrt 2))`` (spec 4.1)."""
+    return 0.5 * a * (1.0 + _erf(a / math.sqrt(2.0)))
+
+
+def gelu_tanh(a):
+    """``a/2 (1 + tanh(sqrt(2/pi) (a + 0.044715 a^3)))`` (spec 4.1)."""
+    xp = _xp(a)
+    return 0.5 * a * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (a + 0.044715 * (a * a * a))))
+
+
+def silu(a):
+    """``a / (1 + exp(-a))``, computed as ``a (1 + tanh(a/2)) / 2`` (equal in real arithmetic; no overflow)."""
+    xp = _xp(a)
+    return 0.5 * a * (1.0 + xp.tanh(0.5 * a))
+
+
+#: ``Arch.act`` -> the elementwise function (each may update its argument in place)
+ACTIVATIONS = {"relu": relu, "gelu": gelu, "gelu_tanh": gelu_tanh, "silu": silu}
+
+
+def rope_tables(theta: float, k: int, s: int, xp, dtype):
+    """``cos`` and ``sin`` of the RoPE angles ``m theta^(-2i/k)``, each [s, k/2] (spec 4.1).
+
+    The angles are computed in float64 whatever the model's dtype (the reference semantics),
+    then cast.
+    """
+    i = np.arange(k // 2, dtype=np.float64)  # [k/2]
+    inv_freq = float(theta) ** (-2.0 * i / k)  # [k/2]
+    ang = np.arange(s, dtype=np.float64)[:, None] * inv_freq[None, :]  # [s, k/2]
+    return xp.asarray(np.cos(ang), dtype=dtype), xp.asarray(np.sin(ang), dtype=dtype)
+
+
+def rope(x, cos, sin, layout: str):
+    """Rotate the pairs of the last axis of ``x`` by the angles of ``cos``/``sin`` (spec 4.1).
+
+    x: [..., s, k], cos/sin: [s, k/2] -> [..., s, k] (a new array). ``layout="half"`` pairs
+    ``i`` with ``i + k/2``, ``"interleaved"`` pairs ``2i`` with ``2i + 1``.
+    """
+    xp = _xp(x)
+    k = x.shape[-1]
+    if layout == "half":
+        a, b = x[..., : k // 2], x[..., k // 2 :]  # [..., s, k/2] each
+        return xp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)  # [..., s, k]
+    a, b = x[..., 0::2], x[..., 1::2]  # [..., s, k/2] each
+    return xp.stack([a * cos - b * sin, b * cos + a * sin], axis=-1).reshape(x.shape)  # [..., s, k]
+
+
 def attention(q, k, v, causal: bool):
     """``softmax_rows(Q K^T / sqrt(k)) V`` for a stack of heads.
 
-    q, k: [b, G, s, k], v: [b, G, s, v] -> [b, G, s, v]
+    q: [b, G, r, s, k], k: [b, G, 1, s, k] (or [b, G, r, s, k]), v: [b, G, 1, s, v]
+    -> [b, G, r, s, v]: the ``r`` query heads of a group share its keys and values.
     """
     xp = _xp(q)
-    w = q @ xp.swapaxes(k, -1, -2)  # [b, G, s, s]  a new array, updated in place below
-    w /= math.sqrt(q.shape[-1])  # [b, G, s, s]  logits Q K^T / sqrt(k)
+    w = q @ xp.swapaxes(k, -1, -2)  # [b, G, r, s, s]  a new array, updated in place below
+    w /= math.sqrt(q.shape[-1])  # [b, G, r, s, s]  logits Q K^T / sqrt(k)
     if causal:
         s = w.shape[-1]
         future = xp.triu(xp.ones((s, s), dtype=bool), 1)  # [s, s]  True above the diagonal
-        w += xp.where(future, -xp.inf, 0.0).astype(w.dtype)  # [b, G, s, s]  -inf above it, exact elsewhere
-    w -= xp.max(w, axis=-1, keepdims=True)  # [b, G, s, s]  (same softmax, no overflow)
-    xp.exp(w, out=w)  # [b, G, s, s]
-    w /= xp.sum(w, axis=-1, keepdims=True)  # [b, G, s, s]  softmax_rows
-    return w @ v  # [b, G, s, v]
+        w += xp.where(future, -xp.inf, 0.0).astype(w.dtype)  # [b, G, r, s, s]  -inf above it, exact elsewhere
+    w -= xp.max(w, axis=-1, keepdims=True)  # [b, G, r, s, s]  (same softmax, no overflow)
+    xp.exp(w, out=w)  # [b, G, r, s, s]
+    w /= xp.sum(w, axis=-1, keepdims=True)  # [b, G, r, s, s]  softmax_rows
+    return w @ v  # [b, G, r, s, v]
 
 
 def head_groups(layer: Layer) -> list:
-    """Indices of the layer's heads grouped by equal ``(k, v)``, in first-seen order."""
-    groups: dict = {}
-    for e, head in enumerate(layer.heads):
-        groups.setdefault((head.k, head.v), []).append(e)
-    return list(groups.items())
+    """Indices of the layer's heads batched by equal ``(k, v)``, in first-seen order.
+
+    ``[((k, v), [e, ...]), ...]``; in a grouped-query layer whole groups are batched and
+    the heads of a group are consecutive (the order of the rows of ``W_O`` in :func:`mha`).
+    """
+    r = layer.group_size
+    batches: dict = {}
+    for g in range(layer.G):
+        head = layer.heads[g * r]
+        batches.setdefault((head.k, head.v), []).extend(range(g * r, (g + 1) * r))
+    return list(batches.items())
 
 
-def mha(layer: Layer, x, causal: bool, parts: dict | None = None):
-    """``MHA(X) = [H_1 ... H_E] W_O``; x: [b, s, h] -> [b, s, h].
+def _cat(parts: list, axis: int):
+    return parts[0] if len(parts) == 1 else _xp(parts[0]).concatenate(parts, axis=axis)
 
-    One matmul computes Q, K and V of every head; heads are regrouped by ``(k, v)`` so each
-    group runs as one batched attention. Concatenating the heads' outputs in group order and
-    the rows of ``W_O`` in the same order computes the same sum as the paper's ordering.
-    ``parts``: a dict receiving ``attn_in`` (x), ``heads`` and ``w_o`` (:class:`LayerTrace`),
-    or None.
+
+def mha(model: Model, layer: Layer, x, parts: dict | None = None):
+    """``MHA(X) = [H_1 ... H_E] W_O (+ b_o)``; x: [b, s, h] -> [b, s, h] (spec 1, 4.1).
+
+    One matmul computes the queries of every head and the keys and values of every key/value
+    head; heads are batched by ``(k, v)`` (:func:`head_groups`), each batch one attention
+    whose query heads broadcast against their group's keys and values. Concatenating the
+    heads' outputs in batch order and the rows of ``W_O`` in the same order computes the
+    same sum as the paper's ordering. ``parts``: a dict receiving ``attn_in`` (x), ``heads``
+    and ``w_o`` (:class:`LayerTrace`), or None.
     """
     xp = _xp(x)
     b, s, _ = x.shape
-    groups = head_groups(layer)
-    w_qkv = xp.concatenate(
-        [layer.heads[e].w_q for _, idx in groups for e in idx]
-        + [layer.heads[e].w_k for _, idx in groups for e in idx]
-        + [layer.heads[e].w_v for _, idx in groups for e in idx],
-        axis=1,
-    )  # [h, sum(2k + v)]
-    qkv = x @ w_qkv  # [b, s, sum(2k + v)]
-    n_q = sum(k * len(idx) for (k, _), idx in groups)
-    n_v = sum(v * len(idx) for (_, v), idx in groups)
+    r = layer.group_size
+    batches = head_groups(layer)
+    heads = [layer.heads[e] for _, idx in batches for e in idx]  # batch order
+    leaders = heads[::r]  # one per key/value head, batch order
+    w_qkv = _cat(
+        [H.w_q for H in heads] + [H.w_k for H in leaders] + [H.w_v for H in leaders], axis=1
+    )  # [h, sum(k) + sum_G(k + v)]
+    qkv = x @ w_qkv  # [b, s, sum(k) + sum_G(k + v)]
+    if model.arch.qkv_bias:
+        qkv += _cat([H.b_q for H in heads] + [H.b_k for H in leaders] + [H.b_v for H in leaders], axis=0)
+    rope_on = model.arch.positions == "rope"
+    n_q = sum(k * len(idx) for (k, _), idx in batches)
+    n_k = n_q // r
     outs = []
-    oq, ok, ov = 0, n_q, 2 * n_q
-    for (k, v), idx in groups:
-        G = len(idx)
-        q = qkv[..., oq : oq + G * k].reshape(b, s, G, k).transpose(0, 2, 1, 3)  # [b, G, s, k]
-        kk = qkv[..., ok : ok + G * k].reshape(b, s, G, k).transpose(0, 2, 1, 3)  # [b, G, s, k]
-        vv = qkv[..., ov : ov + G * v].reshape(b, s, G, v).transpose(0, 2, 1, 3)  # [b, G, s, v]
-        oq, ok, ov = oq + G * k, ok + G * k, ov + G * v
-        hg = attention(q, kk, vv, causal)  # [b, G, s, v]
-        outs.append(hg.transpose(0, 2, 1, 3).reshape(b, s, G * v))  # [b, s, G v]
-    assert ov == 2 * n_q + n_v
-    heads_out = outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=-1)  # [b, s, sum v]
-    w_o = xp.concatenate([layer.heads[e].w_o for _, idx in groups for e in idx], axis=0)  # [sum v, h]
+    oq, ok, ov = 0, n_q, n_q + n_k
+    for (k, v), idx in batches:
+        G = len(idx) // r  # key/value heads in this batch
+        q = qkv[..., oq : oq + G * r * k].reshape(b, s, G, r, k).transpose(0, 2, 3, 1, 4)  # [b, G, r, s, k]
+        kk = qkv[..., ok : ok + G * k].reshape(b, s, G, 1, k).transpose(0, 2, 3, 1, 4)  # [b, G, 1, s, k]
+        vv = qkv[..., ov : ov + G * v].reshape(b, s, G, 1, v).transpose(0, 2, 3, 1, 4)  # [b, G, 1, s, v]
+        oq, ok, ov = oq + G * r * k, ok + G * k, ov + G * v
+        if rope_on:
+            cos, sin = rope_tables(model.arch.rope_theta, k, s, xp, x.dtype)  # [s, k/2] each
+            q = rope(q, cos, sin, model.arch.rope_layout)  # [b, G, r, s, k]
+            kk = rope(kk, cos, sin, model.arch.rope_layout)  # [b, G, 1, s, k]
+        hg = attention(q, kk, vv, model.causal)  # [b, G, r, s, v]
+        outs.append(hg.transpose(0, 3, 1, 2, 4).reshape(b, s, G * r * v))  # [b, s, G r v]
+    heads_out = _cat(outs, axis=-1)  # [b, s, sum v]
+    w_o = _cat([H.w_o for H in heads], axis=0)  # [sum v, h]
     if parts is not None:
         parts.update(attn_in=x, heads=heads_out, w_o=w_o)
-    return heads_out @ w_o  # [b, s, h]
+    out = heads_out @ w_o  # [b, s, h]
+    if layer.b_o is not None:
+        out += layer.b_o  # [b, s, h]
+    return out
 
 
-def mlp(layer: Layer, x, parts: dict | None = None, activation=None):
-    """``MLP(X) = ReLU(X W_l1 + b_l1) W_l2 + b_l2``; x: [b, s, h] -> [b, s, h].
+def mlp(model: Model, layer: Layer, x, parts: dict | None = None, activation=None):
+    """``act(X W_l1 + b_l1) W_l2 + b_l2``, or gated ``(act(X W_gate + b_gate) * (X W_l1 + b_l1)) W_l2 + b_l2``.
 
-    ``parts``: a dict receiving ``mlp_in`` (x) and ``act`` (:class:`LayerTrace`), or None.
-    ``activation``: see :func:`trace`.
+    x: [b, s, h] -> [b, s, h] (spec 1, 4.1). ``parts``: a dict receiving ``mlp_in`` (x) and
+    ``act`` (the input of ``W_l2``; :class:`LayerTrace`), or None. ``activation``: see :func:`trace`.
     """
-    xp = _xp(x)
+    fn = ACTIVATIONS[model.arch.act] if activation is None else activation
     a = x @ layer.w_l1  # [b, s, p]  a new array, updated in place below
-    a += layer.b_l1  # [b, s, p]
-    if activation is None:
-        xp.maximum(a, 0, out=a)  # [b, s, p]  ReLU
+    if layer.b_l1 is not None:
+        a += layer.b_l1  # [b, s, p]
+    if layer.w_gate is None:
+        a = fn(a)  # [b, s, p]
     else:
-        a = activation(a)  # [b, s, p]
+        gate = x @ layer.w_gate  # [b, s, p]
+        if layer.b_gate is not None:
+            gate += layer.b_gate  # [b, s, p]
+        a *= fn(gate)  # [b, s, p]  act(gate) * up
     if parts is not None:
         parts.update(mlp_in=x, act=a)
     out = a @ layer.w_l2  # [b, s, h]
-    out += layer.b_l2  # [b, s, h]
+    if layer.b_l2 is not None:
+        out += layer.b_l2  # [b, s, h]
     return out
 
 
@@ -132,7 +244,7 @@ class LayerTrace:
     w_o: Array  # [sum v, h]  the rows of W_O, in G order (MHA output = heads @ w_o)
     mid: Array  # [b, s, h]  X'_n = X_n + MHA(Norm^MHA(X_n))
     mlp_in: Array  # [b, s, h]  Norm^MLP(X'_n)
-    act: Array  # [b, s, p]  ReLU(Norm^MLP(X'_n) W_l1 + b_l1) (the MLP output is act @ W_l2 + b_l2)
+    act: Array  # [b, s, p]  the input of W_l2: act(Norm^MLP(X'_n) W_l1 + b_l1), or the gated product
 
 
 @dataclass(frozen=True)
@@ -152,9 +264,9 @@ def block(model: Model, layer: Layer, x, record=None, activation=None):
     is kept, so temporaries are freed as soon as they are used). ``activation``: see :func:`trace`.
     """
     parts: dict[str, Array] | None = None if record is None else {}
-    y = mha(layer, rms_norm(x, layer.norm_mha, model.norm_eps), model.causal, parts)  # [b, s, h]  new
+    y = mha(model, layer, norm(model, x, layer.norm_mha, layer.norm_mha_b), parts)  # [b, s, h]  new
     y += x  # [b, s, h]  X' = X + MHA(Norm(X))
-    z = mlp(layer, rms_norm(y, layer.norm_mlp, model.norm_eps), parts, activation)  # [b, s, h]  new
+    z = mlp(model, layer, norm(model, y, layer.norm_mlp, layer.norm_mlp_b), parts, activation)  # [b, s, h]  new
     z += y  # [b, s, h]  X_next = X' + MLP(Norm(X'))
     if record is not None:
         assert parts is not None  # a dict whenever record is given
@@ -197,9 +309,23 @@ def input_rows(model: Model, x):
 
 
 def embed_inputs(model: Model, x):
-    """``X_1 = I + P``: token ids [b, s] (or real inputs [b, s, h]) -> [b, s, h] (:func:`input_rows`)."""
-    inp = input_rows(model, x)  # [b, s, h]
+    """``X_1 = I + P`` (``I`` without learned positions): token ids [b, s] (or real inputs
+    [b, s, h]) -> [b, s, h] (:func:`input_rows`)."""
+    return _first_stream(model, input_rows(model, x))
+
+
+def _first_stream(model: Model, inp):
+    """``X_1`` from ``I`` [b, s, h]: ``I + P`` with learned positions, else a copy of ``I``."""
+    if model.pos is None:
+        return inp  # [b, s, h]  (never updated in place: each layer makes new arrays)
     return inp + model.pos[: inp.shape[1]]  # [b, s, h]
+
+
+def output(model: Model, X):
+    """``Norm_f(X_{N+1}) W_out`` (``W_out = embed^T`` when tied); [b, s, h] -> [b, s, o]."""
+    if model.final_norm is not None:
+        X = norm(model, X, model.final_norm, model.final_norm_b)  # [b, s, h]
+    return X @ model.output_matrix  # [b, s, o]
 
 
 def _batched(model: Model, x):
@@ -211,7 +337,7 @@ def _batched(model: Model, x):
 
 
 def forward(model: Model, x):
-    """``Output = X_{N+1} W_out``.
+    """``Output = X_{N+1} W_out`` (``Norm_f(X_{N+1}) W_out`` with a final norm; spec 1, 4.1).
 
     Parameters
     ----------
@@ -226,7 +352,7 @@ def forward(model: Model, x):
     X = embed_inputs(model, xb)  # [b, s, h]
     for layer in model.layers:
         X = block(model, layer, X)  # [b, s, h]
-    out = X @ model.w_out  # [b, s, o]
+    out = output(model, X)  # [b, s, o]
     return out[0] if unbatched else out
 
 
@@ -243,18 +369,18 @@ def trace(model: Model, x, activation=None) -> Trace:
     model : Model
     x : as for :func:`forward`; unbatched input gives unbatched arrays in the trace.
     activation : callable or None
-        Elementwise function replacing ReLU in every MLP (array [b, s, p] -> [b, s, p]), for
-        claims that hold for any activation (proofs/); None is the paper's ReLU.
+        Elementwise function replacing the model's activation in every MLP (array [b, s, p] -> [b, s, p]), for
+        claims that hold for any activation (proofs/); None is the model's own (``arch.act``).
     """
     xb, unbatched = _batched(model, x)
     inp = input_rows(model, xb)  # I [b, s, h]
-    X = inp + model.pos[: inp.shape[1]]  # X_1 [b, s, h]  (as embed_inputs)
+    X = _first_stream(model, inp)  # X_1 [b, s, h]  (as embed_inputs)
     streams = [X]
     layers: list[LayerTrace] = []
     for layer in model.layers:
         X = block(model, layer, X, layers, activation)  # X_{n+1} [b, s, h]
         streams.append(X)
-    out = X @ model.w_out  # [b, s, o]
+    out = output(model, X)  # [b, s, o]
     tr = Trace(inp, tuple(streams), tuple(layers), out)
     return _unbatched(tr) if unbatched else tr
 

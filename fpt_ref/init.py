@@ -11,6 +11,7 @@ import numpy as np
 from .checks import check_int, is_int
 from .deprecation import renamed
 from .memory import require
+from .blocks import PRESETS, Arch
 from .model import Head, Layer, Model
 
 IntOrList = Union[int, Sequence[int]]
@@ -39,6 +40,8 @@ def init_model(
     dtype="float64",
     seed: int = 0,
     xp=np,
+    arch: Arch | str | None = None,
+    kv_heads: IntOrList | None = None,
 ) -> Model:
     """A randomly initialised model.
 
@@ -48,6 +51,12 @@ def init_model(
     (:class:`fpt_ref.memory.ResourceError`, a ``ValueError``, naming both figures).
     Weights are drawn ``N(0, 1/fan_in)``; gains ``1 + N(0, 0.1^2)``; biases ``N(0, 0.1^2)``;
     embedding and positions ``N(0, 1)`` and ``N(0, 0.1^2)``. ``xp`` picks NumPy or CuPy.
+
+    ``arch``: the blocks (:class:`fpt_ref.blocks.Arch` or a preset name of
+    :data:`fpt_ref.blocks.PRESETS`; default the paper's model, drawn exactly as always for a
+    given seed). A tied architecture needs ``vocab`` and has ``out_dim = vocab`` (``out_dim``
+    is then ignored). ``kv_heads``: key/value heads per layer (one int or one per layer; it
+    must divide ``n_heads``; default: every head its own).
 
     Examples
     --------
@@ -65,6 +74,18 @@ def init_model(
     )
     if vocab is not None:
         vocab = check_int("vocab", vocab, 1)
+    if arch is None:
+        arch = Arch()
+    elif isinstance(arch, str):
+        if arch not in PRESETS:
+            raise ValueError(f"arch: unknown preset {arch!r}; choose from {', '.join(PRESETS)}")
+        arch = PRESETS[arch]
+    elif not isinstance(arch, Arch):
+        raise TypeError(f"arch: expected an Arch or a preset name, got {type(arch).__name__}")
+    if arch.tied:
+        if vocab is None:
+            raise ValueError("vocab: a tied architecture (W_out = embed^T) needs an embedding table")
+        out_dim = vocab
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError(f"dtype: must be float32 or float64, got {dtype!r}")
     if seed is not None:
@@ -88,6 +109,12 @@ def init_model(
     largest = h * max([out_dim, max_seq, vocab or 1] + [max(p_, k_, v_) for p_, _, k_, v_ in sizes])
     require(n_params * itemsize + 8 * largest, f"init_model ({n_params} parameters)")
     ps, Es, ks, vs = (_per_layer(n, val, layers) for n, val in per.items())
+    Gs = list(Es) if kv_heads is None else _per_layer("kv_heads", kv_heads, layers)
+    for n in range(layers):
+        if Es[n] % Gs[n]:
+            raise ValueError(f"kv_heads: {Gs[n]} key/value heads do not divide the {Es[n]} heads of layer {n}")
+        if arch.positions == "rope" and ks[n] % 2:
+            raise ValueError(f"k: RoPE rotates pairs of dimensions, so the key size must be even, got {ks[n]}")
     rng = np.random.default_rng(seed)
 
     def w(*shape, std=None):
@@ -97,27 +124,76 @@ def init_model(
     def gain():
         return xp.asarray(1.0 + rng.normal(0.0, 0.1, size=h), dtype=dtype)
 
+    if arch.is_paper and kv_heads is None:  # the paper's model: the historical draw order
+        layer_list = []
+        for n in range(layers):
+            hs = tuple(Head(w(h, ks[n]), w(h, ks[n]), w(h, vs[n]), w(vs[n], h)) for _ in range(Es[n]))
+            layer_list.append(
+                Layer(
+                    norm_mha=gain(),
+                    heads=hs,
+                    norm_mlp=gain(),
+                    w_l1=w(h, ps[n]),
+                    b_l1=w(ps[n], std=0.1),
+                    w_l2=w(ps[n], h),
+                    b_l2=w(h, std=0.1),
+                )
+            )
+        return Model(
+            embed=None if vocab is None else w(vocab, h, std=1.0),
+            pos=w(max_seq, h, std=0.1),
+            w_out=w(h, out_dim),
+            layers=tuple(layer_list),
+            norm_eps=float(eps),
+            causal=bool(causal),
+        )
+
+    def bias(n, on=True):
+        return w(n, std=0.1) if on else None
+
+    layer_norm = arch.norm == "layer"
     layer_list = []
     for n in range(layers):
-        hs = tuple(Head(w(h, ks[n]), w(h, ks[n]), w(h, vs[n]), w(vs[n], h)) for _ in range(Es[n]))
+        r = Es[n] // Gs[n]
+        hs: list = []
+        for e in range(Es[n]):
+            w_q, w_o, b_q = w(h, ks[n]), w(vs[n], h), bias(ks[n], arch.qkv_bias)
+            if e % r == 0:
+                kv = dict(
+                    w_k=w(h, ks[n]), w_v=w(h, vs[n]), b_k=bias(ks[n], arch.qkv_bias), b_v=bias(vs[n], arch.qkv_bias)
+                )
+            else:  # the group's keys and values, shared
+                kv = {kind: getattr(hs[e - e % r], kind) for kind in ("w_k", "w_v", "b_k", "b_v")}
+            hs.append(Head(w_q=w_q, w_o=w_o, b_q=b_q, **kv))
+        gated = arch.mlp == "gated"
         layer_list.append(
             Layer(
                 norm_mha=gain(),
-                heads=hs,
+                norm_mha_b=bias(h, layer_norm),
+                heads=tuple(hs),
+                b_o=bias(h, arch.o_bias),
                 norm_mlp=gain(),
+                norm_mlp_b=bias(h, layer_norm),
+                w_gate=w(h, ps[n]) if gated else None,
+                b_gate=bias(ps[n], gated and arch.mlp_bias),
                 w_l1=w(h, ps[n]),
-                b_l1=w(ps[n], std=0.1),
+                b_l1=bias(ps[n], arch.mlp_bias),
                 w_l2=w(ps[n], h),
-                b_l2=w(h, std=0.1),
+                b_l2=bias(h, arch.mlp_bias),
+                kv_heads=Gs[n],
             )
         )
     return Model(
         embed=None if vocab is None else w(vocab, h, std=1.0),
-        pos=w(max_seq, h, std=0.1),
-        w_out=w(h, out_dim),
+        pos=w(max_seq, h, std=0.1) if arch.positions == "learned" else None,
+        w_out=None if arch.tied else w(h, out_dim),
         layers=tuple(layer_list),
         norm_eps=float(eps),
         causal=bool(causal),
+        arch=arch,
+        final_norm=gain() if arch.final_norm else None,
+        final_norm_b=bias(h, arch.final_norm and layer_norm),
+        max_seq=max_seq,
     )
 
 

@@ -17,15 +17,22 @@ from __future__ import annotations
 import json
 import os
 import stat
+import json
 import struct
 
 import numpy as np
 
+from .blocks import Arch
+from .checks import parse_int
 from .files import file_kind, write_safetensors
 from .model import Model, from_tensors, named_tensors
 from .xp import to_numpy
 
+#: the paper's model (the ``Arch`` defaults, no grouped-query layer)
 FORMAT = "fpt-ref/1"
+#: any other architecture: metadata ``arch`` (JSON of :meth:`fpt_ref.blocks.Arch.to_dict`) and,
+#: without learned positions, ``max_seq``
+FORMAT_ARCH = "fpt-ref/2"
 
 #: safetensors dtype names this format accepts, and their NumPy dtypes
 DTYPES: dict[str, np.dtype] = {"F64": np.dtype("float64"), "F32": np.dtype("float32")}
@@ -48,6 +55,11 @@ def save(model: Model, path) -> str:
     """
     tensors = {name: np.ascontiguousarray(to_numpy(a)) for name, a in named_tensors(model).items()}
     meta = {"format": FORMAT, "norm_eps": repr(float(model.norm_eps)), "causal": "true" if model.causal else "false"}
+    if not model.arch.is_paper or any(layer.grouped for layer in model.layers):
+        meta["format"] = FORMAT_ARCH
+        meta["arch"] = json.dumps(model.arch.to_dict(), sort_keys=True)
+        if model.max_seq is not None:
+            meta["max_seq"] = str(model.max_seq)
     return write_safetensors(path, tensors, meta, name="path")
 
 
@@ -142,8 +154,21 @@ def read_header(path) -> tuple:
 
 
 def _options(path: str, meta: dict) -> tuple:
-    if meta.get("format") != FORMAT:
-        raise FormatError(f"{path}: metadata format is {meta.get('format')!r}, expected {FORMAT!r}")
+    """``(norm_eps, causal, arch, max_seq)`` from the file's metadata."""
+    fmt = meta.get("format")
+    if fmt not in (FORMAT, FORMAT_ARCH):
+        raise FormatError(f"{path}: metadata format is {fmt!r}, expected {FORMAT!r} or {FORMAT_ARCH!r}")
+    arch, max_seq = Arch(), None
+    if fmt == FORMAT_ARCH:
+        try:
+            arch = Arch.from_dict(json.loads(meta.get("arch", "")))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise FormatError(f"{path}: metadata arch={meta.get('arch')!r} is not an architecture ({exc})") from None
+        if "max_seq" in meta:
+            try:
+                max_seq = parse_int("max_seq", meta["max_seq"], 1)
+            except ValueError:
+                raise FormatError(f"{path}: metadata max_seq={meta['max_seq']!r} is not a positive integer") from None
     try:
         eps = float(meta.get("norm_eps", "0.0"))
     except ValueError:
@@ -151,12 +176,13 @@ def _options(path: str, meta: dict) -> tuple:
     causal = meta.get("causal", "false")
     if causal not in ("true", "false"):
         raise FormatError(f"{path}: metadata causal={causal!r}, expected 'true' or 'false'")
-    return eps, causal == "true"
+    return eps, causal == "true", arch, max_seq
 
 
-def _build(path: str, tensors: dict, eps: float, causal: bool, xp) -> Model:
+def _build(path: str, tensors: dict, options: tuple, xp) -> Model:
+    eps, causal, arch, max_seq = options
     try:
-        return from_tensors(tensors, norm_eps=eps, causal=causal, xp=xp)
+        return from_tensors(tensors, norm_eps=eps, causal=causal, xp=xp, arch=arch, max_seq=max_seq)
     except (ValueError, TypeError) as exc:
         msg = str(exc)
         raise FormatError(f"{path}: {msg[len('tensors: ') :] if msg.startswith('tensors: ') else msg}") from None
@@ -172,11 +198,11 @@ def load_header(path) -> Model:
     """
     path = os.fspath(path)
     meta, entries = read_header(path)
-    eps, causal = _options(path, meta)
+    options = _options(path, meta)
     stand_ins = {
         name: np.broadcast_to(np.zeros((), DTYPES[dtype]), tuple(shape)) for name, (dtype, shape, _) in entries.items()
     }
-    return _build(path, stand_ins, eps, causal, None)
+    return _build(path, stand_ins, options, None)
 
 
 def nonfinite_counts(tensors: dict) -> dict:
@@ -241,4 +267,4 @@ def load(path, xp=np, allow_nonfinite: bool = False) -> Model:
                     f"{path}: tensor {name!r} holds {bad} non-finite value{'s' if bad != 1 else ''} (NaN or inf) "
                     f"of {a.size}; refusing to load it (allow_nonfinite=True accepts it)"
                 )
-    return _build(path, tensors, shell.norm_eps, shell.causal, xp)
+    return _build(path, tensors, (shell.norm_eps, shell.causal, shell.arch, shell.max_seq), xp)

@@ -3,9 +3,13 @@
 The grammar, with ``n`` the 0-based layer and ``e`` the 0-based head, each written in decimal
 without leading zeros::
 
-    embed | pos | w_out
-    layers.{n}.(norm_mha | norm_mlp | w_l1 | b_l1 | w_l2 | b_l2)
-    layers.{n}.heads.{e}.(w_q | w_k | w_v | w_o)
+    embed | pos | w_out | final_norm | final_norm_b
+    layers.{n}.(norm_mha | norm_mha_b | b_o | norm_mlp | norm_mlp_b | w_gate | b_gate | w_l1 | b_l1 | w_l2 | b_l2)
+    layers.{n}.heads.{e}.(w_q | w_k | w_v | w_o | b_q | b_k | b_v)
+
+In a grouped-query layer only the first query head of each group (``e`` a multiple of the group
+size) holds ``w_k``, ``w_v``, ``b_k``, ``b_v``: the other heads of the group read them
+(docs/spec.md section 4.1).
 
 The last component is the tensor's *kind*; :data:`fpt_ref.paper.SYMBOLS` gives each kind's
 paper symbol.
@@ -25,11 +29,25 @@ from __future__ import annotations
 import re
 
 #: kinds of the model-wide tensors (no layer index)
-MODEL_KINDS: tuple[str, ...] = ("embed", "pos", "w_out")
+MODEL_KINDS: tuple[str, ...] = ("embed", "pos", "w_out", "final_norm", "final_norm_b")
 #: kinds of a layer's own tensors (``layers.{n}.KIND``), in file order
-LAYER_KINDS: tuple[str, ...] = ("norm_mha", "norm_mlp", "w_l1", "b_l1", "w_l2", "b_l2")
+LAYER_KINDS: tuple[str, ...] = (
+    "norm_mha",
+    "norm_mha_b",
+    "b_o",
+    "norm_mlp",
+    "norm_mlp_b",
+    "w_gate",
+    "b_gate",
+    "w_l1",
+    "b_l1",
+    "w_l2",
+    "b_l2",
+)
 #: kinds of a head's tensors (``layers.{n}.heads.{e}.KIND``)
-HEAD_KINDS: tuple[str, ...] = ("w_q", "w_k", "w_v", "w_o")
+HEAD_KINDS: tuple[str, ...] = ("w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v")
+#: the head kinds a grouped-query layer stores once per group (in the group's first head)
+KV_KINDS: tuple[str, ...] = ("w_k", "w_v", "b_k", "b_v")
 #: every kind
 KINDS: tuple[str, ...] = MODEL_KINDS + LAYER_KINDS + HEAD_KINDS
 

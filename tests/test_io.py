@@ -165,8 +165,8 @@ def test_kinds_are_the_fields_of_the_containers():
     from dataclasses import fields
 
     assert HEAD_KINDS == tuple(f.name for f in fields(fpt_ref.Head))
-    assert set(LAYER_KINDS) == {f.name for f in fields(fpt_ref.Layer)} - {"heads"}
-    assert set(MODEL_KINDS) == {"embed", "pos", "w_out"}
+    assert set(LAYER_KINDS) == {f.name for f in fields(fpt_ref.Layer)} - {"heads", "kv_heads"}
+    assert set(MODEL_KINDS) == {"embed", "pos", "w_out", "final_norm", "final_norm_b"}
 
 
 @pytest.mark.parametrize(
