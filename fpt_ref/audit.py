@@ -265,6 +265,7 @@ def _expected_factor(t: str, new_shape, old_shape) -> float | None:
     for scaling, kinds in SCALED_TENSORS.items():
         if kind in kinds and scaling in SCALE_FACTORS:
             axis, sign = SCALE_FACTORS[scaling]
+            axis = min(axis, len(old_shape) - 1)  # a bias vector: its only axis
             old, new = int(old_shape[axis]), int(new_shape[axis])
             return math.sqrt(new / old) if sign > 0 else math.sqrt(old / new)
     return None
@@ -284,6 +285,9 @@ def _check_blocks(rep: AuditReport, t: str, arr, old, blocks, ax: int, dtype) ->
         if blk.role == "free":
             if not np.all(np.isfinite(part)):
                 rep.fail(t, "free block holds non-finite values", where)
+            continue
+        if blk.role == "mean":
+            _check_mean(rep, t, part, old, where, dtype)
             continue
         if blk.role not in ("copied", "scaled"):
             rep.fail(t, f"unknown role {blk.role!r}", where)
@@ -326,6 +330,25 @@ def _check_blocks(rep: AuditReport, t: str, arr, old, blocks, ax: int, dtype) ->
             )
 
 
+def _check_mean(rep: AuditReport, t: str, part, old, where: str, dtype) -> None:
+    """A ``mean`` block: every column the row mean of the base tensor, rounded once to ``dtype``.
+
+    The expansion computes the mean in float64 and rounds it; recomputing it here may differ
+    in float64's last bits (summation order), so each entry must lie within one ulp (of the
+    model's dtype) of this mean plus the float64 summation bound ``n u_64 max|row|``.
+    """
+    if old is None or old.shape[:-1] != part.shape[:-1]:
+        rep.fail(t, "mean block has no base tensor of matching rows", where)
+        return
+    ref = np.mean(old, axis=-1, keepdims=True, dtype=np.float64)  # [..., 1]
+    n = old.shape[-1]
+    scale = np.max(np.abs(old), axis=-1, keepdims=True).astype(np.float64)  # [..., 1]
+    bound = np.spacing(np.abs(ref).astype(dtype)).astype(np.float64) + n * 2.0**-53 * scale  # [..., 1]
+    bad = np.abs(part.astype(np.float64) - ref) > bound
+    if np.any(bad):
+        rep.fail(t, f"mean block differs from the row mean of the base tensor in {int(np.sum(bad))} entries", where)
+
+
 def _place(t: str, per: str):
     """The place of tensor ``t`` where constraint sets apply: a layer, a head, or the model."""
     _, n, e = parse_name(t)
@@ -343,18 +366,19 @@ def _check_constraints(rep: AuditReport, grown: Model, manifest: list, op: str) 
     exists there) is present and entirely zero, and every tensor of the place that a scaling
     multiplies has a scaled block.
     """
+    from .blocks import constraint_sets
     from .paper import SCALED_TENSORS, SYMBOLS, expansion
 
     row = expansion(op)
-    known_new, known_old = set(row.blocks), set(SYMBOLS.values())
+    known_new, known_old = set(row.all_blocks), set(SYMBOLS.values())
     for blk in manifest:
         name = getattr(blk, "block", None)
-        ok = name in known_new if blk.role in ("zero", "free") else name in known_old
+        ok = name in known_new if blk.role in ("zero", "mean", "free") else name in known_old
         if not ok:
             rep.fail(
                 "(constraints)",
                 f"block {blk.tensor}{_index_str(blk.index)} ({blk.role}) is named {name!r}, "
-                f"not a block of {row.theorem} ({', '.join(row.blocks)})",
+                f"not a block of {row.theorem} ({', '.join(row.all_blocks)})",
             )
             return
     kinds = {t: parse_name(t)[0] for t in named_tensors(grown)}
@@ -368,10 +392,10 @@ def _check_constraints(rep: AuditReport, grown: Model, manifest: list, op: str) 
             roles.setdefault(blk.block, set()).add(blk.role)
         scaled_tensors = {blk.tensor for blk in blocks if blk.role == "scaled"}
 
-        def holds(zero, scalings, here=here, roles=roles, scaled_tensors=scaled_tensors) -> bool:
-            for b in zero:
+        def holds(zero, scalings, mean, here=here, roles=roles, scaled_tensors=scaled_tensors) -> bool:
+            for b, role in [(b, "zero") for b in zero] + [(b, "mean") for b in mean]:
                 possible = any(kinds[t] in row.tensors[b] for t in here)
-                if possible and roles.get(b) != {"zero"}:
+                if possible and roles.get(b) != {role}:
                     return False
             for sc in scalings:
                 for t in here:
@@ -379,10 +403,13 @@ def _check_constraints(rep: AuditReport, grown: Model, manifest: list, op: str) 
                         return False
             return True
 
-        if not any(holds(z, sc) for z, sc in row.minimal):
+        sets_ok = constraint_sets(op, grown.arch)
+        if not any(holds(z, sc, m) for z, sc, m in sets_ok):
             sets = "; ".join(
-                "{" + ", ".join(sorted(z)) + "}" + (" with " + ", ".join(sorted(sc)) + " scaled" if sc else "")
-                for z, sc in row.minimal
+                "{" + ", ".join(sorted(z)) + "}"
+                + (" with " + ", ".join(sorted(sc)) + " scaled" if sc else "")
+                + (" and {" + ", ".join(sorted(m)) + "} the row mean" if m else "")
+                for z, sc, m in sets_ok
             )
             where = (
                 "the model"

@@ -291,3 +291,48 @@ WRONG_RECIPES: Mapping[str, str] = MappingProxyType(
         "mlp/glu:none": "gated MLP growth with no zero block",
     }
 )
+
+
+#: a constraint set: (blocks constrained to zero, scalings applied, blocks constrained to the row mean)
+ConstraintSet = tuple  # (frozenset[str], frozenset[str], frozenset[str])
+
+_HIDDEN_WRITERS = frozenset({"M_I", "M_P", "M_O", "M_l2", "m_b_l2", "m_b_O"})
+
+
+def constraint_sets(op: str, arch: Arch) -> tuple:
+    """Every constraint set that makes expansion ``op`` exact on ``arch`` (docs/spec.md 2, 4.2).
+
+    Each is ``(zero, scalings, mean)``: new blocks (names of :data:`fpt_ref.paper.EXPANSIONS`
+    rows) that must be entirely zero, scalings (:data:`fpt_ref.paper.SCALED_TENSORS`) that
+    must be applied, and new blocks that must hold the row mean of the block they extend. A
+    block a model cannot have (no bias, no gate) is not required. For the paper's model these
+    are the paper row's minimal sets; each other set is the recipe of a :data:`RECIPES` row
+    (with its alternatives), proved by that row's claim.
+    """
+    from .paper import expansion
+
+    row = expansion(op)
+    none: frozenset = frozenset()
+    if arch.is_paper:
+        return tuple((z, sc, none) for z, sc in row.minimal)
+    f = frozenset
+    if op == "mlp":
+        sets = [f({"M_l2"}), f({"M_l1", "m_b_l1"})] + ([f({"M_gate", "m_b_gate"})] if arch.mlp == "gated" else [])
+        return tuple((z, none, none) for z in sets)
+    if op == "add_heads":
+        return ((f({"M_O"}), none, none), (f({"W_V_new", "b_V_new"}), none, none))
+    if op == "heads":
+        return ((f({"M_O"}), none, none), (f({"M_V", "m_b_V"}), none, none))
+    if op == "attention":
+        return tuple(
+            (f({z, "m_b_" + z[-1]}), f({sc}), none) for sc in ("W_K", "W_Q") for z in ("M_K", "M_Q")
+        )
+    if op == "hidden":
+        scalings = f({"g", "eps"})
+        if arch.norm == "layer":
+            zero = {"m_beta"} | (set() if arch.final_norm or arch.tied else {"M_out"})
+            return ((f(zero), scalings, _HIDDEN_WRITERS),)
+        return ((row.zero | {"m_b_O"}, scalings, none),)
+    if op == "add_layer":
+        return ((f({"W_O", "b_O", "W_l2", "b_l2"}), none, none),)
+    raise ValueError(f"op: unknown expansion {op!r}")

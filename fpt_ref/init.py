@@ -8,10 +8,10 @@ from typing import Union, cast
 
 import numpy as np
 
+from .blocks import PRESETS, Arch
 from .checks import check_int, is_int
 from .deprecation import renamed
 from .memory import require
-from .blocks import PRESETS, Arch
 from .model import Head, Layer, Model
 
 IntOrList = Union[int, Sequence[int]]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import json
 import struct
 
 import numpy as np

@@ -484,7 +484,7 @@ def validate(model: Model) -> None:
         if len(layer.heads) < 1:
             raise ValueError(f"{pre}.heads: a layer needs at least one head")
 
-        def name(kind, e=None):
+        def name(kind, e=None, n=n):
             return tensor_name(kind, n, e)
 
         _expect(name("norm_mha"), layer.norm_mha, (h,), dtype, xp)

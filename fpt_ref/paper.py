@@ -17,11 +17,11 @@ plans, manifests, vectors, figures, benchmarks and proofs all look facts up here
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
-# plan key kinds: "int" one integer, "ints" one integer or a list, "str" text
-KEY_KINDS = ("int", "ints", "str")
+# plan key kinds: "int" one integer, "ints" one integer or a list, "str" text, "bool" true/false
+KEY_KINDS = ("int", "ints", "str", "bool")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,9 @@ class Expansion:
         Plan keys a step must give.
     constraint : str
         The constraint as one line of text (figures, listings).
+    arch_blocks : mapping of str to str
+        New blocks that only real-architecture blocks have (docs/spec.md section 4: gated MLP,
+        biases, LayerNorm); not in the paper, so not in ``blocks``; ``tensors`` places them too.
     per : str
         Where the constraint sets apply: ``"layer"`` (each expanded layer on its own),
         ``"head"`` (each expanded or added head) or ``"model"`` (all blocks together).
@@ -83,6 +86,12 @@ class Expansion:
     constraint: str
     minimal: tuple[tuple[frozenset[str], frozenset[str]], ...] = ()
     per: str = "model"
+    arch_blocks: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def all_blocks(self) -> Mapping[str, str]:
+        """The paper's new blocks and those of the real-architecture blocks (docs/spec.md section 4)."""
+        return MappingProxyType({**self.blocks, **self.arch_blocks})
 
     @property
     def theorem(self) -> str:
@@ -95,8 +104,33 @@ class Expansion:
         return frozenset(self.blocks) - self.zero
 
 
+#: the new blocks of :data:`EXPANSIONS` rows that the paper's model does not have (docs/spec.md 4.2)
+_ARCH_BLOCKS = {
+    "M_gate",
+    "m_b_gate",
+    "b_Q_new",
+    "b_K_new",
+    "b_V_new",
+    "m_b_V",
+    "m_b_Q",
+    "m_b_K",
+    "m_b_O",
+    "m_beta",
+    "W_gate",
+    "b_gate",
+    "b_O",
+    "b_Q",
+    "b_K",
+    "b_V",
+    "beta_MHA",
+    "beta_MLP",
+}
+
+
 def _row(**kw) -> Expansion:
-    kw["blocks"] = MappingProxyType(dict(kw["blocks"]))
+    blocks = dict(kw["blocks"])
+    kw["arch_blocks"] = MappingProxyType({b: t for b, t in blocks.items() if b in _ARCH_BLOCKS})
+    kw["blocks"] = MappingProxyType({b: t for b, t in blocks.items() if b not in _ARCH_BLOCKS})
     kw["tensors"] = MappingProxyType({b: tuple(t) for b, t in kw["tensors"].items()})
     kw["scalings"] = MappingProxyType(dict(kw.get("scalings", {})))
     kw["keys"] = MappingProxyType(dict(kw["keys"]))
@@ -106,7 +140,7 @@ def _row(**kw) -> Expansion:
         (frozenset(z), frozenset(sc)) for z, sc in kw.get("minimal", [(kw["zero"], kw["paper_scalings"])])
     )
     row = Expansion(**kw)
-    assert set(row.tensors) == set(row.blocks), row.name
+    assert set(row.tensors) == set(row.blocks) | set(row.arch_blocks), row.name
     assert row.zero <= set(row.blocks) and row.paper_scalings <= set(row.scalings), row.name
     assert (row.zero, row.paper_scalings) in row.minimal, row.name
     assert row.per in ("layer", "head", "model"), row.name
@@ -127,10 +161,18 @@ _ROWS = (
             "M_l1": "new columns of W_l1 (h x (p^-p))",
             "m_b_l1": "new entries of b_l1 (p^-p)",
             "M_l2": "new rows of W_l2 ((p^-p) x h)",
+            "M_gate": "new columns of W_gate, gated MLP (h x (p^-p); docs/spec.md section 4)",
+            "m_b_gate": "new entries of b_gate, gated MLP (p^-p)",
         },
-        tensors={"M_l1": ("w_l1",), "m_b_l1": ("b_l1",), "M_l2": ("w_l2",)},
+        tensors={
+            "M_l1": ("w_l1",),
+            "m_b_l1": ("b_l1",),
+            "M_l2": ("w_l2",),
+            "M_gate": ("w_gate",),
+            "m_b_gate": ("b_gate",),
+        },
         zero={"M_l2"},
-        keys={"p": "int", "layers": "ints"},
+        keys={"p": "int", "layers": "ints", "zero": "str"},
         required=("p",),
         constraint="M_l2 = 0",
         minimal=[({"M_l2"}, ()), ({"M_l1", "m_b_l1"}, ())],
@@ -147,10 +189,21 @@ _ROWS = (
             "W_K_new": "the new head's W_K (h x k)",
             "W_V_new": "the new head's W_V (h x v)",
             "M_O": "the new head's rows of W_O (v x h)",
+            "b_Q_new": "the new head's b_q (k; docs/spec.md section 4)",
+            "b_K_new": "the new head's b_k (k)",
+            "b_V_new": "the new head's b_v (v)",
         },
-        tensors={"W_Q_new": ("w_q",), "W_K_new": ("w_k",), "W_V_new": ("w_v",), "M_O": ("w_o",)},
+        tensors={
+            "W_Q_new": ("w_q",),
+            "W_K_new": ("w_k",),
+            "W_V_new": ("w_v",),
+            "M_O": ("w_o",),
+            "b_Q_new": ("b_q",),
+            "b_K_new": ("b_k",),
+            "b_V_new": ("b_v",),
+        },
         zero={"M_O"},
-        keys={"count": "int", "layers": "ints", "k": "int", "v": "int"},
+        keys={"count": "int", "layers": "ints", "k": "int", "v": "int", "groups": "bool"},
         required=(),
         constraint="M_O = 0",
         minimal=[({"M_O"}, ()), ({"W_V_new"}, ())],
@@ -165,8 +218,9 @@ _ROWS = (
         blocks={
             "M_V": "new columns of W_V,e (h x (v^-v))",
             "M_O": "new rows of W_O,e ((v^-v) x h)",
+            "m_b_V": "new entries of b_v,e (v^-v; docs/spec.md section 4)",
         },
-        tensors={"M_V": ("w_v",), "M_O": ("w_o",)},
+        tensors={"M_V": ("w_v",), "M_O": ("w_o",), "m_b_V": ("b_v",)},
         zero={"M_O"},
         keys={"v": "int", "layers": "ints", "heads": "ints"},
         required=("v",),
@@ -183,8 +237,10 @@ _ROWS = (
         blocks={
             "M_Q": "new columns of W_Q,e (h x (k^-k))",
             "M_K": "new columns of W_K,e (h x (k^-k))",
+            "m_b_Q": "new entries of b_q,e (k^-k; docs/spec.md section 4)",
+            "m_b_K": "new entries of b_k,e (k^-k)",
         },
-        tensors={"M_Q": ("w_q",), "M_K": ("w_k",)},
+        tensors={"M_Q": ("w_q",), "M_K": ("w_k",), "m_b_Q": ("b_q",), "m_b_K": ("b_k",)},
         zero={"M_K"},
         scalings={"W_K": "W_K,e multiplied by sqrt(k^/k)", "W_Q": "W_Q,e multiplied by sqrt(k^/k)"},
         paper_scalings={"W_K"},
@@ -212,6 +268,9 @@ _ROWS = (
             "M_Q": "new rows of every W_Q,e",
             "M_K": "new rows of every W_K,e",
             "M_V": "new rows of every W_V,e",
+            "M_gate": "new rows of every W_gate (gated MLP; docs/spec.md section 4)",
+            "m_b_O": "new entries of every b_o",
+            "m_beta": "new entries of every LayerNorm bias",
         },
         tensors={
             "M_I": ("embed",),
@@ -219,12 +278,15 @@ _ROWS = (
             "M_O": ("w_o",),
             "M_l2": ("w_l2",),
             "m_b_l2": ("b_l2",),
-            "m_g": ("norm_mha", "norm_mlp"),
+            "m_g": ("norm_mha", "norm_mlp", "final_norm"),
             "M_out": ("w_out",),
             "M_l1": ("w_l1",),
             "M_Q": ("w_q",),
             "M_K": ("w_k",),
             "M_V": ("w_v",),
+            "M_gate": ("w_gate",),
+            "m_b_O": ("b_o",),
+            "m_beta": ("norm_mha_b", "norm_mlp_b", "final_norm_b"),
         },
         zero={"M_I", "M_P", "M_O", "M_l2", "m_b_l2"},
         scalings={"g": "every gain g multiplied by sqrt(h/h^)", "eps": "norm epsilon multiplied by h/h^"},
@@ -251,6 +313,14 @@ _ROWS = (
             "b_l1": "the new layer's b_l1",
             "W_l2": "the new layer's W_l2",
             "b_l2": "the new layer's b_l2",
+            "W_gate": "the new layer's W_gate (gated MLP; docs/spec.md section 4)",
+            "b_gate": "the new layer's b_gate",
+            "b_O": "the new layer's b_o",
+            "b_Q": "the new layer's b_q,e",
+            "b_K": "the new layer's b_k,e",
+            "b_V": "the new layer's b_v,e",
+            "beta_MHA": "the new layer's Norm^MHA LayerNorm bias",
+            "beta_MLP": "the new layer's Norm^MLP LayerNorm bias",
         },
         tensors={
             "W_Q": ("w_q",),
@@ -263,9 +333,17 @@ _ROWS = (
             "b_l1": ("b_l1",),
             "W_l2": ("w_l2",),
             "b_l2": ("b_l2",),
+            "W_gate": ("w_gate",),
+            "b_gate": ("b_gate",),
+            "b_O": ("b_o",),
+            "b_Q": ("b_q",),
+            "b_K": ("b_k",),
+            "b_V": ("b_v",),
+            "beta_MHA": ("norm_mha_b",),
+            "beta_MLP": ("norm_mlp_b",),
         },
         zero={"W_O", "W_l2", "b_l2"},
-        keys={"at": "int", "p": "int", "n_heads": "int", "k": "int", "v": "int", "count": "int"},
+        keys={"at": "int", "p": "int", "n_heads": "int", "k": "int", "v": "int", "count": "int", "kv_heads": "int"},
         required=("at",),
         constraint="new layer's W_O = 0, W_l2 = 0, b_l2 = 0",
         minimal=[
@@ -284,10 +362,11 @@ _ROWS = (
 
 #: scaling name -> the tensor kinds it multiplies (``eps`` multiplies the model's norm epsilon)
 SCALED_TENSORS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {"W_K": ("w_k",), "W_Q": ("w_q",), "g": ("norm_mha", "norm_mlp"), "eps": ()}
+    {"W_K": ("w_k", "b_k"), "W_Q": ("w_q", "b_q"), "g": ("norm_mha", "norm_mlp", "final_norm"), "eps": ()}
 )
 
 #: scaling name -> (axis, exponent) of the factor of a scaled tensor: the size along ``axis``
+#: (the last axis for a bias vector ``b_k``/``b_q``)
 #: of the tensor grows from ``old`` to ``new`` and the factor is ``sqrt(new / old)`` for
 #: exponent +1 (``W_K``, ``W_Q``: ``sqrt(k^/k)``, axis 1 holds the key size) and
 #: ``sqrt(old / new)`` for -1 (gains: ``sqrt(h/h^)``, axis 0 holds the hidden size). The norm
@@ -311,6 +390,16 @@ SYMBOLS: Mapping[str, str] = MappingProxyType(
         "w_k": "W_K,e",
         "w_v": "W_V,e",
         "w_o": "W_O,e",
+        "final_norm": "g_f",
+        "final_norm_b": "beta_f",
+        "norm_mha_b": "beta_MHA",
+        "norm_mlp_b": "beta_MLP",
+        "b_o": "b_O",
+        "w_gate": "W_gate",
+        "b_gate": "b_gate",
+        "b_q": "b_Q,e",
+        "b_k": "b_K,e",
+        "b_v": "b_V,e",
     }
 )
 

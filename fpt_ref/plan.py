@@ -25,7 +25,7 @@ from .model import Model, dims_summary, param_count
 from .paper import EXPANSIONS
 from .verify import verify_each
 
-# name -> (function, {key: kind}); kind is one of fpt_ref.paper.KEY_KINDS: "int", "ints" (int or list), "str"
+# name -> (function, {key: kind}); kind is one of fpt_ref.paper.KEY_KINDS: "int", "ints" (int or list), "str", "bool"
 STEPS = {name: (getattr(expansions, row.function), dict(row.keys)) for name, row in EXPANSIONS.items()}
 # name -> the keys a step must give
 REQUIRED = {name: row.required for name, row in EXPANSIONS.items()}
@@ -58,6 +58,15 @@ def _convert(op: str, key: str, value):
     kind = kinds[key]
     if kind == "str":
         return str(value)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes"):
+            return True
+        if text in ("false", "0", "no"):
+            return False
+        raise PlanError(f"plan: step {op!r}: {key}={value!r} is not true or false")
     try:
         if isinstance(value, str):
             items = [_as_int(key, t) for t in value.split(",")]

@@ -39,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from .forward import trace
+from .blocks import Arch
 from .model import Layer, Model
 from .names import residual_name
 from .xp import to_numpy
@@ -56,6 +57,12 @@ C_IN = 3
 C_LAYER = 28
 #: agreement: rounding W_out to the compared dtype.
 C_OUT = 1
+#: roundings of one bias addition (and the bias rounded to the compared dtype)
+C_BIAS = 2
+#: ulps of evaluating GELU (erf), its tanh form or SiLU elementwise
+C_ACT = 4
+#: RoPE: cos and sin rounded, two products and one sum per rotated entry
+C_ROPE = 4
 
 
 # ---- units -------------------------------------------------------------------------------
@@ -78,19 +85,47 @@ def ulp(x: float, dtype) -> float:
 # ---- rounding steps ---------------------------------------------------------------------
 
 
-def layer_reductions(layer: Layer, h: int, s: int) -> int:
+def layer_reductions(layer: Layer, h: int, s: int, arch: Arch | None = None) -> int:
     """``R_n``: reduction lengths of one layer along one path of the forward pass.
 
     The norms' means (``h`` twice), Q/K/V (``h``), the logits (``max_e k_e``), the softmax
     sum and the weighted sum of values (``s`` twice), ``W_O`` (``sum_e v_e``), ``W_l1``
-    (``h``) and ``W_l2`` (``p``): ``4h + k_max + 2s + sum_e v_e + p``.
+    (``h``) and ``W_l2`` (``p``): ``4h + k_max + 2s + sum_e v_e + p``. The blocks of
+    docs/spec.md section 4 (``arch``) add :func:`arch_reductions`.
     """
-    return 4 * h + max(hd.k for hd in layer.heads) + 2 * s + sum(hd.v for hd in layer.heads) + layer.p
+    base = 4 * h + max(hd.k for hd in layer.heads) + 2 * s + sum(hd.v for hd in layer.heads) + layer.p
+    return base + (0 if arch is None else arch_reductions(arch, h, s))
+
+
+def arch_reductions(arch: Arch, h: int, s: int) -> int:
+    """The rounding steps the blocks of docs/spec.md section 4 add to one layer's path.
+
+    LayerNorm: the mean subtracted before the variance (``h`` per norm, ``2h``); gated MLP:
+    the gate's product ``W_gate`` (``h``, multiplied into the path); biases: one addition each
+    (``C_BIAS``); activations other than ReLU: their evaluation (``C_ACT`` ulps: erf, tanh
+    are accurate to a few ulps); RoPE: the rotation (two products and a sum per entry) and
+    the angles ``m theta^(-2i/k)``, whose relative error of a few ``u`` grows with the
+    position ``m < s`` (``3s + C_ROPE``), since an expanded model's ``theta'`` is rounded.
+    """
+    n = 0
+    if arch.norm == "layer":
+        n += 2 * h
+    if arch.mlp == "gated":
+        n += h
+    n += C_BIAS * (int(arch.qkv_bias) + int(arch.o_bias) + int(arch.mlp_bias))
+    if arch.act != "relu":
+        n += C_ACT
+    if arch.positions == "rope":
+        n += 3 * s + C_ROPE
+    return n
 
 
 def reduction_length(model: Model, s: int) -> int:
-    """``L(model, s) = h + sum_n R_n``: every layer's reductions and ``W_out`` (``h``)."""
-    return model.h + sum(layer_reductions(layer, model.h, s) for layer in model.layers)
+    """``L(model, s) = h + sum_n R_n``: every layer's reductions and ``W_out`` (``h``), and the
+    final norm's mean (``h``, twice for LayerNorm) when the model has one."""
+    arch = model.arch
+    final = (2 if arch.norm == "layer" else 1) * model.h if arch.final_norm else 0
+    return model.h + final + sum(layer_reductions(layer, model.h, s, arch) for layer in model.layers)
 
 
 def tolerance_ulps(a: Model, b: Model, s: int) -> float:
@@ -117,9 +152,10 @@ def path_lengths(model: Model, s: int) -> dict:
     out = {residual_name(0): C_IN}
     total = C_IN
     for n, layer in enumerate(model.layers):
-        total += layer_reductions(layer, model.h, s) + C_LAYER
+        total += layer_reductions(layer, model.h, s, model.arch) + C_LAYER
         out[residual_name(n + 1)] = total
-    out["output"] = total + model.h + C_OUT
+    final = (2 if model.arch.norm == "layer" else 1) * model.h + 6 if model.arch.final_norm else 0
+    out["output"] = total + model.h + final + C_OUT
     return out
 
 
@@ -142,23 +178,39 @@ def magnitudes(model: Model, tr, nested: bool) -> list:
     (``|softmax V| <= max over rows of |V|``) and ``|Norm(X'_n)| |W_l1| + |b_l1|``, so that
     cancellation inside the branches cannot shrink the scale either.
 
+    The blocks of docs/spec.md section 4 add their terms: ``|b_o|`` to ``M'_n``, ``|b_v|``
+    to the value bound; every activation has ``|act(z)| <= |z|``, and a gated MLP's product
+    is bounded by the product of the gate's and the up projection's bounds; without learned
+    positions ``M_1 = |I|``.
+
     Returns a list of N + 1 arrays [b, s, h] (or [s, h] for an unbatched trace).
     """
     xp = model.xp
     s = tr.inputs.shape[-2]
-    M = xp.abs(tr.inputs) + xp.abs(model.pos[:s])  # M_1 [b, s, h]
+    M = xp.abs(tr.inputs)  # [b, s, h]
+    if model.pos is not None:
+        M = M + xp.abs(model.pos[:s])  # M_1 [b, s, h]
     out = [M]
+
+    def plus(a, bias):  # a + |bias| (bias may be absent)
+        return a if bias is None else a + xp.abs(bias)
+
     for layer, t in zip(model.layers, tr.layers):
         if nested:
             w_v = xp.concatenate([hd.w_v for hd in layer.heads], axis=1)  # [h, sum v]
             w_o = xp.concatenate([hd.w_o for hd in layer.heads], axis=0)  # [sum v, h]
-            H = xp.max(xp.abs(t.attn_in) @ xp.abs(w_v), axis=-2, keepdims=True)  # [b, 1, sum v]  >= |H|
-            A = xp.abs(t.mlp_in) @ xp.abs(layer.w_l1) + xp.abs(layer.b_l1)  # [b, s, p]  >= |A|
+            V = xp.abs(t.attn_in) @ xp.abs(w_v)  # [b, s, sum v]
+            if model.arch.qkv_bias:
+                V = V + xp.abs(xp.concatenate([hd.b_v for hd in layer.heads]))  # [b, s, sum v]
+            H = xp.max(V, axis=-2, keepdims=True)  # [b, 1, sum v]  >= |H|
+            A = plus(xp.abs(t.mlp_in) @ xp.abs(layer.w_l1), layer.b_l1)  # [b, s, p]  >= |up|
+            if layer.w_gate is not None:
+                A = A * plus(xp.abs(t.mlp_in) @ xp.abs(layer.w_gate), layer.b_gate)  # [b, s, p]  >= |A|
         else:
             w_o = t.w_o  # [sum v, h]  in the trace's head order, like H
             H, A = xp.abs(t.heads), xp.abs(t.act)  # [b, s, sum v], [b, s, p]
-        M = M + H @ xp.abs(w_o)  # M'_n [b, s, h]
-        M = M + A @ xp.abs(layer.w_l2) + xp.abs(layer.b_l2)  # M_{n+1} [b, s, h]
+        M = plus(M + H @ xp.abs(w_o), layer.b_o)  # M'_n [b, s, h]
+        M = plus(M + A @ xp.abs(layer.w_l2), layer.b_l2)  # M_{n+1} [b, s, h]
         out.append(M)
     return out
 
@@ -168,16 +220,31 @@ def magnitude_streams(model: Model, x) -> list:
     return magnitudes(model, trace(model, x), nested=True)
 
 
-def natural_scale(model: Model, last) -> float:
+def natural_scale(model: Model, last, stream=None) -> float:
     """``max |M| @ |W_out|`` for a last magnitude (or residual) stream ``M`` [..., s, h].
 
-    Computed in float64, so that a float32 model's scale cannot overflow.
+    With a final norm the output reads ``Norm_f(X)``, whose error is the stream's error times
+    ``|g| / r`` (``r = sqrt(mean(x^2) + eps)``, or the centred ``sqrt(var + eps)`` of LayerNorm):
+    the scale is ``max (|M| |g| / r + |beta|) @ |W_out|``, with ``stream`` the last residual
+    stream ``X_{N+1}`` (required then). Computed in float64, so that a float32 model's scale
+    cannot overflow.
     """
     xp = model.xp
     if not last.size:
         return 0.0
     f64 = xp.float64
-    return float(xp.max(xp.abs(last).astype(f64) @ xp.abs(model.w_out).astype(f64)))
+    M = xp.abs(last).astype(f64)  # [..., s, h]
+    if model.final_norm is not None:
+        if stream is None:
+            raise ValueError("stream: a model with a final norm needs the last residual stream")
+        X = stream.astype(f64)  # [..., s, h]
+        if model.arch.norm == "layer":
+            X = X - xp.mean(X, axis=-1, keepdims=True)
+        r = xp.sqrt(xp.mean(X * X, axis=-1, keepdims=True) + model.norm_eps)  # [..., s, 1]
+        M = M * xp.abs(model.final_norm).astype(f64) / xp.maximum(r, xp.finfo(f64).tiny)  # [..., s, h]
+        if model.final_norm_b is not None:
+            M = M + xp.abs(model.final_norm_b).astype(f64)
+    return float(xp.max(M @ xp.abs(model.output_matrix).astype(f64)))
 
 
 def preservation_scale(model: Model, tr, nested: bool = True) -> float:
@@ -185,7 +252,7 @@ def preservation_scale(model: Model, tr, nested: bool = True) -> float:
 
     ``nested=False`` gives the agreement policy's (tighter) output scale instead.
     """
-    return natural_scale(model, magnitudes(model, tr, nested)[-1])
+    return natural_scale(model, magnitudes(model, tr, nested)[-1], tr.streams[-1])
 
 
 def natural_scales(model: Model, x) -> dict:
@@ -199,9 +266,10 @@ def natural_scales(model: Model, x) -> dict:
     x : token ids [b, s] or real inputs [b, s, h]
     """
     xp = model.xp
-    Ms = magnitudes(model, trace(model, x), nested=False)  # N + 1 of [b, s, h]
+    tr = trace(model, x)
+    Ms = magnitudes(model, tr, nested=False)  # N + 1 of [b, s, h]
     out = {residual_name(n): float(xp.max(M)) for n, M in enumerate(Ms)}
-    out["output"] = natural_scale(model, Ms[-1])
+    out["output"] = natural_scale(model, Ms[-1], tr.streams[-1])
     return out
 
 

@@ -72,10 +72,18 @@ def _seq(a: Model, others: list, seq) -> int:
 
 
 def _pad(x, a: Model, others: list) -> list:
-    """``x`` as an input of each model of ``others`` (real inputs zero-padded to its width)."""
+    """``x`` as an input of each model of ``others``: real inputs padded to its width with zeros
+    (``M_I = 0``), or with the row mean for a LayerNorm model (mean padding, docs/spec.md 4.2)."""
     if a.embed is not None:
         return [x] * len(others)
-    return [np.pad(x, [(0, 0), (0, 0), (0, b.h - a.h)]).astype(b.dtype) for b in others]
+    out = []
+    for b in others:
+        if b.arch.norm == "layer" and b.h > a.h:
+            mean = np.mean(x, axis=-1, keepdims=True, dtype=np.float64).astype(x.dtype)  # [b, s, 1]
+            out.append(np.concatenate([x, np.repeat(mean, b.h - a.h, axis=-1)], axis=-1).astype(b.dtype))
+        else:
+            out.append(np.pad(x, [(0, 0), (0, 0), (0, b.h - a.h)]).astype(b.dtype))
+    return out
 
 
 def _random_for_all(a: Model, others: list, batch: int, seq: int, seed: int, scale: float):

@@ -205,7 +205,10 @@ def test_table_has_the_papers_blocks(name):
     zero, free, scalings = PAPER_BLOCKS[name]
     assert (set(row.zero), set(row.free), set(row.paper_scalings)) == (zero, free, scalings)
     expected = {b: ("norm_mha", "norm_mlp") if b == "m_g" else (BLOCK_TENSORS[b],) for b in zero | free}
-    assert dict(row.tensors) == expected
+    # the paper's tensors of each paper block (the final norm is a real-architecture block, spec 4)
+    assert {b: tuple(t for t in row.tensors[b] if t != "final_norm") for b in row.blocks} == expected
+    assert set(row.tensors) == set(row.blocks) | set(row.arch_blocks)
+    assert not set(row.blocks) & set(row.arch_blocks)
 
 
 def test_table_is_consistent():

@@ -88,8 +88,8 @@ def test_run_plan_reports_each_step_against_the_original(hetero_model):
 
 # ---- the plan keys are the paper's table (fpt_ref.paper) ---------------------------------
 
-TEXT_OF = {"int": "3", "ints": "0,1", "str": "W_Q"}  # a value of each kind, as plan text
-VALUE_OF = {"int": 3, "ints": [0, 1], "str": "W_Q"}  # and what parse_plan makes of it
+TEXT_OF = {"int": "3", "ints": "0,1", "str": "W_Q", "bool": "true"}  # a value of each kind, as plan text
+VALUE_OF = {"int": 3, "ints": [0, 1], "str": "W_Q", "bool": True}  # and what parse_plan makes of it
 
 
 @pytest.mark.parametrize("op", paper.NAMES)

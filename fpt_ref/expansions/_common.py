@@ -7,6 +7,9 @@ tensor of the expanded model, with its role:
 - ``copied``: an existing block, unchanged;
 - ``scaled``: an existing block multiplied by ``factor``;
 - ``zero``:   a new block constrained to zero by the theorem;
+- ``mean``:   a new block constrained to the row mean of the existing block it extends
+  (LayerNorm hidden growth, docs/spec.md section 4.2): every new column equals the mean of
+  the old columns, computed in float64 and rounded once to the model's dtype;
 - ``free``:   a new block that may hold any value (filled by the initializer).
 
 Each block also carries its name in the paper's notation (``block``):
@@ -37,7 +40,7 @@ from ..checks import check_int, is_int
 from ..model import Array, Model
 from ..names import parse_name
 
-ROLES = ("copied", "scaled", "zero", "free")
+ROLES = ("copied", "scaled", "zero", "mean", "free")
 
 Init = Union[str, Callable]
 
@@ -103,13 +106,20 @@ class Builder:
 
     # ---- new blocks -------------------------------------------------------------------
     def _new(self, block: str) -> str:
-        if block not in self.row.blocks:  # a programming error in an expansion, not a user error
-            raise AssertionError(f"{block!r} is not a new block of {self.row.name} ({', '.join(self.row.blocks)})")
+        if block not in self.row.all_blocks:  # a programming error in an expansion, not a user error
+            raise AssertionError(f"{block!r} is not a new block of {self.row.name} ({', '.join(self.row.all_blocks)})")
         return block
 
     def zeros(self, block: str, shape) -> Part:
         """New block ``block`` (paper name) of zeros: the theorem's constraint."""
         return Part(self.xp.zeros(tuple(shape), dtype=self.dtype), "zero", block=self._new(block))
+
+    def mean(self, block: str, arr, d: int) -> Part:
+        """New block ``block`` (paper name): ``d`` columns (last axis), each the row mean of ``arr``
+        (computed in float64, rounded once to the model's dtype)."""
+        xp = self.xp
+        m = xp.mean(arr, axis=-1, keepdims=True, dtype=xp.float64).astype(self.dtype)  # [..., 1]
+        return Part(xp.repeat(m, d, axis=-1), "mean", block=self._new(block))
 
     def free(self, block: str, shape, like=None) -> Part:
         """New free block ``block`` (paper name), filled by the initializer; ``like`` is the
@@ -241,6 +251,27 @@ def head_indices(model: Model, n: int, heads, name: str = "heads") -> list:
     if not out:
         raise ValueError(f"{name}: select at least one head")
     return out
+
+
+def group_indices(model: Model, n: int, heads, name: str = "heads") -> list:
+    """The key/value groups of layer ``n`` that a head selection covers (all heads: every group).
+
+    In a grouped-query layer the heads of one group share their keys and values, so a key or
+    value expansion applies to whole groups: a selection that covers part of a group is
+    refused, naming the group's heads. Ungrouped layers: one group per head.
+    """
+    L = model.layers[n]
+    chosen = head_indices(model, n, heads, name)
+    r = L.group_size
+    groups = sorted({e // r for e in chosen})
+    for g in groups:
+        members = set(range(g * r, (g + 1) * r))
+        if not members <= set(chosen):
+            raise ValueError(
+                f"{name}: heads {g * r}..{(g + 1) * r - 1} of layer {n} share their keys and values (grouped query "
+                f"attention, kv_heads={L.G}); select all of them or none"
+            )
+    return groups
 
 
 def check_grows(name: str, new: int, old: int, where: str) -> int:

@@ -21,6 +21,7 @@ def add_layer(
     k=None,
     v=None,
     count: int = 1,
+    kv_heads=None,
     init="normal",
     seed=0,
     return_manifest=False,
@@ -28,8 +29,10 @@ def add_layer(
     """Insert ``count`` new layers at position ``at`` in ``0..N`` (paper section 3.6).
 
     Constrained: each new layer's ``W_O`` (every head's block), ``W_l2`` and ``b_l2`` are zero,
-    so both residual branches add zero and the layer is the identity.
-    Free: both gain vectors, every ``W_Q,e``, ``W_K,e``, ``W_V,e``, ``W_l1`` and ``b_l1``.
+    and ``b_o`` when the model has it (docs/spec.md section 4.2), so both residual branches add
+    zero and the layer is the identity.
+    Free: both gain vectors (and LayerNorm biases), every ``W_Q,e``, ``W_K,e``, ``W_V,e`` (and
+    their biases), ``W_l1``, ``b_l1``, and a gated MLP's ``W_gate``, ``b_gate``.
 
     Parameters
     ----------
@@ -45,6 +48,10 @@ def add_layer(
         Number of layers inserted (default 1), all of the same dimensions, at
         ``at, at+1, ..., at+count-1``; each is an identity layer, so the result is what
         ``count`` single insertions give, and the manifest lists the blocks of all of them.
+    kv_heads : int, optional
+        Key/value heads of the new layers (grouped-query attention; it must divide their
+        number of heads). Default: that of the layer they follow when ``n_heads`` is not
+        given, else one per head.
     init, seed, return_manifest : see :func:`fpt_ref.expand_mlp`.
 
     Examples
@@ -87,6 +94,18 @@ def add_layer(
         else:
             kv = [(ref.heads[0].k if k is None else int(k), ref.heads[0].v if v is None else int(v))] * int(n_heads)
 
+    if kv_heads is None:
+        G = ref.G if ref is not None and n_heads is None else len(kv)
+    else:
+        G = check_int("kv_heads", kv_heads, 1)
+    if len(kv) % G:
+        raise ValueError(f"kv_heads: {G} key/value heads do not divide the new layer's {len(kv)} heads")
+    r = len(kv) // G
+    if any(kv[e] != kv[e - e % r] for e in range(len(kv))):
+        raise ValueError("kv_heads: the heads of a group share keys and values, so they need equal (k, v)")
+    if model.arch.positions == "rope" and any(ke % 2 for ke, _ in kv):
+        raise ValueError("k: RoPE rotates pairs of dimensions, so the key size must be even")
+    arch = model.arch
     b = Builder(model, "add_layer", init, seed)
 
     def like(e, name):
@@ -94,28 +113,67 @@ def add_layer(
             return None
         return getattr(ref.heads[min(e, ref.E - 1)], name)
 
+    def opt(on, build):
+        return build() if on else None
+
     def new_layer(n):
-        new_heads = tuple(
-            Head(
-                w_q=b.whole(tensor_name("w_q", n, e), b.free("W_Q", (h, ke), like(e, "w_q"))),  # [h, k]
-                w_k=b.whole(tensor_name("w_k", n, e), b.free("W_K", (h, ke), like(e, "w_k"))),  # [h, k]
-                w_v=b.whole(tensor_name("w_v", n, e), b.free("W_V", (h, ve), like(e, "w_v"))),  # [h, v]
-                w_o=b.whole(tensor_name("w_o", n, e), b.zeros("W_O", (ve, h))),  # [v, h]  W_O = 0
-            )
-            for e, (ke, ve) in enumerate(kv)
-        )
+        heads: list = []
+        for e, (ke, ve) in enumerate(kv):
+            w_q = b.whole(tensor_name("w_q", n, e), b.free("W_Q", (h, ke), like(e, "w_q")))  # [h, k]
+            if e % r == 0:
+                shared = {
+                    "w_k": b.whole(tensor_name("w_k", n, e), b.free("W_K", (h, ke), like(e, "w_k"))),  # [h, k]
+                    "w_v": b.whole(tensor_name("w_v", n, e), b.free("W_V", (h, ve), like(e, "w_v"))),  # [h, v]
+                }
+            else:
+                shared = {kind: getattr(heads[e - e % r], kind) for kind in ("w_k", "w_v", "b_k", "b_v")}
+            w_o = b.whole(tensor_name("w_o", n, e), b.zeros("W_O", (ve, h)))  # [v, h]  W_O = 0
+            if arch.qkv_bias:
+                shared["b_q"] = b.whole(tensor_name("b_q", n, e), b.free("b_Q", (ke,), like(e, "b_q")))  # [k]
+                if e % r == 0:
+                    shared["b_k"] = b.whole(tensor_name("b_k", n, e), b.free("b_K", (ke,), like(e, "b_k")))  # [k]
+                    shared["b_v"] = b.whole(tensor_name("b_v", n, e), b.free("b_V", (ve,), like(e, "b_v")))  # [v]
+            heads.append(Head(w_q=w_q, w_o=w_o, **shared))
+        layer_norm = arch.norm == "layer"
         return Layer(
             norm_mha=b.whole(
                 tensor_name("norm_mha", n), b.free("g_MHA", (h,), ones if ref is None else ref.norm_mha)
             ),  # [h]
-            heads=new_heads,
+            heads=tuple(heads),
             norm_mlp=b.whole(
                 tensor_name("norm_mlp", n), b.free("g_MLP", (h,), ones if ref is None else ref.norm_mlp)
             ),  # [h]
             w_l1=b.whole(tensor_name("w_l1", n), b.free("W_l1", (h, p), None if ref is None else ref.w_l1)),  # [h, p]
-            b_l1=b.whole(tensor_name("b_l1", n), b.free("b_l1", (p,), None if ref is None else ref.b_l1)),  # [p]
+            b_l1=opt(
+                arch.mlp_bias,
+                lambda: b.whole(tensor_name("b_l1", n), b.free("b_l1", (p,), None if ref is None else ref.b_l1)),
+            ),  # [p]
             w_l2=b.whole(tensor_name("w_l2", n), b.zeros("W_l2", (p, h))),  # [p, h]  W_l2 = 0
-            b_l2=b.whole(tensor_name("b_l2", n), b.zeros("b_l2", (h,))),  # [h]  b_l2 = 0
+            b_l2=opt(arch.mlp_bias, lambda: b.whole(tensor_name("b_l2", n), b.zeros("b_l2", (h,)))),  # [h]  b_l2 = 0
+            w_gate=opt(
+                arch.mlp == "gated",
+                lambda: b.whole(
+                    tensor_name("w_gate", n), b.free("W_gate", (h, p), None if ref is None else ref.w_gate)
+                ),
+            ),  # [h, p]
+            b_gate=opt(
+                arch.mlp == "gated" and arch.mlp_bias,
+                lambda: b.whole(tensor_name("b_gate", n), b.free("b_gate", (p,), None if ref is None else ref.b_gate)),
+            ),  # [p]
+            b_o=opt(arch.o_bias, lambda: b.whole(tensor_name("b_o", n), b.zeros("b_O", (h,)))),  # [h]  b_o = 0
+            norm_mha_b=opt(
+                layer_norm,
+                lambda: b.whole(
+                    tensor_name("norm_mha_b", n), b.free("beta_MHA", (h,), None if ref is None else ref.norm_mha_b)
+                ),
+            ),  # [h]
+            norm_mlp_b=opt(
+                layer_norm,
+                lambda: b.whole(
+                    tensor_name("norm_mlp_b", n), b.free("beta_MLP", (h,), None if ref is None else ref.norm_mlp_b)
+                ),
+            ),  # [h]
+            kv_heads=G,
         )
 
     added = tuple(new_layer(at + i) for i in range(count))
