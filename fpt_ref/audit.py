@@ -406,7 +406,9 @@ def _check_constraints(rep: AuditReport, grown: Model, manifest: list, op: str) 
         sets_ok = constraint_sets(op, grown.arch)
         if not any(holds(z, sc, m) for z, sc, m in sets_ok):
             sets = "; ".join(
-                "{" + ", ".join(sorted(z)) + "}"
+                "{"
+                + ", ".join(sorted(z))
+                + "}"
                 + (" with " + ", ".join(sorted(sc)) + " scaled" if sc else "")
                 + (" and {" + ", ".join(sorted(m)) + "} the row mean" if m else "")
                 for z, sc, m in sets_ok

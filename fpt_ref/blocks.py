@@ -324,9 +324,7 @@ def constraint_sets(op: str, arch: Arch) -> tuple:
     if op == "heads":
         return ((f({"M_O"}), none, none), (f({"M_V", "m_b_V"}), none, none))
     if op == "attention":
-        return tuple(
-            (f({z, "m_b_" + z[-1]}), f({sc}), none) for sc in ("W_K", "W_Q") for z in ("M_K", "M_Q")
-        )
+        return tuple((f({z, "m_b_" + z[-1]}), f({sc}), none) for sc in ("W_K", "W_Q") for z in ("M_K", "M_Q"))
     if op == "hidden":
         scalings = f({"g", "eps"})
         if arch.norm == "layer":

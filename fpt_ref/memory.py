@@ -137,16 +137,27 @@ def dims_after(d: dict, op: str, args: dict) -> dict:
     :mod:`fpt_ref.expansions`); out-of-range selections are ignored here, since the
     expansion itself rejects them. Used to size a plan before running it.
     """
-    layers = [{"p": L["p"], "heads": [list(kv) for kv in L["heads"]]} for L in d["layers"]]
+    layers = [dict(L, heads=[list(kv) for kv in L["heads"]]) for L in d["layers"]]
     out = dict(d, layers=layers)
     if op == "mlp":
         for n in _chosen(len(layers), args.get("layers")):
             layers[n]["p"] = int(args["p"])
     elif op == "add_heads":
         for n in _chosen(len(layers), args.get("layers")):
-            k, v = layers[n]["heads"][-1] if layers[n]["heads"] else (0, 0)
+            L = layers[n]
+            k, v = L["heads"][-1] if L["heads"] else (0, 0)
             new = [int(args.get("k", k)), int(args.get("v", v))]
-            layers[n]["heads"] += [list(new) for _ in range(int(args.get("count", 1)))]
+            count = int(args.get("count", 1))
+            G = L.get("kv_heads")
+            if G is None or args.get("groups"):  # appended at the end (whole groups in a grouped layer)
+                L["heads"] += [list(new) for _ in range(count)]
+                if G is not None:
+                    L["kv_heads"] = G + count // max(1, len(L["heads"][:-count]) // G)
+            else:  # count / G new heads at the end of every group, of the group's sizes
+                r, c = len(L["heads"]) // G, count // G
+                L["heads"] = [
+                    list(kv) for g in range(G) for kv in L["heads"][g * r : (g + 1) * r] + [L["heads"][g * r]] * c
+                ]
     elif op in ("heads", "attention"):
         axis, key = (1, "v") if op == "heads" else (0, "k")
         for n in _chosen(len(layers), args.get("layers")):
@@ -162,7 +173,11 @@ def dims_after(d: dict, op: str, args: dict) -> dict:
         else:
             k0, v0 = ref["heads"][0] if ref["heads"] else (0, 0)
             kv = [[int(args.get("k", k0)), int(args.get("v", v0))] for _ in range(int(args["n_heads"]))]
-        layers.insert(min(max(at, 0), len(layers)), {"p": int(args.get("p", ref["p"])), "heads": kv})
+        new_layer = {"p": int(args.get("p", ref["p"])), "heads": kv}
+        G = args.get("kv_heads", ref.get("kv_heads") if args.get("n_heads") is None else None)
+        if G is not None and int(G) != len(kv):
+            new_layer["kv_heads"] = int(G)
+        layers.insert(min(max(at, 0), len(layers)), new_layer)
     else:
         raise ValueError(f"op: unknown expansion {op!r}")
     out["N"] = len(layers)

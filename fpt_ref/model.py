@@ -353,9 +353,11 @@ def from_tensors(
                 )
             )
         kw = {kind: opt(tensor_name(kind, n)) for kind in LAYER_KINDS}
-        for req in ("norm_mha", "norm_mlp", "w_l1", "w_l2"):
+        for req in _required_layer_kinds(arch):
             get(tensor_name(req, n))
         layers.append(Layer(heads=tuple(heads), kv_heads=None if r == 1 else G, **kw))
+    for req in ("pos",) * (arch.positions == "learned") + ("w_out",) * (not arch.tied) + ("embed",) * arch.tied:
+        get(req)
     model_kw = {kind: opt(kind) for kind in MODEL_KINDS}
     return Model(
         layers=tuple(layers),
@@ -365,6 +367,20 @@ def from_tensors(
         max_seq=max_seq if model_kw["pos"] is None else None,
         **model_kw,
     )
+
+
+def _required_layer_kinds(arch: Arch) -> list:
+    """The layer tensors an architecture requires (the optional ones of :class:`Layer` it has)."""
+    out = ["norm_mha", "norm_mlp", "w_l1", "w_l2"]
+    if arch.norm == "layer":
+        out += ["norm_mha_b", "norm_mlp_b"]
+    if arch.o_bias:
+        out.append("b_o")
+    if arch.mlp == "gated":
+        out += ["w_gate"] + ["b_gate"] * arch.mlp_bias
+    if arch.mlp_bias:
+        out += ["b_l1", "b_l2"]
+    return out
 
 
 def param_count(model: Model) -> int:

@@ -217,6 +217,70 @@ def _added_bytes(d: dict, step: Step, itemsize: int) -> int:
     return count * per * itemsize
 
 
+def refusal(arch, d: dict, op: str, args: dict) -> str | None:
+    """Why step ``op`` with ``args`` has no exact recipe on a model of dimensions ``d`` and
+    blocks ``arch`` (docs/spec.md section 4.2), or ``None``: checked for every step of a plan
+    before any step runs. The expansions refuse the same cases themselves.
+    """
+    layers = d["layers"]
+    chosen = _selected(len(layers), args.get("layers"))
+    rope = arch.positions == "rope"
+    if op == "mlp" and args.get("zero") == "M_gate" and arch.mlp != "gated":
+        return "zero=M_gate needs a gated MLP; this model's MLP is plain"
+    if op == "hidden" and arch.norm == "layer" and arch.tied and not arch.final_norm:
+        return (
+            "no exact hidden growth for LayerNorm with a tied output and no final norm (the mean-padded "
+            "stream reaches the tied output rows)"
+        )
+    for n in chosen:
+        L = layers[n]
+        G, E = L.get("kv_heads"), len(L["heads"])
+        if op == "add_heads":
+            count = int(args.get("count", 1))
+            if G is not None:
+                unit = E // G if args.get("groups") else G
+                if count % unit:
+                    return (
+                        f"layer {n} is grouped (kv_heads={G} of {E} heads): count must be a multiple of {unit} "
+                        f"({'whole groups' if args.get('groups') else 'one new head per group'})"
+                    )
+            if rope and int(args.get("k", L["heads"][-1][0])) % 2:
+                return "RoPE rotates pairs of dimensions: the new heads' k must be even"
+        if op in ("heads", "attention") and G is not None and args.get("heads") is not None:
+            r = E // G
+            sel = set(_selected(E, args.get("heads")))
+            if any(
+                sel & set(range(g * r, g * r + r)) != set(range(g * r, g * r + r))
+                for g in range(G)
+                if sel & set(range(g * r, g * r + r))
+            ):
+                return f"layer {n} is grouped (kv_heads={G}): the selected heads must be whole groups of {r}"
+    if op == "attention" and rope:
+        every = len(chosen) == len(layers) and args.get("heads") is None
+        sizes = {kv[0] for L in layers for kv in L["heads"]}
+        if not every:
+            return "RoPE's base theta is shared: grow the key size of every head of every layer at once"
+        if len(sizes) != 1:
+            return f"RoPE key growth needs one key size for every head; this model has {sorted(sizes)}"
+        if int(args["k"]) % 2:
+            return "RoPE rotates pairs of dimensions: k must be even"
+    if op == "add_layer":
+        ref_heads = int(args.get("n_heads", len(layers[0]["heads"]) if layers else 1))
+        G = args.get("kv_heads")
+        if G is not None and ref_heads % int(G):
+            return f"kv_heads={G} does not divide the new layer's {ref_heads} heads"
+        if rope and args.get("k") is not None and int(args["k"]) % 2:
+            return "RoPE rotates pairs of dimensions: k must be even"
+    return None
+
+
+def _selected(n_items: int, sel) -> list:
+    if sel is None:
+        return list(range(n_items))
+    sel = [sel] if isinstance(sel, int) else list(sel)
+    return [i for i in sel if isinstance(i, int) and 0 <= i < n_items]
+
+
 def plan_dims(model: Model, steps: list, available: int | None = None) -> list:
     """The dimensions (:func:`fpt_ref.model.dims`) after each step, computed without running it.
 
@@ -231,6 +295,9 @@ def plan_dims(model: Model, steps: list, available: int | None = None) -> list:
     out, d = [], dims(model)
     for i, step in enumerate(steps, start=1):
         args = dict(step.args)
+        why = refusal(model.arch, d, step.op, args)
+        if why is not None:
+            raise PlanError(f"plan: step {i} ({step}) is refused: {why}")
         if available is not None and step.op in ("add_heads", "add_layer"):
             need = model_bytes(d, itemsize) + _added_bytes(d, step, itemsize)
             if need > available:

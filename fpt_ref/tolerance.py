@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .forward import trace
 from .blocks import Arch
+from .forward import trace
 from .model import Layer, Model
 from .names import residual_name
 from .xp import to_numpy
