@@ -249,12 +249,32 @@ def audit_step(base: Model, grown: Model, manifest: list, op: str | None = None)
             rep.fail(t, "a base tensor with no counterpart in the grown model")
     if base.causal != grown.causal:
         rep.fail("(options)", f"causal changed from {base.causal} to {grown.causal}")
+    _check_arch(rep, base, grown)
     eps_expected = base.norm_eps * base.h / grown.h if grown.h != base.h else base.norm_eps
     if grown.norm_eps != eps_expected:
         rep.fail("(options)", f"norm_eps is {grown.norm_eps!r}, expected {eps_expected!r} (eps x h/h^)")
     if op is not None:
         _check_constraints(rep, grown, manifest, op)
     return rep
+
+
+def _check_arch(rep: AuditReport, base: Model, grown: Model) -> None:
+    """The blocks are kept; RoPE's base is ``theta^(k^/k)`` after key growth (docs/spec.md 4.2)."""
+    a, b = base.arch, grown.arch
+    changed = [f for f, v in a.to_dict().items() if b.to_dict()[f] != v and f != "rope_theta"]
+    if changed:
+        rep.fail("(options)", f"architecture changed ({', '.join(changed)})")
+        return
+    if a.positions != "rope":
+        return
+    k_old = {hd.k for L in base.layers for hd in L.heads}
+    k_new = {hd.k for L in grown.layers for hd in L.heads}
+    if len(k_old) == 1 and len(k_new) == 1 and k_old != k_new:
+        expected = a.rope_theta ** (next(iter(k_new)) / next(iter(k_old)))
+    else:
+        expected = a.rope_theta
+    if b.rope_theta != expected:
+        rep.fail("(options)", f"rope_theta is {b.rope_theta!r}, expected {expected!r} (theta^(k^/k))")
 
 
 def _expected_factor(t: str, new_shape, old_shape) -> float | None:
