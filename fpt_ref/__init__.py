@@ -4,6 +4,7 @@ Gesmundo & Maile, arXiv:2308.06103. The specification is docs/spec.md; it overri
 """
 
 from ._version import version as _version
+from .blocks import PRESETS, Arch
 from .expansions import Block, add_heads, add_layer, expand_attention, expand_heads, expand_hidden, expand_mlp
 from .forward import Trace, forward, residual_streams, trace
 from .init import init_model, random_inputs
@@ -16,6 +17,8 @@ from .verify import verify, verify_each
 __version__ = _version()
 
 __all__ = [
+    "Arch",
+    "PRESETS",
     "Model",
     "Layer",
     "Head",

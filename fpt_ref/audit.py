@@ -65,6 +65,7 @@ class AuditReport:
     blocks: int = 0
     tensors: int = 0
     notes: list = field(default_factory=list)
+    scaled_rounding: float = 0.0  # max ulps of a scaled block's entries from the exact product
 
     @property
     def first(self) -> Finding | None:
@@ -81,6 +82,7 @@ class AuditReport:
             "tensors": self.tensors,
             "findings": [{"tensor": f.tensor, "block": f.block, "reason": f.reason} for f in self.findings],
             "notes": list(self.notes),
+            "scaled_rounding": self.scaled_rounding,
         }
 
 
@@ -250,6 +252,11 @@ def audit_step(base: Model, grown: Model, manifest: list, op: str | None = None)
     if base.causal != grown.causal:
         rep.fail("(options)", f"causal changed from {base.causal} to {grown.causal}")
     _check_arch(rep, base, grown)
+    if rep.scaled_rounding > 0:
+        rep.notes.append(
+            f"scaled blocks are rounded in {dtype}: up to {rep.scaled_rounding:.2g} ulp per entry from the exact "
+            "product (a factor that is a power of two would be exact)"
+        )
     eps_expected = base.norm_eps * base.h / grown.h if grown.h != base.h else base.norm_eps
     if grown.norm_eps != eps_expected:
         rep.fail("(options)", f"norm_eps is {grown.norm_eps!r}, expected {eps_expected!r} (eps x h/h^)")
@@ -343,6 +350,10 @@ def _check_blocks(rep: AuditReport, t: str, arr, old, blocks, ax: int, dtype) ->
             )
         if not _bits_equal(part, src * factor):
             rep.fail(t, f"scaled block is not base x {expected!r} in {dtype}", where)
+        else:
+            from .tolerance import scaling_rounding
+
+            rep.scaled_rounding = max(rep.scaled_rounding, scaling_rounding(src, part, expected))
     if old is not None:
         if off != (old.shape[ax] if ax < old.ndim else -1):
             rep.fail(
@@ -495,7 +506,7 @@ def _block_from_dict(d: dict):
 
     # (start, stop) pairs in a well-formed record; the audit of the blocks judges the rest
     index = cast(tuple[tuple[int, int], ...], tuple(tuple(int(v) for v in ix) for ix in d["index"]))
-    return Block(d["tensor"], index, d["role"], d.get("factor"), d.get("block"))
+    return Block(d["tensor"], index, d["role"], d.get("factor"), d.get("block"), d.get("rounding"))
 
 
 def parse_record(record) -> dict:

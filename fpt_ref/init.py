@@ -155,7 +155,7 @@ def init_model(
     layer_list = []
     for n in range(layers):
         r = Es[n] // Gs[n]
-        hs: list = []
+        group: list = []
         for e in range(Es[n]):
             w_q, w_o, b_q = w(h, ks[n]), w(vs[n], h), bias(ks[n], arch.qkv_bias)
             if e % r == 0:
@@ -163,14 +163,14 @@ def init_model(
                     w_k=w(h, ks[n]), w_v=w(h, vs[n]), b_k=bias(ks[n], arch.qkv_bias), b_v=bias(vs[n], arch.qkv_bias)
                 )
             else:  # the group's keys and values, shared
-                kv = {kind: getattr(hs[e - e % r], kind) for kind in ("w_k", "w_v", "b_k", "b_v")}
-            hs.append(Head(w_q=w_q, w_o=w_o, b_q=b_q, **kv))
+                kv = {kind: getattr(group[e - e % r], kind) for kind in ("w_k", "w_v", "b_k", "b_v")}
+            group.append(Head(w_q=w_q, w_o=w_o, b_q=b_q, **kv))
         gated = arch.mlp == "gated"
         layer_list.append(
             Layer(
                 norm_mha=gain(),
                 norm_mha_b=bias(h, layer_norm),
-                heads=tuple(hs),
+                heads=tuple(group),
                 b_o=bias(h, arch.o_bias),
                 norm_mlp=gain(),
                 norm_mlp_b=bias(h, layer_norm),

@@ -332,7 +332,7 @@ def from_tensors(
                 "query attention) the first head of each of G equal groups"
             )
         r = n_heads // G
-        heads = []
+        heads: list[Head] = []
         for e in range(n_heads):
             lead = e - e % r
             kv = {kind: opt(tensor_name(kind, n, lead)) for kind in KV_KINDS}
@@ -440,9 +440,10 @@ def _expect(name: str, arr, shape: tuple, dtype, xp) -> None:
 
 
 def _present(name: str, arr, wanted: bool, why: str) -> None:
+    """``ValueError`` naming tensor ``name`` and ``why`` (the architecture's fields that want it or not)."""
     if (arr is not None) != wanted:
-        state = "missing" if wanted else "present"
-        raise ValueError(f"{name}: {state}, but the architecture says {why}")
+        state = "missing, but the architecture has" if wanted else "present, but the architecture has"
+        raise ValueError(f"{name}: {state} {why}")
 
 
 def validate(model: Model) -> None:
@@ -474,7 +475,7 @@ def validate(model: Model) -> None:
         object.__setattr__(model, "max_seq", check_int("max_seq", model.max_seq, 1))
     if arch.tied:
         if model.embed is None:
-            raise ValueError("embed: missing, but the architecture says tied=True (W_out = embed^T)")
+            raise ValueError("embed: missing, but the architecture has tied=True (W_out = embed^T)")
         _present("w_out", model.w_out, False, "tied=True (W_out = embed^T)")
     else:
         _present("w_out", model.w_out, True, "tied=False")
@@ -482,7 +483,12 @@ def validate(model: Model) -> None:
     if model.embed is not None:
         _expect("embed", model.embed, (None, h), dtype, xp)
     _present("final_norm", model.final_norm, arch.final_norm, f"final_norm={arch.final_norm}")
-    _present("final_norm_b", model.final_norm_b, arch.final_norm and arch.norm == "layer", "the final norm's bias")
+    _present(
+        "final_norm_b",
+        model.final_norm_b,
+        arch.final_norm and arch.norm == "layer",
+        f"final_norm={arch.final_norm}, norm={arch.norm!r}",
+    )
     for kind in ("final_norm", "final_norm_b"):
         if getattr(model, kind) is not None:
             _expect(kind, getattr(model, kind), (h,), dtype, xp)
@@ -507,10 +513,9 @@ def validate(model: Model) -> None:
         _expect(name("norm_mlp"), layer.norm_mlp, (h,), dtype, xp)
         _expect(name("w_l1"), layer.w_l1, (h, None), dtype, xp)
         p = int(layer.w_l1.shape[1])
-        _expect(name("w_l2"), layer.w_l2, (p, h), dtype, xp)
         optional = {
-            "norm_mha_b": (layer_norm, (h,), "norm='layer' (LayerNorm biases)"),
-            "norm_mlp_b": (layer_norm, (h,), "norm='layer' (LayerNorm biases)"),
+            "norm_mha_b": (layer_norm, (h,), f"norm={arch.norm!r}"),
+            "norm_mlp_b": (layer_norm, (h,), f"norm={arch.norm!r}"),
             "b_o": (arch.o_bias, (h,), f"o_bias={arch.o_bias}"),
             "w_gate": (arch.mlp == "gated", (h, p), f"mlp={arch.mlp!r}"),
             "b_gate": (arch.mlp == "gated" and arch.mlp_bias, (p,), f"mlp={arch.mlp!r}, mlp_bias={arch.mlp_bias}"),
@@ -521,6 +526,7 @@ def validate(model: Model) -> None:
             _present(name(kind), getattr(layer, kind), wanted, why)
             if wanted:
                 _expect(name(kind), getattr(layer, kind), shape, dtype, xp)
+        _expect(name("w_l2"), layer.w_l2, (p, h), dtype, xp)
         if layer.kv_heads is not None:
             G = check_int(f"{pre}.kv_heads", layer.kv_heads, 1)
             if layer.E % G:

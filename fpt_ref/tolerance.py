@@ -82,6 +82,46 @@ def ulp(x: float, dtype) -> float:
     return float(np.spacing(dt.type(abs(x)))) if x != 0 else float(np.finfo(dt).tiny)
 
 
+def scaling_rounding(arr, scaled, factor: float) -> float:
+    """Max ulps (of ``scaled``'s dtype) between a stored scaled block ``scaled = fl(factor arr)``
+    and the exact product ``factor_64 arr`` (``factor_64`` the float64 value of the factor).
+
+    0 when the factor is a power of two (the product is exact). The exact product is the
+    float64 product for float32 blocks, and ``p + e`` by Dekker's two-product (Veltkamp
+    splitting) for float64 blocks. Docs: docs/spec.md section 4.2, "Low-precision storage".
+    """
+    a = np.asarray(to_numpy(arr), dtype=np.float64).reshape(-1)  # [n]
+    got = np.asarray(to_numpy(scaled)).reshape(-1)  # [n]
+    if a.size == 0:
+        return 0.0
+    dt = got.dtype
+    f = float(factor)
+    if np.dtype(dt) == np.float32:
+        exact_hi, exact_lo = a * f, np.zeros_like(a)
+    else:
+        exact_hi, exact_lo = _two_product(a, f)
+    diff = np.abs((got.astype(np.float64) - exact_hi) - exact_lo)  # [n]
+    ulps = np.spacing(np.abs(got).astype(dt)).astype(np.float64)  # [n]
+    ulps = np.where(ulps > 0, ulps, np.finfo(dt).tiny)
+    return float(np.max(diff / ulps))
+
+
+def _two_product(a, b: float):
+    """``(p, e)`` with ``p = fl(a b)`` and ``a b = p + e`` exactly (Dekker; no FMA needed)."""
+    c = 134217729.0  # 2^27 + 1, Veltkamp's splitter for float64
+
+    def split(x):
+        t = c * x
+        hi = t - (t - x)
+        return hi, x - hi
+
+    p = a * b
+    ah, al = split(a)
+    bh, bl = split(np.float64(b))
+    e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    return p, e
+
+
 # ---- rounding steps ---------------------------------------------------------------------
 
 
@@ -101,8 +141,8 @@ def arch_reductions(arch: Arch, h: int, s: int) -> int:
     """The rounding steps the blocks of docs/spec.md section 4 add to one layer's path.
 
     LayerNorm: the mean subtracted before the variance (``h`` per norm, ``2h``); gated MLP:
-    the gate's product ``W_gate`` (``h``, multiplied into the path); biases: one addition each
-    (``C_BIAS``); activations other than ReLU: their evaluation (``C_ACT`` ulps: erf, tanh
+    the gate's product ``W_gate`` (``h``, multiplied into the path); attention biases: one
+    addition each (``C_BIAS``; the MLP's are the paper's, in ``C_LAYER``); activations other than ReLU: their evaluation (``C_ACT`` ulps: erf, tanh
     are accurate to a few ulps); RoPE: the rotation (two products and a sum per entry) and
     the angles ``m theta^(-2i/k)``, whose relative error of a few ``u`` grows with the
     position ``m < s`` (``3s + C_ROPE``), since an expanded model's ``theta'`` is rounded.
@@ -112,7 +152,7 @@ def arch_reductions(arch: Arch, h: int, s: int) -> int:
         n += 2 * h
     if arch.mlp == "gated":
         n += h
-    n += C_BIAS * (int(arch.qkv_bias) + int(arch.o_bias) + int(arch.mlp_bias))
+    n += C_BIAS * (int(arch.qkv_bias) + int(arch.o_bias))  # the MLP biases are the paper's (C_LAYER)
     if arch.act != "relu":
         n += C_ACT
     if arch.positions == "rope":

@@ -68,7 +68,7 @@ def test_every_expansion_preserves_every_architecture(preset, step):
     assert {b.role for b in manifest} <= set(ROLES)
     assert big.arch.replace(rope_theta=model.arch.rope_theta) == model.arch
     # grouped layers keep one key/value per group
-    for L, L0 in zip(big.layers, big.layers):
+    for L in big.layers:
         for e, hd in enumerate(L.heads):
             assert hd.w_k is L.heads[L.leader(e)].w_k and hd.w_v is L.heads[L.leader(e)].w_v
     again = fpt_ref.load(_saved(big))
@@ -261,7 +261,9 @@ def test_no_exact_recipe_is_refused_before_any_work(preset, step, lib_msg, plan_
         CALLS[parsed.op](m, parsed.args)
     calls = []
     with pytest.raises(PlanError, match=plan_msg):  # refused in step 2, before step 1 runs
-        run_plan(m, parse_plan("mlp p=17; " + step), init=lambda shape, like, rng: calls.append(shape) or np.zeros(shape))
+        run_plan(
+            m, parse_plan("mlp p=17; " + step), init=lambda shape, like, rng: calls.append(shape) or np.zeros(shape)
+        )
     assert calls == []
 
 

@@ -61,21 +61,27 @@ class Block:
     role: str
     factor: float | None = None
     block: str | None = None
+    rounding: float | None = None  # scaled blocks: max ulps of fl(factor x block) from the exact product
 
     def __str__(self) -> str:
         idx = ", ".join(f"{a}:{b}" for a, b in self.index)
         extra = f" x{self.factor!r}" if self.role == "scaled" else ""
+        if self.rounding:
+            extra += f" rounded<={self.rounding:.2g}ulp"
         name = f" ({self.block})" if self.block is not None else ""
         return f"{self.tensor}[{idx}] {self.role}{extra}{name}"
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "tensor": self.tensor,
             "index": [list(i) for i in self.index],
             "role": self.role,
             "factor": self.factor,
             "block": self.block,
         }
+        if self.rounding is not None:
+            out["rounding"] = self.rounding
+        return out
 
 
 class Builder:
@@ -150,8 +156,13 @@ class Builder:
         return Part(arr, "copied")
 
     def scaled(self, arr, factor: float) -> Part:
-        """An existing block multiplied by ``factor`` (named by its tensor's paper symbol)."""
-        return Part(arr * self.xp.asarray(factor, dtype=self.dtype), "scaled", factor)
+        """An existing block multiplied by ``factor`` (named by its tensor's paper symbol); the
+        part records the rounding of the product in the model's dtype
+        (:func:`fpt_ref.tolerance.scaling_rounding`: 0 for a power-of-two factor)."""
+        from ..tolerance import scaling_rounding
+
+        out = arr * self.xp.asarray(factor, dtype=self.dtype)
+        return Part(out, "scaled", factor, rounding=scaling_rounding(arr, out, factor))
 
     # ---- assembling -------------------------------------------------------------------
     def concat(self, name: str, parts: Sequence[Part], axis: int):
@@ -169,7 +180,7 @@ class Builder:
                 raise AssertionError(f"{self.row.name}: block {p.block} does not lie in a {kind} tensor ({name})")
             n = int(p.array.shape[axis])
             index = tuple((off, off + n) if ax == axis else (0, int(d)) for ax, d in enumerate(out.shape))
-            self.blocks.append(Block(name, index, p.role, p.factor, block))
+            self.blocks.append(Block(name, index, p.role, p.factor, block, p.rounding))
             off += n
         return out
 
@@ -184,6 +195,7 @@ class Part:
     role: str
     factor: float | None = None
     block: str | None = None  # paper name of a new block; None: the tensor's symbol
+    rounding: float | None = None
 
 
 _MOMENT_SAMPLE = 1 << 16

@@ -96,13 +96,14 @@ def add_heads(
         vv = ref.v if v is None else int(v)
         if L.grouped and not groups:  # count / G new query heads at the end of every group
             r, c = L.group_size, count // L.G
-            layout = []  # (old head index or None for a new head, group)
+            layout: list[tuple[int | None, int | None]] = []  # (old head index or None for a new head, group)
             for g in range(L.G):
                 layout += [(g * r + i, g) for i in range(r)] + [(None, g)] * c
             kv_heads = L.G
         else:  # new heads (ungrouped) or whole new groups at the end
             r = L.group_size
-            layout = [(e, None) for e in range(L.E)] + [(None, None)] * count
+            layout = [(e, None) for e in range(L.E)]
+            layout += [(None, None)] * count
             kv_heads = (L.G + count // r) if L.grouped else None
         heads: list = []
         for e, (old, g) in enumerate(layout):
