@@ -106,13 +106,13 @@ def add_heads(
             layout += [(None, None)] * count
             kv_heads = (L.G + count // r) if L.grouped else None
         heads: list = []
-        for e, (old, g) in enumerate(layout):
+        for e, (old, grp) in enumerate(layout):
             if old is not None:
                 heads.append(L.heads[old])
                 continue
             pre = head_prefix(n, e)
-            if g is not None:  # within group g: the group's keys and values
-                lead = L.heads[g * L.group_size]
+            if grp is not None:  # within group grp: the group's keys and values
+                lead = L.heads[grp * L.group_size]
                 heads.append(
                     Head(
                         w_q=b.whole(f"{pre}.w_q", b.free("W_Q_new", (h, lead.k), lead.w_q)),  # [h, k]
