@@ -442,7 +442,7 @@ def _expect(name: str, arr, shape: tuple, dtype, xp) -> None:
 def _present(name: str, arr, wanted: bool, why: str) -> None:
     """``ValueError`` naming tensor ``name`` and ``why`` (the architecture's fields that want it or not)."""
     if (arr is not None) != wanted:
-        state = "missing, but the architecture has" if wanted else "present, but the architecture has"
+        state = "missing, but the architecture says" if wanted else "present, but the architecture says"
         raise ValueError(f"{name}: {state} {why}")
 
 
@@ -475,7 +475,7 @@ def validate(model: Model) -> None:
         object.__setattr__(model, "max_seq", check_int("max_seq", model.max_seq, 1))
     if arch.tied:
         if model.embed is None:
-            raise ValueError("embed: missing, but the architecture has tied=True (W_out = embed^T)")
+            raise ValueError("embed: missing, but the architecture says tied=True (W_out = embed^T)")
         _present("w_out", model.w_out, False, "tied=True (W_out = embed^T)")
     else:
         _present("w_out", model.w_out, True, "tied=False")

@@ -435,14 +435,7 @@ MISSING = [
     ("qkv_bias", "b_q", r"^layers\.0\.heads\.0\.b_q: missing, but the architecture says qkv_bias=True"),
     ("qkv_bias", "b_v", r"^layers\.0\.heads\.0\.b_v: missing, but the architecture says qkv_bias=True"),
     ("final_norm", "final_norm", r"^final_norm: missing, but the architecture says final_norm=True"),
-    pytest.param(
-        "gpt2",
-        "final_norm_b",
-        r"^final_norm_b: missing, but the architecture says .*norm='layer'",
-        marks=pytest.mark.xfail(
-            strict=True, reason="fpt_ref/model.py names no Arch field for final_norm_b ('says the final norm's bias')"
-        ),
-    ),
+    ("gpt2", "final_norm_b", r"^final_norm_b: missing, but the architecture says .*norm='layer'"),
     ("paper", "pos", r"^pos: missing, but the architecture says positions='learned'"),
     ("paper", "w_out", r"^w_out: missing, but the architecture says tied=False"),
     ("tied", "embed", r"^embed: missing, but the architecture says tied=True"),
@@ -466,16 +459,7 @@ EXTRA = [
     ("rope", "pos", r"^pos: present, but the architecture says positions='rope'"),
     ("no_positions", "pos", r"^pos: present, but the architecture says positions='none'"),
     ("tied", "w_out", r"^w_out: present, but the architecture says tied=True"),
-    pytest.param(
-        "paper",
-        "norm_mha_b",
-        r"^layers\.0\.norm_mha_b: present, but the architecture says norm='rms'",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="fpt_ref/model.py says \"the architecture says norm='layer'\" for an extra LayerNorm bias in an "
-            "RMSNorm model (the wanted value, not the model's)",
-        ),
-    ),
+    ("paper", "norm_mha_b", r"^layers\.0\.norm_mha_b: present, but the architecture says norm='rms'"),
 ]
 
 
@@ -509,9 +493,9 @@ def test_files_with_missing_or_extra_optional_tensors_are_format_errors(tmp_path
     save_file(extra, str(tmp_path / "extra.safetensors"), metadata=meta)
     with pytest.raises(fpt_ref.FormatError, match=r"layers\.0\.b_o: present, but the architecture says o_bias=False"):
         fpt_ref.load(tmp_path / "extra.safetensors")
-    # the same tensors under the paper's format: the biases have no place
+    # the same tensors under the paper's format: the paper's MLP biases are missing (and the others have no place)
     save_file(tensors, str(tmp_path / "v1.safetensors"), metadata={**meta, "format": "fpt-ref/1"})
-    with pytest.raises(fpt_ref.FormatError, match=r"pos: missing, but the architecture says positions='learned'"):
+    with pytest.raises(fpt_ref.FormatError, match=r"v1\.safetensors: missing tensor 'layers\.0\.b_l1'"):
         fpt_ref.load(tmp_path / "v1.safetensors")
 
 
