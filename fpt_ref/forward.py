@@ -161,6 +161,51 @@ def _cat(parts: list, axis: int):
     return parts[0] if len(parts) == 1 else _xp(parts[0]).concatenate(parts, axis=axis)
 
 
+def _dense(x, w):
+    """``x @ w`` as one 2-D product over every row: x [b, s, n], w [n, m] -> [b, s, m].
+
+    One GEMM over ``b s`` rows instead of a stack of ``b`` products; each output row is the
+    same dot products, computed bit for bit alike (docs/benchmarks.md)."""
+    b, s, n = x.shape
+    return (x.reshape(b * s, n) @ w).reshape(b, s, w.shape[-1])
+
+
+@dataclass(frozen=True)
+class Fused:
+    """A layer's attention weights in :func:`mha`'s batch order (:func:`fused`).
+
+    ``w_qkv`` [h, sum(k) + sum_G(k + v)] holds every query head's ``W_Q`` then every key/value
+    head's ``W_K`` and ``W_V``; ``b_qkv`` the biases in the same order (or None); ``w_o``
+    [sum v, h] the rows of ``W_O`` in the same head order."""
+
+    batches: list
+    w_qkv: Array
+    b_qkv: Array | None
+    w_o: Array
+
+
+def fused(layer: Layer) -> Fused:
+    """The concatenated attention weights of ``layer``, built once per layer and kept with it.
+
+    A layer is immutable (its arrays are read-only by contract), so the concatenation is
+    cached on the layer object itself; a replaced layer (``dataclasses.replace``) is a new
+    object and builds its own.
+    """
+    cache = layer.__dict__.get("_fused")
+    if cache is None:
+        r = layer.group_size
+        batches = head_groups(layer)
+        heads = [layer.heads[e] for _, idx in batches for e in idx]  # batch order
+        leaders = heads[::r]  # one per key/value head, batch order
+        w_qkv = _cat([H.w_q for H in heads] + [H.w_k for H in leaders] + [H.w_v for H in leaders], axis=1)
+        b_qkv = None
+        if heads[0].b_q is not None:
+            b_qkv = _cat([H.b_q for H in heads] + [H.b_k for H in leaders] + [H.b_v for H in leaders], axis=0)
+        cache = Fused(batches, w_qkv, b_qkv, _cat([H.w_o for H in heads], axis=0))
+        layer.__dict__["_fused"] = cache  # frozen dataclass: a derived value, not a field
+    return cache
+
+
 def mha(model: Model, layer: Layer, x, parts: dict | None = None):
     """``MHA(X) = [H_1 ... H_E] W_O (+ b_o)``; x: [b, s, h] -> [b, s, h] (spec 1, 4.1).
 
@@ -174,15 +219,11 @@ def mha(model: Model, layer: Layer, x, parts: dict | None = None):
     xp = _xp(x)
     b, s, _ = x.shape
     r = layer.group_size
-    batches = head_groups(layer)
-    heads = [layer.heads[e] for _, idx in batches for e in idx]  # batch order
-    leaders = heads[::r]  # one per key/value head, batch order
-    w_qkv = _cat(
-        [H.w_q for H in heads] + [H.w_k for H in leaders] + [H.w_v for H in leaders], axis=1
-    )  # [h, sum(k) + sum_G(k + v)]
-    qkv = x @ w_qkv  # [b, s, sum(k) + sum_G(k + v)]
-    if model.arch.qkv_bias:
-        qkv += _cat([H.b_q for H in heads] + [H.b_k for H in leaders] + [H.b_v for H in leaders], axis=0)
+    f = fused(layer)
+    batches = f.batches
+    qkv = _dense(x, f.w_qkv)  # [b, s, sum(k) + sum_G(k + v)]
+    if f.b_qkv is not None:
+        qkv += f.b_qkv  # [b, s, sum(k) + sum_G(k + v)]
     rope_on = model.arch.positions == "rope"
     n_q = sum(k * len(idx) for (k, _), idx in batches)
     n_k = n_q // r
@@ -201,10 +242,9 @@ def mha(model: Model, layer: Layer, x, parts: dict | None = None):
         hg = attention(q, kk, vv, model.causal)  # [b, G, r, s, v]
         outs.append(hg.transpose(0, 3, 1, 2, 4).reshape(b, s, G * r * v))  # [b, s, G r v]
     heads_out = _cat(outs, axis=-1)  # [b, s, sum v]
-    w_o = _cat([H.w_o for H in heads], axis=0)  # [sum v, h]
     if parts is not None:
-        parts.update(attn_in=x, heads=heads_out, w_o=w_o)
-    out = heads_out @ w_o  # [b, s, h]
+        parts.update(attn_in=x, heads=heads_out, w_o=f.w_o)
+    out = _dense(heads_out, f.w_o)  # [b, s, h]
     if layer.b_o is not None:
         out += layer.b_o  # [b, s, h]
     return out
@@ -217,19 +257,19 @@ def mlp(model: Model, layer: Layer, x, parts: dict | None = None, activation=Non
     ``act`` (the input of ``W_l2``; :class:`LayerTrace`), or None. ``activation``: see :func:`trace`.
     """
     fn = ACTIVATIONS[model.arch.act] if activation is None else activation
-    a = x @ layer.w_l1  # [b, s, p]  a new array, updated in place below
+    a = _dense(x, layer.w_l1)  # [b, s, p]  a new array, updated in place below
     if layer.b_l1 is not None:
         a += layer.b_l1  # [b, s, p]
     if layer.w_gate is None:
         a = fn(a)  # [b, s, p]
     else:
-        gate = x @ layer.w_gate  # [b, s, p]
+        gate = _dense(x, layer.w_gate)  # [b, s, p]
         if layer.b_gate is not None:
             gate += layer.b_gate  # [b, s, p]
         a *= fn(gate)  # [b, s, p]  act(gate) * up
     if parts is not None:
         parts.update(mlp_in=x, act=a)
-    out = a @ layer.w_l2  # [b, s, h]
+    out = _dense(a, layer.w_l2)  # [b, s, h]
     if layer.b_l2 is not None:
         out += layer.b_l2  # [b, s, h]
     return out
@@ -325,7 +365,7 @@ def output(model: Model, X):
     """``Norm_f(X_{N+1}) W_out`` (``W_out = embed^T`` when tied); [b, s, h] -> [b, s, o]."""
     if model.final_norm is not None:
         X = norm(model, X, model.final_norm, model.final_norm_b)  # [b, s, h]
-    return X @ model.output_matrix  # [b, s, o]
+    return _dense(X, model.output_matrix)  # [b, s, o]
 
 
 def _batched(model: Model, x):

@@ -8,6 +8,8 @@ with no exact recipe is refused by the expansion and by a plan before any step r
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -182,7 +184,7 @@ def test_rope_wrong_recipes_are_caught():
         for e in range(len(heads)):  # share the group's keys
             lead = heads[L.leader(e)]
             heads[e] = heads[e].__class__(heads[e].w_q, lead.w_k, lead.w_v, heads[e].w_o)
-        layers.append(L.__class__(**{**L.__dict__, "heads": tuple(heads)}))
+        layers.append(dataclasses.replace(L, heads=tuple(heads)))
     appended = m.replace(layers=tuple(layers))
     assert not _ok(m, appended)
 
@@ -195,7 +197,7 @@ def test_grouped_head_appended_at_the_end_is_caught():
     heads = list(L.heads) + new
     groups = [heads[3 * (e // 3)] for e in range(6)]
     heads = [h.__class__(h.w_q, g.w_k, g.w_v, h.w_o) for h, g in zip(heads, groups)]
-    bad = m.replace(layers=(L.__class__(**{**L.__dict__, "heads": tuple(heads)}),) + m.layers[1:])
+    bad = m.replace(layers=(dataclasses.replace(L, heads=tuple(heads)),) + m.layers[1:])
     assert not _ok(m, bad)
     assert _ok(m, fpt_ref.add_heads(m, 2, layers=0))
 

@@ -254,3 +254,23 @@ def test_trace_with_another_activation_matches_naive():
     ref = naive_forward(m, x, activation=np.tanh)
     assert not np.allclose(ref, relu.output)
     assert np.max(np.abs(ref - tr.output)) <= tolerance_abs(m, m, 5, np.max(np.abs(ref)))
+
+
+def test_fused_attention_weights_are_built_once_per_layer():
+    """The concatenated Q/K/V and W_O of a layer are kept with it (fpt_ref.forward.fused): the
+    same object on every call, equal to a fresh concatenation, and a replaced layer builds its own."""
+    import dataclasses
+
+    from fpt_ref.forward import fused
+
+    m = fpt_ref.init_model(h=8, p=8, n_heads=3, k=2, v=3, n_layers=1, out_dim=4, max_seq=5)
+    L = m.layers[0]
+    f = fused(L)
+    assert fused(L) is f
+    assert np.array_equal(
+        f.w_qkv, np.concatenate([H.w_q for H in L.heads] + [H.w_k for H in L.heads] + [H.w_v for H in L.heads], axis=1)
+    )
+    assert np.array_equal(f.w_o, np.concatenate([H.w_o for H in L.heads], axis=0))
+    L2 = dataclasses.replace(L, heads=L.heads[:2])
+    assert fused(L2) is not f and fused(L2).w_o.shape == (6, 8)
+    assert L2 == dataclasses.replace(L2) and "_fused" not in {fl.name for fl in dataclasses.fields(L2)}

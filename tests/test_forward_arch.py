@@ -544,7 +544,19 @@ MUTANTS = {
     # name: (variant, patch(monkeypatch)); each keeps the model and breaks one block of the forward pass
     "qkv_bias ignored": (
         "qwen2",
-        lambda mp: mp.setattr(F, "mha", _wrap(F.mha, lambda mo, L: (_without_arch_flag(mo, qkv_bias=False), L))),
+        lambda mp: mp.setattr(
+            F,
+            "mha",
+            _wrap(
+                F.mha,
+                lambda mo, L: (
+                    mo,
+                    dataclasses.replace(
+                        L, heads=tuple(dataclasses.replace(H, b_q=None, b_k=None, b_v=None) for H in L.heads)
+                    ),
+                ),
+            ),
+        ),
     ),
     "o_bias ignored": (
         "gpt2",
@@ -588,9 +600,28 @@ MUTANTS = {
     "silu as relu": ("silu", lambda mp: mp.setitem(F.ACTIVATIONS, "silu", F.relu)),
     "every query head reads group 0": (
         "gqa",
-        lambda mp: mp.setattr(F, "head_groups", _interleaved_groups(F.head_groups)),
+        lambda mp: (
+            mp.setattr(F, "head_groups", _interleaved_groups(F.head_groups)),
+            mp.setattr(F, "fused", _uncached(F.fused)),
+        ),
     ),
 }
+
+
+def _uncached(fused):
+    """``fused`` rebuilt on every call and never kept on the layer (a patched head order must
+    neither read nor leave a cached concatenation)."""
+
+    def fresh(layer):
+        saved = layer.__dict__.pop("_fused", None)
+        try:
+            return fused(layer)
+        finally:
+            layer.__dict__.pop("_fused", None)
+            if saved is not None:
+                layer.__dict__["_fused"] = saved
+
+    return fresh
 _ROPE_TABLES = F.rope_tables
 
 
