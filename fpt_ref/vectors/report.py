@@ -152,7 +152,7 @@ def _arch_hint(r: Report) -> str:
         keys, place = ["output"], "the output"
     spelled = "; ".join(f"{k}: {conv[k]}" for k in keys if k in conv)
     return (
-        f"this case is not the paper's model: an implementation of docs/spec.md section 1 cannot reproduce it; "
+        f"this case is not the paper's model (an implementation of docs/spec.md section 1 alone cannot pass it): "
         f"check {place} against the case's conventions (manifest.json model.conventions)"
         + (f": {spelled}" if spelled else "")
     )
