@@ -343,3 +343,110 @@ def test_cli_arch(tmp_path):
         "fpt-ref vectors: argument --arch: expected some of paper, llama, qwen2, gpt2 or all, got 'bert'"
     ]
     assert not (tmp_path / "w").exists()
+
+
+# ---- an implementation from the documented conventions alone (docs/vectors.md, "Real architectures") ----
+
+
+def _independent(case_dir, dtype):
+    """``output`` and ``residual.{n}`` of a case, from its files and the conventions of docs/vectors.md only.
+
+    Reads ``model.safetensors`` (tensors and the ``arch`` metadata) and ``inputs.safetensors``;
+    shares no code with fpt_ref. Loops over layers and heads.
+    """
+    from safetensors import safe_open
+
+    path = str(case_dir / "model.safetensors")
+    with safe_open(path, "numpy") as f:
+        meta = f.metadata()
+    a = json.loads(meta["arch"])
+    eps, causal = float(meta["norm_eps"]), meta["causal"] == "true"
+    t = {k: v.astype(dtype) for k, v in load_file(path).items()}
+    x = inputs(case_dir)
+    s = x.shape[1]
+
+    def norm(X, pre):
+        if a["norm"] == "layer":
+            Xc = X - X.mean(-1, keepdims=True)
+            return t[pre] * Xc / np.sqrt((Xc * Xc).mean(-1, keepdims=True) + eps) + t[pre + "_b"]
+        return t[pre] * X / np.sqrt((X * X).mean(-1, keepdims=True) + eps)
+
+    def act(z):
+        if a["act"] == "silu":
+            return z / (1 + np.exp(-z))
+        if a["act"] == "gelu_tanh":
+            return (
+                0.5 * z * (1 + np.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
+            )  # Python floats keep z's dtype
+        return np.maximum(z, 0)
+
+    def rotate(z):  # [b, s, k]
+        k = z.shape[-1]
+        ang = np.arange(s)[:, None] * a["rope_theta"] ** (-2.0 * np.arange(k // 2) / k)  # [s, k/2], float64
+        cos, sin = np.cos(ang).astype(dtype), np.sin(ang).astype(dtype)
+        if a["rope_layout"] == "half":
+            i, j = np.arange(k // 2), np.arange(k // 2) + k // 2
+        else:
+            i, j = np.arange(0, k, 2), np.arange(1, k, 2)
+        out = np.empty_like(z)
+        out[..., i] = z[..., i] * cos - z[..., j] * sin
+        out[..., j] = z[..., j] * cos + z[..., i] * sin
+        return out
+
+    def b(name, shape):
+        return t.get(name, np.zeros(shape, dtype))
+
+    X = t["embed"][x]  # [b, s, h]
+    if a["positions"] == "learned":
+        X = X + t["pos"][:s]
+    res = {"residual.0": X}
+    n = 0
+    while f"layers.{n}.norm_mha" in t:
+        pre = f"layers.{n}"
+        E = sum(1 for k in t if k.startswith(pre + ".heads.") and k.endswith(".w_q"))
+        G = sum(1 for k in t if k.startswith(pre + ".heads.") and k.endswith(".w_k"))
+        r = E // G
+        A = norm(X, pre + ".norm_mha")
+        mha = b(pre + ".b_o", X.shape[-1])
+        for j in range(E):
+            hq, hk = f"{pre}.heads.{j}", f"{pre}.heads.{(j // r) * r}"  # query head j reads group j // r
+            q = A @ t[hq + ".w_q"] + b(hq + ".b_q", t[hq + ".w_q"].shape[1])
+            k = A @ t[hk + ".w_k"] + b(hk + ".b_k", t[hk + ".w_k"].shape[1])
+            v = A @ t[hk + ".w_v"] + b(hk + ".b_v", t[hk + ".w_v"].shape[1])
+            if a["positions"] == "rope":
+                q, k = rotate(q), rotate(k)
+            logits = q @ k.transpose(0, 2, 1) / np.sqrt(dtype(q.shape[-1]))  # [b, s, s]
+            if causal:
+                logits = np.where(np.tril(np.ones((s, s), bool)), logits, -np.inf)
+            w = np.exp(logits - logits.max(-1, keepdims=True))
+            mha = mha + (w / w.sum(-1, keepdims=True)) @ v @ t[hq + ".w_o"]
+        X = X + mha
+        M = norm(X, pre + ".norm_mlp")
+        p = t[pre + ".w_l1"].shape[1]
+        up = M @ t[pre + ".w_l1"] + b(pre + ".b_l1", p)
+        hidden = act(M @ t[pre + ".w_gate"] + b(pre + ".b_gate", p)) * up if a["mlp"] == "gated" else act(up)
+        X = X + hidden @ t[pre + ".w_l2"] + b(pre + ".b_l2", X.shape[-1])
+        n += 1
+        res[f"residual.{n}"] = X
+    Y = norm(X, "final_norm") if a["final_norm"] else X
+    res["output"] = Y @ (t["embed"].T if a["tied"] else t["w_out"])
+    return res
+
+
+def test_an_implementation_of_the_documented_conventions_passes_every_case(avec, tmp_path):
+    worst = {}
+    for c in index(avec)["cases"]:
+        d = avec / c["path"]
+        for dtype in (np.float64, np.float32):
+            out = _independent(d, dtype)
+            assert all(v.dtype == dtype for v in out.values())
+            r = compare(d, save(tmp_path / "a.safetensors", out), require_residuals=True)
+            assert r.ok, (c["case"], dtype, format_report(r))
+            worst[dtype] = max(worst.get(dtype, 0.0), max(t.used for t in r.tensors if t.name != "residual.0"))
+    assert 0 < worst[np.float64] < 1 and 0 < worst[np.float32] < 1
+
+
+def test_no_float32_argmax_near_ties(avec):
+    for c in index(avec)["cases"]:
+        m = manifest(avec, c["case"])
+        assert m["argmax"]["near_ties_float32"] == [] and m["argmax"]["near_ties_float64"] == [], c["case"]
