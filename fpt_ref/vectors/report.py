@@ -150,9 +150,9 @@ def _arch_hint(r: Report) -> str:
         keys, place = ["residual.0"], "the input"
     else:
         keys, place = ["output"], "the output"
-    spelled = "; ".join(f"{k}: {conv[k]}" for k in keys if k in conv)
-    return (
+    spelled = [f"  {k}: {conv[k]}" for k in keys if k in conv]
+    head = (
         f"this case is not the paper's model (an implementation of docs/spec.md section 1 alone cannot pass it): "
         f"check {place} against the case's conventions (manifest.json model.conventions)"
-        + (f": {spelled}" if spelled else "")
     )
+    return "\n".join([head + (":" if spelled else "")] + spelled)
