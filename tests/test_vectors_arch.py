@@ -299,6 +299,8 @@ def test_output_only_failure_on_a_tied_case_points_at_the_tied_output(avec, tmp_
     assert [t.status for t in r.tensors] == ["pass", "pass", "pass", "fail"]
     text = format_report(r)
     assert "look at W_out" in text and "Norm_f(residual.N) @ embed^T (tied" in text
+    d_json = json.loads(json.dumps(r.to_dict()))  # --json carries the same explanation
+    assert "gpt2 preset" in d_json["architecture"] and d_json["conventions"]["output"].startswith("Norm_f")
     r = compare(d, save(tmp_path / "b.safetensors", {"output": ref["output"][..., :6].copy()}))  # o = 6, not vocab
     assert r.tensors[-1].status == "shape" and "tied" in format_report(r)
 
