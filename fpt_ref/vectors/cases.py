@@ -1,7 +1,8 @@
 """The catalogue of reference-vector cases.
 
-A *config* gives the base dimensions (``tiny``, ``small`` or a JSON file). Four *families*
-vary what the paper leaves open, so that every pair of options occurs at least once:
+A *config* gives the base dimensions (``tiny``, ``small`` or a JSON file). Four *families* of
+the paper's model (docs/spec.md section 1) vary what the paper leaves open, so that every pair
+of options occurs at least once:
 
 ============== ======== ====== ======== ==========================
 family         inputs   causal norm eps layers
@@ -17,6 +18,24 @@ Each family has the base model, each of the six expansions applied alone to the 
 step of one composed plan of all six (``plan.1-mlp`` ... ``plan.6-add_layer``, each the
 child of the one before). Single expansions act on one layer or head where they can, so
 heads and layers become heterogeneous.
+
+Three more families use the blocks of real transformers (docs/spec.md section 4,
+:data:`fpt_ref.blocks.PRESETS`), token inputs, causal attention and ``eps > 0``:
+
+====== ============================================== ==========================================
+family blocks                                         attention
+====== ============================================== ==========================================
+llama  RMSNorm, gated SiLU, RoPE (half), final norm   grouped-query, ``kv_heads = E/2`` per layer
+qwen2  llama plus q/k/v biases                        grouped-query and multi-query layers alternating
+gpt2   LayerNorm, tanh-GELU, biases, tied output      multi-head, heterogeneous layers (as above)
+====== ============================================== ==========================================
+
+They have ``E = 2 * heads`` query heads (``llama``, ``qwen2``) and an even ``k`` (RoPE
+rotates pairs). Their expansions follow docs/spec.md section 4.2: ``add_heads`` adds one query
+head per group (single) or a whole group (plan), ``heads`` grows whole groups, ``attention``
+grows every head of every layer at once on RoPE, ``hidden`` mean-pads on LayerNorm, the MLP
+expansions use each zero set of the gated MLP. :func:`families` selects families by
+architecture (``paper`` is the four above).
 """
 
 from __future__ import annotations
@@ -26,6 +45,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 
+from ..blocks import PRESETS
 from ..checks import is_int
 from ..model import Model
 from ..paper import NAMES
@@ -125,21 +145,66 @@ def load_config(spec: str) -> Config:
 
 @dataclass(frozen=True)
 class Family:
-    """Options shared by a family of cases (module doc)."""
+    """Options shared by a family of cases (module doc).
+
+    ``arch`` is the preset of :data:`fpt_ref.blocks.PRESETS`; ``kv`` the key/value heads per
+    layer: ``"all"`` (multi-head), ``"pairs"`` (``E/2``: groups of two query heads) or
+    ``"pairs-mqa"`` (``E/2`` on even layers, one on odd layers).
+    """
 
     name: str
     tokens: bool
     causal: bool
     eps: bool
     hetero: bool
+    arch: str = "paper"
+    kv: str = "all"
 
 
+#: the families of the paper's model
 FAMILIES = (
     Family("tok-causal-eps", tokens=True, causal=True, eps=True, hetero=False),
     Family("tok-full-eps0", tokens=True, causal=False, eps=False, hetero=True),
     Family("real-causal", tokens=False, causal=True, eps=False, hetero=False),
     Family("real-full-eps", tokens=False, causal=False, eps=True, hetero=True),
 )
+#: the families of the presets of real architectures (docs/spec.md section 4)
+ARCH_FAMILIES = (
+    Family("llama", tokens=True, causal=True, eps=True, hetero=False, arch="llama", kv="pairs"),
+    Family("qwen2", tokens=True, causal=True, eps=True, hetero=False, arch="qwen2", kv="pairs-mqa"),
+    Family("gpt2", tokens=True, causal=True, eps=True, hetero=True, arch="gpt2", kv="all"),
+)
+#: every family, in the order of their seeds (:func:`fpt_ref.vectors.write.family_seed`)
+ALL_FAMILIES = FAMILIES + ARCH_FAMILIES
+#: the architectures a family can have; ``paper`` selects :data:`FAMILIES`
+ARCHS: tuple[str, ...] = tuple(PRESETS)
+
+
+def parse_archs(archs) -> tuple:
+    """The architectures named by ``archs``: a name, ``"all"``, comma-separated text or a list.
+
+    Returns them in the order of :data:`ARCHS`, each once; ``ValueError`` naming ``archs`` for
+    an unknown name or an empty selection.
+
+    >>> parse_archs("gpt2,paper")
+    ('paper', 'gpt2')
+    >>> parse_archs("all")
+    ('paper', 'llama', 'qwen2', 'gpt2')
+    """
+    items = archs.split(",") if isinstance(archs, str) else list(archs)
+    names = {str(a).strip() for a in items} - {""}
+    if "all" in names:
+        names = (names - {"all"}) | set(ARCHS)
+    unknown = sorted(names - set(ARCHS))
+    if unknown or not names:
+        raise ValueError(f"archs: expected some of {', '.join(ARCHS)} or all, got {archs!r}")
+    return tuple(a for a in ARCHS if a in names)
+
+
+def families(archs="paper") -> tuple:
+    """The families of the architectures ``archs`` (:func:`parse_archs`), in :data:`ALL_FAMILIES` order."""
+    chosen = parse_archs(archs)
+    return tuple(f for f in ALL_FAMILIES if f.arch in chosen)
 
 
 def base_kwargs(cfg: Config, fam: Family, seed: int) -> dict:
@@ -147,6 +212,8 @@ def base_kwargs(cfg: Config, fam: Family, seed: int) -> dict:
 
     Heterogeneous families alternate per layer: ``p_n = p + (n mod 2) p/2``,
     ``E_n = heads + (n mod 2)``, ``k_n = k + 2 (n mod 2)``, ``v_n = v + 2 ((n+1) mod 2)``.
+    Grouped families (``fam.kv`` not ``"all"``) have ``E = 2 heads``; RoPE families an even
+    ``k`` (``k + k mod 2``).
     """
     N = cfg.layers
     p: int | list[int]
@@ -160,6 +227,14 @@ def base_kwargs(cfg: Config, fam: Family, seed: int) -> dict:
         v = [cfg.v + 2 * ((n + 1) % 2) for n in range(N)]
     else:
         p, heads, k, v = cfg.p, cfg.heads, cfg.k, cfg.v
+    arch = PRESETS[fam.arch]
+    kv_heads: int | list[int] | None = None
+    if fam.kv != "all":
+        heads = 2 * cfg.heads
+        kv_heads = cfg.heads if fam.kv == "pairs" else [cfg.heads if n % 2 == 0 else 1 for n in range(N)]
+    if arch.positions == "rope" and isinstance(k, int):
+        k += k % 2
+    extra = {} if fam.arch == "paper" else {"arch": fam.arch, "kv_heads": kv_heads}
     return dict(
         h=cfg.h,
         p=p,
@@ -174,6 +249,7 @@ def base_kwargs(cfg: Config, fam: Family, seed: int) -> dict:
         causal=fam.causal,
         dtype="float64",
         seed=seed,
+        **extra,
     )
 
 
@@ -182,37 +258,96 @@ def _maxes(model: Model) -> tuple[int, int, int]:
     return (max(layer.p for layer in model.layers), max(hd.k for hd in heads), max(hd.v for hd in heads))
 
 
+def _group(layer) -> tuple:
+    """``(G, r)``: key/value heads and query heads per group of ``layer`` (``(E, 1)`` when not grouped)."""
+    return (layer.G, layer.group_size) if layer.grouped else (layer.E, 1)
+
+
+def _heads_text(layer) -> str:
+    """The heads of the first group of ``layer`` (``0`` when not grouped): a whole group."""
+    return ",".join(str(e) for e in range(_group(layer)[1]))
+
+
 def single_steps(model: Model) -> dict:
     """Plan text of each expansion applied alone to ``model`` (the family's base).
 
     ``attention`` grows head 0 of the *last* layer, so an implementation that keeps the base
     model's ``1/sqrt(k)`` diverges first at ``residual.N``; ``add_heads`` and ``add_layer``
     use key/value sizes new to the model (heterogeneous heads).
+
+    Real architectures (docs/spec.md section 4.2): in a grouped layer ``add_heads`` adds one
+    query head at the end of each group (``count = kv_heads``, the group's key and value
+    sizes) and ``heads`` grows the whole first group; on RoPE ``attention`` grows every head
+    of every layer; a gated MLP with q/k/v biases (``qwen2``) is grown with ``zero=M_l1``;
+    ``add_layer`` in a grouped model adds a grouped layer (``kv_heads=2``).
     """
     N, h = model.N, model.h
     p, k, v = _maxes(model)
+    arch = model.arch
+    if arch.is_paper:
+        return {
+            "mlp": f"mlp p={p + max(2, p // 2)} layers=0",
+            "add_heads": f"add_heads count=1 layers={N - 1} k={k + 2} v={v + 2}",
+            "heads": f"heads v={v + 2} layers=0 heads=0",
+            "attention": f"attention k={k + 2} layers={N - 1} heads=0",
+            "hidden": f"hidden h={h + max(2, h // 2)}",
+            "add_layer": f"add_layer at={N // 2} p={p + 2} n_heads=2 k={k + 2} v={v}",
+        }
+    last, first = model.layers[N - 1], model.layers[0]
+    zero = " zero=M_l1" if arch.mlp == "gated" and arch.qkv_bias else ""
+    add_heads = (
+        f"add_heads count={last.G} layers={N - 1}"
+        if last.grouped
+        else f"add_heads count=1 layers={N - 1} k={k + 2} v={v + 2}"
+    )
+    rope = arch.positions == "rope"
+    attention = f"attention k={k + 2}" if rope else f"attention k={k + 2} layers={N - 1} heads=0"
+    new_layer = "n_heads=4 kv_heads=2" if first.grouped else "n_heads=2"
     return {
-        "mlp": f"mlp p={p + max(2, p // 2)} layers=0",
-        "add_heads": f"add_heads count=1 layers={N - 1} k={k + 2} v={v + 2}",
-        "heads": f"heads v={v + 2} layers=0 heads=0",
-        "attention": f"attention k={k + 2} layers={N - 1} heads=0",
+        "mlp": f"mlp p={p + max(2, p // 2)} layers=0{zero}",
+        "add_heads": add_heads,
+        "heads": f"heads v={v + 2} layers=0 heads={_heads_text(first)}",
+        "attention": attention,
         "hidden": f"hidden h={h + max(2, h // 2)}",
-        "add_layer": f"add_layer at={N // 2} p={p + 2} n_heads=2 k={k + 2} v={v}",
+        "add_layer": f"add_layer at={N // 2} p={p + 2} {new_layer} k={k + 2} v={v}",
     }
 
 
 def plan_steps(model: Model, cfg: Config) -> str:
-    """The composed plan: all six expansions in sequence (or ``cfg.plan``)."""
+    """The composed plan: all six expansions in sequence (or ``cfg.plan``).
+
+    Real architectures: a gated MLP is grown with ``zero=M_gate``, a plain one with
+    ``zero=M_l1``; a grouped last layer gains a whole group (``groups=true``); ``heads`` grows
+    its first group; on RoPE ``attention`` grows every head of every layer.
+    """
     if cfg.plan is not None:
         return cfg.plan
     N, h = model.N, model.h
     p, k, v = _maxes(model)
+    arch = model.arch
+    if arch.is_paper:
+        return "; ".join(
+            [
+                f"mlp p={p + max(2, p // 2)}",
+                f"add_heads count=1 layers={N - 1}",
+                f"heads v={v + 2} layers={N - 1} heads=0",
+                f"attention k={k + 2} layers=0",
+                f"hidden h={h + max(2, h // 2)}",
+                f"add_layer at={(N + 1) // 2}",
+            ]
+        )
+    last = model.layers[N - 1]
+    G, r = _group(last)
+    add_heads = (
+        f"add_heads count={r} layers={N - 1} groups=true" if last.grouped else f"add_heads count=1 layers={N - 1}"
+    )
+    rope = arch.positions == "rope"
     return "; ".join(
         [
-            f"mlp p={p + max(2, p // 2)}",
-            f"add_heads count=1 layers={N - 1}",
-            f"heads v={v + 2} layers={N - 1} heads=0",
-            f"attention k={k + 2} layers=0",
+            f"mlp p={p + max(2, p // 2)} zero={'M_gate' if arch.mlp == 'gated' else 'M_l1'}",
+            add_heads,
+            f"heads v={v + 2} layers={N - 1} heads={_heads_text(last)}",
+            f"attention k={k + 2}" if rope else f"attention k={k + 2} layers=0",
             f"hidden h={h + max(2, h // 2)}",
             f"add_layer at={(N + 1) // 2}",
         ]

@@ -11,14 +11,16 @@ from ..cli_args import int_arg
 def cmd_vectors(args) -> int:
     import time
 
-    from .cases import load_config
+    from .cases import load_config, parse_archs
     from .write import write_vectors
 
+    archs = parse_archs(args.arch)  # already checked by _archs
     cfg = load_config(args.config)
     t0 = time.perf_counter()
-    index = write_vectors(args.out, cfg, seed=args.seed)
+    index = write_vectors(args.out, cfg, seed=args.seed, archs=archs)
+    what = "" if archs == ("paper",) else f", {'/'.join(archs)}"
     print(
-        f"wrote {len(index)} cases ({cfg.name} config, seed {args.seed}) to {args.out} "
+        f"wrote {len(index)} cases ({cfg.name} config, seed {args.seed}{what}) to {args.out} "
         f"in {time.perf_counter() - t0:.1f} s"
     )
     return 0
@@ -34,11 +36,30 @@ def cmd_compare(args) -> int:
     return 0 if report.ok else 1
 
 
+def _archs(text: str):
+    """``--arch``: the architectures' names (:func:`fpt_ref.vectors.cases.parse_archs`), checked while parsing."""
+    import argparse
+
+    from .cases import parse_archs
+
+    try:
+        return ",".join(parse_archs(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
+
+
 def register(subparsers) -> None:
     """Add ``vectors`` and ``compare`` to the ``fpt-ref`` command line."""
     s = subparsers.add_parser("vectors", help="write reference vectors (one directory per case)")
     s.add_argument("--config", default="tiny", help="tiny, small, or a JSON file of dimensions (default tiny)")
     s.add_argument("--seed", type=int_arg(0), default=0)
+    s.add_argument(
+        "--arch",
+        type=_archs,
+        default="paper",
+        help="families by architecture: paper (default: the paper's model), llama, qwen2, gpt2, "
+        "comma-separated, or all",
+    )
     s.add_argument("-o", "--out", required=True, help="output directory")
     s.set_defaults(func=cmd_vectors)
 

@@ -13,6 +13,11 @@ The argmax of ``output`` along the last axis must match the reference at every p
 where the reference's top-2 gap is larger than the tolerance allows to close
 (:func:`fpt_ref.tolerance.decidable`); other positions are reported as near-ties.
 
+A case of a real architecture (docs/spec.md section 4) names the blocks it needs in the
+report (:func:`fpt_ref.vectors.describe.arch_line`) and, when it fails, the conventions of the
+blocks at the failing place (RoPE layout, grouped-query mapping, biases, tied output), so that
+an implementation of the paper's model learns why it cannot pass.
+
 Reading the files is :mod:`fpt_ref.vectors.files`; the report and its text form are
 :mod:`fpt_ref.vectors.report` (whose text calls the compared file ACTUAL, as the command line does).
 """
@@ -25,6 +30,7 @@ import numpy as np
 
 from ..names import residual_index
 from ..tolerance import DTYPES, decidable, error_stats, excess
+from .describe import arch_line
 from .files import read_actual, read_case
 from .report import Report, TensorResult, format_report
 
@@ -133,6 +139,8 @@ def compare(case_dir, actual, require_residuals: bool = False) -> Report:
         (r.name for r in results if residual_index(r.name) is not None and r.status not in ("pass", "not given")), None
     )
     extra = tuple(sorted(n for n in act if n not in by_name and n not in ("tokens", "inputs")))
+    line = arch_line(man)
+    conv = (man.get("model") or {}).get("conventions") if line else None
     return Report(
         man.get("case", os.fspath(case_dir)),
         man.get("description", ""),
@@ -141,4 +149,6 @@ def compare(case_dir, actual, require_residuals: bool = False) -> Report:
         argmax,
         first,
         extra,
+        line,
+        conv if isinstance(conv, dict) else None,
     )

@@ -44,6 +44,8 @@ class Report:
     argmax: dict  # checked, positions, mismatches, near_ties, ok, message
     first_failing_residual: str | None
     extra: tuple  # names in ACTUAL that the case does not have (ignored)
+    architecture: str | None = None  # the blocks a case beyond the paper's model needs (describe.arch_line)
+    conventions: dict | None = None  # manifest model.conventions of such a case (describe.conventions)
 
     @property
     def ok(self) -> bool:
@@ -69,6 +71,8 @@ def _fmt(x, spec) -> str:
 def format_report(r: Report) -> str:
     """Human-readable report: one row per tensor, the argmax check, the first failing layer."""
     lines = [f"case {r.case}: {r.description}", f"actual {r.actual}"]
+    if r.architecture:
+        lines.append(r.architecture)
     head = f"{'tensor':<12} {'dtype':<8} {'max abs':>10} {'max rel':>10} {'max ulp':>10} {'tol used':>9}  status"
     lines += [head, "-" * len(head)]
     for t in r.tensors:
@@ -90,7 +94,8 @@ def format_report(r: Report) -> str:
     if r.first_failing_residual is not None:
         n = residual_index(r.first_failing_residual)
         assert n is not None  # compare sets it to a residual stream's name
-        where = "the input X_1 = I + P (embedding or positions)" if n == 0 else f"the output of layer {n - 1}"
+        first = (r.conventions or {}).get("residual.0", "X_1 = I + P (embedding or positions)")
+        where = f"the input {first}" if n == 0 else f"the output of layer {n - 1}"
         status = given[r.first_failing_residual]
         before = [i for i in map(residual_index, given) if i is not None and i < n]
         if status not in ("fail", "nonfinite"):  # missing, wrong shape or dtype: says nothing about where
@@ -120,6 +125,8 @@ def format_report(r: Report) -> str:
             lines.append(f"{residual_name(n_res - 1)} agrees; output fails, so look at W_out")
         else:
             lines.append("output fails; give the residual streams to locate the layer at fault")
+    if r.architecture and not r.ok:
+        lines.append(_arch_hint(r))
     if r.extra:
         lines.append(f"ignored tensors in ACTUAL: {', '.join(r.extra)}")
     n_bad = sum(t.status not in NOT_FAILING for t in r.tensors)
@@ -130,3 +137,22 @@ def format_report(r: Report) -> str:
         + ("" if r.argmax["ok"] else "; argmax check failed")
     )
     return "\n".join(lines)
+
+
+def _arch_hint(r: Report) -> str:
+    """Where to look when a case of a real architecture fails: the blocks it needs, by place."""
+    conv = r.conventions or {}
+    n = None if r.first_failing_residual is None else residual_index(r.first_failing_residual)
+    if n is not None and n > 0:
+        keys = [k for k in ("norm", "rope", "grouped_query", "biases", "mlp", "act") if k in conv]
+        place = f"layer {n - 1}"
+    elif n == 0:
+        keys, place = ["residual.0"], "the input"
+    else:
+        keys, place = ["output"], "the output"
+    spelled = [f"  {k}: {conv[k]}" for k in keys if k in conv]
+    head = (
+        f"this case is not the paper's model (an implementation of docs/spec.md section 1 alone cannot pass it): "
+        f"check {place} against the case's conventions (manifest.json model.conventions)"
+    )
+    return "\n".join([head + (":" if spelled else "")] + spelled)

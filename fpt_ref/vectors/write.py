@@ -2,7 +2,7 @@
 
 Layout of ``DIR`` (docs/vectors.md):
 
-    DIR/index.json                      every case: name, path, kind, step, parent
+    DIR/index.json                      the architectures; every case: name, path, kind, step, parent, arch
     DIR/<family>/<case>/model.safetensors    the model (fpt_ref.save, float64)
                         inputs.safetensors   ``tokens`` [b, s] int64 or ``inputs`` [b, s, h] float64
                         outputs.safetensors  ``output`` [b, s, o], ``residual.{n}`` [b, s, h], n = 0..N
@@ -32,7 +32,8 @@ from ..model import Model, dims, named_tensors, param_count
 from ..names import residual_name
 from ..plan import apply_step, parse_plan
 from ..tolerance import C_IN, C_LAYER, C_OUT, decidable, error_stats, tolerances, top2_gap
-from .cases import EXPANSIONS, FAMILIES, Config, Family, base_kwargs, plan_steps, single_steps
+from .cases import ALL_FAMILIES, EXPANSIONS, Config, Family, base_kwargs, families, plan_steps, single_steps
+from .describe import conventions, needs
 
 FORMAT = "fpt-ref-vectors/1"
 #: draws of a family's inputs looking for one without float32 argmax near-ties
@@ -56,7 +57,8 @@ class Case:
 
 
 def family_seed(seed: int, index: int) -> int:
-    """Seed of family ``index``'s base model."""
+    """Seed of family ``index``'s base model (``index`` in :data:`fpt_ref.vectors.cases.ALL_FAMILIES`,
+    so that a family's files do not depend on which others are written)."""
     return seed * 1000 + 101 * index
 
 
@@ -184,6 +186,10 @@ def manifest(case: Case, cfg: Config, seed: int, x, iseed: int, ref: dict, tol: 
             "input": "tokens" if m.embed is not None else "inputs",
             "dims": dims(m),
             "params": param_count(m),
+            "preset": case.family.arch,
+            "arch": m.arch.to_dict(),
+            "needs": needs(m),
+            "conventions": conventions(m),
         },
         "inputs": {
             "name": "tokens" if m.embed is not None else "inputs",
@@ -233,20 +239,25 @@ def write_case(case_dir: str, case: Case, x, ref: dict, man: dict) -> None:
     write_text(os.path.join(case_dir, "manifest.json"), json.dumps(man, indent=1, allow_nan=False) + "\n")
 
 
-def config_bytes(cfg: Config) -> int:
+def config_bytes(cfg: Config, archs="paper") -> int:
     """Upper estimate of the memory one family's cases hold (bytes), from the config alone.
 
     Every case model of a family is held at once (the base, six expansions, the plan's
     steps), each at most the size of the base grown by every step of the plan; plus their
-    float64 reference outputs and residual streams, and one forward pass.
+    float64 reference outputs and residual streams, and one forward pass. With the
+    families of real architectures (``archs``): up to ``3 heads`` heads per layer (grouped
+    families and a whole added group), a gated MLP counted as a plain one of ``3/2 p`` units
+    (three ``h x p`` matrices), ``o`` up to ``vocab`` (tied output).
     """
     from ..memory import dims_after, forward_bytes, model_bytes
 
-    N, E = cfg.layers, cfg.heads + 1  # hetero families: one more head on odd layers
-    p, k, v = cfg.p + max(1, cfg.p // 2), cfg.k + 2, cfg.v + 2
+    real = any(f.arch != "paper" for f in families(archs))
+    N, E = cfg.layers, (3 * cfg.heads + 1 if real else cfg.heads + 1)  # hetero families: one more head on odd layers
+    p, k, v = cfg.p + max(1, cfg.p // 2), cfg.k + 2 + (cfg.k % 2 if real else 0), cfg.v + 2
+    p = p + p // 2 if real else p
     d: dict[str, Any] = {
         "h": cfg.h,
-        "o": cfg.out_dim,
+        "o": max(cfg.out_dim, cfg.vocab) if real else cfg.out_dim,
         "s_max": cfg.max_seq,
         "vocab": cfg.vocab,
         "N": N,
@@ -271,8 +282,13 @@ def is_vectors_dir(path: str) -> bool:
         return False
 
 
-def write_vectors(out_dir, cfg: Config, seed: int = 0) -> list:
+def write_vectors(out_dir, cfg: Config, seed: int = 0, archs="paper") -> list:
     """Build every case of ``cfg`` and write it under ``out_dir``; returns the index entries.
+
+    ``archs`` selects the families by architecture (:func:`fpt_ref.vectors.cases.families`:
+    ``"paper"``, the default, the four families of the paper's model; ``"all"``; or some of
+    ``paper``, ``llama``, ``qwen2``, ``gpt2``, comma-separated or a list). A family's files
+    are the same whichever others are written.
 
     ``out_dir`` is missing, empty, or an earlier output of this function: it is replaced as
     a whole (:func:`fpt_ref.files.replace_directory`), so no stale case of an older run
@@ -280,20 +296,22 @@ def write_vectors(out_dir, cfg: Config, seed: int = 0) -> list:
     Same ``cfg`` and ``seed`` give byte-identical files.
 
     Raises ``ValueError`` when ``out_dir`` exists and is not a directory or holds something
-    else, when ``seed`` is not an integer >= 0, when the config's dimensions do not allow the
-    expansions (message names the step), or (:class:`fpt_ref.memory.ResourceError`) when a
-    family's models would not fit in memory.
+    else, when ``seed`` is not an integer >= 0, when ``archs`` names an unknown architecture,
+    when the config's dimensions do not allow the expansions (message names the family and
+    the step), or (:class:`fpt_ref.memory.ResourceError`) when a family's models would not fit
+    in memory.
     """
     seed = check_int("seed", seed, 0)
-    require(config_bytes(cfg), f"config {cfg.name}: the cases of one family")
+    fams = families(archs)
+    require(config_bytes(cfg, archs), f"config {cfg.name}: the cases of one family")
     with replace_directory(out_dir, is_vectors_dir, name="out_dir") as tmp:
-        return _write_all(tmp, cfg, seed)
+        return _write_all(tmp, cfg, seed, fams)
 
 
-def _write_all(out_dir: str, cfg: Config, seed: int) -> list:
+def _write_all(out_dir: str, cfg: Config, seed: int, fams: tuple) -> list:
     built = []  # every family is built before anything is written, so a bad plan leaves no partial output
-    for fi, fam in enumerate(FAMILIES):
-        fseed = family_seed(seed, fi)
+    for fam in fams:
+        fseed = family_seed(seed, ALL_FAMILIES.index(fam))
         try:
             built.append((fseed, build_family(cfg, fam, fseed)))
         except ValueError as exc:
@@ -312,7 +330,19 @@ def _write_all(out_dir: str, cfg: Config, seed: int) -> list:
             parent_out = None if c.parent is None else refs[c.parent]["output"]
             man = manifest(c, cfg, seed, x, iseed, ref, tols[c.name], root_out, parent_out)
             write_case(os.path.join(out_dir, *c.name.split("/")), c, x, ref, man)
-            index.append({"case": c.name, "path": c.name, "kind": c.kind, "step": c.step, "parent": c.parent})
-    text = json.dumps({"format": FORMAT, "config": cfg.to_dict(), "seed": seed, "cases": index}, indent=1)
+            index.append(
+                {
+                    "case": c.name,
+                    "path": c.name,
+                    "kind": c.kind,
+                    "step": c.step,
+                    "parent": c.parent,
+                    "arch": c.family.arch,
+                }
+            )
+    archs = sorted({f.arch for f in fams}, key=[f.arch for f in ALL_FAMILIES].index)
+    text = json.dumps(
+        {"format": FORMAT, "config": cfg.to_dict(), "seed": seed, "archs": archs, "cases": index}, indent=1
+    )
     write_text(os.path.join(out_dir, "index.json"), text + "\n")
     return index
