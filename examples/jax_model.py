@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 
 import jax
 
@@ -32,6 +33,13 @@ def load_params(path, dtype="float64"):
     """``(params, norm_eps, causal)`` from one of our model files; params is a pytree."""
     with safe_open(path, framework="numpy") as f:
         meta = f.metadata() or {}
+    if meta.get("format") != "fpt-ref/1":  # fpt-ref/2: real-architecture blocks (docs/vectors.md)
+        print(
+            f"{path}: format {meta.get('format')!r}: this example implements the paper's model (fpt-ref/1) only; "
+            "the case needs the blocks listed in its manifest.json (model.needs)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     t = {k: jnp.asarray(v, dtype=dtype) for k, v in load_file(path).items()}
     N = 1 + max((int(m[1]) for m in map(re.compile(r"^layers\.(\d+)\.").match, t) if m), default=-1)
     layers = []

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 
 import numpy as np
 from safetensors import safe_open
@@ -33,6 +34,13 @@ def load_model(path: str):
     """``(tensors, norm_eps, causal)``: name -> float64 array, and the file's metadata."""
     with safe_open(path, framework="numpy") as f:
         meta = f.metadata() or {}
+    if meta.get("format") != "fpt-ref/1":  # fpt-ref/2: real-architecture blocks (docs/vectors.md)
+        print(
+            f"{path}: format {meta.get('format')!r}: this example implements the paper's model (fpt-ref/1) only; "
+            "the case needs the blocks listed in its manifest.json (model.needs)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     tensors = load_file(path)
     return tensors, float(meta.get("norm_eps", "0.0")), meta.get("causal", "false") == "true"
 

@@ -130,6 +130,13 @@ def from_safetensors(path, dtype=torch.float64, fused=False, fixed_k=None, ignor
     """Build a :class:`Transformer` from one of our model files (transposing for ``nn.Linear``)."""
     with safe_open(path, framework="numpy") as f:
         meta = f.metadata() or {}
+    if meta.get("format") != "fpt-ref/1":  # fpt-ref/2: real-architecture blocks (docs/vectors.md)
+        print(
+            f"{path}: format {meta.get('format')!r}: this example implements the paper's model (fpt-ref/1) only; "
+            "the case needs the blocks listed in its manifest.json (model.needs)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     t = load_file(path)
     eps = 0.0 if ignore_eps else float(meta.get("norm_eps", "0.0"))
     causal = meta.get("causal", "false") == "true"

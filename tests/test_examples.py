@@ -200,3 +200,19 @@ def test_jax_example_passes_every_case(vec, tmp_path):
     d = vec / "real-full-eps" / "attention"
     r = check(d, jm.run_case(str(d), "float32", ignore_eps=True), tmp_path / "a.safetensors")
     assert r.first_failing_residual == "residual.1"
+
+
+def test_examples_refuse_real_architecture_cases_in_one_line(tmp_path, capsys):
+    """The examples implement the paper's model: a case of another architecture (fpt-ref/2 file)
+    is refused with one line naming what it needs, exit 2, instead of a KeyError."""
+    from fpt_ref.vectors.cases import load_config
+    from fpt_ref.vectors.write import write_vectors
+
+    write_vectors(tmp_path, load_config("tiny"), seed=0, archs="llama")
+    case = next(p for p in all_cases(tmp_path))
+    with pytest.raises(SystemExit) as exc:
+        example("numpy_model").main([str(tmp_path / case), "-o", str(tmp_path / "out.npz")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fpt-ref/2" in err[0] and "model.needs" in err[0]
+    assert not (tmp_path / "out.npz").exists()
