@@ -159,6 +159,7 @@ def run(config: Config, log_stream=sys.stderr) -> dict:
     bad_dt = [d for d in config.dtypes if d not in ("float32", "float64")]
     if bad_dt:
         raise ValueError(f"dtypes: unknown dtype(s) {', '.join(bad_dt)} (float32, float64)")
+    ops.ladder(config.ladder, config.sizes)  # unknown sizes fail here, before any library is probed
     notes = []
     if config.blas_threads is not None and not machine.set_blas_threads(config.blas_threads):
         notes.append(f"blas_threads={config.blas_threads}: could not set (OpenBLAS not found)")
