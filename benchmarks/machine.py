@@ -25,7 +25,7 @@ from fpt_ref.memory import meminfo
 
 #: A record is flagged ``under_load`` when other processes kept more than this fraction of
 #: the usable cores busy, on average, while it was measured (:func:`others_load`).
-LOAD_THRESHOLD = 0.1
+LOAD_THRESHOLD = 0.25
 
 ENV_VARS = (
     "OPENBLAS_CORETYPE",

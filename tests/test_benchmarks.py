@@ -427,7 +427,7 @@ def test_table_marks_records_under_load_and_shows_one_thread_columns():
     assert "NumPy s (1 thr)" in table and "ratio_torch (1 thr)" in table
     row = next(line for line in table.splitlines() if line.startswith("| xxs |"))
     assert row.split(" | ")[3:] == ["2", "-", "4", "0.50", "3*", "-", "1.5", "2.00 |"]
-    assert "Under load: 1 of 4 records" in table and "10% of the 2 usable cores" in table
+    assert "Under load: 1 of 4 records" in table and "25% of the 2 usable cores" in table
 
 
 def test_table_has_gpu_columns_when_cupy_records_exist():
@@ -458,6 +458,15 @@ def test_table_has_gpu_columns_when_cupy_records_exist():
     assert "CuPy s" in table and "speedup_gpu" in table and "No GPU results" not in table
     assert "| 20.0 |" in table  # speedup 2.0 / 0.1
     assert "| 0.50 |" in table  # ratio_matmul (1e9/2) / (1e9/1)
+    for backend, sec in (("numpy", 1.0), ("cupy", 0.05)):
+        recs.append(dict(recs[0], op="mlp", backend=backend, seconds=sec, ref_copy_seconds=sec / 2, flops=None))
+        recs.append(dict(recs[0], op="verify", backend=backend, seconds=sec, out_params=99, verify_ok=True))
+        recs[-1]["verify_max_ulp"] = 3.0
+    res["records"] = ratios.compute_ratios(recs)
+    table = report.markdown_table(res)
+    gpu_rows = table.split("**Expansions on the GPU**")[1].split("**Verify**")[0]
+    assert "| xxs | 18k | float32 | 0.05 / 2.0 / 20.0 |" in gpu_rows  # seconds / ratio_copy / speedup_gpu
+    assert "| float32 | numpy | 1 |" in table and "| float32 | cupy | 0.05 |" in table  # verify on both
 
 
 # ---- CLI -------------------------------------------------------------------------------
