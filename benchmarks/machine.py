@@ -189,7 +189,7 @@ def under_load(others: float | None, loadavg: list | None, cores: int) -> bool:
     the ``cores`` busy. Without it (no ``/proc/stat``): the 1-minute load average, which
     counts this process's own threads too, exceeded ``cores``.
 
-    >>> under_load(0.3, [1.0, 1.0, 1.0], 2), under_load(0.1, [5.0, 5.0, 5.0], 2), under_load(None, [2.5, 1, 1], 2)
+    >>> under_load(0.6, [1.0, 1.0, 1.0], 2), under_load(0.4, [5.0, 5.0, 5.0], 2), under_load(None, [2.5, 1, 1], 2)
     (True, False, True)
     """
     if others is not None:

@@ -225,6 +225,12 @@ def test_isa_level_from_cpuinfo_flags():
     assert machine.isa_level(set()) == "unknown"
 
 
+def test_machine_examples():
+    import doctest
+
+    assert doctest.testmod(machine).failed == 0
+
+
 def test_others_load_from_snapshots():
     a = {"busy_s": 100.0, "own_s": 10.0, "wall_s": 50.0}
     # in 2 s the usable cores were busy 3 s, 1 s of it this process: others kept 1 core busy
