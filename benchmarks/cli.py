@@ -60,6 +60,19 @@ def add_arguments(s) -> None:
         help="OpenBLAS and PyTorch CPU threads (default: the libraries' own)",
     )
     s.add_argument(
+        "--one-thread",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the CPU forward with one BLAS / PyTorch thread, alternating with the default (default: on)",
+    )
+    s.add_argument(
+        "--time-budget",
+        type=int_arg(1),
+        default=None,
+        metavar="SECONDS",
+        help="start no new size, backend and dtype after this many seconds (default: no limit)",
+    )
+    s.add_argument(
         "--max-params-cpu",
         type=int_arg(1),
         default=None,
@@ -83,6 +96,8 @@ def config_from_args(args, gpu_usable: bool):
         ops=tuple(args.ops),
         sizes=args.sizes,
         blas_threads=args.blas_threads,
+        one_thread=args.one_thread,
+        time_budget_s=args.time_budget,
     )
     ladder = args.ladder or ("quick" if args.quick else ("gpu" if gpu_usable else "cpu"))
     kw["ladder"] = ladder

@@ -62,6 +62,12 @@ class Size:
     def dims(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "name"}
 
+    def forward_flops(self) -> int:
+        """:func:`forward_flops` of :func:`build_model` for this size on its ``[b, s, h]`` inputs (no model needed)."""
+        E, h = self.E, self.h
+        per_layer = h * E * (2 * self.k + self.v) + self.s * E * (self.k + self.v) + h * E * self.v + 2 * h * self.p
+        return 2 * self.b * self.s * (self.N * per_layer + h * self.o)
+
     def params(self) -> int:
         """Parameter count of :func:`build_model` for this size (no model needed)."""
         h = self.h

@@ -2,8 +2,9 @@
 
 ``ratio_matmul``: achieved FLOP/s over the paired reference matmul's FLOP/s;
 ``ratio_copy``: time over the paired copy of the output model's tensors; ``ratio_torch``:
-time over the paired PyTorch forward; ``speedup_gpu``: the NumPy record's time over the
-CuPy record's (same op, dtype and size). ``None`` where a ratio does not apply.
+time over the paired PyTorch forward (same thread setting); ``speedup_gpu``: the NumPy
+record's time (default threads) over the CuPy record's (same op, dtype and size). ``None``
+where a ratio does not apply.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ def ratio_matmul(flops: float, seconds: float, ref_flops: float, ref_seconds: fl
 
 def compute_ratios(records: list) -> list:
     """Fill the ratio fields of every record from its own fields (and, for ``speedup_gpu``,
-    from the NumPy record of the same op, dtype and size). Returns new record dicts."""
+    from the default-thread NumPy record of the same op, dtype and size). Returns new record dicts."""
     out = []
     for r in records:
         r = dict(r)
@@ -31,7 +32,11 @@ def compute_ratios(records: list) -> list:
         if r.get("ref_torch_seconds"):
             r["ratio_torch"] = r["seconds"] / r["ref_torch_seconds"]
         out.append(r)
-    cpu = {(r["op"], r["dtype"], r["size"]): r for r in out if r["backend"] == "numpy"}
+    cpu = {
+        (r["op"], r["dtype"], r["size"]): r
+        for r in out
+        if r["backend"] == "numpy" and r.get("thread_setting", "default") == "default"
+    }
     for r in out:
         if r["backend"] == "cupy" and (r["op"], r["dtype"], r["size"]) in cpu:
             r["speedup_gpu"] = cpu[(r["op"], r["dtype"], r["size"])]["seconds"] / r["seconds"]

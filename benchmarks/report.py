@@ -3,7 +3,9 @@
 ``write_all(results, out_dir)`` writes ``results.json``, ``table.md`` and the plots
 ``time_vs_params.png`` (every op's time against parameter count), ``backends.png``
 (forward time per backend: NumPy, PyTorch CPU, CuPy, PyTorch CUDA) and ``roofline.png``
-(forward ``ratio_matmul`` against parameter count, with the targets).
+(forward ``ratio_matmul`` against parameter count, with the targets). Records taken under
+load (``under_load``, docs/benchmarks.md) are marked ``*`` in the tables; one-thread
+records (``thread_setting == "one"``) get columns of their own beside the default ones.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 
-TARGETS = {"cpu_ratio_matmul": 0.7, "ratio_torch": 1.0, "ratio_copy": 3.0, "gpu_speedup": 20.0, "gpu_ratio_matmul": 0.6}
+from .machine import LOAD_THRESHOLD
+
+TARGETS = {"cpu_ratio_matmul": 0.7, "ratio_torch": 1.0, "ratio_copy": 3.0, "gpu_speedup": 20.0, "gpu_ratio_matmul": 0.7}
 
 
 def write_json(results: dict, path: str) -> str:
@@ -39,11 +43,19 @@ def _params(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.0f}k"
 
 
-def _find(records, **kw):
+def _find(records, setting: str = "default", **kw):
+    """The first record with these fields and thread setting (records without one are ``"default"``)."""
     for r in records:
-        if all(r.get(k) == v for k, v in kw.items()):
+        if r.get("thread_setting", "default") == setting and all(r.get(k) == v for k, v in kw.items()):
             return r
     return None
+
+
+def _ts(r) -> str:
+    """A record's median seconds, marked ``*`` when it was taken under load; ``-`` for no record."""
+    if r is None:
+        return "-"
+    return _t(r["seconds"]) + ("*" if r.get("under_load") else "")
 
 
 def markdown_table(results: dict) -> str:
@@ -59,12 +71,39 @@ def markdown_table(results: dict) -> str:
     gpu = any(r["backend"] == "cupy" for r in recs)
     torch_cpu = any(r["backend"] == "torch-cpu" for r in recs)
     torch_cuda = any(r["backend"] == "torch-cuda" for r in recs)
+    one = any(r.get("thread_setting") == "one" for r in recs)
     threads = cfg.get("blas_threads")
+    cpu = m["cpu"]
+    n_load = sum(1 for r in recs if r.get("under_load"))
+    simd = cpu.get("numpy_simd") or {}
+    torch_cap = (m.get("torch") or {}).get("cpu_capability")
     lines = [
         f"Machine: {m.get('summary', '?')}.",
-        f"BLAS/PyTorch threads: {threads if threads is not None else 'library default'}; "
-        f"load average {m['cpu'].get('loadavg')} at start, {m.get('loadavg_end')} at end; "
+        f"BLAS/PyTorch threads: {threads if threads is not None else 'library default'}"
+        + ("; also one thread each, in the same alternating rounds (`1 thr` columns)" if one else "")
+        + f"; load average {cpu.get('loadavg')} at start, {m.get('loadavg_end')} at end; "
         f"run took {m.get('wall_seconds')} s (ladder `{cfg.get('ladder')}`).",
+    ]
+    if simd or torch_cap:
+        lines.append(
+            "Vector kernels: "
+            + "; ".join(
+                x
+                for x in (
+                    f"NumPy dispatches to {', '.join(simd.get('dispatched') or []) or 'its baseline only'}"
+                    if simd
+                    else "",
+                    f"PyTorch CPU capability {torch_cap}" if torch_cap else "",
+                )
+                if x
+            )
+            + "."
+        )
+    lines += [
+        f"Under load: {n_load} of {len(recs)} records (marked *: other processes kept more than "
+        f"{LOAD_THRESHOLD:.0%} of the {cpu.get('usable_cores') or ''} usable cores busy while they were measured).".replace(
+            "the  usable", "the usable"
+        ),
         "",
     ]
     if not gpu:
@@ -72,6 +111,10 @@ def markdown_table(results: dict) -> str:
     head = ["size", "params", "dtype", "NumPy s", "ratio_matmul"]
     if torch_cpu:
         head += ["PyTorch CPU s", "ratio_torch"]
+    if one:
+        head += ["NumPy s (1 thr)", "ratio_matmul (1 thr)"]
+        if torch_cpu:
+            head += ["PyTorch CPU s (1 thr)", "ratio_torch (1 thr)"]
     if gpu:
         head += ["CuPy s", "speedup_gpu", "GPU ratio_matmul"]
         if torch_cuda:
@@ -89,16 +132,22 @@ def markdown_table(results: dict) -> str:
             r = _find(recs, op="forward", backend="numpy", size=size, dtype=dt)
             if r is None:
                 continue
-            row = [size, _params(r["params"]), dt, _t(r["seconds"]), _fmt(r["ratio_matmul"])]
+            row = [size, _params(r["params"]), dt, _ts(r), _fmt(r["ratio_matmul"])]
             if torch_cpu:
                 t = _find(recs, op="forward", backend="torch-cpu", size=size, dtype=dt)
-                row += [_t(t and t["seconds"]), _fmt(r["ratio_torch"])]
+                row += [_ts(t), _fmt(r["ratio_torch"])]
+            if one:
+                r1 = _find(recs, "one", op="forward", backend="numpy", size=size, dtype=dt)
+                row += [_ts(r1), _fmt(r1 and r1["ratio_matmul"])]
+                if torch_cpu:
+                    t1 = _find(recs, "one", op="forward", backend="torch-cpu", size=size, dtype=dt)
+                    row += [_ts(t1), _fmt(r1 and r1["ratio_torch"])]
             if gpu:
                 g = _find(recs, op="forward", backend="cupy", size=size, dtype=dt)
-                row += [_t(g and g["seconds"]), _fmt(g and g["speedup_gpu"], 1), _fmt(g and g["ratio_matmul"])]
+                row += [_ts(g), _fmt(g and g["speedup_gpu"], 1), _fmt(g and g["ratio_matmul"])]
                 if torch_cuda:
                     tc = _find(recs, op="forward", backend="torch-cuda", size=size, dtype=dt)
-                    row += [_t(tc and tc["seconds"])]
+                    row += [_ts(tc)]
             fwd.append("| " + " | ".join(row) + " |")
     lines += fwd + [""]
     ops_ = []
@@ -121,22 +170,43 @@ def markdown_table(results: dict) -> str:
                 for op in ops_:
                     r = _find(recs, op=op, backend="numpy", size=size, dtype=dt)
                     base = base or r
-                    cells.append("-" if r is None else f"{_t(r['seconds'])} / {_fmt(r['ratio_copy'], 1)}")
+                    cells.append("-" if r is None else f"{_ts(r)} / {_fmt(r['ratio_copy'], 1)}")
                 if base is not None:
                     lines.append("| " + " | ".join([size, _params(base["params"]), dt] + cells) + " |")
         lines.append("")
-    ver = [r for r in recs if r["op"] == "verify" and r["backend"] == "numpy"]
+    if gpu and ops_:
+        head = ["size", "params", "dtype"] + list(ops_)
+        lines += [
+            "**Expansions on the GPU** (CuPy: median seconds / ratio_copy / speedup_gpu over NumPy where NumPy ran)",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "|".join("---" for _ in head) + "|",
+        ]
+        for size in sizes:
+            for dt in dtypes:
+                cells, base = [], None
+                for op in ops_:
+                    r = _find(recs, op=op, backend="cupy", size=size, dtype=dt)
+                    base = base or r
+                    cells.append(
+                        "-" if r is None else f"{_ts(r)} / {_fmt(r['ratio_copy'], 1)} / {_fmt(r.get('speedup_gpu'), 1)}"
+                    )
+                if base is not None:
+                    lines.append("| " + " | ".join([size, _params(base["params"]), dt] + cells) + " |")
+        lines.append("")
+    ver = [r for r in recs if r["op"] == "verify" and r["backend"] in ("numpy", "cupy")]
     if ver:
         lines += [
             "**Verify** (forward of the base and the plan-expanded model, and the comparison)",
             "",
-            "| size | params (base -> expanded) | dtype | seconds | ratio_matmul | preserved (max ulp) |",
-            "|---|---|---|---|---|---|",
+            "| size | params (base -> expanded) | dtype | backend | seconds | ratio_matmul | preserved (max ulp) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in ver:
             lines.append(
                 f"| {r['size']} | {_params(r['params'])} -> {_params(r['out_params'])} | {r['dtype']} | "
-                f"{_t(r['seconds'])} | {_fmt(r['ratio_matmul'])} | "
+                f"{r['backend']} | "
+                f"{_ts(r)} | {_fmt(r['ratio_matmul'])} | "
                 f"{'yes' if r['verify_ok'] else 'NO'} ({r['verify_max_ulp']:.1f}) |"
             )
         lines.append("")
@@ -146,11 +216,15 @@ def markdown_table(results: dict) -> str:
 
 
 # ---- plots -----------------------------------------------------------------------------
-def _series(recs, op, backend, dtype, key="seconds"):
+def _series(recs, op, backend, dtype, key="seconds", setting="default"):
     pts = sorted(
         (r["params"], r[key])
         for r in recs
-        if r["op"] == op and r["backend"] == backend and r["dtype"] == dtype and r.get(key) is not None
+        if r["op"] == op
+        and r["backend"] == backend
+        and r["dtype"] == dtype
+        and r.get("thread_setting", "default") == setting
+        and r.get(key) is not None
     )
     return [p for p, _ in pts], [v for _, v in pts]
 
@@ -209,6 +283,9 @@ def plot_all(results: dict, out_dir: str) -> list:
             x, y = _series(recs, "forward", b, dt)
             if x:
                 ax.plot(x, y, styles[dt], marker="o", ms=3, color=f"C{i}", label=f"{b} {dt}")
+            x, y = _series(recs, "forward", b, dt, setting="one")
+            if x:
+                ax.plot(x, y, styles[dt], marker="x", ms=4, lw=0.7, color=f"C{i}", label=f"{b} {dt}, 1 thread")
     gpu = any(r["backend"] == "cupy" for r in recs)
     ax.set(
         xscale="log",
@@ -231,7 +308,13 @@ def plot_all(results: dict, out_dir: str) -> list:
                 ax.plot(x, y, styles[dt], marker="o", ms=3, color=f"C{i}", label=f"{b} {dt}")
     ax.axhline(TARGETS["cpu_ratio_matmul"], color="k", lw=0.8, ls=":", label="CPU target 0.7")
     if gpu:
-        ax.axhline(TARGETS["gpu_ratio_matmul"], color="gray", lw=0.8, ls="-.", label="GPU target 0.6")
+        ax.axhline(
+            TARGETS["gpu_ratio_matmul"],
+            color="gray",
+            lw=0.8,
+            ls="-.",
+            label=f"GPU target {TARGETS['gpu_ratio_matmul']}",
+        )
     ax.set(
         xscale="log",
         ylim=(0, 1.1),

@@ -1,22 +1,30 @@
 """The benchmark runner: what one run measures (:class:`Config`) and its records.
 
 Timing is :mod:`benchmarks.timing` (interleaved with a reference, docs/benchmarks.md), the
-ratios :mod:`benchmarks.ratios`. The one exception to interleaving is PyTorch: its forward
-and its own matmul reference form a separate group, run right after ours (mixing two
-threaded runtimes in one loop makes both pathologically slow on few cores).
+ratios :mod:`benchmarks.ratios`. The forward of each (size, dtype) is timed in alternating
+rounds (:func:`benchmarks.timing.measure_rounds`): on the CPU, NumPy and PyTorch, each with
+the default thread count and, when ``Config.one_thread``, with one thread; on the GPU, CuPy
+and PyTorch (CUDA). Each group is paired with its own library's matmul. Thread counts are
+switched in the process, OpenBLAS's through ``ctypes`` (:func:`benchmarks.machine.set_blas_threads`)
+and PyTorch's with ``torch.set_num_threads``; no dependency is added for it.
 
-Record fields (one dict per measured (op, backend, dtype, size)):
+Record fields (one dict per measured (op, backend, dtype, size, thread setting)):
 
 ``op, backend, dtype, size, dims, params`` identify it (``dims``: h, N, E, k, v, p, o, s, b;
-``params``: parameter count of the input model); ``seconds`` (median), ``seconds_min``,
-``seconds_max``, ``repeats``; work counts ``flops`` (forward/verify/matmul) and ``bytes``
-(expansions: the output model's bytes); the paired reference medians ``ref_matmul_seconds``
-with ``ref_matmul_flops``, ``ref_copy_seconds``, ``ref_torch_seconds``; and the ratios
-``ratio_matmul``, ``ratio_copy``, ``ratio_torch``, ``speedup_gpu`` (``None`` where they do
-not apply), filled by :func:`benchmarks.ratios.compute_ratios` from those fields alone; ``loadavg`` (the
-system load when the record was taken). Forward records of PyTorch add ``torch_max_rel``
-(its normwise distance from our output); verify records add ``verify_ok``, ``verify_max_ulp``;
-expansion and verify records add ``out_params``.
+``params``: parameter count of the input model); ``thread_setting`` (``"default"``: the
+libraries' own thread count, or ``Config.blas_threads``; ``"one"``: one BLAS / PyTorch
+thread) and ``threads`` (the count in force; ``None`` on the GPU or where unreadable);
+``seconds`` (median), ``seconds_min``, ``seconds_max``, ``repeats``; work counts ``flops``
+(forward/verify/matmul) and ``bytes`` (expansions: the output model's bytes); the paired
+reference medians ``ref_matmul_seconds`` with ``ref_matmul_flops``, ``ref_copy_seconds``,
+``ref_torch_seconds``; and the ratios ``ratio_matmul``, ``ratio_copy``, ``ratio_torch``,
+``speedup_gpu`` (``None`` where they do not apply), filled by
+:func:`benchmarks.ratios.compute_ratios` from those fields alone. The load: ``loadavg`` (1, 5
+and 15 minute load averages when the record was taken), ``cpu_others`` (cores kept busy by
+other processes during its timed rounds, :func:`benchmarks.machine.others_load`) and
+``under_load`` (:func:`benchmarks.machine.under_load`). Forward records of PyTorch add
+``torch_max_rel`` (its normwise distance from our output); verify records add ``verify_ok``,
+``verify_max_ulp``; expansion and verify records add ``out_params``.
 """
 
 from __future__ import annotations
@@ -32,15 +40,23 @@ from fpt_ref.model import param_count
 
 from . import machine, ops
 from .ratios import compute_ratios
-from .timing import cpu_timer, cuda_timer, measure, summarize
+from .timing import Group, cpu_timer, cuda_timer, measure, measure_rounds, summarize
 
-SCHEMA = 1
-SETTLE_S = 0.5  # pause between NumPy and PyTorch groups, so idle worker threads stop spinning
+SCHEMA = 2
+SETTLE_S = 0.1  # pause before each CPU group of a round, so other runtimes' idle threads stop spinning
+PRIMER_N = 256  # the small product that wakes a thread pool before its group's timed calls
 
 
 @dataclass
 class Config:
-    """What one run measures. ``ladder`` is ``"quick"``, ``"cpu"`` or ``"gpu"`` (see :mod:`benchmarks.ops`)."""
+    """What one run measures. ``ladder`` is ``"quick"``, ``"cpu"`` or ``"gpu"`` (see :mod:`benchmarks.ops`).
+
+    ``one_thread``: also time the CPU forward (NumPy and PyTorch, with their matmuls) with
+    one thread, in the same alternating rounds as the default thread count. ``settle_s``:
+    the pause before each CPU group of a round. ``time_budget_s``: no new (size, backend,
+    dtype) is started once the run has taken this long (``None``: no limit); a note says
+    what was left out.
+    """
 
     ladder: str = "cpu"
     sizes: list | None = None
@@ -53,16 +69,52 @@ class Config:
     matmul_n: dict = field(default_factory=lambda: {"numpy": 2048, "cupy": 8192})
     max_params: dict = field(default_factory=dict)  # backend -> largest model it runs
     blas_threads: int | None = None  # OpenBLAS and PyTorch CPU threads (None: their defaults)
+    one_thread: bool = True
+    settle_s: float = SETTLE_S
+    time_budget_s: float | None = None
 
     @classmethod
     def quick(cls, **kw) -> Config:
-        base = dict(ladder="quick", min_repeats=2, max_repeats=5, budget_s=0.3, matmul_n={"numpy": 512, "cupy": 2048})
+        base: dict = dict(
+            ladder="quick",
+            min_repeats=2,
+            max_repeats=5,
+            budget_s=0.3,
+            matmul_n={"numpy": 512, "cupy": 2048},
+            settle_s=0.05,
+        )
         base.update(kw)
         return cls(**base)
 
 
+class _Threads:
+    """Switches the CPU thread counts of NumPy's OpenBLAS and of PyTorch between their defaults and one."""
+
+    def __init__(self, torch):
+        self.torch = torch
+        self.numpy_default = machine.blas_threads()  # None: OpenBLAS not found
+        self.torch_default = int(torch.get_num_threads()) if torch is not None else None
+
+    def numpy(self, setting: str) -> int | None:
+        n = 1 if setting == "one" else self.numpy_default
+        if n is not None:
+            machine.set_blas_threads(n)
+        return n
+
+    def torch_(self, setting: str) -> int | None:
+        n = 1 if setting == "one" else self.torch_default
+        if n is not None:
+            self.torch.set_num_threads(n)
+        return n
+
+    def restore(self) -> None:
+        self.numpy("default")
+        if self.torch is not None:
+            self.torch_("default")
+
+
 # ---- the run ---------------------------------------------------------------------------
-def _record(op, backend, dtype, size: ops.Size, samples, **extra) -> dict:
+def _record(op, backend, dtype, size: ops.Size, samples, load: dict, **extra) -> dict:
     rec = {
         "op": op,
         "backend": backend,
@@ -70,10 +122,14 @@ def _record(op, backend, dtype, size: ops.Size, samples, **extra) -> dict:
         "size": size.name,
         "dims": size.dims(),
         "params": size.params(),
+        "thread_setting": "default",
+        "threads": None,
     }
     rec.update(summarize(samples))
     rec.update(extra)
     rec["loadavg"] = machine.load_average()
+    rec["cpu_others"] = load.get("cpu_others")
+    rec["under_load"] = machine.under_load(rec["cpu_others"], rec["loadavg"], load["cores"])
     return rec
 
 
@@ -90,7 +146,8 @@ def run(config: Config, log_stream=sys.stderr) -> dict:
     """Run the benchmarks of ``config``; return ``{"schema", "machine", "config", "notes", "records"}``.
 
     Backends that are asked for but unusable (CuPy without a CUDA device, PyTorch not
-    installed) are skipped with a note; nothing fails because of them.
+    installed) are skipped with a note; nothing fails because of them. Sizes are run in
+    ladder order, each on every backend, so a time budget cuts the largest sizes first.
     """
     log = _Log(log_stream)
     unknown = [b for b in config.backends if b not in ("numpy", "cupy", "torch")]
@@ -102,6 +159,7 @@ def run(config: Config, log_stream=sys.stderr) -> dict:
     bad_dt = [d for d in config.dtypes if d not in ("float32", "float64")]
     if bad_dt:
         raise ValueError(f"dtypes: unknown dtype(s) {', '.join(bad_dt)} (float32, float64)")
+    ops.ladder(config.ladder, config.sizes)  # unknown sizes fail here, before any library is probed
     notes = []
     if config.blas_threads is not None and not machine.set_blas_threads(config.blas_threads):
         notes.append(f"blas_threads={config.blas_threads}: could not set (OpenBLAS not found)")
@@ -116,6 +174,10 @@ def run(config: Config, log_stream=sys.stderr) -> dict:
             notes.append(f"torch: skipped, {why}")
     if config.blas_threads is not None and torch is not None:
         torch.set_num_threads(int(config.blas_threads))
+    threads = _Threads(torch)
+    one = _one_thread_plan(config, threads, torch, notes)
+    if cupy is not None and torch is not None and not torch.cuda.is_available():
+        notes.append("torch-cuda: skipped, this PyTorch build has no CUDA")
     for n in notes:
         log(n)
     info = machine.machine_info(cupy, torch)
@@ -123,37 +185,74 @@ def run(config: Config, log_stream=sys.stderr) -> dict:
     t_start = time.perf_counter()
     records: list = []
     backends = ["numpy"] + (["cupy"] if cupy is not None else [])
-    for backend in backends:
-        xp = np if backend == "numpy" else cupy
-        timer = cpu_timer if backend == "numpy" else cuda_timer(cupy)
-        tdev = None
-        if torch is not None:
-            if backend == "numpy":
-                tdev = "cpu"
-            elif torch.cuda.is_available():
-                tdev = "cuda"
-            else:
-                notes.append("torch-cuda: skipped, this PyTorch build has no CUDA")
-        sizes = ops.ladder(config.ladder, config.sizes, config.max_params.get(backend))
-        for size in sizes:
+    ladders = {b: ops.ladder(config.ladder, config.sizes, config.max_params.get(b)) for b in backends}
+    stopped: set = set()
+    out_of_time = False
+    for size in [s for s in ops.LADDERS[config.ladder] if any(s in ladders[b] for b in backends)]:
+        for backend in backends:
+            if backend in stopped or size not in ladders[backend]:
+                continue
+            xp = np if backend == "numpy" else cupy
+            tdev = None
+            if torch is not None:
+                tdev = "cpu" if backend == "numpy" else ("cuda" if torch.cuda.is_available() else None)
             try:
                 for dtype in config.dtypes:
-                    records += _run_size(config, backend, xp, timer, torch, tdev, size, dtype, log)
+                    spent = time.perf_counter() - t_start
+                    if config.time_budget_s is not None and spent > config.time_budget_s:
+                        notes.append(
+                            f"time budget of {config.time_budget_s:g} s spent after {spent:.0f} s: "
+                            f"stopped before {backend} {size.name} {dtype}"
+                        )
+                        log(notes[-1])
+                        out_of_time = True
+                        break
+                    records += _run_size(config, backend, xp, torch, tdev, threads, one, size, dtype, log)
             except MemoryError as exc:  # also CuPy's OutOfMemoryError, a MemoryError subclass
                 notes.append(
                     f"{backend}: stopped at size {size.name} ({size.params()} parameters): {type(exc).__name__}"
                 )
                 log(notes[-1])
+                stopped.add(backend)
+            finally:
+                threads.restore()
+            if out_of_time:
                 break
+        if out_of_time:
+            break
     info["loadavg_end"] = machine.load_average()
     info["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    records = compute_ratios(records)
+    info["records_under_load"] = sum(1 for r in records if r["under_load"])
     return {
         "schema": SCHEMA,
         "machine": info,
         "config": _config_dict(config),
         "notes": notes,
-        "records": compute_ratios(records),
+        "records": records,
     }
+
+
+def _one_thread_plan(config: Config, threads: _Threads, torch, notes: list) -> dict:
+    """Which CPU runtimes also get one-thread rounds: ``{"numpy": bool, "torch": bool}`` (notes say why not)."""
+    plan = {"numpy": False, "torch": False}
+    if not config.one_thread or "forward" not in config.ops:
+        return plan
+    if threads.numpy_default is None:
+        notes.append(
+            "one-thread NumPy rounds: skipped, OpenBLAS not found in this process (run with "
+            "OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 for one-thread figures)"
+        )
+    elif threads.numpy_default == 1:
+        notes.append("one-thread NumPy rounds: skipped, the default is one thread")
+    else:
+        plan["numpy"] = True
+    if torch is not None:
+        if threads.torch_default == 1:
+            notes.append("one-thread PyTorch rounds: skipped, the default is one thread")
+        else:
+            plan["torch"] = True
+    return plan
 
 
 def _config_dict(config: Config) -> dict:
@@ -165,10 +264,66 @@ def _config_dict(config: Config) -> dict:
     return d
 
 
-def _run_size(config: Config, backend, xp, timer, torch, tdev, size: ops.Size, dtype: str, log) -> list:
+def _primer(xp_or_torch, dtype: str, n: int = PRIMER_N):
+    """``() -> None`` running three small products: wakes a library's thread pool, untimed."""
+    if xp_or_torch is np:
+        a = np.ones((n, n), dtype=dtype)  # [n, n]
+    else:
+        a = xp_or_torch.ones(n, n, dtype=getattr(xp_or_torch, dtype))  # [n, n]
+
+    def run():
+        for _ in range(3):
+            a @ a
+
+    return run
+
+
+def _forward_groups(config, backend, xp, torch, tdev, threads, one, model, x, mm, tfn, dtype) -> tuple:
+    """The groups of the forward's alternating rounds, and ``{group: (backend label, setting)}``."""
+    fwd = ops.forward_fn(model, x)
+    groups: dict = {}
+    labels: dict = {}
+    if backend != "numpy":  # GPU: CuPy and PyTorch CUDA, default settings, no settling needed
+        timer = cuda_timer(xp)
+        groups["ours"] = Group({"ours": fwd, "matmul": mm}, timer)
+        labels["ours"] = (backend, "default")
+        if tfn is not None:
+            tmm = _torch_matmul(torch, config.matmul_n.get(backend, 2048), dtype, tdev)
+            groups["torch"] = Group({"ours": _synced(tfn, ops.torch_sync(tdev)), "matmul": tmm}, timer)
+            labels["torch"] = (f"torch-{tdev}", "default")
+        return groups, labels
+    n_mm = config.matmul_n.get(backend, 2048)
+    settings = ["default"] + (["one"] if one["numpy"] or one["torch"] else [])
+    np_primer = _primer(np, dtype)
+    t_primer = _primer(torch, dtype) if tfn is not None else None
+    tmm = _torch_matmul(torch, n_mm, dtype, "cpu") if tfn is not None else None
+    for st in settings:
+        if st == "default" or one["numpy"]:
+
+            def enter_np(st=st):
+                threads.numpy(st)
+                np_primer()
+
+            groups[f"numpy/{st}"] = Group({"ours": fwd, "matmul": mm}, cpu_timer, enter_np, config.settle_s)
+            labels[f"numpy/{st}"] = ("numpy", st)
+        if tfn is not None and (st == "default" or one["torch"]):
+
+            def enter_t(st=st):
+                threads.torch_(st)
+                t_primer()
+
+            groups[f"torch/{st}"] = Group({"ours": tfn, "matmul": tmm}, cpu_timer, enter_t, config.settle_s)
+            labels[f"torch/{st}"] = ("torch-cpu", st)
+    if len(groups) == 1:  # nothing to alternate with: no pause needed
+        groups[next(iter(groups))].settle_s = 0.0
+    return groups, labels
+
+
+def _run_size(config: Config, backend, xp, torch, tdev, threads, one, size: ops.Size, dtype: str, log) -> list:
     """All ops of one (backend, size, dtype)."""
-    kw = dict(timer=timer, min_repeats=config.min_repeats, max_repeats=config.max_repeats, budget_s=config.budget_s)
-    tname = None if tdev is None else f"torch-{tdev}"
+    kw = dict(min_repeats=config.min_repeats, max_repeats=config.max_repeats, budget_s=config.budget_s)
+    timer = cpu_timer if backend == "numpy" else cuda_timer(xp)
+    cores = machine.usable_cores()
     model = ops.build_model(size, dtype, xp)
     x = ops.build_inputs(model, size, xp)
     n_mm = config.matmul_n.get(backend, 2048)
@@ -176,46 +331,52 @@ def _run_size(config: Config, backend, xp, timer, torch, tdev, size: ops.Size, d
     mm_flops = ops.matmul_flops(n_mm)
     recs = []
     log(f"{backend} {size.name} ({size.params():,} params) {dtype}")
+
+    def timed(fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` and the load of other processes while it ran: ``(result, load dict)``."""
+        a = machine.cpu_sample()
+        out = fn(*args, **kwargs)
+        return out, {"cpu_others": machine.others_load(a, machine.cpu_sample()), "cores": cores}
+
     if "forward" in config.ops:
-        t = measure({"ours": ops.forward_fn(model, x), "matmul": mm}, **kw)
-        check = {}
-        if tname is not None:
-            # PyTorch is timed in its own group, after a pause, never interleaved with NumPy:
-            # two threaded runtimes alternating on few cores steal each other's spinning
-            # worker threads (measured: 100x slower on 2 cores, docs/benchmarks.md).
-            tfn = ops.torch_forward_fn(model, x, tdev)
-            check = _torch_agreement(model, x, tfn)
-            time.sleep(SETTLE_S)
-            t.update(
-                measure(
-                    {
-                        tname: _synced(tfn, ops.torch_sync(tdev)),
-                        "torch-matmul": _torch_matmul(torch, n_mm, dtype, tdev),
-                    },
-                    **kw,
-                )
-            )
-            time.sleep(SETTLE_S)
+        tfn = ops.torch_forward_fn(model, x, tdev) if tdev is not None else None
+        check = _torch_agreement(model, x, tfn) if tfn is not None else {}
+        groups, labels = _forward_groups(config, backend, xp, torch, tdev, threads, one, model, x, mm, tfn, dtype)
+        t, load = timed(measure_rounds, groups, **kw)
+        threads.restore()
         flops = ops.forward_flops(model, size.b, size.s)
-        ref = dict(ref_matmul_seconds=statistics.median(t["matmul"]), ref_matmul_flops=mm_flops)
-        recs.append(_record("matmul", backend, dtype, size, t["matmul"], flops=mm_flops, matmul_n=n_mm))
-        extra = {}
-        if tname is not None:
-            extra["ref_torch_seconds"] = statistics.median(t[tname])
-            tref = dict(ref_matmul_seconds=statistics.median(t["torch-matmul"]), ref_matmul_flops=mm_flops)
-            recs.append(_record("forward", tname, dtype, size, t[tname], flops=flops, **tref, **check))
-            recs.append(_record("matmul", tname, dtype, size, t["torch-matmul"], flops=mm_flops, matmul_n=n_mm))
-        recs.append(_record("forward", backend, dtype, size, t["ours"], flops=flops, **ref, **extra))
+        for g, (label, st) in labels.items():
+            n_threads = None
+            if backend == "numpy":
+                n_threads = (
+                    1 if st == "one" else (threads.torch_default if label == "torch-cpu" else threads.numpy_default)
+                )
+            common = dict(thread_setting=st, threads=n_threads)
+            ref = dict(ref_matmul_seconds=statistics.median(t[g]["matmul"]), ref_matmul_flops=mm_flops)
+            extra = dict(check) if label.startswith("torch") else {}
+            paired = "torch" if backend != "numpy" else f"torch/{st}"  # the PyTorch group of the same setting
+            if label == backend and paired in t:
+                extra["ref_torch_seconds"] = statistics.median(t[paired]["ours"])
+            recs.append(
+                _record("matmul", label, dtype, size, t[g]["matmul"], load, flops=mm_flops, matmul_n=n_mm, **common)
+            )
+            recs.append(
+                _record("forward", label, dtype, size, t[g]["ours"], load, flops=flops, **ref, **extra, **common)
+            )
         log(
-            f"  forward {statistics.median(t['ours']):.4f}s"
-            + "".join(f", {k} {statistics.median(v):.4f}s" for k, v in t.items() if k != "ours")
+            "  forward "
+            + ", ".join(
+                f"{g} {statistics.median(v['ours']):.4f}s (matmul {statistics.median(v['matmul']):.4f}s)"
+                for g, v in t.items()
+            )
+            + (f"; others used {load['cpu_others']} cores" if load["cpu_others"] is not None else "")
         )
     for op in [o for o in ops.EXPANSIONS + ("plan",) if o in config.ops]:
         fn = ops.expansion_fn(op, model, size)
         out = fn()
         nbytes = ops.model_bytes(out)
         out_params = param_count(out)
-        t = measure({"ours": fn, "copy": ops.copy_fn(out)}, **kw)
+        t, load = timed(measure, {"ours": fn, "copy": ops.copy_fn(out)}, timer=timer, **kw)
         del out
         recs.append(
             _record(
@@ -224,6 +385,8 @@ def _run_size(config: Config, backend, xp, timer, torch, tdev, size: ops.Size, d
                 dtype,
                 size,
                 t["ours"],
+                load,
+                threads=threads.numpy_default if backend == "numpy" else None,
                 bytes=nbytes,
                 out_params=out_params,
                 ref_copy_seconds=statistics.median(t["copy"]),
@@ -234,7 +397,7 @@ def _run_size(config: Config, backend, xp, timer, torch, tdev, size: ops.Size, d
         expanded = ops.expansion_fn("plan", model, size)()
         vfn = ops.verify_fn(model, expanded, size)
         result = vfn()
-        t = measure({"ours": vfn, "matmul": mm}, **kw)
+        t, load = timed(measure, {"ours": vfn, "matmul": mm}, timer=timer, **kw)
         flops = ops.forward_flops(model, size.b, size.s) + ops.forward_flops(expanded, size.b, size.s)
         recs.append(
             _record(
@@ -243,6 +406,8 @@ def _run_size(config: Config, backend, xp, timer, torch, tdev, size: ops.Size, d
                 dtype,
                 size,
                 t["ours"],
+                load,
+                threads=threads.numpy_default if backend == "numpy" else None,
                 flops=flops,
                 ref_matmul_seconds=statistics.median(t["matmul"]),
                 ref_matmul_flops=mm_flops,

@@ -36,6 +36,10 @@ RECORD_FIELDS = {
     "ratio_torch",
     "speedup_gpu",
     "loadavg",
+    "cpu_others",
+    "under_load",
+    "thread_setting",
+    "threads",
 }
 DIMS = {"h", "N", "E", "k", "v", "p", "o", "s", "b"}
 
@@ -92,7 +96,9 @@ def test_forward_flops_by_hand():
 
 @pytest.mark.parametrize("size", ops.QUICK + ops.CPU[:2], ids=lambda s: s.name)
 def test_size_params_formula(size):
-    assert size.params() == param_count(ops.build_model(size, "float32"))
+    m = ops.build_model(size, "float32")
+    assert size.params() == param_count(m)
+    assert size.forward_flops() == ops.forward_flops(m, size.b, size.s)
 
 
 def test_model_bytes_and_matmul_flops():
@@ -172,6 +178,94 @@ def test_summarize_and_measure_with_a_fake_timer():
         timing.measure(fns, timer=fake_timer, min_repeats=3, max_repeats=2)
 
 
+def test_measure_rounds_alternates_groups_with_settle_enter_and_rewarm():
+    log, sleeps = [], []
+
+    def timer(fn):
+        log.append("T")
+        fn()
+        return 0.5
+
+    def fn(name):
+        return lambda: log.append(name)
+
+    groups = {
+        # warm-up cost 1.0 >= rewarm_s: never re-warmed; settles 0.1 s before each visit
+        "A": timing.Group({"a1": fn("a1"), "a2": fn("a2")}, timer, lambda: log.append("enterA"), settle_s=0.1),
+        # warm-up cost 0.5 < rewarm_s: one untimed call before each timed visit; no settling
+        "B": timing.Group({"b": fn("b")}, timer, lambda: log.append("enterB")),
+    }
+    # 2 groups x budget 0.75 / warm-up round 1.5 -> 1 round, raised to min_repeats = 2
+    t = timing.measure_rounds(groups, min_repeats=2, max_repeats=9, budget_s=0.75, rewarm_s=0.6, sleep=sleeps.append)
+    assert t == {"A": {"a1": [0.5, 0.5], "a2": [0.5, 0.5]}, "B": {"b": [0.5, 0.5]}}
+    warm = ["enterA", "T", "a1", "T", "a2", "enterB", "T", "b"]
+    round0 = ["enterA", "T", "a1", "T", "a2", "enterB", "b", "T", "b"]
+    round1 = ["enterB", "b", "T", "b", "enterA", "T", "a2", "T", "a1"]  # groups and functions rotated
+    assert log == warm + round0 + round1
+    assert sleeps == [0.1, 0.1, 0.1]  # before each visit of A
+    sleeps.clear()
+    timing.measure_rounds({"A": groups["A"]}, min_repeats=1, max_repeats=1, sleep=sleeps.append)
+    assert sleeps == []  # one group: nothing to settle from
+    with pytest.raises(ValueError, match="^groups: nothing to measure"):
+        timing.measure_rounds({"A": timing.Group({})})
+
+
+# ---- machine: instruction set, load ------------------------------------------------------
+V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
+V2 = {"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3", "sse2"}
+V4 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+
+
+def test_isa_level_from_cpuinfo_flags():
+    assert machine.isa_level(V2 | V3 | V4) == "AVX-512 (x86-64-v4)"
+    assert machine.isa_level(V2 | V3 | (V4 - {"avx512vl"})) == "AVX2 (x86-64-v3)"  # AVX-512F alone is not v4
+    assert machine.isa_level(V2 | (V3 - {"fma"})) == "SSE4.2 (x86-64-v2)"
+    assert machine.isa_level({"sse2"}) == "x86-64"
+    assert machine.isa_level({"asimd", "sve"}) == "SVE" and machine.isa_level({"fp", "asimd"}) == "NEON"
+    assert machine.isa_level(set()) == "unknown"
+
+
+def test_machine_examples():
+    import doctest
+
+    assert doctest.testmod(machine).failed == 0
+
+
+def test_others_load_from_snapshots():
+    a = {"busy_s": 100.0, "own_s": 10.0, "wall_s": 50.0}
+    # in 2 s the usable cores were busy 3 s, 1 s of it this process: others kept 1 core busy
+    assert machine.others_load(a, {"busy_s": 103.0, "own_s": 11.0, "wall_s": 52.0}) == 1.0
+    assert machine.others_load(a, {"busy_s": 101.0, "own_s": 11.5, "wall_s": 52.0}) == 0.0  # tick rounding
+    assert machine.others_load(a, {"busy_s": 101.0, "own_s": 10.0, "wall_s": 50.005}) is None  # too short
+    assert machine.others_load(None, a) is None and machine.others_load(a, None) is None
+
+
+def test_under_load_threshold():
+    cores = 2
+    edge = machine.LOAD_THRESHOLD * cores
+    assert not machine.under_load(edge, [9.0, 9.0, 9.0], cores)  # the measured share decides, not loadavg
+    assert machine.under_load(edge + 0.01, [0.0, 0.0, 0.0], cores)
+    assert machine.under_load(None, [2.01, 0, 0], cores) and not machine.under_load(None, [2.0, 0, 0], cores)
+    assert not machine.under_load(None, None, cores)
+
+
+def test_others_load_sees_another_busy_process():
+    if machine.cpu_sample() is None:
+        pytest.skip("no /proc/stat on this system")
+    code = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 0.8: pass"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        import time
+
+        time.sleep(0.15)  # the child is running
+        a = machine.cpu_sample()
+        time.sleep(0.5)
+        b = machine.cpu_sample()
+    finally:
+        proc.wait(timeout=30)
+    assert machine.others_load(a, b) >= 0.5  # the busy child held about one core
+
+
 # ---- end to end ------------------------------------------------------------------------
 def _tiny_config(**kw):
     base = dict(sizes=["xxs"], backends=("numpy",), dtypes=("float64",), min_repeats=1, max_repeats=1)
@@ -204,6 +298,54 @@ def test_quick_run_end_to_end_writes_json_table_plots(tmp_path):
     table = (tmp_path / "out" / "table.md").read_text()
     assert "AMD" in table or res["machine"]["summary"] in table
     assert "No GPU results" in table and "| xxs |" in table
+    cpu = res["machine"]["cpu"]
+    assert cpu["isa"] and isinstance(cpu["simd"], list) and cpu["isa"] in res["machine"]["summary"]
+    assert res["machine"]["records_under_load"] == sum(r["under_load"] for r in recs)
+    assert all(isinstance(r["under_load"], bool) for r in recs)
+
+
+def test_one_thread_rounds_run_with_one_thread_and_restore_the_default(monkeypatch):
+    default = machine.blas_threads()
+    if default is None or default == 1:
+        res = runner.run(_tiny_config(ops=("forward",)), log_stream=None)
+        assert any(n.startswith("one-thread NumPy rounds: skipped") for n in res["notes"])
+        return
+    seen = []
+
+    def forward_fn(model, x):
+        return lambda: seen.append(machine.blas_threads())
+
+    monkeypatch.setattr(runner.ops, "forward_fn", forward_fn)
+    res = runner.run(_tiny_config(ops=("forward",), backends=("numpy",)), log_stream=None)
+    assert set(seen) == {default, 1}  # the default rounds and the one-thread rounds, each as set
+    assert machine.blas_threads() == default  # restored
+    fwd = {r["thread_setting"]: r for r in res["records"] if r["op"] == "forward"}
+    assert fwd["default"]["threads"] == default and fwd["one"]["threads"] == 1
+    assert res["config"]["one_thread"] is True
+    seen.clear()
+    res = runner.run(_tiny_config(ops=("forward",), backends=("numpy",), one_thread=False), log_stream=None)
+    assert set(seen) == {default} and {r["thread_setting"] for r in res["records"]} == {"default"}
+
+
+def test_torch_rounds_pair_each_thread_setting():
+    torch = pytest.importorskip("torch")
+    default = torch.get_num_threads()
+    res = runner.run(_tiny_config(ops=("forward",), backends=("numpy", "torch"), settle_s=0.0), log_stream=None)
+    assert torch.get_num_threads() == default
+    recs = {(r["backend"], r["thread_setting"]): r for r in res["records"] if r["op"] == "forward"}
+    settings = ["default"] + (["one"] if default > 1 else [])
+    for st in settings:
+        ours, theirs = recs[("numpy", st)] if ("numpy", st) in recs else None, recs[("torch-cpu", st)]
+        assert theirs["threads"] == (1 if st == "one" else default)
+        if ours is not None:  # the ratio pairs the same thread setting
+            assert ours["ratio_torch"] == pytest.approx(ours["seconds"] / theirs["seconds"], rel=1e-12)
+    assert {r["cpu_others"] is None or r["cpu_others"] >= 0 for r in res["records"]} == {True}
+
+
+def test_time_budget_stops_before_the_next_size():
+    res = runner.run(_tiny_config(ops=("forward",), time_budget_s=0.0), log_stream=None)
+    assert res["records"] == []
+    assert any(n.startswith("time budget of 0 s spent after") and "before numpy xxs float64" in n for n in res["notes"])
 
 
 def test_forward_flops_in_records_match_the_model():
@@ -258,6 +400,42 @@ def test_ops_are_the_papers_six_expansions():
     }
 
 
+def test_speedup_gpu_is_over_the_default_thread_numpy_record():
+    recs = [
+        _rec(seconds=3.0, thread_setting="one"),
+        _rec(seconds=2.0, thread_setting="default"),
+        _rec(backend="cupy", seconds=0.1),
+    ]
+    assert ratios.compute_ratios(recs)[2]["speedup_gpu"] == pytest.approx(20.0, rel=1e-12)
+
+
+def test_table_marks_records_under_load_and_shows_one_thread_columns():
+    size = ops.QUICK[0]
+
+    def rec(backend, setting, sec, loaded, **kw):
+        r = dict(op="forward", backend=backend, dtype="float32", size=size.name, dims=size.dims())
+        r.update(params=size.params(), seconds=sec, thread_setting=setting, under_load=loaded, **kw)
+        return r
+
+    recs = [
+        rec("numpy", "default", 2.0, False, ref_torch_seconds=4.0),
+        rec("torch-cpu", "default", 4.0, False),
+        rec("numpy", "one", 3.0, True, ref_torch_seconds=1.5),
+        rec("torch-cpu", "one", 1.5, False),
+    ]
+    res = {
+        "machine": {"summary": "m", "cpu": {"loadavg": None, "usable_cores": 2}},
+        "config": {"ladder": "quick"},
+        "records": ratios.compute_ratios(recs),
+        "notes": [],
+    }
+    table = report.markdown_table(res)
+    assert "NumPy s (1 thr)" in table and "ratio_torch (1 thr)" in table
+    row = next(line for line in table.splitlines() if line.startswith("| xxs |"))
+    assert row.split(" | ")[3:] == ["2", "-", "4", "0.50", "3*", "-", "1.5", "2.00 |"]
+    assert "Under load: 1 of 4 records" in table and "25% of the 2 usable cores" in table
+
+
 def test_table_has_gpu_columns_when_cupy_records_exist():
     size = ops.QUICK[0]
     recs = []
@@ -286,6 +464,15 @@ def test_table_has_gpu_columns_when_cupy_records_exist():
     assert "CuPy s" in table and "speedup_gpu" in table and "No GPU results" not in table
     assert "| 20.0 |" in table  # speedup 2.0 / 0.1
     assert "| 0.50 |" in table  # ratio_matmul (1e9/2) / (1e9/1)
+    for backend, sec in (("numpy", 1.0), ("cupy", 0.05)):
+        recs.append(dict(recs[0], op="mlp", backend=backend, seconds=sec, ref_copy_seconds=sec / 2, flops=None))
+        recs.append(dict(recs[0], op="verify", backend=backend, seconds=sec, out_params=99, verify_ok=True))
+        recs[-1]["verify_max_ulp"] = 3.0
+    res["records"] = ratios.compute_ratios(recs)
+    table = report.markdown_table(res)
+    gpu_rows = table.split("**Expansions on the GPU**")[1].split("**Verify**")[0]
+    assert "| xxs | 18k | float32 | 0.05 / 2.0 / 20.0 |" in gpu_rows  # seconds / ratio_copy / speedup_gpu
+    assert "| float32 | numpy | 1 |" in table and "| float32 | cupy | 0.05 |" in table  # verify on both
 
 
 # ---- CLI -------------------------------------------------------------------------------
@@ -314,9 +501,23 @@ def test_cli_bench_quick(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_cli_thread_and_budget_options():
+    from fpt_ref.benchmarks.cli import add_arguments, config_from_args
+
+    from fpt_ref.cli_args import Parser
+
+    p = Parser(prog="t")
+    add_arguments(p)
+    cfg = config_from_args(p.parse_args([]), gpu_usable=False)
+    assert cfg.one_thread is True and cfg.time_budget_s is None
+    cfg = config_from_args(p.parse_args(["--no-one-thread", "--time-budget", "90"]), gpu_usable=False)
+    assert cfg.one_thread is False and cfg.time_budget_s == 90
+
+
 @pytest.mark.parametrize(
     "argv,msg",
     [
+        (["--time-budget", "0"], "at least 1"),
         (["--backends", "numpy,jax"], "unknown jax"),
         (["--dtypes", "float16"], "unknown float16"),
         (["--repeats", "0"], "at least 1"),

@@ -41,3 +41,13 @@ def test_every_package_folder_is_listed_and_nothing_else():
     assert set(packages) == found
     for p in packages:
         assert os.path.isfile(os.path.join(_folder(p, package_dir), "__init__.py")), p
+
+
+def test_gpu_extra_names_one_cupy_wheel():
+    # every cupy-cudaNNx wheel installs the same `cupy` module: an extra with two would break CuPy
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    extras = cfg["options.extras_require"]
+    cupy = [r for name in extras for r in extras[name].split() if r.lower().startswith("cupy")]
+    assert len(cupy) == 1 and cupy[0].startswith("cupy-cuda13x"), cupy
+    assert extras["gpu"].split() == cupy
