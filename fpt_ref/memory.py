@@ -35,10 +35,11 @@ def param_count_of(d: dict) -> int:
     """Number of parameters of a model with dimensions ``d`` (:func:`fpt_ref.model.dims`)."""
     h = d["h"]
     n = (d.get("vocab") or 0) * h + d["s_max"] * h + h * d["o"]
+    mlp = int(d.get("mlp_matrices", 2))  # 3 for a gated MLP (W_gate)
     for layer in d["layers"]:
         p = layer["p"]
-        n += 2 * h + h * p + p + p * h + h  # two gains, W_l1, b_l1, W_l2, b_l2
-        n += sum(h * (2 * k + v) + v * h for k, v in layer["heads"])  # W_Q, W_K, W_V, W_O
+        n += 2 * h + mlp * h * p + p + h  # two gains, W_l1 (and W_gate), b_l1, W_l2, b_l2
+        n += sum(h * (2 * k + v) + v * h for k, v in layer["heads"])  # W_Q, W_K, W_V, W_O (upper bound with GQA)
     return int(n)
 
 
@@ -52,15 +53,16 @@ def forward_bytes(d: dict, batch: int, seq: int, itemsize: int) -> int:
     h, o = d["h"], d["o"]
     rows = int(batch) * int(seq)
     peak_layer = 0
+    fused = 0  # every layer's W_QKV and W_O concatenated, kept with the layer (fpt_ref.forward.fused)
     for layer in d["layers"]:
         heads = layer["heads"]
         qkv = sum(2 * k + v for k, v in heads)
         widest = max(Counter(map(tuple, heads)).values(), default=0)  # the largest group of equal (k, v)
         logits = (2 * int(batch) * widest + 3) * int(seq) ** 2  # + the causal mask's [s, s] temporaries
-        fused = h * qkv + sum(v for _, v in heads) * h  # W_QKV and W_O concatenated
-        here = fused + rows * (2 * qkv) + logits + 2 * rows * layer["p"]
+        fused += h * qkv + sum(v for _, v in heads) * h
+        here = rows * (2 * qkv) + logits + 3 * rows * layer["p"]  # (a gated MLP holds 3 [rows, p])
         peak_layer = max(peak_layer, here)
-    return int(itemsize) * (4 * rows * h + peak_layer + rows * o)
+    return int(itemsize) * (4 * rows * h + fused + peak_layer + rows * o)
 
 
 def meminfo(field: str) -> int | None:

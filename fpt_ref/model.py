@@ -397,6 +397,7 @@ def dims(model: Model) -> dict:
         "vocab": model.vocab,
         "N": model.N,
         "layers": [_layer_dims(layer) for layer in model.layers],
+        **({"mlp_matrices": 3} if model.arch.mlp == "gated" else {}),
     }
 
 
