@@ -72,7 +72,7 @@ def to_model(config: dict, tensors, dtype=np.float64, max_seq: int | None = None
     P = get_int(config, "n_positions")
     p = get_int(config, "n_inner", 4 * h)
     names = set(tensors.names())
-    pre = "transformer." if any(n.startswith("transformer.") for n in names) else ""
+    pre = "" if any(n.startswith(("h.", "wte.")) for n in names) else "transformer."
     used: set = set()
 
     def get(name, shape):

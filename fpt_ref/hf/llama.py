@@ -135,7 +135,7 @@ def to_model(config: dict, tensors, dtype=np.float64, max_seq: int | None = None
     s_max = z["positions"] if max_seq is None else min(z["positions"], int(max_seq))
     check_attention(config, s_max)
     names = set(tensors.names())
-    pre = "model." if any(n.startswith("model.") for n in names) else ""
+    pre = "" if any(n.startswith(("layers.", "embed_tokens.")) for n in names) else "model."
     used: set = set()
 
     def get(name, shape):
