@@ -271,6 +271,13 @@ def check(d: dict, arch: Arch, causal: bool, base: dict, family: str) -> dict:
     H = uniform([len(x["heads"]) for x in layers], "num_attention_heads", family, "head count")
     G = uniform([x.get("kv_heads", len(x["heads"])) for x in layers], "num_key_value_heads", family, "kv head count")
     k = head_sizes(d, "head_dim", family)
+    if family == "llama" and d["h"] % H:
+        raise cannot_express(
+            "num_attention_heads",
+            family,
+            f"transformers' LlamaConfig requires hidden_size={d['h']} to be a multiple of the {H} heads "
+            "(even with head_dim set)",
+        )
     return {"h": d["h"], "H": H, "G": G, "d": k, "p": p, "N": len(layers), "V": d["vocab"]}
 
 
