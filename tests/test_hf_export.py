@@ -179,7 +179,12 @@ def test_grown_checkpoint_loads_in_transformers_with_the_base_logits(bases, tmp_
     grown_stored = hf.load(out)
     tr = fpt_ref.trace(ck.model, ids)
     tol = tolerance_abs(ck.model, grown_stored, ids.shape[1], preservation_scale(ck.model, tr))
-    assert float(np.max(np.abs(after - before))) <= tol
+    assert float(np.max(np.abs(after - before))) <= tol  # measured: 0 (llama, qwen2, bf16), 1.4e-14 (gpt2)
+    if case == "llama_gqa_untied":  # mutation: the config keeps the old RoPE base
+        cfg["rope_parameters"]["rope_theta"] = 10000.0
+        with open(os.path.join(out, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        assert float(np.max(np.abs(hf_logits(out, ids) - before))) > tol
 
 
 def test_bf16_scalings_that_are_not_powers_of_two_round(bases, tmp_path):

@@ -4,16 +4,14 @@ Tiny random checkpoints are made with transformers at test time (skipped without
 bfloat16 reader and the config refusals need neither torch nor transformers.
 
 Measured agreement of ``fpt_ref.forward`` with transformers' float64 logits (these tests'
-checkpoints: h=32, 2 layers, vocab 64, 16 positions, every token id and position):
+checkpoints: h=32, 2 layers, vocab 64, 16 positions, every token id and position; docs/hf.md):
 
 - transformers as it is (float32 norms, RoPE angles and softmax inside its float64 model):
-  max |diff| 8.3e-6 (llama), 9.8e-6 (qwen2), i.e. 7e-8 of the natural output scale ``S``
-  (about 1.2 float32 units); the RoPE angles alone (norms and softmax made float64) give
-  2.4e-6. Bound: the agreement policy for float32 (:func:`fpt_ref.tolerances`), since those
-  float32 steps err no more than a float32 implementation would.
-- with those three steps made float64 (:func:`float64_islands`): 3.7 to 4.0 ulps of ``S``
-  (llama, mistral, qwen2); GPT-2 as it is (float64 throughout): 2 ulps. Bound: the agreement
-  policy for float64.
+  max |diff| 8.0e-6 to 1.4e-5, i.e. 6e-8 to 1e-7 of the natural output scale ``S`` (llama,
+  mistral, qwen2). Bound: the agreement policy for float32 (:func:`fpt_ref.tolerances`),
+  since those float32 steps err no more than a float32 implementation would.
+- with those three steps made float64 (:func:`float64_islands`): 0.9 to 2.8 ulps of ``S``;
+  GPT-2 as it is (float64 throughout): 0.5 ulps. Bound: the agreement policy for float64.
 """
 
 from __future__ import annotations
