@@ -123,6 +123,7 @@ def read(path, dtype="float64", max_seq: int | None = None) -> Checkpoint:
         setting, block or tensor the reader does not support (naming the field or tensor).
     """
     from ..checks import check_int
+    from ..memory import require
 
     dt = _working_dtype(dtype)
     if max_seq is not None:
@@ -133,6 +134,7 @@ def read(path, dtype="float64", max_seq: int | None = None) -> Checkpoint:
     config = read_config(folder)
     module = family_of(config)
     tensors = Tensors(folder)
+    require(tensors.nbytes(dt.itemsize), f"loading {folder}")
     model = module.to_model(config, tensors, dtype=dt, max_seq=max_seq)
     return Checkpoint(model, config, config["model_type"], CONFIG_DTYPES[tensors.stored_dtype()])
 

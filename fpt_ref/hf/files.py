@@ -32,7 +32,7 @@ SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 
 #: safetensors dtype name -> NumPy dtype of the stored values (BF16: the raw bits)
-STORED = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+STORED: dict[str, np.dtype] = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 #: output dtype names (``save(..., dtype=)``, config ``dtype``) -> safetensors dtype name
 DTYPE_NAMES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 #: safetensors dtype name -> config dtype name
@@ -127,6 +127,7 @@ class Tensors:
         self.folder = os.fspath(folder)
         self.entries: dict = {}
         self._headers: dict = {}
+        self._handles: dict = {}
         single = os.path.join(self.folder, SINGLE)
         index = os.path.join(self.folder, INDEX)
         if os.path.isfile(index):
@@ -189,11 +190,17 @@ class Tensors:
                 raise ValueError(f"path: tensor {name!r} declares shape {shape} but {end - begin} bytes")
             bits = np.fromfile(file, dtype="<u2", count=count, offset=start + begin).reshape(shape)
             return bf16_to_float32(bits).astype(dtype)
-        from safetensors import safe_open
+        if file not in self._handles:
+            from safetensors import safe_open
 
-        with safe_open(file, framework="numpy") as f:
-            a = f.get_tensor(name)
-        return np.asarray(a).astype(dtype)
+            self._handles[file] = safe_open(file, framework="numpy")
+        return np.asarray(self._handles[file].get_tensor(name)).astype(dtype)
+
+    def nbytes(self, itemsize: int) -> int:
+        """Bytes the floating tensors take at ``itemsize`` bytes per value."""
+        return sum(
+            int(np.prod(shape, dtype=np.int64)) * itemsize for _, dt, shape in self.entries.values() if dt in STORED
+        )
 
 
 def _encode(a, st_dtype: str):
