@@ -32,7 +32,12 @@ SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 
 #: safetensors dtype name -> NumPy dtype of the stored values (BF16: the raw bits)
-STORED: dict[str, np.dtype] = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+STORED: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+}
 #: output dtype names (``save(..., dtype=)``, config ``dtype``) -> safetensors dtype name
 DTYPE_NAMES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 #: safetensors dtype name -> config dtype name
