@@ -89,6 +89,17 @@ def test_out_dir_rules(tmp_path):
     assert all(np.array_equal(a, fpt_ref.named_tensors(back)[n]) for n, a in fpt_ref.named_tensors(model).items())
 
 
+def test_older_config_fields_are_kept_consistent(tmp_path):
+    """A transformers 4 style config (top-level rope_theta, torch_dtype) after key growth."""
+    model = fpt_ref.run_plan(_model(), "heads v=8; attention k=8", check=False)[-1].model
+    like = dict(LLAMA, rope_theta=500.0, torch_dtype="bfloat16", layer_types=["full_attention"])
+    out = hf.save(model, tmp_path / "o", like=like)
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["rope_theta"] == model.arch.rope_theta == 10000.0**2 and "rope_parameters" not in cfg
+    assert cfg["torch_dtype"] == cfg["dtype"] == "bfloat16" and Tensors(out).stored_dtype() == "BF16"
+    assert (cfg["head_dim"], cfg["num_hidden_layers"], cfg["layer_types"]) == (8, 2, ["full_attention"] * 2)
+
+
 def test_bf16_writer_matches_the_rounding(tmp_path):
     model = _model()
     hf.save(model, tmp_path / "b", like=LLAMA, dtype="bfloat16")

@@ -236,6 +236,12 @@ def test_unsupported_configs_are_refused_naming_the_field(tmp_path, change, fiel
     assert field in str(err.value)
 
 
+def test_qwen2_sliding_layers_shorter_than_the_sequence_are_refused(tmp_path):
+    cfg = dict(LLAMA, model_type="qwen2", use_sliding_window=True, sliding_window=4, layer_types=["sliding_attention"])
+    with pytest.raises(ValueError, match="^config: sliding_window: a window of 4 positions"):
+        hf.load(_folder(tmp_path, cfg))
+
+
 def test_sliding_window_at_least_the_sequence_is_full_attention(tmp_path):
     folder = _folder(tmp_path, dict(LLAMA, model_type="mistral", sliding_window=8))
     with pytest.raises(ValueError, match="tensors: missing tensor 'model.layers.0.self_attn.q_proj.weight'"):
@@ -284,6 +290,16 @@ def test_forward_equals_transformers_in_float64(checkpoints, monkeypatch, case):
     atol, rtol = output_bound(model, ids, "float64")
     assert float(np.max(excess(ref, out, atol, rtol))) <= 1.0
     assert ulps_of_scale(model, ids, ref, out) <= 8  # measured 2 (gpt2) to 4.0 (qwen2)
+
+
+def test_float32_working_dtype_holds_the_stored_values(checkpoints):
+    f32 = hf.load(checkpoints["qwen2_tied"], dtype="float32")
+    f64 = hf.load(checkpoints["qwen2_tied"])
+    assert f32.dtype == np.float32
+    for name, a in fpt_ref.named_tensors(f64).items():
+        assert np.array_equal(fpt_ref.named_tensors(f32)[name].astype(np.float64), a), name
+    with pytest.raises(ValueError, match="^dtype: "):
+        hf.load(checkpoints["qwen2_tied"], dtype="float16")
 
 
 @pytest.mark.parametrize("case", ["llama_gqa_untied", "qwen2_tied"])
