@@ -207,3 +207,29 @@ def test_bf16_scalings_that_are_not_powers_of_two_round(bases, tmp_path):
     exact = grown.layers[0].heads[0].w_k  # [h, 16]
     diff = np.abs(stored - exact)
     assert np.any(diff > 0) and np.all(diff <= 2.0**-8 * np.abs(exact))  # u = 2^-8: 8 significant bits
+
+
+def test_expand_refuses_before_any_step(tmp_path, monkeypatch):
+    base = hf.save(_model(), tmp_path / "base", like=LLAMA, dtype="float64")
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a step ran")
+
+    monkeypatch.setattr(fpt_ref.plan, "run_plan", no_run)
+    for plan, field in (("mlp p=40 layers=0", "intermediate_size"), ("heads v=8", "head_dim")):
+        with pytest.raises(ValueError, match=field):
+            hf.expand(base, plan, tmp_path / "out")
+    with pytest.raises(ValueError, match="^dtype: "):
+        hf.expand(base, "mlp p=40", tmp_path / "out", dtype="int4")
+    assert not (tmp_path / "out").exists()
+
+
+def test_expand_grows_and_writes_a_verified_folder(tmp_path):
+    base = hf.save(_model(eps=1e-5), tmp_path / "base", like=LLAMA, dtype="float64")
+    plan = "mlp p=32; add_heads count=4; heads v=8; attention k=8; hidden h=32; add_layer at=1"
+    results = hf.expand(base, plan, tmp_path / "out")
+    assert len(results) == 6 and all(r.error["ok"] for r in results)
+    grown = hf.load(tmp_path / "out")
+    want = results[-1].model
+    assert fpt_ref.dims(grown) == fpt_ref.dims(want) and grown.arch == want.arch and grown.norm_eps == want.norm_eps
+    assert all(np.array_equal(a, fpt_ref.named_tensors(grown)[n]) for n, a in fpt_ref.named_tensors(want).items())

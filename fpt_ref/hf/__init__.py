@@ -6,6 +6,8 @@ NumPy API (:mod:`fpt_ref.hf.files`), bfloat16 widened by bit manipulation.
 
 - :func:`load` ``(path) -> Model``; :func:`read` gives the :class:`Checkpoint` (model,
   config dict, family, stored dtype).
+- :func:`expand` ``(path, plan, out_dir)`` grows a checkpoint folder by a plan (refused before
+  any step runs when the end state does not fit the config) and writes the result.
 - :func:`save` ``(model, out_dir, like=...)`` writes ``config.json`` (the base config with
   every size field replaced) and the tensors, in the base's dtype unless ``dtype`` is given;
   a model the family's config cannot express is refused before anything is written
@@ -28,7 +30,18 @@ from ..files import replace_directory, write_text
 from . import gpt2, llama
 from .files import CONFIG, CONFIG_DTYPES, DTYPE_NAMES, INDEX, SINGLE, Tensors, is_checkpoint, read_config, read_header
 
-__all__ = ["Checkpoint", "read", "load", "save", "check", "family_of", "is_checkpoint", "FAMILIES"]
+__all__ = [
+    "Checkpoint",
+    "read",
+    "load",
+    "save",
+    "expand",
+    "check",
+    "check_dims",
+    "family_of",
+    "is_checkpoint",
+    "FAMILIES",
+]
 
 #: model_type -> module with ``to_model``, ``check``, ``to_hf``
 FAMILIES = {**{m: llama for m in llama.MODEL_TYPES}, **{m: gpt2 for m in gpt2.MODEL_TYPES}}
@@ -254,3 +267,53 @@ def save(model, out_dir, like, dtype: str | None = None, shard_bytes: int | None
             with open(src, "rb") as fh:
                 write_bytes(os.path.join(tmp, f), fh.read(), "out_dir")
     return os.path.realpath(os.fspath(out_dir))
+
+
+def expand(
+    path,
+    plan,
+    out_dir,
+    dtype: str | None = None,
+    max_seq: int | None = None,
+    init="normal",
+    seed: int | None = 0,
+    check: bool = True,
+    shard_bytes: int | None = SHARD_BYTES,
+) -> list:
+    """Grow checkpoint folder ``path`` by ``plan`` and write the result as a checkpoint folder.
+
+    The plan's end state is checked against the family's config (:func:`check_dims`) and
+    ``dtype`` and ``out_dir`` are checked before any step runs; then the steps run
+    (:func:`fpt_ref.plan.run_plan`, float64), and with ``check`` every step is verified against
+    the base (every token id and position up to ``s_max``: cap it with ``max_seq``) and audited
+    block by block. Nothing is written unless every step is preserving; the folder is written
+    by :func:`save` with ``like=path`` (its config, dtype and tokenizer files).
+
+    Returns
+    -------
+    list of :class:`fpt_ref.plan.StepResult`
+
+    Raises
+    ------
+    ValueError
+        ``model:`` naming the config field the end state cannot fill, ``plan:`` for a refused
+        or non-preserving step, ``path:``/``config:`` for the input, ``dtype:``, ``out_dir:``.
+    """
+    from ..plan import parse_plan, plan_dims, run_plan
+
+    if dtype is not None and dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
+    raw = os.fspath(out_dir)
+    if os.path.exists(raw) and (not os.path.isdir(raw) or (os.listdir(raw) and not _is_ours(raw))):
+        raise ValueError(f"out_dir: {raw} is not a new, empty or earlier output folder")
+    ck = read(path, max_seq=max_seq)
+    steps = parse_plan(plan)
+    ends = plan_dims(ck.model, steps)
+    if ends:
+        check_dims(ends[-1], ck.model.arch, ck.model.causal, ck)
+    results = run_plan(ck.model, steps, init=init, seed=seed, check=check)
+    for r in results:
+        if check and not r.error["ok"]:
+            raise ValueError(f"plan: step {r.step} is not preserving: {r.row()}")
+    save(results[-1].model if results else ck.model, out_dir, like=path, dtype=dtype, shard_bytes=shard_bytes)
+    return results
