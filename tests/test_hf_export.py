@@ -114,6 +114,7 @@ def test_bf16_writer_matches_the_rounding(tmp_path):
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory):
+    pytest.importorskip("torch")
     pytest.importorskip("transformers")
     root = tmp_path_factory.mktemp("hfx")
     names = ("llama_gqa_untied", "qwen2_tied", "gpt2")

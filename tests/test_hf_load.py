@@ -272,6 +272,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
+    pytest.importorskip("torch")
     pytest.importorskip("transformers")
     root = tmp_path_factory.mktemp("hf")
     return {name: make_checkpoint(str(root / name), kind, **cfg) for name, (kind, cfg) in CASES.items()}
