@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..files import replace_directory, write_text
+from ..model import Model
 from . import gpt2, llama
 from .files import CONFIG, CONFIG_DTYPES, DTYPE_NAMES, INDEX, SINGLE, Tensors, is_checkpoint, read_config, read_header
 
@@ -92,7 +93,7 @@ class Checkpoint:
         The dtype of the stored tensors: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"float64"``.
     """
 
-    model: object
+    model: Model
     config: dict
     family: str
     stored_dtype: str
