@@ -187,6 +187,31 @@ def _build(path: str, tensors: dict, options: tuple, xp) -> Model:
         raise FormatError(f"{path}: {msg[len('tensors: ') :] if msg.startswith('tensors: ') else msg}") from None
 
 
+def _load_checkpoint(path: str, xp, allow_nonfinite: bool) -> Model:
+    """A Hugging Face checkpoint folder as a Model (:func:`load`)."""
+    from . import hf
+    from .model import convert
+
+    if not hf.is_checkpoint(path):
+        raise FormatError(
+            f"{path}: not a regular file (a directory), and not a Hugging Face checkpoint (config.json and "
+            "model.safetensors or model.safetensors.index.json)"
+        )
+    try:
+        model = hf.load(path)
+    except (ValueError, TypeError) as exc:
+        raise FormatError(f"{path}: {exc}") from None
+    if not allow_nonfinite:
+        bad = nonfinite_counts(named_tensors(model))
+        if bad:
+            name, count = next(iter(bad.items()))
+            raise FormatError(
+                f"{path}: tensor {name!r} holds {count} non-finite value{'s' if count != 1 else ''} (NaN or inf); "
+                "refusing to load it (allow_nonfinite=True accepts it)"
+            )
+    return model if xp is np else convert(model, xp=xp)
+
+
 def load_header(path) -> Model:
     """The model of ``path`` with its layout checked but no data read.
 
@@ -216,9 +241,12 @@ def nonfinite_counts(tensors: dict) -> dict:
 
 
 def load(path, xp=np, allow_nonfinite: bool = False) -> Model:
-    """Read a model written by :func:`save`; ``xp=cupy`` puts it on the GPU.
+    """Read a model written by :func:`save`, or a Hugging Face checkpoint folder; ``xp=cupy``
+    puts it on the GPU.
 
-    The header is checked first (:func:`load_header`: names, shapes, dtypes, declared sizes
+    A folder with ``config.json`` and ``model.safetensors`` (or shards and their index) is read
+    by :func:`fpt_ref.hf.load` (float64; docs/hf.md), its errors raised as :class:`FormatError`.
+    For a model file the header is checked first (:func:`load_header`: names, shapes, dtypes, declared sizes
     against the file's size), then the memory the tensors need, and only then is the data read.
 
     Parameters
@@ -248,6 +276,8 @@ def load(path, xp=np, allow_nonfinite: bool = False) -> Model:
     from .memory import fmt_bytes, require
 
     path = os.fspath(path)
+    if os.path.isdir(path):
+        return _load_checkpoint(path, xp, allow_nonfinite)
     shell = load_header(path)
     _, entries = read_header(path)
     nbytes = sum(end - begin for _, _, (begin, end) in entries.values())

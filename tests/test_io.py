@@ -303,3 +303,21 @@ def test_from_tensors_and_to_tensors_round_trip(hetero_model):
         from_tensors({k: v for k, v in t.items() if k != "layers.1.w_l2"})
     with pytest.raises(ValueError, match="^tensors: unexpected tensor 'bogus'"):
         from_tensors(dict(t, bogus=np.zeros(2)))
+
+
+def test_a_checkpoint_folder_loads_through_fpt_ref_load(tmp_path):
+    """fpt_ref.load(DIR) reads a Hugging Face checkpoint folder (fpt_ref.hf), and its errors are
+    FormatErrors naming the folder."""
+    from fpt_ref import hf
+
+    m = fpt_ref.init_model(
+        h=8, p=16, n_heads=2, k=4, v=4, n_layers=1, vocab=11, out_dim=11, max_seq=6, arch="llama", eps=1e-5, causal=True
+    )
+    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "max_position_embeddings": 6}
+    hf.save(m, tmp_path / "ck", like=config, dtype="float64")
+    loaded = fpt_ref.load(tmp_path / "ck")
+    x = np.arange(6)[None] % 11
+    assert np.array_equal(fpt_ref.forward(loaded, x), fpt_ref.forward(m, x))
+    (tmp_path / "ck" / "config.json").write_text('{"model_type": "qwen3"}')
+    with pytest.raises(fpt_ref.FormatError, match=r"ck: "):
+        fpt_ref.load(tmp_path / "ck")
