@@ -357,20 +357,38 @@ def _demo_summaries() -> list:
     return lines
 
 
+#: help of each block flag (docs/spec.md section 4.1)
+_ARCH_HELP = {
+    "norm": "RMSNorm or LayerNorm (with a bias)",
+    "mlp": "plain or gated (SwiGLU, GeGLU) MLP",
+    "act": "the MLP's activation (gelu_tanh: the tanh approximation)",
+    "mlp_bias": "MLP biases",
+    "positions": "learned position rows, rotary (RoPE) or none",
+    "rope_theta": "RoPE base theta (> 1; with --positions rope)",
+    "rope_layout": "RoPE pairs: i with i+k/2 (half) or 2i with 2i+1 (interleaved)",
+    "qkv_bias": "query, key and value biases",
+    "o_bias": "attention output bias",
+    "final_norm": "a norm before the output",
+    "tied": "output tied to the embedding (W_out = embed^T; needs --vocab)",
+}
+
+
 def _add_arch_arguments(s) -> None:
     """``--arch``, ``--kv-heads`` and one flag per :class:`fpt_ref.blocks.Arch` field (docs/spec.md section 4)."""
     from .blocks import PRESETS
 
-    s.add_argument("--arch", choices=list(PRESETS), default="paper", help="preset blocks (docs/spec.md section 4)")
-    s.add_argument("--kv-heads", type=int_arg(1), default=None, help="key/value heads per layer (divides --heads)")
+    g = s.add_argument_group("architecture (docs/spec.md section 4; each block flag overrides the preset)")
+    g.add_argument("--arch", choices=list(PRESETS), default="paper", help="preset blocks (default: paper)")
+    g.add_argument("--kv-heads", type=int_arg(1), default=None, help="key/value heads per layer (divides --heads)")
     choices = _arch_choices()
     for name, flag in arch_flags().items():
+        what = _ARCH_HELP.get(name)
         if name in choices:
-            s.add_argument(flag, dest=name, choices=choices[name], default=None, help="overrides the preset")
+            g.add_argument(flag, dest=name, choices=choices[name], default=None, help=what)
         elif name == "rope_theta":
-            s.add_argument(flag, dest=name, type=float, default=None, help="RoPE base theta (> 1)")
+            g.add_argument(flag, dest=name, type=float, default=None, metavar="THETA", help=what)
         else:  # every other field is a bool
-            s.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+            g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=what)
 
 
 def register(subparsers) -> None:

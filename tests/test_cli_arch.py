@@ -261,3 +261,35 @@ def test_demo_on_a_preset(name, capsys):
     rc, out, err = cli(capsys, "demo", "--arch", name)
     assert rc == 0, err
     assert f"arch {name}: " in out and "all 6 steps preserved the function: yes" in out
+
+
+def test_every_block_flag_has_a_help_line(capsys):
+    from fpt_ref.commands import _ARCH_HELP, arch_flags
+
+    assert set(_ARCH_HELP) == {f.name for f in fields(Arch)}
+    with pytest.raises(SystemExit):
+        main(["init", "--help"])
+    text = capsys.readouterr().out
+    for flag in list(arch_flags().values()) + ["--arch", "--kv-heads"]:
+        assert flag in text, flag
+
+
+def test_the_done_when_through_the_installed_entry_point(tmp_path):
+    """The same three commands as ``python -m fpt_ref`` in subprocesses (one preset: each call ~1 s)."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "fpt_ref", *map(str, args)], capture_output=True, text=True, timeout=300
+        )
+
+    base, big = tmp_path / "base.safetensors", tmp_path / "big.safetensors"
+    r = run("init", "--arch", "qwen2", *TINY, "-o", base)
+    assert r.returncode == 0 and "(qwen2: glu, silu, rope, no_mlp_bias, bias, final_norm, gqa)" in r.stdout, r.stderr
+    r = run("expand", base, "--plan", SIX_STEPS, "-o", big)
+    assert r.returncode == 0, r.stderr + r.stdout
+    r = run("verify", base, big)
+    assert r.returncode == 0 and ": preserved" in r.stdout, r.stderr + r.stdout
+    r = run("expand", base, "--plan", "add_heads count=1", "-o", tmp_path / "x.safetensors")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "is refused" in r.stderr
