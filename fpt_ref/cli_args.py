@@ -39,6 +39,21 @@ def int_arg(minimum: int | None = None, maximum: int | None = None):
     return conv
 
 
+def flag_error(exc: BaseException, flags: dict) -> BaseException:
+    """``exc`` as a ``ValueError`` naming the flag that sets its parameter, for a message that
+    starts ``NAME: ...`` with ``NAME`` a key of ``flags`` (``{"n_heads": "--heads"}``); else ``exc``.
+
+    Library messages name Python parameters (:mod:`fpt_ref.checks`); a command names its flags.
+
+    >>> str(flag_error(ValueError("n_heads: must be at least 1, got 0"), {"n_heads": "--heads"}))
+    '--heads: must be at least 1, got 0'
+    """
+    name, sep, rest = str(exc).partition(": ")
+    if sep and name in flags:
+        return ValueError(f"{flags[name]}: {rest}")
+    return exc
+
+
 def error_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message (its type's name when the message is empty)."""
     text = str(exc)

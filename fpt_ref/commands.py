@@ -8,9 +8,77 @@ the plug-ins; ``register`` is cheap, the work is imported when a command runs.
 
 from __future__ import annotations
 
-from .cli_args import int_arg
+import argparse
+
+from .cli_args import flag_error, int_arg
 
 DEMO_SUMMARIES = "fpt_ref.demo_summaries"
+
+#: ``init``'s dimension flags: Python parameter of :func:`fpt_ref.init_model` -> flag
+INIT_FLAGS = {
+    "h": "--h",
+    "p": "--p",
+    "n_heads": "--heads",
+    "k": "--k",
+    "v": "--v",
+    "n_layers": "--layers",
+    "out_dim": "--out-dim",
+    "max_seq": "--max-seq",
+    "vocab": "--vocab",
+    "eps": "--eps",
+    "norm_eps": "--eps",
+    "dtype": "--dtype",
+    "seed": "--seed",
+    "arch": "--arch",
+    "kv_heads": "--kv-heads",
+}
+
+
+def arch_flags() -> dict:
+    """One ``init`` flag per field of :class:`fpt_ref.blocks.Arch`: field -> flag (``rope_theta`` ->
+    ``--rope-theta``); each overrides the preset's value."""
+    from dataclasses import fields
+
+    from .blocks import Arch
+
+    return {f.name: "--" + f.name.replace("_", "-") for f in fields(Arch)}
+
+
+def _arch_choices() -> dict:
+    from .blocks import ACTIVATIONS, MLPS, NORMS, POSITIONS, ROPE_LAYOUTS
+
+    return {"norm": NORMS, "mlp": MLPS, "act": ACTIVATIONS, "positions": POSITIONS, "rope_layout": ROPE_LAYOUTS}
+
+
+def init_arch(args):
+    """The :class:`fpt_ref.blocks.Arch` of ``init``'s arguments: the ``--arch`` preset with every
+    field flag given overriding its value. Raises ``ValueError`` naming the flag at fault."""
+    from .blocks import PRESETS
+
+    flags = arch_flags()
+    changes = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+    try:
+        arch = PRESETS[args.arch].replace(**changes)
+    except (TypeError, ValueError) as exc:
+        raise flag_error(exc, flags) from None
+    for name in ("rope_theta", "rope_layout"):
+        if name in changes and arch.positions != "rope":
+            raise ValueError(
+                f"{flags[name]}: used only with --positions rope (this architecture's positions are {arch.positions})"
+            )
+    return arch
+
+
+def arch_label(arch) -> str:
+    """The name of the preset ``arch`` is (:data:`fpt_ref.blocks.PRESETS`), else ``custom``.
+
+    ``rope_theta`` is not compared: RoPE key growth changes it (docs/spec.md section 4.2), and
+    the grown model is still of its preset's kind.
+    """
+    from .blocks import PRESETS
+
+    theta = arch.rope_theta
+    return next((name for name, preset in PRESETS.items() if preset.replace(rope_theta=theta) == arch), "custom")
 
 
 def cmd_init(args) -> int:
@@ -20,24 +88,40 @@ def cmd_init(args) -> int:
     from .model import param_count
 
     check_output_file(args.out, "-o")
-    model = init_model(
-        h=args.h,
-        p=args.p,
-        n_heads=args.heads,
-        k=args.k,
-        v=args.v,
-        n_layers=args.layers,
-        out_dim=args.out_dim,
-        max_seq=args.max_seq,
-        vocab=args.vocab,
-        eps=args.eps,
-        causal=args.causal,
-        dtype=args.dtype,
-        seed=args.seed,
-    )
+    arch = init_arch(args)
+    out_dim = 10 if args.out_dim is None else args.out_dim
+    if arch.tied and args.out_dim is not None and args.out_dim != args.vocab:
+        raise ValueError(f"--out-dim: a tied output has one output per token id (--vocab {args.vocab}); leave it out")
+    try:
+        model = init_model(
+            h=args.h,
+            p=args.p,
+            n_heads=args.heads,
+            k=args.k,
+            v=args.v,
+            n_layers=args.layers,
+            out_dim=out_dim,
+            max_seq=args.max_seq,
+            vocab=args.vocab,
+            eps=args.eps,
+            causal=args.causal,
+            dtype=args.dtype,
+            seed=args.seed,
+            arch=arch,
+            kv_heads=args.kv_heads,
+        )
+    except (TypeError, ValueError) as exc:
+        raise flag_error(exc, INIT_FLAGS) from None
     save(model, args.out)
-    print(f"wrote {args.out}: {param_count(model)} parameters")
+    what = "" if arch.is_paper else f" ({_arch_summary(model)})"
+    print(f"wrote {args.out}: {param_count(model)} parameters{what}")
     return 0
+
+
+def _arch_summary(model) -> str:
+    """``llama: glu, silu, rope, no_mlp_bias, final_norm, gqa``: the preset and the block names."""
+    names = list(model.arch.names()) + ["gqa"] * any(layer.grouped for layer in model.layers)
+    return f"{arch_label(model.arch)}: {', '.join(names) or 'the paper blocks'}"
 
 
 def format_table(rows: list) -> str:
@@ -228,9 +312,12 @@ def cmd_info(args) -> int:
         f"{args.model}: h={m.h} o={m.o} N={m.N} s_max={m.s_max} vocab={m.vocab} dtype={m.dtype} "
         f"norm_eps={m.norm_eps!r} causal={str(m.causal).lower()} params={param_count(m)}"
     )
+    fields = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in m.arch.to_dict().items())
+    print(f"  arch {_arch_summary(m)}")
+    print(f"    {fields}")
     for n, layer in enumerate(m.layers):
         heads = ", ".join(f"{e}:k={hd.k},v={hd.v}" for e, hd in enumerate(layer.heads))
-        print(f"  layer {n}: p={layer.p} E={layer.E} heads [{heads}]")
+        print(f"  layer {n}: p={layer.p} E={layer.E} kv_heads={layer.G} heads [{heads}]")
     if args.nonfinite:
         from .io import load, nonfinite_counts
         from .model import named_tensors
@@ -245,8 +332,9 @@ def cmd_info(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import DEMO_MODEL, DEMO_PLAN, demo_model
 
-    model = demo_model()
-    print(f"demo model: {dict(DEMO_MODEL)}")
+    model = demo_model(args.arch)
+    arch = "" if model.arch.is_paper else f", arch {_arch_summary(model)}"
+    print(f"demo model: {dict(DEMO_MODEL)}{arch}")
     print(f"plan: {DEMO_PLAN}\n")
     results = _run_and_print(model, DEMO_PLAN, "normal", args.seed, args.manifest)
     ok = all(r.error["ok"] for r in results)
@@ -269,12 +357,48 @@ def _demo_summaries() -> list:
     return lines
 
 
+#: help of each block flag (docs/spec.md section 4.1)
+_ARCH_HELP = {
+    "norm": "RMSNorm or LayerNorm (with a bias)",
+    "mlp": "plain or gated (SwiGLU, GeGLU) MLP",
+    "act": "the MLP's activation (gelu_tanh: the tanh approximation)",
+    "mlp_bias": "MLP biases",
+    "positions": "learned position rows, rotary (RoPE) or none",
+    "rope_theta": "RoPE base theta (> 1; with --positions rope)",
+    "rope_layout": "RoPE pairs: i with i+k/2 (half) or 2i with 2i+1 (interleaved)",
+    "qkv_bias": "query, key and value biases",
+    "o_bias": "attention output bias",
+    "final_norm": "a norm before the output",
+    "tied": "output tied to the embedding (W_out = embed^T; needs --vocab)",
+}
+
+
+def _add_arch_arguments(s) -> None:
+    """``--arch``, ``--kv-heads`` and one flag per :class:`fpt_ref.blocks.Arch` field (docs/spec.md section 4)."""
+    from .blocks import PRESETS
+
+    g = s.add_argument_group("architecture (docs/spec.md section 4; each block flag overrides the preset)")
+    g.add_argument("--arch", choices=list(PRESETS), default="paper", help="preset blocks (default: paper)")
+    g.add_argument("--kv-heads", type=int_arg(1), default=None, help="key/value heads per layer (divides --heads)")
+    choices = _arch_choices()
+    for name, flag in arch_flags().items():
+        what = _ARCH_HELP.get(name)
+        if name in choices:
+            g.add_argument(flag, dest=name, choices=choices[name], default=None, help=what)
+        elif name == "rope_theta":
+            g.add_argument(flag, dest=name, type=float, default=None, metavar="THETA", help=what)
+        else:  # every other field is a bool
+            g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=what)
+
+
 def register(subparsers) -> None:
     """Add ``init``, ``expand``, ``verify``, ``info`` and ``demo`` to the ``fpt-ref`` command line."""
+    from .blocks import PRESETS
+
     s = subparsers.add_parser("init", help="write a random model")
     for name, default in (("h", 16), ("p", 32), ("heads", 2), ("k", 8), ("v", 8), ("layers", 2)):
         s.add_argument(f"--{name}", type=int_arg(), default=default)
-    s.add_argument("--out-dim", type=int_arg(), default=10)
+    s.add_argument("--out-dim", type=int_arg(), default=None, help="outputs (default 10; tied: --vocab)")
     s.add_argument("--max-seq", type=int_arg(), default=12)
     s.add_argument("--vocab", type=int_arg(), default=None)
     s.add_argument("--eps", type=float, default=0.0)
@@ -282,6 +406,7 @@ def register(subparsers) -> None:
     s.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     s.add_argument("--seed", type=int_arg(0), default=0)
     s.add_argument("-o", "--out", required=True, help="output file: a regular file or a new one")
+    _add_arch_arguments(s)
     s.set_defaults(func=cmd_init)
 
     s = subparsers.add_parser("expand", help="apply a plan of expansions, checking each step")
@@ -327,5 +452,6 @@ def register(subparsers) -> None:
 
     s = subparsers.add_parser("demo", help="all six expansions composed on a built-in model")
     s.add_argument("--seed", type=int_arg(0), default=0)
+    s.add_argument("--arch", choices=list(PRESETS), default="paper", help="the demo model's blocks (a preset)")
     s.add_argument("--manifest", action="store_true")
     s.set_defaults(func=cmd_demo)

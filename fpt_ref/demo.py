@@ -1,7 +1,8 @@
 """The built-in demo: a small model and a plan that applies all six expansions.
 
 ``fpt-ref demo`` runs it, ``fpt-ref draw demo`` draws it. The plan's steps, in order, are
-Theorems 3.1 to 3.6 of docs/spec.md.
+Theorems 3.1 to 3.6 of docs/spec.md; the same plan is exact on every preset of
+:data:`fpt_ref.blocks.PRESETS` (``fpt-ref demo --arch llama``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ DEMO_MODEL = MappingProxyType(
 )
 
 
-def demo_model():
-    """A fresh copy of the demo model (``init_model(**DEMO_MODEL)``)."""
+def demo_model(arch=None):
+    """A fresh copy of the demo model (``init_model(**DEMO_MODEL, arch=arch)``).
+
+    ``arch``: a preset name of :data:`fpt_ref.blocks.PRESETS` or an :class:`fpt_ref.blocks.Arch`
+    (default: the paper's model).
+    """
     from .init import init_model
 
-    return init_model(**DEMO_MODEL)
+    return init_model(**DEMO_MODEL, arch=arch)

@@ -167,7 +167,7 @@ def test_demo():
         (["expand", "BASE", "--plan", "mlp p=20", "-o", "no/such/folder/x.safetensors"], "does not exist"),
         (["expand", "BASE", "--plan", '[{"op": [1]}]', "-o", "x.safetensors"], "unknown step"),
         (["init", "--seed", "-1", "-o", "x.safetensors"], "argument --seed: must be at least 0, got -1"),
-        (["init", "--eps", "nan", "-o", "x.safetensors"], "norm_eps: must be a finite float"),
+        (["init", "--eps", "nan", "-o", "x.safetensors"], "--eps: must be a finite float"),
     ],
 )
 def test_user_errors_print_one_line_and_exit_2(request, base, tmp_path, args, msg):
