@@ -217,10 +217,75 @@ def _require_plan_and_write(model, plan) -> None:
     require(need, f"writing the result ({fmt_bytes(final)})", avail)
 
 
+def _expand_checkpoint(args) -> int:
+    """``expand`` on a Hugging Face checkpoint folder: the plan's end state is checked against
+    the family's config, and the output folder, before any step runs (docs/hf.md)."""
+    from . import hf
+    from .plan import parse_plan, plan_dims
+
+    for flag, given in (("--manifest-out", args.manifest_out), ("--force", args.force)):
+        if given:
+            raise ValueError(f"{flag}: not available for a checkpoint folder (the output is a folder)")
+    try:
+        hf.check_out_dir(args.out)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("out_dir:", "-o:", 1)) from None
+    try:
+        ck = hf.read(args.model)
+        steps = parse_plan(args.plan)
+        ends = plan_dims(ck.model, steps)
+        if ends:
+            hf.check_dims(ends[-1], ck.model.arch, ck.model.causal, ck)
+        if args.dtype is not None and args.dtype not in hf.DTYPE_NAMES:
+            raise ValueError(f"--dtype: expected one of {', '.join(hf.DTYPE_NAMES)}, got {args.dtype!r}")
+    except ValueError as exc:
+        msg = str(exc)
+        raise ValueError(f"{args.model}: {msg}" if msg.startswith(("config:", "model:", "path:")) else msg) from None
+    _require_plan_and_write(ck.model, steps)
+    results = _run_and_print(ck.model, steps, args.init, args.seed, args.manifest, scale=args.scale)
+    if not all(r.error["ok"] for r in results):
+        bad = [str(i) for i, r in enumerate(results, start=1) if not r.error["ok"]]
+        print(f"NOT preserved (step {', '.join(bad)}): nothing written")
+        return 1
+    try:
+        hf.save(results[-1].model, args.out, like=ck, dtype=args.dtype)
+    except ValueError as exc:
+        msg = str(exc)
+        raise ValueError(msg.replace("out_dir:", "-o:", 1) if msg.startswith("out_dir:") else msg) from None
+    stored = args.dtype or ck.stored_dtype
+    print(f"wrote {args.out}: a {ck.family} checkpoint folder ({stored})")
+    factors = sorted(
+        {b.factor for r in results for b in r.manifest if b.role == "scaled" and not _power_of_two(b.factor)}
+    )
+    if factors and stored != "float64":
+        print(
+            f"note: stored as {stored}, the scaled blocks (factors {', '.join(f'{f:.6g}' for f in factors)}, not powers "
+            f"of two) are rounded once more: the folder computes the base's function to {stored} precision only "
+            "(grow by ratios of 4 for factors of 2, or write --dtype float64; docs/hf.md)"
+        )
+    return 0
+
+
+def _power_of_two(x) -> bool:
+    import math
+
+    m, _ = math.frexp(float(x))
+    return m == 0.5
+
+
 def cmd_expand(args) -> int:
+    import os
+
     from .files import check_output_file
     from .io import save
 
+    if os.path.isdir(args.model):
+        from .hf import is_checkpoint
+
+        if is_checkpoint(args.model):
+            return _expand_checkpoint(args)
+    if args.dtype is not None:
+        raise ValueError("--dtype: only for a checkpoint folder (convert a model file with fpt_ref.convert)")
     out = check_output_file(args.out, "-o")  # before any work: a device, FIFO or folder is refused
     record_out = None if args.manifest_out is None else check_output_file(args.manifest_out, "--manifest-out")
     if record_out is not None and record_out == out:
@@ -304,12 +369,27 @@ def _float32_note(model) -> None:
 
 
 def cmd_info(args) -> int:
-    from .io import load_header
+    import os
+
+    from .io import load, load_header
     from .model import param_count
 
-    m = load_header(args.model)  # the header only: no tensor data is read
+    stored = ""
+    if os.path.isdir(args.model):  # a checkpoint folder: read (float64) through fpt_ref.hf
+        from . import hf
+
+        if hf.is_checkpoint(args.model):
+            try:
+                ck = hf.read(args.model)
+            except ValueError as exc:
+                raise ValueError(f"{args.model}: {exc}") from None
+            m, stored = ck.model, f" ({ck.family} checkpoint, stored {ck.stored_dtype})"
+        else:
+            m = load(args.model)  # the one-line error of fpt_ref.load for a folder
+    else:
+        m = load_header(args.model)  # the header only: no tensor data is read
     print(
-        f"{args.model}: h={m.h} o={m.o} N={m.N} s_max={m.s_max} vocab={m.vocab} dtype={m.dtype} "
+        f"{args.model}: h={m.h} o={m.o} N={m.N} s_max={m.s_max} vocab={m.vocab} dtype={m.dtype}{stored} "
         f"norm_eps={m.norm_eps!r} causal={str(m.causal).lower()} params={param_count(m)}"
     )
     fields = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in m.arch.to_dict().items())
@@ -429,7 +509,16 @@ def register(subparsers) -> None:
         "--allow-nonfinite", action="store_true", help="load a model holding NaN or inf (a warning names each tensor)"
     )
     s.add_argument(
-        "-o", "--out", required=True, help="output file: a regular file or a new one (may be the input; see README)"
+        "--dtype",
+        default=None,
+        help="checkpoint folders: the stored dtype of the output (float32, bfloat16, float16, float64; default the input's)",
+    )
+    s.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="output file: a regular file or a new one (may be the input; see README); for a checkpoint folder, a new "
+        "or empty folder",
     )
     s.set_defaults(func=cmd_expand)
 

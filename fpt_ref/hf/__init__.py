@@ -38,6 +38,7 @@ __all__ = [
     "save",
     "expand",
     "check",
+    "check_out_dir",
     "check_dims",
     "family_of",
     "is_checkpoint",
@@ -207,6 +208,14 @@ def _is_ours(folder: str) -> bool:
     return MARK in meta
 
 
+def check_out_dir(out_dir) -> None:
+    """``ValueError`` naming ``out_dir`` unless it is new, empty or a folder this package wrote
+    (checked before any work; :func:`save` replaces only such a folder)."""
+    raw = os.fspath(out_dir)
+    if os.path.exists(raw) and (not os.path.isdir(raw) or (os.listdir(raw) and not _is_ours(raw))):
+        raise ValueError(f"out_dir: {raw} is not a new, empty or earlier output folder")
+
+
 def save(model, out_dir, like, dtype: str | None = None, shard_bytes: int | None = SHARD_BYTES) -> str:
     """Write ``model`` as a Hugging Face checkpoint folder ``out_dir``.
 
@@ -304,9 +313,7 @@ def expand(
 
     if dtype is not None and dtype not in DTYPE_NAMES:
         raise ValueError(f"dtype: expected one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
-    raw = os.fspath(out_dir)
-    if os.path.exists(raw) and (not os.path.isdir(raw) or (os.listdir(raw) and not _is_ours(raw))):
-        raise ValueError(f"out_dir: {raw} is not a new, empty or earlier output folder")
+    check_out_dir(out_dir)
     ck = read(path, max_seq=max_seq)
     steps = parse_plan(plan)
     ends = plan_dims(ck.model, steps)
