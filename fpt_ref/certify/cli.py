@@ -1,0 +1,92 @@
+"""``fpt-ref certify BASE GROWN [--json]``: the sub-command of :mod:`fpt_ref.certify`.
+
+Exit 0: GROWN contains BASE and computes its function; 1: it does not, or is inconsistent
+(the first offending tensor, block, option or config key is named, with the reason); 2: a
+user error (a missing or unreadable file, not a model), one line on stderr. ``register``
+stays cheap: the work is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _config_of(path: str) -> dict | None:
+    """A Hugging Face directory's ``config.json`` (``None`` for a model file)."""
+    import json
+
+    cfg = os.path.join(path, "config.json")
+    if not os.path.isdir(path) or not os.path.isfile(cfg):
+        return None
+    with open(cfg, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{cfg}: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{cfg}: not a JSON object")
+    return data
+
+
+def format_certificate(cert, base: str, grown: str) -> str:
+    """The text report: the verdict, the inferred growth, the figures."""
+    lines = []
+    if cert.ok:
+        lines.append(f"preserved: {grown} contains {base} and computes its function")
+    else:
+        first = cert.first
+        lines.append(f"not preserved: {first.tensor}{(' ' + first.block) if first.block else ''}: {first.reason}")
+        if len(cert.findings) > 1:
+            lines.append(f"  ({len(cert.findings) - 1} more finding(s); --json lists them all)")
+    lines.append(f"  base:  {cert.base}")
+    lines.append(f"  grown: {cert.grown}")
+    if cert.layers:
+        parts = []
+        for L in cert.layers:
+            parts.append(f"{L['grown']}<-{L['base']}" if L["base"] is not None else f"{L['grown']}=identity")
+        lines.append(f"  layers (grown<-base): {' '.join(parts)}")
+    if cert.hidden and cert.hidden[0] != cert.hidden[1]:
+        lines.append(f"  hidden: {cert.hidden[0]} -> {cert.hidden[1]} (old stream entries first)")
+    lines.append(f"  audited {cert.blocks} blocks in {cert.tensors} tensors; {len(cert.sets)} constraint sets found")
+    for note in cert.notes:
+        lines.append(f"  note: {note}")
+    fw = cert.forward
+    if fw and "max_abs" in fw:
+        lines.append(
+            f"  forward ({fw['dtype']}): max error {fw['max_abs']:.3g} (rel {fw['max_rel']:.3g}, {fw['max_ulp']:.3g} ulp) "
+            f"vs derived tolerance {fw['tol_abs']:.3g} ({fw['tol_ulp']:.3g} ulp)"
+        )
+    return "\n".join(lines)
+
+
+def cmd_certify(args) -> int:
+    import json
+
+    from .. import load
+    from .certify import certify
+
+    base_cfg, grown_cfg = _config_of(args.base), _config_of(args.grown)
+    base, grown = load(args.base), load(args.grown)
+    cert = certify(base, grown, base_config=base_cfg, grown_config=grown_cfg, forward=not args.no_forward)
+    if args.json:
+        print(json.dumps(cert.to_dict(), indent=1, default=float))
+    else:
+        print(format_certificate(cert, args.base, args.grown))
+    return 0 if cert.ok else 1
+
+
+def register(subparsers) -> None:
+    """Add ``certify`` to the ``fpt-ref`` command line."""
+    s = subparsers.add_parser(
+        "certify",
+        help="certify that GROWN contains BASE and computes its function (no manifest needed)",
+        description="Infer how GROWN was grown from BASE (inserted layers, added heads and groups, widened "
+        "tensors), audit every block under the proved constraint sets, then compare float64 forward passes "
+        "under the derived tolerance. Exit 0 preserved, 1 not preserved or inconsistent (naming the first "
+        "offending tensor, block or option), 2 on bad usage or an unreadable model.",
+    )
+    s.add_argument("base", metavar="BASE", help="the original model (.safetensors)")
+    s.add_argument("grown", metavar="GROWN", help="the grown model (.safetensors)")
+    s.add_argument("--json", action="store_true", help="print the full report as JSON")
+    s.add_argument("--no-forward", action="store_true", help="audit the blocks only (skip the forward check)")
+    s.set_defaults(func=cmd_certify)
