@@ -130,7 +130,8 @@ def align_layers(ctx: Context, base: Model, grown: Model) -> tuple:
     ``i`` base layers: a grown layer is either the next base layer (cost 0 when it holds it
     under every rule, :data:`COST_CONSTRAINT` when a constraint fails, :data:`COST_NOT_HELD`
     when it does not hold its values) or an inserted layer (0 when it is an identity layer,
-    :data:`COST_NOT_IDENTITY` otherwise). Ties prefer the match. Returns ``(steps, checks)``:
+    :data:`COST_NOT_IDENTITY` otherwise). Ties match a base layer to the earlier grown layer (of an
+    original and its plain copy, the copy is the inserted layer). Returns ``(steps, checks)``:
     ``steps`` the chosen ``(base index or None, grown index)`` in grown order and ``checks``
     the :class:`Checker` of each.
     """
@@ -161,10 +162,10 @@ def align_layers(ctx: Context, base: Model, grown: Model) -> tuple:
                 best, how = cost[i - 1][j - 1] + m(i - 1, j - 1), "match"
             if j - i >= 1 and cost[i][j - 1] < INF:
                 c = cost[i][j - 1] + s(j - 1)
-                if c < best:
+                if c <= best:  # ties: the later grown layer is the inserted one
                     best, how = c, "insert"
             cost[i][j], back[(i, j)] = best, how
-    steps = []
+    steps: list[tuple[int | None, int]] = []
     i, j = Nb, Ng
     while j > 0:
         if back[(i, j)] == "match":
@@ -339,7 +340,7 @@ def _forward(cert: Certificate, base: Model, grown: Model) -> list:
     """
     from ..verify import verify
 
-    dt = np.float64
+    dt: type = np.float64
     if np.dtype(base.dtype) == np.float32 and cert.scaled_rounding > 0:
         dt = np.float32
         cert.notes.append("forward check in float32: the stored scaled blocks are rounded in float32")

@@ -149,7 +149,9 @@ class Checker:
             self.fail(t, where(arr, idx, block), f"holds {list(part.shape)}, base {src} is {list(old.shape)}", True)
         elif not same_bits(part, old):
             n = int(np.sum(part != old)) or int(part.size)  # bit-level only differences (-0.0): count all
-            self.fail(t, where(arr, idx, block), f"copied block differs from base {src} in {n} of {part.size} entries", True)
+            self.fail(
+                t, where(arr, idx, block), f"copied block differs from base {src} in {n} of {part.size} entries", True
+            )
 
     def scaled(self, t: str, arr, idx, old, factor: float, src: str, block: str) -> None:
         """``old x factor``: the product in the model's dtype, or within ``SCALED_ULPS`` of the exact one."""
@@ -183,9 +185,7 @@ class Checker:
         nz = int(np.count_nonzero(part))
         if nz:
             big = float(np.max(np.abs(part)))
-            self.fail(
-                t, where(arr, idx, block), f"zero block holds {nz} non-zero entries (largest {big:.3g}){why}"
-            )
+            self.fail(t, where(arr, idx, block), f"zero block holds {nz} non-zero entries (largest {big:.3g}){why}")
             return False
         return True
 
@@ -196,6 +196,13 @@ class Checker:
         part = take(arr, idx)
         if not np.all(np.isfinite(part)):
             self.fail(t, where(arr, idx, block), "free block holds non-finite values (inf x 0 is NaN, not 0)")
+
+    def free_unchosen(self, regions: dict, chosen) -> None:
+        """The new blocks of ``regions`` that the chosen set (``(zero, scalings)`` or ``None``) leaves free."""
+        for blk, regs in regions.items():
+            if chosen is None or blk not in chosen[0]:
+                for t, arr, idx in regs:
+                    self.free(t, arr, idx, blk)
 
     def mean(self, t: str, arr, idx, old, block: str) -> None:
         """Every entry of the region the row mean of ``old`` (same rows), audit's bound."""
@@ -214,6 +221,7 @@ class Checker:
         h, hn = self.ctx.h, self.ctx.hn
         if hn == h:
             return
+        idx: tuple
         if arr.ndim == 1:
             idx, old = (slice(h, hn),), arr[:h]
         else:
@@ -240,7 +248,9 @@ class Checker:
         else:
             self.free(t, arr, (slice(h, hn),), "m_beta")
 
-    def choose(self, op: str, place: str, regions: dict, extra=None, note: str = ""):
+    def choose(
+        self, op: str, place: str, regions: dict, extra=None, note: str = ""
+    ) -> tuple[frozenset, frozenset] | None:
         """The first constraint set of ``op`` (:func:`fpt_ref.blocks.constraint_sets`) that holds.
 
         ``regions``: block name -> ``[(tensor, array, index), ...]`` of the new blocks at this
@@ -333,7 +343,9 @@ def check_layer(ctx: Context, B: Layer, G: Layer, nb: int, ng: int) -> tuple:
     for e, eb in old_heads.items():
         hg, hb = G.heads[e], B.heads[eb]
         if hg.k < hb.k or hg.v < hb.v or (ctx.rope_half and (hg.k - hb.k) % 2):
-            c.fail(t("w_q", e), "", f"key/value sizes {hg.k}/{hg.v} cannot contain base head {eb}'s {hb.k}/{hb.v}", True)
+            c.fail(
+                t("w_q", e), "", f"key/value sizes {hg.k}/{hg.v} cannot contain base head {eb}'s {hb.k}/{hb.v}", True
+            )
             return c, info
 
     # ---- attention: norm, heads, output bias ----
@@ -354,7 +366,9 @@ def check_layer(ctx: Context, B: Layer, G: Layer, nb: int, ng: int) -> tuple:
     c.beta(t("norm_mlp_b"), np_(G.norm_mlp_b), np_(B.norm_mlp_b), s("norm_mlp_b"))
     p, pn = B.p, G.p
     OU, NU = slice(0, p), slice(p, pn)
-    w_gate, b_gate, w_l1, b_l1, w_l2, b_l2 = (np_(getattr(G, k)) for k in ("w_gate", "b_gate", "w_l1", "b_l1", "w_l2", "b_l2"))
+    w_gate, b_gate, w_l1, b_l1, w_l2, b_l2 = (
+        np_(getattr(G, k)) for k in ("w_gate", "b_gate", "w_l1", "b_l1", "w_l2", "b_l2")
+    )
     if w_gate is not None:
         c.copied(t("w_gate"), w_gate, (OH, OU), np_(B.w_gate), s("w_gate"), "W_gate")
         c.free(t("w_gate"), w_gate, (NH, ALL), "M_gate")
@@ -375,10 +389,7 @@ def check_layer(ctx: Context, B: Layer, G: Layer, nb: int, ng: int) -> tuple:
             "m_b_gate": [] if b_gate is None else [(t("b_gate"), b_gate, (NU,))],
         }
         chosen = c.choose("mlp", f"layer {ng}", regions)
-        for blk, regs in regions.items():
-            if chosen is None or blk not in chosen[0]:
-                for tn, arr, idx in regs:
-                    c.free(tn, arr, idx, blk)
+        c.free_unchosen(regions, chosen)
         dead = chosen is not None and "M_l2" not in chosen[0]
     if dead:  # the new units output zero: their rows of W_l2 are free, new hidden columns included
         c.writer(t("w_l2"), w_l2, np.arange(p), "M_l2")
@@ -430,10 +441,7 @@ def _old_group(c: Checker, B: Layer, G: Layer, nb: int, ng: int, g: int, info: d
         keys(c, "W_K")
     else:
         chosen = c.choose("attention", place, k_regions, extra=lambda sub, z, sc: keys(sub, next(iter(sc))))
-        for blk, regs in k_regions.items():
-            if chosen is None or blk not in chosen[0]:
-                for tn, arr, idx in regs:
-                    c.free(tn, arr, idx, blk)
+        c.free_unchosen(k_regions, chosen)
     c.free(t("w_k", lg), w_k, (NH, ALL), "M_K")
     for e, _ in queries:
         c.free(t("w_q", e), np_(G.heads[e].w_q), (NH, ALL), "M_Q")
@@ -454,10 +462,7 @@ def _old_group(c: Checker, B: Layer, G: Layer, nb: int, ng: int, g: int, info: d
             "m_b_V": [] if b_v is None else [(t("b_v", lg), b_v, (NV,))],
         }
         chosen = c.choose("heads", place, v_regions)
-        for blk, regs in v_regions.items():
-            if chosen is None or blk not in chosen[0]:
-                for tn, arr, idx in regs:
-                    c.free(tn, arr, idx, blk)
+        c.free_unchosen(v_regions, chosen)
         dead = chosen is not None and "M_O" not in chosen[0]
     for e, _ in queries:
         w_o = np_(G.heads[e].w_o)
@@ -483,16 +488,15 @@ def _new_heads(c: Checker, G: Layer, ng: int, heads: list, lead_is_new: bool, t)
     h = c.ctx.h
     lead = heads[0]
     HL = G.heads[lead]
-    regions = {"M_O": [(t("w_o", e), np_(G.heads[e].w_o), (ALL, ALL)) for e in heads]}
+    regions: dict[str, list] = {"M_O": [(t("w_o", e), np_(G.heads[e].w_o), (ALL, ALL)) for e in heads]}
     if lead_is_new:
         regions["W_V_new"] = [(t("w_v", lead), np_(HL.w_v), (slice(0, h), ALL))]
         regions["b_V_new"] = [] if HL.b_v is None else [(t("b_v", lead), np_(HL.b_v), (ALL,))]
-    place = f"layer {ng}, new head {lead}" if len(heads) == 1 else f"layer {ng}, new group of heads {heads[0]}..{heads[-1]}"
+    place = (
+        f"layer {ng}, new head {lead}" if len(heads) == 1 else f"layer {ng}, new group of heads {heads[0]}..{heads[-1]}"
+    )
     chosen = c.choose("add_heads", place, regions)
-    for blk, regs in regions.items():
-        if chosen is None or blk not in chosen[0]:
-            for tn, arr, idx in regs:
-                c.free(tn, arr, idx, blk)
+    c.free_unchosen(regions, chosen)
     for e in heads:
         H = G.heads[e]
         c.free(t("w_q", e), np_(H.w_q), (ALL, ALL), "W_Q_new")
@@ -528,7 +532,9 @@ def check_identity(ctx: Context, G: Layer, ng: int) -> Checker:
     row = expansion("add_layer")
     by_kind = layer_tensors(G, ng)
     regions = {
-        blk: [(name, arr, tuple(slice(None) for _ in arr.shape)) for kind in kinds for name, arr in by_kind.get(kind, [])]
+        blk: [
+            (name, arr, tuple(slice(None) for _ in arr.shape)) for kind in kinds for name, arr in by_kind.get(kind, [])
+        ]
         for blk, kinds in row.tensors.items()
     }
     note = " (it matches no base layer, so it must be an identity layer)"
@@ -560,7 +566,9 @@ def check_model_tensors(ctx: Context, base, grown) -> Checker:
         w_out = np_(grown.w_out)
         c.copied("w_out", w_out, (OH, ALL), np_(base.w_out), "w_out", "W_out")
         if ctx.out_zero:
-            c.zero("w_out", w_out, (NH, ALL), "M_out", "; LayerNorm without a final norm needs the new rows of W_out zero")
+            c.zero(
+                "w_out", w_out, (NH, ALL), "M_out", "; LayerNorm without a final norm needs the new rows of W_out zero"
+            )
         else:
             c.free("w_out", w_out, (NH, ALL), "M_out")
     if grown.final_norm is not None:

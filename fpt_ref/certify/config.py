@@ -80,7 +80,7 @@ def describe(cfg: dict, model: Model, label: str) -> list:
     if len(sizes) > 1 or (sizes and len({s for kv_ in sizes for s in kv_}) > 1):
         out.append(Finding(f"{label}: head_dim", f"key/value sizes {sorted(sizes)}: one head_dim sets both"))
     elif sizes:
-        (k, _), = sizes
+        ((k, _),) = sizes
         if "head_dim" in cfg and cfg["head_dim"] is not None:
             check("head_dim", k)
         elif heads:
@@ -102,7 +102,9 @@ def describe(cfg: dict, model: Model, label: str) -> list:
     types = cfg.get("layer_types")
     if types is not None and len(types) != model.N:
         out.append(
-            Finding(f"{label}: layer_types", f"{len(types)} entries for {model.N} layers (transformers refuses to load)")
+            Finding(
+                f"{label}: layer_types", f"{len(types)} entries for {model.N} layers (transformers refuses to load)"
+            )
         )
     return out
 
@@ -121,14 +123,18 @@ def check_configs(base_cfg: dict | None, grown_cfg: dict | None, base: Model, gr
         return out
     if base_cfg.get("model_type") != grown_cfg.get("model_type"):
         out.append(
-            Finding("config: model_type", f"is {grown_cfg.get('model_type')!r}, the base's {base_cfg.get('model_type')!r}")
+            Finding(
+                "config: model_type", f"is {grown_cfg.get('model_type')!r}, the base's {base_cfg.get('model_type')!r}"
+            )
         )
     bt, gt = base_cfg.get("layer_types"), grown_cfg.get("layer_types")
     if bt is not None and gt is not None and len(bt) == base.N and len(gt) == grown.N:
         for bi, gj in steps:
             if bi is not None and gt[gj] != bt[bi]:
                 out.append(
-                    Finding("config: layer_types", f"layer {gj} is {gt[gj]!r}, but it holds base layer {bi} ({bt[bi]!r})")
+                    Finding(
+                        "config: layer_types", f"layer {gj} is {gt[gj]!r}, but it holds base layer {bi} ({bt[bi]!r})"
+                    )
                 )
                 break
     return out
