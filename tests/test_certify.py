@@ -498,3 +498,40 @@ def test_certify_is_an_fpt_ref_command_through_a_subprocess(files, monkeypatch):
         pytest.skip("the installed fpt-ref metadata does not list the certify plug-in (reinstall: pip install -e .)")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("preserved: ")
+
+
+# ---- compositions and several steps of one size ----------------------------------------------------
+
+COMPOSED = [
+    "mlp p=24 zero=M_l1; hidden h=12",
+    "hidden h=12; mlp p=24 zero=M_l1",
+    "hidden h=12; heads v=6; attention k=6 scale=W_Q; add_heads count=2",
+    "add_layer at=0; mlp p=24; hidden h=12; add_heads count=2",
+    "add_layer at=2; mlp p=24 zero=M_l1; heads v=6",  # the inserted layer: zero unit by unit
+]
+
+
+@pytest.mark.parametrize("plan", COMPOSED)
+@pytest.mark.parametrize("preset", ["llama", "gpt2"])
+def test_compositions_in_any_order_are_certified(preset, plan):
+    base = PRESET_MODELS[preset]()
+    assert_preserved(base, run_plan(base, parse_plan(plan), seed=4)[-1].model)
+
+
+@pytest.mark.parametrize("preset", ["paper", "llama", "gpt2"])
+def test_a_size_grown_in_two_steps_needs_steps_2(preset):
+    base = PRESET_MODELS[preset]()
+    for plan, kind in (("hidden h=10; hidden h=12", "(g)"), ("attention k=6; attention k=8", "W_K,e")):
+        grown = run_plan(base, parse_plan(plan), seed=5)[-1].model
+        cert = certify(base, grown, steps=2)
+        assert cert.ok, (plan, cert.findings[:2])
+        strict = certify(base, grown, forward=False)  # one step allowed: here two roundings exceed 1 ulp
+        assert not strict.ok and kind in strict.first.block and "steps" in strict.first.reason, strict.first
+
+
+def test_the_inserted_layer_must_be_zero_unit_by_unit():
+    base = make("llama", kv_heads=2)
+    grown = run_plan(base, parse_plan("add_layer at=2; mlp p=24 zero=M_l1"), seed=4)[-1].model
+    assert_preserved(base, grown)
+    bad = with_tensors(grown, {"layers.2.w_l1": set_entry((0, 20), 0.5)})  # one new unit alive
+    assert_rejected(base, bad, "layers.2.w_l2", "(W_l2)", "identity layer")

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..audit import Finding
 from ..blocks import constraint_sets
+from ..checks import check_int
 from ..model import Model, convert, dims_summary, named_tensors
 from .check import Checker, Context, check_identity, check_layer, check_model_tensors, set_text
 
@@ -101,7 +102,7 @@ def _structure(base: Model, grown: Model) -> list:
     return out
 
 
-def _contexts(base: Model, grown: Model) -> list:
+def _contexts(base: Model, grown: Model, steps: int) -> list:
     """One :class:`Context` per constraint set of hidden growth (:func:`fpt_ref.blocks.constraint_sets`)."""
     arch = grown.arch
     out = []
@@ -116,6 +117,7 @@ def _contexts(base: Model, grown: Model) -> list:
                     writer="mean" if "M_O" in mean else "zero",
                     beta_zero="m_beta" in zero,
                     out_zero="M_out" in zero,
+                    steps=steps,
                 ),
                 set_text(zero, scalings, mean),
             )
@@ -213,42 +215,69 @@ def _order(grown: Model):
     return key
 
 
-def _ulp_close(got: float, want: float) -> bool:
-    return got == want or abs(got - want) <= float(np.spacing(abs(want)))
+U64 = 2.0**-53  # unit roundoff of float64, where the options live
 
 
-def check_options(base: Model, grown: Model, key_sizes: list) -> list:
-    """``norm_eps`` (``eps x h/h^``) and RoPE's ``theta`` (``theta^(k^/k)``), each within 1 ulp.
+def option_bounds(base: Model, grown: Model, ratio: Fraction, steps: int) -> tuple:
+    """Relative rounding bounds of the rescaled options after ``steps`` growth steps of a size.
 
-    ``key_sizes``: ``[k, k^]`` of every base key/value group and the grown group holding it.
+    ``norm_eps``: a step computes ``eps h / h^`` with two roundings (``<= 2u`` relative), so
+    ``2 u steps``. ``rope_theta``: a step computes ``theta_i = theta_{i-1} ** (k_i / k_{i-1})``:
+    the pow rounds (``<= 2u``), the rounded ratio moves the result by ``u ln(theta_i)``, and the
+    previous error is raised to the power ``k_i / k_{i-1} >= 1``; unrolled over the steps,
+    ``<= u steps R (2 + ln theta)`` with ``R = k^/k`` the whole ratio (docs/certify.md).
+    """
+    eps = 2 * U64 * steps
+    theta = U64 * steps * float(ratio) * (2 + math.log(base.arch.rope_theta))
+    return eps, theta
+
+
+def check_options(base: Model, grown: Model, key_sizes: list, steps: int = 1) -> list:
+    """``norm_eps`` (``eps x h/h^``) and RoPE's ``theta`` (``theta^(k^/k)``) within their rounding
+    (:func:`option_bounds`), or unchanged (exactly) where their size did not grow.
+
+    ``key_sizes``: ``[k, k^]`` of every base key/value group and the grown group holding it;
+    ``steps``: the most growth steps one size took.
     """
     out = []
+    ratios = {Fraction(kg, kb) for kb, kg in key_sizes}
+    grew = {r for r in ratios if r != 1}
+    r = next(iter(grew)) if len(grew) == 1 and len(ratios) == 1 else Fraction(1)
+    eps_rel, theta_rel = option_bounds(base, grown, r, steps)
     exact = Fraction(base.norm_eps) * base.h / grown.h
-    want = float(exact)
     got = grown.norm_eps
-    if not (Fraction(got) == exact or abs(Fraction(got) - exact) <= Fraction(float(np.spacing(want)))):
-        what = f"eps x h/h^ = {base.norm_eps!r} x {base.h}/{grown.h}" if grown.h != base.h else "unchanged"
-        out.append(Finding("norm_eps", f"norm_eps is {got!r}, expected {want!r} ({what}; within 1 ulp)"))
-    if base.arch.positions == "rope":
-        theta, got_t = base.arch.rope_theta, grown.arch.rope_theta
-        ratios = {Fraction(kg, kb) for kb, kg in key_sizes}
-        grew = {r for r in ratios if r != 1}
-        if grew and len(ratios) > 1:
-            out.append(
-                Finding(
-                    "rope_theta",
-                    f"key sizes grew by different ratios ({', '.join(sorted(str(r) for r in ratios))}); RoPE's shared "
-                    "theta can keep the old frequencies of one ratio k^/k only",
-                )
+    if grown.h == base.h:
+        ok, within = got == base.norm_eps, "unchanged"
+    else:
+        ok = abs(Fraction(got) - exact) <= Fraction(eps_rel) * exact
+        within = f"eps x h/h^ = {base.norm_eps!r} x {base.h}/{grown.h}, within {eps_rel:.2g} relative"
+    if not ok:
+        out.append(Finding("norm_eps", f"norm_eps is {got!r}, expected {float(exact)!r} ({within})"))
+    if base.arch.positions != "rope":
+        return out
+    theta, got_t = base.arch.rope_theta, grown.arch.rope_theta
+    if grew and len(ratios) > 1:
+        out.append(
+            Finding(
+                "rope_theta",
+                f"key sizes grew by different ratios ({', '.join(sorted(str(x) for x in ratios))}); RoPE's shared "
+                "theta keeps the old frequencies of one ratio k^/k only",
             )
-        else:
-            r = next(iter(grew)) if grew else Fraction(1)
-            want_t = theta ** float(r)
-            if not _ulp_close(got_t, want_t):
-                how = f"theta^(k^/k) = {theta!r}^{r}" if grew else "unchanged: no key grew"
-                out.append(Finding("rope_theta", f"rope_theta is {got_t!r}, expected {want_t!r} ({how}; within 1 ulp)"))
-    elif grown.arch.rope_theta != base.arch.rope_theta:
-        pass  # unused without RoPE
+        )
+        return out
+    if not grew:
+        if got_t != theta:
+            out.append(Finding("rope_theta", f"rope_theta is {got_t!r}, expected {theta!r} (unchanged: no key grew)"))
+        return out
+    want = theta ** float(r)
+    if not abs(got_t - want) <= theta_rel * want:
+        out.append(
+            Finding(
+                "rope_theta",
+                f"rope_theta is {got_t!r}, expected {want!r} (theta^(k^/k) = {theta!r}^{r}, within "
+                f"{theta_rel:.2g} relative)",
+            )
+        )
     return out
 
 
@@ -259,6 +288,7 @@ def certify(
     forward: bool = True,
     base_config: dict | None = None,
     grown_config: dict | None = None,
+    steps: int = 1,
     batch: int = 4,
     seed: int = 0,
 ) -> Certificate:
@@ -274,6 +304,10 @@ def certify(
     base_config, grown_config : dict, optional
         Hugging Face ``config.json`` contents, checked against the models and each other
         (:func:`fpt_ref.certify.config.check_configs`).
+    steps : int
+        The most growth steps any one size took (default 1): each step rounds a scaled block,
+        ``norm_eps`` and RoPE's ``theta`` once more, and the allowances grow with it
+        (:func:`fpt_ref.certify.check.scaled_allowance`, :func:`option_bounds`).
     batch, seed : int
         The random sequences of the forward check besides the covering set.
 
@@ -289,49 +323,50 @@ def certify(
     >>> certify(m, fpt_ref.add_layer(fpt_ref.expand_hidden(m, 6), 1)).ok
     True
     """
+    steps = check_int("steps", steps, 1)
     cert = Certificate(base=dims_summary(base), grown=dims_summary(grown), hidden=[base.h, grown.h])
     cert.tensors = len(named_tensors(grown))
     cert.findings = _structure(base, grown)
     if cert.findings:
         return cert
     best = None
-    for ctx, hidden_set in _contexts(base, grown):
+    for ctx, hidden_set in _contexts(base, grown, steps):
         top = Checker(ctx)
         top.merge(check_model_tensors(ctx, base, grown))
-        steps, checks = align_layers(ctx, base, grown)
+        pairs, checks = align_layers(ctx, base, grown)
         for c, _ in checks:
             top.merge(c)
         if best is None or (best[0].findings and not top.findings):
-            best = (top, steps, checks, hidden_set)
+            best = (top, pairs, checks, hidden_set)
     assert best is not None
-    top, steps, checks, hidden_set = best
+    top, pairs, checks, hidden_set = best
     cert.blocks, cert.scaled_rounding, cert.sets = top.blocks, top.rounding, list(top.sets)
     if grown.h != base.h:
         cert.sets.insert(0, f"model: hidden {hidden_set}")
     key_sizes = []
-    for (bi, gj), (_, info) in zip(steps, checks):
+    for (bi, gj), (_, info) in zip(pairs, checks):
         if bi is None:
             cert.layers.append({"grown": gj, "base": None, "inserted": "identity"})
         else:
             key_sizes += info["k"]
             cert.layers.append(info)
-    findings = top.findings + check_options(base, grown, key_sizes)
+    findings = top.findings + check_options(base, grown, key_sizes, steps)
     if base_config is not None or grown_config is not None:
         from .config import check_configs
 
-        findings += check_configs(base_config, grown_config, base, grown, steps)
+        findings += check_configs(base_config, grown_config, base, grown, pairs)
     if cert.scaled_rounding > 0:
         cert.notes.append(
             f"scaled blocks lie up to {cert.scaled_rounding:.2g} ulp ({np.dtype(grown.dtype)}) from the exact product"
         )
     if forward:
-        findings += _forward(cert, base, grown)
+        findings += _forward(cert, base, grown, batch, seed)
     cert.findings = sorted(findings, key=_order(grown))
     cert.ok = not cert.findings
     return cert
 
 
-def _forward(cert: Certificate, base: Model, grown: Model) -> list:
+def _forward(cert: Certificate, base: Model, grown: Model, batch: int, seed: int) -> list:
     """float64 forward of both models (:func:`fpt_ref.verify`); a finding when not preserved.
 
     float32 models whose scaled blocks are rounded (a factor that is not a power of two) are
@@ -345,7 +380,7 @@ def _forward(cert: Certificate, base: Model, grown: Model) -> list:
         dt = np.float32
         cert.notes.append("forward check in float32: the stored scaled blocks are rounded in float32")
     try:
-        res = verify(convert(base, np, dt), convert(grown, np, dt))
+        res = verify(convert(base, np, dt), convert(grown, np, dt), batch=batch, seed=seed)
     except ValueError as exc:
         cert.forward = {"ok": False, "error": str(exc)}
         return [Finding("(forward)", f"the forward check could not run: {exc}")]

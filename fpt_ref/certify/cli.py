@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from ..cli_args import int_arg
+
 
 def _config_of(path: str) -> dict | None:
     """A Hugging Face directory's ``config.json`` (``None`` for a model file)."""
@@ -67,7 +69,9 @@ def cmd_certify(args) -> int:
 
     base_cfg, grown_cfg = _config_of(args.base), _config_of(args.grown)
     base, grown = load(args.base), load(args.grown)
-    cert = certify(base, grown, base_config=base_cfg, grown_config=grown_cfg, forward=not args.no_forward)
+    cert = certify(
+        base, grown, base_config=base_cfg, grown_config=grown_cfg, forward=not args.no_forward, steps=args.steps
+    )
     if args.json:
         print(json.dumps(cert.to_dict(), indent=1, default=float))
     else:
@@ -88,5 +92,12 @@ def register(subparsers) -> None:
     s.add_argument("base", metavar="BASE", help="the original model (.safetensors)")
     s.add_argument("grown", metavar="GROWN", help="the grown model (.safetensors)")
     s.add_argument("--json", action="store_true", help="print the full report as JSON")
+    s.add_argument(
+        "--steps",
+        type=int_arg(1),
+        default=1,
+        metavar="N",
+        help="the most growth steps any one size took (default 1); each rounds scaled blocks, eps and theta once more",
+    )
     s.add_argument("--no-forward", action="store_true", help="audit the blocks only (skip the forward check)")
     s.set_defaults(func=cmd_certify)
