@@ -535,3 +535,11 @@ def test_the_inserted_layer_must_be_zero_unit_by_unit():
     assert_preserved(base, grown)
     bad = with_tensors(grown, {"layers.2.w_l1": set_entry((0, 20), 0.5)})  # one new unit alive
     assert_rejected(base, bad, "layers.2.w_l2", "(W_l2)", "identity layer")
+
+
+def test_layernorm_tied_without_final_norm_has_no_exact_hidden_growth():
+    """Refused before any block (docs/spec.md 4.2: the mean-padded stream reaches the tied output)."""
+    arch = PRESETS["gpt2"].replace(final_norm=False)
+    cert = certify(make(arch), make(arch, h=12))
+    assert cert.first.tensor == "(hidden)" and "tied output and no final norm" in cert.first.reason
+    assert len(cert.findings) == 1 and cert.forward is None

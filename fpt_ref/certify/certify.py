@@ -18,7 +18,7 @@ from fractions import Fraction
 import numpy as np
 
 from ..audit import Finding
-from ..blocks import constraint_sets
+from ..blocks import RECIPES, constraint_sets
 from ..checks import check_int
 from ..model import Model, convert, dims_summary, named_tensors
 from .check import Checker, Context, check_identity, check_layer, check_model_tensors, set_text
@@ -97,6 +97,10 @@ def _structure(base: Model, grown: Model) -> list:
         out.append(Finding("pos", f"{grown.pos.shape[0]} positions, the base has {base.pos.shape[0]}"))
     if base.pos is None and not out and grown.s_max < base.s_max:
         out.append(Finding("max_seq", f"max_seq {grown.s_max} is smaller than the base's {base.s_max}"))
+    a_ = grown.arch
+    if grown.h > base.h and a_.norm == "layer" and a_.tied and not a_.final_norm:
+        (why,) = [r.refused for r in RECIPES if r.expansion == "hidden" and r.refused]
+        out.append(Finding("(hidden)", f"no exact hidden growth: {why}"))
     if grown.N < base.N:
         out.append(Finding("(layers)", f"{grown.N} layers, fewer than the base's {base.N}"))
     return out

@@ -341,6 +341,7 @@ def check_layer(ctx: Context, B: Layer, G: Layer, nb: int, ng: int) -> tuple:
         "kv_heads": [Gb, Gg],
         "head_map": {},
         "k": [],
+        "v": [],
     }
     if G.p < B.p:
         c.fail(t("w_l1"), "", f"MLP width {G.p} is smaller than base layer {nb}'s {B.p}: it cannot contain it", True)
@@ -427,6 +428,7 @@ def _old_group(c: Checker, B: Layer, G: Layer, nb: int, ng: int, g: int, info: d
     HB, HG = B.heads[lb], G.heads[lg]
     kb, kg, vb, vg = HB.k, HG.k, HB.v, HG.v
     info["k"].append([kb, kg])
+    info["v"].append([vb, vg])
     queries = [(lg + i, lb + i) for i in range(rb)]
     kold, knew = _key_layout(kb, kg, ctx.rope_half and kg != kb)
     w_k, b_k, w_v, b_v = np_(HG.w_k), np_(HG.b_k), np_(HG.w_v), np_(HG.b_v)
