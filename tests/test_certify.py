@@ -543,3 +543,30 @@ def test_layernorm_tied_without_final_norm_has_no_exact_hidden_growth():
     cert = certify(make(arch), make(arch, h=12))
     assert cert.first.tensor == "(hidden)" and "tied output and no final norm" in cert.first.reason
     assert len(cert.findings) == 1 and cert.forward is None
+
+
+def uncovered(cert, grown) -> dict:
+    """``{tensor: entries}`` of the grown model that no check of ``cert`` looked at."""
+    from fpt_ref.certify.check import take
+
+    masks = {t: np.zeros(a.shape, dtype=bool) for t, a in to_tensors(grown).items()}
+    for t, shape, idx in cert.covered:
+        m = masks[t]
+        assert m.shape == shape
+        sub = take(np.arange(m.size).reshape(m.shape), idx)
+        m.reshape(-1)[sub.reshape(-1)] = True
+    return {t: int(np.sum(~m)) for t, m in masks.items() if not m.all()}
+
+
+@pytest.mark.parametrize("preset", list(PRESET_MODELS))
+def test_every_entry_of_every_grown_tensor_is_checked(preset):
+    base = PRESET_MODELS[preset]()
+    for plan in (SIX, "add_heads count=4 groups=true; attention k=8 scale=W_Q", COMPOSED[-1], COMPOSED[0]):
+        if "groups" in plan and preset not in GROUPED:
+            continue
+        grown = run_plan(base, parse_plan(plan), seed=6)[-1].model
+        cert = certify(base, grown, forward=False)
+        assert cert.ok, (plan, cert.findings[:2])
+        assert uncovered(cert, grown) == {}, plan
+    cert = certify(base, llama_pro(base, after=[0, 1]), forward=False)
+    assert cert.ok and uncovered(cert, llama_pro(base, after=[0, 1])) == {}

@@ -52,6 +52,7 @@ class Certificate:
     forward: dict | None = None
     base: str = ""
     grown: str = ""
+    covered: list = field(default_factory=list, repr=False)  # (tensor, shape, index) of every block checked
 
     @property
     def first(self) -> Finding | None:
@@ -345,6 +346,7 @@ def certify(
     assert best is not None
     top, pairs, checks, hidden_set = best
     cert.blocks, cert.scaled_rounding, cert.sets = top.blocks, top.rounding, list(top.sets)
+    cert.covered = top.covered
     if grown.h != base.h:
         cert.sets.insert(0, f"model: hidden {hidden_set}")
     key_sizes = []

@@ -137,6 +137,10 @@ class Checker:
     rounding: float = 0.0
     sets: list = field(default_factory=list)
     copy_failed: bool = False
+    covered: list = field(default_factory=list)  # (tensor, shape, index) of every region checked
+
+    def _cover(self, t: str, arr, idx) -> None:
+        self.covered.append((t, tuple(arr.shape), idx))
 
     def fail(self, tensor: str, block: str, reason: str, copy: bool = False) -> None:
         self.findings.append(Finding(tensor, reason, block))
@@ -148,12 +152,14 @@ class Checker:
         self.rounding = max(self.rounding, other.rounding)
         self.sets += other.sets
         self.copy_failed |= other.copy_failed
+        self.covered += other.covered
 
     # ---- one block ----------------------------------------------------------------------
     def copied(self, t: str, arr, idx, old, src: str, block: str) -> None:
         if _size(arr, idx) == 0:
             return
         self.blocks += 1
+        self._cover(t, arr, idx)
         part = take(arr, idx)
         if part.shape != old.shape:
             self.fail(t, where(arr, idx, block), f"holds {list(part.shape)}, base {src} is {list(old.shape)}", True)
@@ -171,6 +177,7 @@ class Checker:
         if factor == 1.0:
             return self.copied(t, arr, idx, old, src, block)
         self.blocks += 1
+        self._cover(t, arr, idx)
         part = take(arr, idx)
         if part.shape != old.shape:
             self.fail(t, where(arr, idx, block), f"holds {list(part.shape)}, base {src} is {list(old.shape)}", True)
@@ -196,6 +203,7 @@ class Checker:
         if _size(arr, idx) == 0:
             return True
         self.blocks += 1
+        self._cover(t, arr, idx)
         part = take(arr, idx)
         nz = int(np.count_nonzero(part))
         if nz:
@@ -208,6 +216,7 @@ class Checker:
         if _size(arr, idx) == 0:
             return
         self.blocks += 1
+        self._cover(t, arr, idx)
         part = take(arr, idx)
         if not np.all(np.isfinite(part)):
             self.fail(t, where(arr, idx, block), "free block holds non-finite values (inf x 0 is NaN, not 0)")
@@ -224,6 +233,7 @@ class Checker:
         if _size(arr, idx) == 0:
             return
         self.blocks += 1
+        self._cover(t, arr, idx)
         rep = AuditReport()
         _check_mean(rep, t, take(arr, idx), old, where(arr, idx, block), self.ctx.dtype)
         for f in rep.findings:
