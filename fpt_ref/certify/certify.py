@@ -21,7 +21,7 @@ from ..audit import Finding
 from ..blocks import RECIPES, constraint_sets
 from ..checks import check_int
 from ..model import Model, convert, dims_summary, named_tensors
-from .check import Checker, Context, check_identity, check_layer, check_model_tensors, set_text
+from .check import Checker, Context, check_identity, check_layer, check_model_tensors, np_, same_bits, set_text
 
 #: the weights of the layer alignment (:func:`align_layers`): a base layer matched to a grown
 #: layer that holds it with a violated constraint, or that does not hold its values at all;
@@ -148,6 +148,8 @@ def align_layers(ctx: Context, base: Model, grown: Model) -> tuple:
     ident: dict = {}
 
     def m(i, j):
+        if not holds_sample(ctx, base.layers[i], grown.layers[j]):
+            return COST_NOT_HELD  # the full audit would find a copied block that differs
         if (i, j) not in match:
             match[(i, j)] = check_layer(ctx, base.layers[i], grown.layers[j], i, j)
         c = match[(i, j)][0]
@@ -187,6 +189,8 @@ def align_layers(ctx: Context, base: Model, grown: Model) -> tuple:
         if bi is None:
             checks.append((ident[gj], None))
         else:
+            if (bi, gj) not in match:  # rejected by the sample: audit it in full for the report
+                match[(bi, gj)] = check_layer(ctx, base.layers[bi], grown.layers[gj], bi, gj)
             c, info = match[(bi, gj)]
             if c.copy_failed:
                 _hint_reordered(ctx, base, grown, bi, gj, c)
@@ -194,10 +198,24 @@ def align_layers(ctx: Context, base: Model, grown: Model) -> tuple:
     return steps, checks
 
 
+def holds_sample(ctx: Context, B, G) -> bool:
+    """A cheap necessary condition for grown layer ``G`` to hold base layer ``B``: the first row
+    of ``W_l1`` and of ``W_l2`` (copied blocks under every expansion) are bit-equal on their old
+    entries. When it fails, :func:`fpt_ref.certify.check.check_layer` would report a copied block
+    that differs, so the alignment skips the full audit of such pairs."""
+    if G.p < B.p:
+        return False
+    for kind, width in (("w_l1", B.p), ("w_l2", ctx.h)):
+        old, new = np_(getattr(B, kind))[0], np_(getattr(G, kind))[0, :width]  # [width]
+        if not same_bits(old, new):
+            return False
+    return True
+
+
 def _hint_reordered(ctx, base: Model, grown: Model, bi: int, gj: int, c: Checker) -> None:
     """A grown layer that does not hold its aligned base layer but another one: say so."""
     for other in range(base.N):
-        if other == bi:
+        if other == bi or not holds_sample(ctx, base.layers[other], grown.layers[gj]):
             continue
         oc, _ = check_layer(ctx, base.layers[other], grown.layers[gj], other, gj)
         if not oc.copy_failed:
