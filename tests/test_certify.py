@@ -245,6 +245,19 @@ def test_llama_pro_copy_with_only_o_proj_zeroed_is_rejected():
     assert not cert.forward["ok"]
 
 
+def test_llama_pro_copy_with_the_output_biases_left_is_rejected():
+    """GPT-2: zeroing c_proj weights but not their biases leaves b_o and b_l2 in the residual stream."""
+    base = make("gpt2", n_layers=3)
+
+    def weights_only(L):
+        heads = tuple(replace(H, w_o=np.zeros_like(H.w_o)) for H in L.heads)
+        return replace(L, heads=heads, w_l2=np.zeros_like(L.w_l2))
+
+    grown = llama_pro(base, after=[0], only=weights_only)
+    cert = assert_rejected(base, grown, "layers.1.b_o", "(b_O)", "identity layer")
+    assert [f.tensor for f in cert.findings[:2]] == ["layers.1.b_o", "layers.1.b_l2"]
+
+
 @pytest.mark.parametrize("value", [1.0, 1e-300])
 def test_a_zero_block_with_one_nonzero_entry_is_rejected(value):
     base = make("llama", kv_heads=2)
