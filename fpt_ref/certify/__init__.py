@@ -8,8 +8,17 @@ in float64. docs/certify.md describes what is accepted and rejected.
 
 from __future__ import annotations
 
-from .certify import Certificate, align_layers, certify, check_options
 from .check import SCALED_ULPS
 from .config import check_configs
+from .infer import align_layers, certify, check_options
+from .report import Certificate, format_certificate
 
-__all__ = ["Certificate", "certify", "align_layers", "check_options", "check_configs", "SCALED_ULPS"]
+__all__ = [
+    "Certificate",
+    "certify",
+    "align_layers",
+    "check_options",
+    "check_configs",
+    "format_certificate",
+    "SCALED_ULPS",
+]

@@ -65,7 +65,8 @@ class Context:
         return self.arch.positions == "rope" and self.arch.rope_layout == "half"
 
 
-def np_(a):
+def host(a):
+    """``a`` as a NumPy array (a CuPy array is copied to the host); ``None`` stays ``None``."""
     return None if a is None else np.asarray(to_numpy(a))
 
 
@@ -375,8 +376,8 @@ def check_layer(ctx: Context, B: Layer, G: Layer, nb: int, ng: int) -> tuple:
             return c, info
 
     # ---- attention: norm, heads, output bias ----
-    c.gain(t("norm_mha"), np_(G.norm_mha), np_(B.norm_mha), s("norm_mha"))
-    c.beta(t("norm_mha_b"), np_(G.norm_mha_b), np_(B.norm_mha_b), s("norm_mha_b"))
+    c.gain(t("norm_mha"), host(G.norm_mha), host(B.norm_mha), s("norm_mha"))
+    c.beta(t("norm_mha_b"), host(G.norm_mha_b), host(B.norm_mha_b), s("norm_mha_b"))
     for g in range(Gg):
         lead = g * rg
         if g >= Gb:
@@ -384,27 +385,28 @@ def check_layer(ctx: Context, B: Layer, G: Layer, nb: int, ng: int) -> tuple:
             continue
         _old_group(c, B, G, nb, ng, g, info, t, s)
     if G.b_o is not None:
-        c.copied(t("b_o"), np_(G.b_o), (OH,), np_(B.b_o), s("b_o"), "b_O")
-        c.writer(t("b_o"), np_(G.b_o), None, "m_b_O")
+        c.copied(t("b_o"), host(G.b_o), (OH,), host(B.b_o), s("b_o"), "b_O")
+        c.writer(t("b_o"), host(G.b_o), None, "m_b_O")
 
     # ---- MLP ----
-    c.gain(t("norm_mlp"), np_(G.norm_mlp), np_(B.norm_mlp), s("norm_mlp"))
-    c.beta(t("norm_mlp_b"), np_(G.norm_mlp_b), np_(B.norm_mlp_b), s("norm_mlp_b"))
+    c.gain(t("norm_mlp"), host(G.norm_mlp), host(B.norm_mlp), s("norm_mlp"))
+    c.beta(t("norm_mlp_b"), host(G.norm_mlp_b), host(B.norm_mlp_b), s("norm_mlp_b"))
     p, pn = B.p, G.p
     OU, NU = slice(0, p), slice(p, pn)
+    # [h^, p^], [p^], [h^, p^], [p^], [p^, h^], [h^] (absent ones None)
     w_gate, b_gate, w_l1, b_l1, w_l2, b_l2 = (
-        np_(getattr(G, k)) for k in ("w_gate", "b_gate", "w_l1", "b_l1", "w_l2", "b_l2")
+        host(getattr(G, k)) for k in ("w_gate", "b_gate", "w_l1", "b_l1", "w_l2", "b_l2")
     )
     if w_gate is not None:
-        c.copied(t("w_gate"), w_gate, (OH, OU), np_(B.w_gate), s("w_gate"), "W_gate")
+        c.copied(t("w_gate"), w_gate, (OH, OU), host(B.w_gate), s("w_gate"), "W_gate")
         c.free(t("w_gate"), w_gate, (NH, ALL), "M_gate")
     if b_gate is not None:
-        c.copied(t("b_gate"), b_gate, (OU,), np_(B.b_gate), s("b_gate"), "b_gate")
-    c.copied(t("w_l1"), w_l1, (OH, OU), np_(B.w_l1), s("w_l1"), "W_l1")
+        c.copied(t("b_gate"), b_gate, (OU,), host(B.b_gate), s("b_gate"), "b_gate")
+    c.copied(t("w_l1"), w_l1, (OH, OU), host(B.w_l1), s("w_l1"), "W_l1")
     c.free(t("w_l1"), w_l1, (NH, ALL), "M_l1")
     if b_l1 is not None:
-        c.copied(t("b_l1"), b_l1, (OU,), np_(B.b_l1), s("b_l1"), "b_l1")
-    c.copied(t("w_l2"), w_l2, (OU, OH), np_(B.w_l2), s("w_l2"), "W_l2")
+        c.copied(t("b_l1"), b_l1, (OU,), host(B.b_l1), s("b_l1"), "b_l1")
+    c.copied(t("w_l2"), w_l2, (OU, OH), host(B.w_l2), s("w_l2"), "W_l2")
     dead = False
     if pn > p:
         regions = {
@@ -423,7 +425,7 @@ def check_layer(ctx: Context, B: Layer, G: Layer, nb: int, ng: int) -> tuple:
     else:
         c.writer(t("w_l2"), w_l2, np.arange(pn), "M_l2")
     if b_l2 is not None:
-        c.copied(t("b_l2"), b_l2, (OH,), np_(B.b_l2), s("b_l2"), "b_l2")
+        c.copied(t("b_l2"), b_l2, (OH,), host(B.b_l2), s("b_l2"), "b_l2")
         c.writer(t("b_l2"), b_l2, None, "m_b_l2")
     return c, info
 
@@ -440,28 +442,28 @@ def _old_group(c: Checker, B: Layer, G: Layer, nb: int, ng: int, g: int, info: d
     info["k"].append([kb, kg])
     info["v"].append([vb, vg])
     queries = [(lg + i, lb + i) for i in range(rb)]
-    kold, knew = _key_layout(kb, kg, ctx.rope_half and kg != kb)
-    w_k, b_k, w_v, b_v = np_(HG.w_k), np_(HG.b_k), np_(HG.w_v), np_(HG.b_v)
+    kold, knew = _key_layout(kb, kg, ctx.rope_half and kg != kb)  # [k], [k^ - k] grown key dims
+    w_k, b_k, w_v, b_v = host(HG.w_k), host(HG.b_k), host(HG.w_v), host(HG.b_v)  # [h^, k^], [k^], [h^, v^], [v^]
     factor = float(np.sqrt(kg / kb))
 
     # ---- keys and queries (attention expansion, per group) ----
     def keys(sub: Checker, scale: str) -> None:
         """The old key/query dims: the scaled side x sqrt(k^/k), the other copied."""
         f_k, f_q = (factor, 1.0) if scale == "W_K" else (1.0, factor)
-        sub.scaled(t("w_k", lg), w_k, (OH, kold), np_(HB.w_k), f_k, s("w_k", lb), "W_K,e")
+        sub.scaled(t("w_k", lg), w_k, (OH, kold), host(HB.w_k), f_k, s("w_k", lb), "W_K,e")
         if b_k is not None:
-            sub.scaled(t("b_k", lg), b_k, (kold,), np_(HB.b_k), f_k, s("b_k", lb), "b_K,e")
+            sub.scaled(t("b_k", lg), b_k, (kold,), host(HB.b_k), f_k, s("b_k", lb), "b_K,e")
         for e, eb in queries:
             Hg, Hb = G.heads[e], B.heads[eb]
-            sub.scaled(t("w_q", e), np_(Hg.w_q), (OH, kold), np_(Hb.w_q), f_q, s("w_q", eb), "W_Q,e")
+            sub.scaled(t("w_q", e), host(Hg.w_q), (OH, kold), host(Hb.w_q), f_q, s("w_q", eb), "W_Q,e")
             if Hg.b_q is not None:
-                sub.scaled(t("b_q", e), np_(Hg.b_q), (kold,), np_(Hb.b_q), f_q, s("b_q", eb), "b_Q,e")
+                sub.scaled(t("b_q", e), host(Hg.b_q), (kold,), host(Hb.b_q), f_q, s("b_q", eb), "b_Q,e")
 
     k_regions = {
         "M_K": [(t("w_k", lg), w_k, (OH, knew))],
         "m_b_K": [] if b_k is None else [(t("b_k", lg), b_k, (knew,))],
-        "M_Q": [(t("w_q", e), np_(G.heads[e].w_q), (OH, knew)) for e, _ in queries],
-        "m_b_Q": [(t("b_q", e), np_(G.heads[e].b_q), (knew,)) for e, _ in queries if G.heads[e].b_q is not None],
+        "M_Q": [(t("w_q", e), host(G.heads[e].w_q), (OH, knew)) for e, _ in queries],
+        "m_b_Q": [(t("b_q", e), host(G.heads[e].b_q), (knew,)) for e, _ in queries if G.heads[e].b_q is not None],
     }
     place = f"layer {ng}, " + (f"head {lg}" if rg == 1 else f"group {g} (heads {lg}..{lg + rg - 1})")
     if kg == kb:
@@ -471,20 +473,20 @@ def _old_group(c: Checker, B: Layer, G: Layer, nb: int, ng: int, g: int, info: d
         c.free_unchosen(k_regions, chosen)
     c.free(t("w_k", lg), w_k, (NH, ALL), "M_K")
     for e, _ in queries:
-        c.free(t("w_q", e), np_(G.heads[e].w_q), (NH, ALL), "M_Q")
+        c.free(t("w_q", e), host(G.heads[e].w_q), (NH, ALL), "M_Q")
 
     # ---- values and outputs (heads expansion, per group) ----
     OV, NV = slice(0, vb), slice(vb, vg)
-    c.copied(t("w_v", lg), w_v, (OH, OV), np_(HB.w_v), s("w_v", lb), "W_V,e")
+    c.copied(t("w_v", lg), w_v, (OH, OV), host(HB.w_v), s("w_v", lb), "W_V,e")
     if b_v is not None:
-        c.copied(t("b_v", lg), b_v, (OV,), np_(HB.b_v), s("b_v", lb), "b_V,e")
+        c.copied(t("b_v", lg), b_v, (OV,), host(HB.b_v), s("b_v", lb), "b_V,e")
     c.free(t("w_v", lg), w_v, (NH, ALL), "M_V")
     for e, eb in queries:
-        c.copied(t("w_o", e), np_(G.heads[e].w_o), (OV, OH), np_(B.heads[eb].w_o), s("w_o", eb), "W_O,e")
+        c.copied(t("w_o", e), host(G.heads[e].w_o), (OV, OH), host(B.heads[eb].w_o), s("w_o", eb), "W_O,e")
     dead = False
     if vg > vb:
         v_regions = {
-            "M_O": [(t("w_o", e), np_(G.heads[e].w_o), (NV, OH)) for e, _ in queries],
+            "M_O": [(t("w_o", e), host(G.heads[e].w_o), (NV, OH)) for e, _ in queries],
             "M_V": [(t("w_v", lg), w_v, (OH, NV))],
             "m_b_V": [] if b_v is None else [(t("b_v", lg), b_v, (NV,))],
         }
@@ -492,7 +494,7 @@ def _old_group(c: Checker, B: Layer, G: Layer, nb: int, ng: int, g: int, info: d
         c.free_unchosen(v_regions, chosen)
         dead = chosen is not None and "M_O" not in chosen[0]
     for e, _ in queries:
-        w_o = np_(G.heads[e].w_o)
+        w_o = host(G.heads[e].w_o)  # [v^, h^]
         if dead:  # the new value columns are zero: their rows of W_O are free
             c.writer(t("w_o", e), w_o, np.arange(vb), "M_O")
             c.free(t("w_o", e), w_o, (NV, NH), "M_O")
@@ -515,10 +517,10 @@ def _new_heads(c: Checker, G: Layer, ng: int, heads: list, lead_is_new: bool, t)
     h = c.ctx.h
     lead = heads[0]
     HL = G.heads[lead]
-    regions: dict[str, list] = {"M_O": [(t("w_o", e), np_(G.heads[e].w_o), (ALL, ALL)) for e in heads]}
+    regions: dict[str, list] = {"M_O": [(t("w_o", e), host(G.heads[e].w_o), (ALL, ALL)) for e in heads]}
     if lead_is_new:
-        regions["W_V_new"] = [(t("w_v", lead), np_(HL.w_v), (slice(0, h), ALL))]
-        regions["b_V_new"] = [] if HL.b_v is None else [(t("b_v", lead), np_(HL.b_v), (ALL,))]
+        regions["W_V_new"] = [(t("w_v", lead), host(HL.w_v), (slice(0, h), ALL))]
+        regions["b_V_new"] = [] if HL.b_v is None else [(t("b_v", lead), host(HL.b_v), (ALL,))]
     place = (
         f"layer {ng}, new head {lead}" if len(heads) == 1 else f"layer {ng}, new group of heads {heads[0]}..{heads[-1]}"
     )
@@ -526,14 +528,14 @@ def _new_heads(c: Checker, G: Layer, ng: int, heads: list, lead_is_new: bool, t)
     c.free_unchosen(regions, chosen)
     for e in heads:
         H = G.heads[e]
-        c.free(t("w_q", e), np_(H.w_q), (ALL, ALL), "W_Q_new")
+        c.free(t("w_q", e), host(H.w_q), (ALL, ALL), "W_Q_new")
         if H.b_q is not None:
-            c.free(t("b_q", e), np_(H.b_q), (ALL,), "b_Q_new")
+            c.free(t("b_q", e), host(H.b_q), (ALL,), "b_Q_new")
     if lead_is_new:
-        c.free(t("w_k", lead), np_(HL.w_k), (ALL, ALL), "W_K_new")
-        c.free(t("w_v", lead), np_(HL.w_v), (slice(h, None), ALL), "M_V")
+        c.free(t("w_k", lead), host(HL.w_k), (ALL, ALL), "W_K_new")
+        c.free(t("w_v", lead), host(HL.w_v), (slice(h, None), ALL), "M_V")
         if HL.b_k is not None:
-            c.free(t("b_k", lead), np_(HL.b_k), (ALL,), "b_K_new")
+            c.free(t("b_k", lead), host(HL.b_k), (ALL,), "b_K_new")
 
 
 # ---- an inserted layer --------------------------------------------------------------------
@@ -544,12 +546,12 @@ def layer_tensors(G: Layer, n: int) -> dict:
     out: dict = {}
     for kind in LAYER_KINDS:
         if getattr(G, kind) is not None:
-            out.setdefault(kind, []).append((tensor_name(kind, n), np_(getattr(G, kind))))
+            out.setdefault(kind, []).append((tensor_name(kind, n), host(getattr(G, kind))))
     for e, H in enumerate(G.heads):
         for kind in ("w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v"):
             if getattr(H, kind) is None or (kind in KV_KINDS and G.leader(e) != e):
                 continue
-            out.setdefault(kind, []).append((tensor_name(kind, n, e), np_(getattr(H, kind))))
+            out.setdefault(kind, []).append((tensor_name(kind, n, e), host(getattr(H, kind))))
     return out
 
 
@@ -590,7 +592,7 @@ def _zero(a, axis=None):
     """Where ``a`` is zero along ``axis`` (all of it for ``None``); an absent tensor is zero."""
     if a is None:
         return True
-    return ~np.any(np_(a) != 0, axis=axis)
+    return ~np.any(host(a) != 0, axis=axis)
 
 
 def _zero_unit_by_unit(G: Layer) -> bool:
@@ -606,12 +608,12 @@ def _zero_unit_by_unit(G: Layer) -> bool:
         return False
     for e, H in enumerate(G.heads):
         lead = G.heads[G.leader(e)]
-        cols = _zero(lead.w_v, axis=0) & (_zero(lead.b_v, axis=None) if lead.b_v is None else np_(lead.b_v) == 0)
+        cols = _zero(lead.w_v, axis=0) & (_zero(lead.b_v, axis=None) if lead.b_v is None else host(lead.b_v) == 0)
         if not np.all(_zero(H.w_o, axis=1) | cols):
             return False
-    units = _zero(G.w_l1, axis=0) & (True if G.b_l1 is None else np_(G.b_l1) == 0)
+    units = _zero(G.w_l1, axis=0) & (True if G.b_l1 is None else host(G.b_l1) == 0)
     if G.w_gate is not None:
-        units = units | (_zero(G.w_gate, axis=0) & (True if G.b_gate is None else np_(G.b_gate) == 0))
+        units = units | (_zero(G.w_gate, axis=0) & (True if G.b_gate is None else host(G.b_gate) == 0))
     return bool(np.all(_zero(G.w_l2, axis=1) | units))
 
 
@@ -624,15 +626,15 @@ def check_model_tensors(ctx: Context, base, grown) -> Checker:
     h, hn = ctx.h, ctx.hn
     OH, NH, ALL = slice(0, h), slice(h, hn), slice(None)
     for kind, block in (("embed", "M_I"), ("pos", "M_P")):
-        arr = np_(getattr(grown, kind))
+        arr = host(getattr(grown, kind))
         if arr is None:
             continue
-        old = np_(getattr(base, kind))
+        old = host(getattr(base, kind))
         c.copied(kind, arr, (ALL, OH), old, kind, "I" if kind == "embed" else "P")
         c.writer(kind, arr, np.arange(arr.shape[0]), block)
     if grown.w_out is not None:
-        w_out = np_(grown.w_out)
-        c.copied("w_out", w_out, (OH, ALL), np_(base.w_out), "w_out", "W_out")
+        w_out = host(grown.w_out)
+        c.copied("w_out", w_out, (OH, ALL), host(base.w_out), "w_out", "W_out")
         if ctx.out_zero:
             c.zero(
                 "w_out", w_out, (NH, ALL), "M_out", "; LayerNorm without a final norm needs the new rows of W_out zero"
@@ -640,6 +642,6 @@ def check_model_tensors(ctx: Context, base, grown) -> Checker:
         else:
             c.free("w_out", w_out, (NH, ALL), "M_out")
     if grown.final_norm is not None:
-        c.gain("final_norm", np_(grown.final_norm), np_(base.final_norm), "final_norm")
-        c.beta("final_norm_b", np_(grown.final_norm_b), np_(base.final_norm_b), "final_norm_b")
+        c.gain("final_norm", host(grown.final_norm), host(base.final_norm), "final_norm")
+        c.beta("final_norm_b", host(grown.final_norm_b), host(base.final_norm_b), "final_norm_b")
     return c

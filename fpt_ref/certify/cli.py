@@ -30,42 +30,12 @@ def _config_of(path: str) -> dict | None:
     return data
 
 
-def format_certificate(cert, base: str, grown: str) -> str:
-    """The text report: the verdict, the inferred growth, the figures."""
-    lines = []
-    if cert.ok:
-        lines.append(f"preserved: {grown} contains {base} and computes its function")
-    else:
-        first = cert.first
-        lines.append(f"not preserved: {first.tensor}{(' ' + first.block) if first.block else ''}: {first.reason}")
-        if len(cert.findings) > 1:
-            lines.append(f"  ({len(cert.findings) - 1} more finding(s); --json lists them all)")
-    lines.append(f"  base:  {cert.base}")
-    lines.append(f"  grown: {cert.grown}")
-    if cert.layers:
-        parts = []
-        for L in cert.layers:
-            parts.append(f"{L['grown']}<-{L['base']}" if L["base"] is not None else f"{L['grown']}=identity")
-        lines.append(f"  layers (grown<-base): {' '.join(parts)}")
-    if cert.hidden and cert.hidden[0] != cert.hidden[1]:
-        lines.append(f"  hidden: {cert.hidden[0]} -> {cert.hidden[1]} (old stream entries first)")
-    lines.append(f"  audited {cert.blocks} blocks in {cert.tensors} tensors; {len(cert.sets)} constraint sets found")
-    for note in cert.notes:
-        lines.append(f"  note: {note}")
-    fw = cert.forward
-    if fw and "max_abs" in fw:
-        lines.append(
-            f"  forward ({fw['dtype']}): max error {fw['max_abs']:.3g} (rel {fw['max_rel']:.3g}, {fw['max_ulp']:.3g} ulp) "
-            f"vs derived tolerance {fw['tol_abs']:.3g} ({fw['tol_ulp']:.3g} ulp)"
-        )
-    return "\n".join(lines)
-
-
 def cmd_certify(args) -> int:
     import json
 
     from .. import load
-    from .certify import certify
+    from .infer import certify
+    from .report import format_certificate
 
     base_cfg, grown_cfg = _config_of(args.base), _config_of(args.grown)
     base, grown = load(args.base), load(args.grown)

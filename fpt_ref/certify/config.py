@@ -111,7 +111,7 @@ def describe(cfg: dict, model: Model, label: str) -> list:
 
 def check_configs(base_cfg: dict | None, grown_cfg: dict | None, base: Model, grown: Model, steps: list) -> list:
     """Findings of the config bookkeeping (module doc); ``steps`` is the layer alignment
-    ``[(base layer or None, grown layer), ...]`` of :func:`fpt_ref.certify.certify.align_layers`."""
+    ``[(base layer or None, grown layer), ...]`` of :func:`fpt_ref.certify.infer.align_layers`."""
     out: list = []
     for cfg, model, label in ((base_cfg, base, "base config"), (grown_cfg, grown, "config")):
         if cfg is None:

@@ -12,7 +12,6 @@ passes with :func:`fpt_ref.verify` under its derived tolerance.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
@@ -21,58 +20,13 @@ from ..audit import Finding
 from ..blocks import RECIPES, constraint_sets
 from ..checks import check_int
 from ..model import Model, convert, dims_summary, named_tensors
-from .check import Checker, Context, check_identity, check_layer, check_model_tensors, np_, same_bits, set_text
+from .check import Checker, Context, check_identity, check_layer, check_model_tensors, host, same_bits, set_text
+from .report import Certificate
 
 #: the weights of the layer alignment (:func:`align_layers`): a base layer matched to a grown
 #: layer that holds it with a violated constraint, or that does not hold its values at all;
 #: a grown layer left unmatched that is not an identity layer
 COST_CONSTRAINT, COST_NOT_HELD, COST_NOT_IDENTITY = 1, 3, 2
-
-
-@dataclass
-class Certificate:
-    """The outcome of :func:`certify`.
-
-    ``ok``: every block holds and the forward check passed; ``findings`` in file order of the
-    grown model's tensors (options, configs and the forward check after them; ``first`` names
-    the offending tensor or option); ``layers``: one entry per grown layer, the base layer it
-    holds (with its sizes and head map) or ``None`` for an inserted identity layer; ``sets``:
-    the constraint set found at each place; ``forward``: :func:`fpt_ref.verify`'s figures.
-    """
-
-    ok: bool = False
-    findings: list = field(default_factory=list)
-    hidden: list = field(default_factory=list)
-    layers: list = field(default_factory=list)
-    sets: list = field(default_factory=list)
-    blocks: int = 0
-    tensors: int = 0
-    scaled_rounding: float = 0.0
-    notes: list = field(default_factory=list)
-    forward: dict | None = None
-    base: str = ""
-    grown: str = ""
-    covered: list = field(default_factory=list, repr=False)  # (tensor, shape, index) of every block checked
-
-    @property
-    def first(self) -> Finding | None:
-        return self.findings[0] if self.findings else None
-
-    def to_dict(self) -> dict:
-        return {
-            "preserved": self.ok,
-            "base": self.base,
-            "grown": self.grown,
-            "hidden": self.hidden,
-            "layers": self.layers,
-            "constraint_sets": self.sets,
-            "blocks": self.blocks,
-            "tensors": self.tensors,
-            "scaled_rounding_ulps": self.scaled_rounding,
-            "findings": [{"tensor": f.tensor, "block": f.block, "reason": f.reason} for f in self.findings],
-            "notes": list(self.notes),
-            "forward": self.forward,
-        }
 
 
 def _structure(base: Model, grown: Model) -> list:
@@ -206,7 +160,7 @@ def holds_sample(ctx: Context, B, G) -> bool:
     if G.p < B.p:
         return False
     for kind, width in (("w_l1", B.p), ("w_l2", ctx.h)):
-        old, new = np_(getattr(B, kind))[0], np_(getattr(G, kind))[0, :width]  # [width]
+        old, new = host(getattr(B, kind))[0], host(getattr(G, kind))[0, :width]  # [width]
         if not same_bits(old, new):
             return False
     return True
