@@ -583,3 +583,31 @@ def test_every_entry_of_every_grown_tensor_is_checked(preset):
         assert uncovered(cert, grown) == {}, plan
     cert = certify(base, llama_pro(base, after=[0, 1]), forward=False)
     assert cert.ok and uncovered(cert, llama_pro(base, after=[0, 1])) == {}
+
+
+def test_gpt2_config_names_and_what_a_gpt2_config_cannot_express():
+    base = make("gpt2", k=2, v=2, p=32)  # n_embd = n_head x head_dim, n_inner = 4 n_embd
+    grown = run_plan(base, parse_plan("mlp p=40; add_layer at=2"), seed=1)[-1].model
+    steps = [(0, 0), (1, 1), (None, 2)]
+
+    def cfg(model, **changes):
+        c = {
+            "model_type": "gpt2",
+            "n_embd": model.h,
+            "n_layer": model.N,
+            "n_head": model.layers[0].E,
+            "n_inner": model.layers[0].p,
+            "n_positions": model.s_max,
+            "layer_norm_epsilon": model.norm_eps,
+            "vocab_size": model.vocab,
+        }
+        c.update(changes)
+        return c
+
+    assert check_configs(cfg(base, n_inner=None), cfg(grown), base, grown, steps) == []  # n_inner absent: 4 x 8
+    found = check_configs(cfg(base), cfg(grown, n_inner=None, n_layer=2), base, grown, steps)
+    assert [f.tensor for f in found] == ["config: n_layer", "config: n_inner"]
+    assert "4 x n_embd = 32" in found[1].reason
+    wide = fpt_ref.expand_hidden(base, 12)  # n_embd = n_head x head_dim cannot hold: 12 = 4 x 3, heads of 2
+    (f,) = check_configs(None, cfg(wide), base, wide, [(0, 0), (1, 1)])
+    assert f.tensor == "config: head_dim" and "hidden_size // heads = 3" in f.reason
