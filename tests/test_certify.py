@@ -611,3 +611,14 @@ def test_gpt2_config_names_and_what_a_gpt2_config_cannot_express():
     wide = fpt_ref.expand_hidden(base, 12)  # n_embd = n_head x head_dim cannot hold: 12 = 4 x 3, heads of 2
     (f,) = check_configs(None, cfg(wide), base, wide, [(0, 0), (1, 1)])
     assert f.tensor == "config: head_dim" and "hidden_size // heads = 3" in f.reason
+
+
+def test_bad_arguments_name_the_parameter():
+    base = make("paper")
+    with pytest.raises(TypeError, match="^grown: expected an fpt_ref.Model"):
+        certify(base, "grown.safetensors")
+    with pytest.raises(ValueError, match="^steps: "):
+        certify(base, base, steps=0)
+    with pytest.raises(TypeError, match="^grown_config: expected a dict"):
+        check_configs(None, ["not", "a", "dict"], base, base, [(0, 0), (1, 1)])
+    assert certify(base, base).ok  # a model contains itself

@@ -109,18 +109,22 @@ def describe(cfg: dict, model: Model, label: str) -> list:
     return out
 
 
-def check_configs(base_cfg: dict | None, grown_cfg: dict | None, base: Model, grown: Model, steps: list) -> list:
+def check_configs(base_config: dict | None, grown_config: dict | None, base: Model, grown: Model, steps: list) -> list:
     """Findings of the config bookkeeping (module doc); ``steps`` is the layer alignment
     ``[(base layer or None, grown layer), ...]`` of :func:`fpt_ref.certify.infer.align_layers`."""
     out: list = []
-    for cfg, model, label in ((base_cfg, base, "base config"), (grown_cfg, grown, "config")):
+    for name, cfg, model, label in (
+        ("base_config", base_config, base, "base config"),
+        ("grown_config", grown_config, grown, "config"),
+    ):
         if cfg is None:
             continue
         if not isinstance(cfg, dict):
-            raise ValueError(f"config: expected a dict (config.json), got {type(cfg).__name__}")
+            raise TypeError(f"{name}: expected a dict (the contents of config.json), got {type(cfg).__name__}")
         out += describe(cfg, model, label)
-    if base_cfg is None or grown_cfg is None:
+    if base_config is None or grown_config is None:
         return out
+    base_cfg, grown_cfg = base_config, grown_config
     if base_cfg.get("model_type") != grown_cfg.get("model_type"):
         out.append(
             Finding(

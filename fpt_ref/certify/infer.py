@@ -300,6 +300,9 @@ def certify(
     >>> certify(m, fpt_ref.add_layer(fpt_ref.expand_hidden(m, 6), 1)).ok
     True
     """
+    for name, m in (("base", base), ("grown", grown)):
+        if not isinstance(m, Model):
+            raise TypeError(f"{name}: expected an fpt_ref.Model, got {type(m).__name__}")
     steps = check_int("steps", steps, 1)
     cert = Certificate(base=dims_summary(base), grown=dims_summary(grown), hidden=[base.h, grown.h])
     cert.tensors = len(named_tensors(grown))
