@@ -622,3 +622,61 @@ def test_bad_arguments_name_the_parameter():
     with pytest.raises(TypeError, match="^grown_config: expected a dict"):
         check_configs(None, ["not", "a", "dict"], base, base, [(0, 0), (1, 1)])
     assert certify(base, base).ok  # a model contains itself
+
+
+# ---- every constrained block of every expansion, broken, is rejected -------------------------------
+
+ARCHS = {
+    **PRESET_MODELS,
+    "mqa_interleaved": lambda **kw: make(PRESETS["llama"].replace(rope_layout="interleaved"), kv_heads=1, **kw),
+    "layernorm_untied": lambda **kw: make(PRESETS["gpt2"].replace(tied=False, final_norm=False, act="gelu"), **kw),
+    "rms_tied_nopos": lambda **kw: make(
+        fpt_ref.Arch(positions="none", tied=True, final_norm=True, act="silu", mlp_bias=False), **kw
+    ),
+}
+MANIFEST_STEPS = {
+    "mlp": lambda m: fpt_ref.expand_mlp(m, 24, return_manifest=True),
+    "add_heads": lambda m: fpt_ref.add_heads(m, 2, return_manifest=True),
+    "heads": lambda m: fpt_ref.expand_heads(m, 6, return_manifest=True),
+    "attention": lambda m: fpt_ref.expand_attention(m, 6, return_manifest=True),
+    "attention_mirror": lambda m: fpt_ref.expand_attention(m, 8, scale="W_Q", return_manifest=True),
+    "hidden": lambda m: fpt_ref.expand_hidden(m, 12, return_manifest=True),
+    "add_layer": lambda m: fpt_ref.add_layer(m, 1, return_manifest=True),
+}
+
+
+def broken(block):
+    """Break the first entry of a manifest block by its role: a zero or mean entry +1, a copied
+    entry +1, a scaled entry 3 ulps up (the stored product is within 1/2 ulp of the exact one)."""
+    first = tuple(a for a, _ in block.index)
+
+    def fn(a):
+        if block.role == "scaled":
+            for _ in range(3):
+                a[first] = np.nextafter(a[first], np.inf)
+        else:
+            a[first] = a[first] + 1.0
+        return a
+
+    return fn
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("step", list(MANIFEST_STEPS))
+def test_every_kind_of_constrained_block_broken_is_rejected(arch, step):
+    """fpt_ref's manifests are the oracle of each block's role: for each role and tensor kind, the
+    first block broken must be found, on its tensor."""
+    base = ARCHS[arch]()
+    grown, manifest = MANIFEST_STEPS[step](base)
+    assert certify(base, grown, forward=False).ok
+    seen, tried = set(), 0
+    for block in manifest:
+        kind = block.tensor.rsplit(".", 1)[-1]
+        if block.role == "free" or (block.role, kind) in seen:
+            continue
+        seen.add((block.role, kind))
+        cert = certify(base, with_tensors(grown, {block.tensor: broken(block)}), forward=False)
+        assert not cert.ok, (block, "accepted")
+        assert block.tensor in [f.tensor for f in cert.findings], (block, cert.findings[:3])
+        tried += 1
+    assert tried >= 1

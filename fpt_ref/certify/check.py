@@ -9,7 +9,8 @@ against the row mean within :func:`fpt_ref.audit` 's bound, a free block for fin
 Where several constraint sets make one expansion exact (:func:`fpt_ref.blocks.constraint_sets`),
 each is tried at its place (a layer for the MLP, a key/value group for keys and values, a new
 head or group for added heads, an inserted layer) and the first that holds is recorded; when
-none holds, the findings of the set that came closest are reported, with every set listed.
+none holds, the findings of the set that came closest (the fewest offending entries) are
+reported, with every set listed.
 """
 
 from __future__ import annotations
@@ -138,14 +139,16 @@ class Checker:
     rounding: float = 0.0
     sets: list = field(default_factory=list)
     copy_failed: bool = False
+    bad: int = 0  # offending entries: which constraint set came closest
     covered: list = field(default_factory=list)  # (tensor, shape, index) of every region checked
 
     def _cover(self, t: str, arr, idx) -> None:
         self.covered.append((t, tuple(arr.shape), idx))
 
-    def fail(self, tensor: str, block: str, reason: str, copy: bool = False) -> None:
+    def fail(self, tensor: str, block: str, reason: str, copy: bool = False, entries: int = 1) -> None:
         self.findings.append(Finding(tensor, reason, block))
         self.copy_failed |= copy
+        self.bad += entries
 
     def merge(self, other: Checker) -> None:
         self.findings += other.findings
@@ -153,6 +156,7 @@ class Checker:
         self.rounding = max(self.rounding, other.rounding)
         self.sets += other.sets
         self.copy_failed |= other.copy_failed
+        self.bad += other.bad
         self.covered += other.covered
 
     # ---- one block ----------------------------------------------------------------------
@@ -167,7 +171,11 @@ class Checker:
         elif not same_bits(part, old):
             n = int(np.sum(part != old)) or int(part.size)  # bit-level only differences (-0.0): count all
             self.fail(
-                t, where(arr, idx, block), f"copied block differs from base {src} in {n} of {part.size} entries", True
+                t,
+                where(arr, idx, block),
+                f"copied block differs from base {src} in {n} of {part.size} entries",
+                True,
+                n,
             )
 
     def scaled(self, t: str, arr, idx, old, factor: float, src: str, block: str) -> None:
@@ -198,6 +206,7 @@ class Checker:
             where(arr, idx, block),
             f"scaled block must be base {src} x {factor!r} (within {allowed:g} ulp for {self.ctx.steps} growth "
             f"step(s) of this size); it {why}",
+            entries=int(np.sum(part != old * self.ctx.dtype.type(factor))),
         )
 
     def zero(self, t: str, arr, idx, block: str, why: str = "") -> bool:
@@ -209,7 +218,12 @@ class Checker:
         nz = int(np.count_nonzero(part))
         if nz:
             big = float(np.max(np.abs(part)))
-            self.fail(t, where(arr, idx, block), f"zero block holds {nz} non-zero entries (largest {big:.3g}){why}")
+            self.fail(
+                t,
+                where(arr, idx, block),
+                f"zero block holds {nz} non-zero entries (largest {big:.3g}){why}",
+                entries=nz,
+            )
             return False
         return True
 
@@ -239,7 +253,12 @@ class Checker:
         _check_mean(rep, t, take(arr, idx), old, where(arr, idx, block), self.ctx.dtype)
         for f in rep.findings:
             zero = "" if np.count_nonzero(take(arr, idx)) else " (it is zero: zero padding, not mean padding)"
-            self.fail(t, f.block, f.reason + zero + "; LayerNorm hidden growth needs the row mean (mean padding)")
+            self.fail(
+                t,
+                f.block,
+                f.reason + zero + "; LayerNorm hidden growth needs the row mean (mean padding)",
+                entries=int(take(arr, idx).size),
+            )
 
     # ---- composed rules -------------------------------------------------------------------
     def writer(self, t: str, arr, rows, block: str) -> None:
@@ -307,7 +326,7 @@ class Checker:
         if not tried:
             self.fail(place, "", f"no constraint set of {row.theorem} ({op}) applies here{note}")
             return None
-        best = min(tried, key=lambda s: len(s.findings))
+        best = min(tried, key=lambda s: (s.bad, len(s.findings)))  # the fewest offending entries
         for f in best.findings:
             f.reason += f"; {row.theorem} ({op}) at {place}{note} needs one of: {listing}"
         self.merge(best)
