@@ -1,0 +1,73 @@
+"""``fpt-ref certify BASE GROWN [--json]``: the sub-command of :mod:`fpt_ref.certify`.
+
+Exit 0: GROWN contains BASE and computes its function; 1: it does not, or is inconsistent
+(the first offending tensor, block, option or config key is named, with the reason); 2: a
+user error (a missing or unreadable file, not a model), one line on stderr. ``register``
+stays cheap: the work is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..cli_args import int_arg
+
+
+def _config_of(path: str) -> dict | None:
+    """A Hugging Face directory's ``config.json`` (``None`` for a model file)."""
+    import json
+
+    cfg = os.path.join(path, "config.json")
+    if not os.path.isdir(path) or not os.path.isfile(cfg):
+        return None
+    with open(cfg, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{cfg}: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{cfg}: not a JSON object")
+    return data
+
+
+def cmd_certify(args) -> int:
+    import json
+
+    from .. import load
+    from .infer import certify
+    from .report import format_certificate
+
+    base_cfg, grown_cfg = _config_of(args.base), _config_of(args.grown)
+    base, grown = load(args.base), load(args.grown)
+    cert = certify(
+        base, grown, base_config=base_cfg, grown_config=grown_cfg, forward=not args.no_forward, steps=args.steps
+    )
+    if args.json:
+        print(json.dumps(cert.to_dict(), indent=1, default=float))
+    else:
+        print(format_certificate(cert, args.base, args.grown))
+    return 0 if cert.ok else 1
+
+
+def register(subparsers) -> None:
+    """Add ``certify`` to the ``fpt-ref`` command line."""
+    s = subparsers.add_parser(
+        "certify",
+        help="certify that GROWN contains BASE and computes its function (no manifest needed)",
+        description="Infer how GROWN was grown from BASE (inserted layers, added heads and groups, widened "
+        "tensors), audit every block under the proved constraint sets, then compare float64 forward passes "
+        "under the derived tolerance. Exit 0 preserved, 1 not preserved or inconsistent (naming the first "
+        "offending tensor, block or option), 2 on bad usage or an unreadable model.",
+    )
+    s.add_argument("base", metavar="BASE", help="the original model (.safetensors)")
+    s.add_argument("grown", metavar="GROWN", help="the grown model (.safetensors)")
+    s.add_argument("--json", action="store_true", help="print the full report as JSON")
+    s.add_argument(
+        "--steps",
+        type=int_arg(1),
+        default=1,
+        metavar="N",
+        help="the most growth steps any one size took (default 1); each rounds scaled blocks, eps and theta once more",
+    )
+    s.add_argument("--no-forward", action="store_true", help="audit the blocks only (skip the forward check)")
+    s.set_defaults(func=cmd_certify)
