@@ -247,7 +247,7 @@ def test_info_reads_only_the_header_of_a_large_file(tmp_path):
 
 # ---- plug-ins: sub-commands found through the fpt_ref.commands entry-point group ----------
 CORE = ["init", "expand", "verify", "info", "demo"]
-ALL_COMMANDS = CORE + ["bench", "draw", "prove", "vectors", "compare"]
+ALL_COMMANDS = CORE + ["bench", "certify", "draw", "prove", "vectors", "compare"]
 
 
 def _commands(parser) -> list:
@@ -278,7 +278,7 @@ def test_setup_cfg_declares_the_plug_ins(tmp_path):
 def test_the_source_trees_setup_cfg_is_the_fallback(monkeypatch):
     monkeypatch.setattr(plugins, "_from_metadata", lambda group: [])
     names = [name for name, _ in plugins.entry_points(cli.COMMANDS)]
-    assert names == ["bench", "draw", "prove", "vectors"]
+    assert names == ["bench", "certify", "draw", "prove", "vectors"]
     assert _commands(cli.build_parser()) == ALL_COMMANDS
 
 
