@@ -34,11 +34,24 @@ def cmd_certify(args) -> int:
     import json
 
     from .. import load
+    from ..io import FormatError
     from .infer import certify
     from .report import format_certificate
 
     base_cfg, grown_cfg = _config_of(args.base), _config_of(args.grown)
-    base, grown = load(args.base), load(args.grown)
+    base = load(args.base)
+    try:
+        grown = load(args.grown)
+    except FormatError as exc:
+        if grown_cfg is None or ": config: " not in str(exc):
+            raise
+        # a checkpoint folder whose config does not describe its tensors: inconsistent, not a user error
+        reason = str(exc).split(": config: ", 1)[1]
+        if args.json:
+            print(json.dumps({"preserved": False, "inconsistent": reason, "grown": args.grown}, indent=1))
+        else:
+            print(f"{args.grown}: NOT certified: inconsistent config.json: {reason}")
+        return 1
     cert = certify(
         base, grown, base_config=base_cfg, grown_config=grown_cfg, forward=not args.no_forward, steps=args.steps
     )

@@ -146,3 +146,22 @@ def head_sizes(d: dict, field: str, family: str) -> int:
 def t(a):
     """A 2-d array transposed into a new C-contiguous array (``nn.Linear`` ``[out, in]`` <-> ``[in, out]``)."""
     return np.ascontiguousarray(np.asarray(a).T)
+
+
+def unexpected(extra: list, layer_prefix: str, field: str, n_layers: int) -> ValueError:
+    """The error for tensors no reader of the family consumed: layers beyond the config's count
+    name the count field (a grown checkpoint whose config was not updated, as LLaMA-Pro#8
+    reports); anything else names the first such tensor."""
+    beyond = []
+    for name in extra:
+        if name.startswith(layer_prefix):
+            index = name[len(layer_prefix) :].split(".", 1)[0]
+            if index.isdigit() and int(index) >= n_layers:
+                beyond.append(int(index))
+    if beyond:
+        return refuse(
+            field,
+            f"{n_layers}, but the checkpoint holds layers up to {max(beyond)} ({layer_prefix}{max(beyond)}.*): "
+            f"the config was not updated",
+        )
+    return refuse("tensors", f"unexpected tensor {extra[0]!r} (a block this family's reader does not support)")

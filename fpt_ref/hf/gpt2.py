@@ -29,7 +29,7 @@ import numpy as np
 from ..blocks import Arch
 from ..model import Head, Layer, Model
 from ..xp import to_numpy
-from .common import act_name, act_of, cannot_express, get_float, get_int, head_sizes, refuse, t, uniform
+from .common import act_name, act_of, cannot_express, get_float, get_int, head_sizes, refuse, t, unexpected, uniform
 
 MODEL_TYPES = ("gpt2",)
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -137,7 +137,7 @@ def to_model(config: dict, tensors, dtype=np.float64, max_seq: int | None = None
     }
     extra = sorted(x for x in names - used if not x.endswith(IGNORED_SUFFIXES))
     if extra:
-        raise refuse("tensors", f"unexpected tensor {extra[0]!r} (a block this family's reader does not support)")
+        raise unexpected(extra, pre + "h.", "n_layer", len(layers))
     return Model(
         pos=pos,
         w_out=w_out,

@@ -42,6 +42,7 @@ from .common import (
     rope_theta,
     set_rope_theta,
     t,
+    unexpected,
     uniform,
 )
 
@@ -216,7 +217,7 @@ def to_model(config: dict, tensors, dtype=np.float64, max_seq: int | None = None
         used.add("lm_head.weight")  # tied: transformers ties it to the embedding and ignores the stored copy
     extra = sorted(x for x in names - used if not x.endswith(IGNORED_SUFFIXES))
     if extra:
-        raise refuse("tensors", f"unexpected tensor {extra[0]!r} (a block this family's reader does not support)")
+        raise unexpected(extra, "model.layers.", "num_hidden_layers", len(layers))
     return Model(
         embed=embed,
         pos=None,
