@@ -131,3 +131,12 @@ def char_device(tmp_path):
             f"cannot create a character device node in tmp_path ({exc}); writing to /dev/null instead is unsafe"
         )
     return p
+
+
+def run_cli(capsys, *args):
+    """``(exit status, stdout, stderr)`` of ``fpt-ref ARGS``, run in-process."""
+    from fpt_ref.cli import main
+
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err

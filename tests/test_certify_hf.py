@@ -14,18 +14,11 @@ import os
 import shutil
 
 import pytest
+from conftest import run_cli as cli
 from safetensors.numpy import load_file, save_file
 from test_hf_load import LLAMA_LIKE, make_checkpoint
 
-from fpt_ref.cli import main
-
 pytest.importorskip("transformers")
-
-
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from dataclasses import fields
 
 import numpy as np
 import pytest
+from conftest import run_cli as cli
 
 import fpt_ref
 from fpt_ref.blocks import PRESETS, Arch
@@ -20,13 +21,6 @@ from fpt_ref.cli_args import flag_error
 SIX_STEPS = "mlp p=24; add_heads count=2; heads v=6; attention k=6; hidden h=12; add_layer at=1"
 TINY = ["--h", "8", "--p", "16", "--heads", "4", "--kv-heads", "2", "--k", "4", "--v", "4", "--layers", "2"]
 TINY += ["--vocab", "20", "--max-seq", "6", "--eps", "1e-5", "--causal"]
-
-
-def cli(capsys, *args):
-    """``(exit status, stdout, stderr)`` of ``fpt-ref ARGS``."""
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def one_error_line(capsys, *args) -> str:

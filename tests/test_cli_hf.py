@@ -12,20 +12,13 @@ import os
 
 import numpy as np
 import pytest
+from conftest import run_cli as cli
 from test_hf_load import LLAMA_LIKE, all_ids, hf_logits, make_checkpoint
-
-from fpt_ref.cli import main
 
 pytest.importorskip("transformers")
 
 # ratios of 4 (head size 8 -> 32, hidden 32 -> 128): the factors 2 and 1/2 are exact in float32 storage
 SIX = "mlp p=64; add_heads count=4; heads v=32; attention k=32; hidden h=128; add_layer at=1"
-
-
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")

@@ -622,6 +622,8 @@ def _uncached(fused):
                 layer.__dict__["_fused"] = saved
 
     return fresh
+
+
 _ROPE_TABLES = F.rope_tables
 
 
