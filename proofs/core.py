@@ -16,9 +16,14 @@ Entry level (explicit matrices of SymPy symbols, :class:`Kernel`):
    stand-in; it is keyed by the *exact* canonical argument (:func:`stand_in_key`), and the
    kernel re-checks on every use that the stand-in's recorded argument is the argument asked
    for (congruence: equal arguments give equal values; nothing else is identified).
-3. Two rewrites: ``1/sqrt(c m) = (1/sqrt(c)) (1/sqrt(m))`` for a positive rational content
-   ``c`` of ``m``, and ``f(0) = 0`` for activations where it holds (ReLU, GELU, SiLU; never
-   for the generic ``f``).
+3. Four rewrites: ``1/sqrt(c m) = (1/sqrt(c)) (1/sqrt(m))`` for a positive rational content
+   ``c`` of ``m``; ``f(0) = 0`` for activations where it holds (ReLU, GELU, tanh-GELU, SiLU;
+   never for the generic ``f``); ``cos(0) = 1`` and ``sin(0) = 0`` (RoPE at position 0; every
+   other ``cos(a)``, ``sin(a)`` is a stand-in keyed by the canonical angle ``a``, so no
+   trigonometric identity is used); and, in a residual-stream row, an entry whose canonical
+   form *is* the mean of the row's preceding entries is written as the mean of their
+   stand-ins (:meth:`Kernel.let_row`; exact, since each stand-in equals its definition; it
+   keeps the mean-padded columns of LayerNorm's hidden growth visible as means).
 4. :func:`outputs_equal`: equality of two outputs is equality of shapes (non-empty) and of
    every entry in canonical form. :func:`check_fresh`: every free new block entry is its own
    symbol, used at exactly one position, and no model symbol is a stand-in.
@@ -70,6 +75,7 @@ ACTIVATIONS = {
     "relu": (True, lambda x: sp.Max(x, 0)),
     "gelu": (True, lambda x: x * (1 + sp.erf(x / sp.sqrt(2))) / 2),
     "silu": (True, lambda x: x / (1 + sp.exp(-x))),
+    "gelu_tanh": (True, lambda x: x * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + sp.Rational(44715, 1000000) * x**3))) / 2),
     # an arbitrary activation: no law is used in proofs; softplus (f(0) = log 2) is the
     # concrete instance used to evaluate it, so a counterexample for it is a real one
     "f": (False, lambda x: sp.log(1 + sp.exp(x))),
@@ -152,6 +158,32 @@ class Kernel:
             return sp.Integer(0)
         return self._atom("act:" + self.activation, arg, "act")
 
+    def cos(self, arg):
+        """``cos(arg)`` (``cos(0) = 1``)."""
+        arg = self.canon(arg)
+        return sp.Integer(1) if arg == 0 else self._atom("cos", arg, "cos")
+
+    def sin(self, arg):
+        """``sin(arg)`` (``sin(0) = 0``)."""
+        arg = self.canon(arg)
+        return sp.Integer(0) if arg == 0 else self._atom("sin", arg, "sin")
+
+    def let_row(self, row: list) -> list:
+        """Name the entries of one residual-stream row (rewrite 3: a mean of the preceding entries stays one).
+
+        Entry ``j`` whose canonical form equals ``(e_0 + ... + e_{j-1}) / j`` (checked exactly)
+        becomes the same mean of the preceding entries' names; any other entry is :meth:`let`.
+        """
+        exprs, out = [], []
+        for j, e in enumerate(row):
+            e = self.canon(e)
+            if j >= 2 and not e.is_number and self.canon(e - sum(exprs, sp.Integer(0)) / j) == 0:
+                out.append(self.canon(sum(out, sp.Integer(0)) / j))
+            else:
+                out.append(self.let(e))
+            exprs.append(e)
+        return out
+
     def let(self, e):
         """Name a residual-stream entry (numbers stay numbers)."""
         e = self.canon(e)
@@ -189,6 +221,10 @@ class Kernel:
                 val = 1 / x
             elif kind == "let":
                 val = x
+            elif kind == "cos":
+                val = sp.cos(x)
+            elif kind == "sin":
+                val = sp.sin(x)
             else:
                 val = ACTIVATIONS[kind.split(":", 1)[1]][1](x)
             env[a] = sp.N(val, prec)
