@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -21,12 +25,20 @@ def prove(*args, cwd=None):
     return r.returncode, r.stdout, r.stderr
 
 
-@pytest.fixture(scope="module")
-def full(tmp_path_factory):
-    d = tmp_path_factory.mktemp("prove")
-    tex, md = str(d / "proofs.tex"), str(d / "proofs.md")
+@functools.cache
+def full_run():
+    """``(rc, stdout, stderr, tex path, md path)`` of ``prove --all --json --latex --markdown``, run once
+    per test session (tests/test_proofs_blocks.py reads the same run)."""
+    d = tempfile.mkdtemp(prefix="fpt-prove-")
+    atexit.register(shutil.rmtree, d, True)
+    tex, md = os.path.join(d, "proofs.tex"), os.path.join(d, "proofs.md")
     rc, out, err = prove("--all", "--json", "--latex", tex, "--markdown", md)
     return rc, out, err, tex, md
+
+
+@pytest.fixture(scope="module")
+def full():
+    return full_run()
 
 
 def _rows(md_path):
@@ -203,7 +215,9 @@ def test_all_json_has_a_wide_proved_entry_record_for_every_theorem(full):
     rc, out, err = full[:3]
     assert rc == 0, err
     recs = json.loads(out)
-    assert {r["theorem"] for r in recs} == set(NAMES)
+    from fpt_ref.proofs.variants import BY_NAME
+
+    assert {r["theorem"] for r in recs} == set(NAMES) | set(BY_NAME)
     for name in NAMES:
         entries = [r for r in recs if r["theorem"] == name and r["level"] == "entries" and r["verdict"] == "proved"]
         grown = [
