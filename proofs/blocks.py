@@ -25,21 +25,38 @@ import sympy as sp
 from fpt_ref.blocks import Arch
 from fpt_ref.names import tensor_name
 
-from .expand import _Blocks, _root
-from .symbolic import SKV, THETA_NAME, SHead, SLayer, SModel, rope_pairs, sym_matrix, sym_row
+from . import core as C
+from .expand import _Blocks, _root, _terms
+from .symbolic import SKV, THETA_NAME, SHead, SLayer, SModel, rope_pairs
+from .symbolic import sym_matrix as _sym_matrix
+from .symbolic import sym_row as _sym_row
 
 THETA = sp.Symbol(THETA_NAME, positive=True)
 EPS = sp.Symbol("eps", positive=True)
 
 
 def arch_model(
-    arch: Arch, s=2, h=2, p=2, E=1, k=2, v=2, o=2, N=1, kv: int | None = None, eps=0, causal=False
+    arch: Arch, s=2, h=2, p=2, E=1, k=2, v=2, o=2, N=1, kv: int | None = None, eps=0, causal=False, terms=False
 ) -> SModel:
     """A symbolic model with the blocks of ``arch``; ``kv`` key/value heads per layer (grouped-query
     attention, ``kv`` divides ``E``; None: every head its own). RoPE's base is the positive
-    symbol ``theta``; a tied output is ``w_out = embed^T`` with ``embed`` [o, h]."""
+    symbol ``theta``; a tied output is ``w_out = embed^T`` with ``embed`` [o, h].
+
+    ``terms``: a term model for symbolic sizes (:mod:`proofs.chains`): every tensor a matrix
+    symbol of the size symbols ``s, h, p, k, v, o`` (the integer arguments then give only
+    ``E``, ``N`` and ``kv``).
+    """
     if kv is not None and E % kv:
         raise ValueError(f"kv: must divide E={E}, got {kv}")
+    if terms:
+        from . import chains as CH
+
+        s, h, p, k, v, o = CH.s, CH.h, CH.p, CH.k, CH.v, CH.o
+        sym_matrix = C.Sym  # noqa: N806
+        sym_row = lambda name, n: C.Sym(name, 1, n)  # noqa: E731, N806
+        zeros = C.Zero
+    else:
+        sym_matrix, sym_row, zeros = _sym_matrix, _sym_row, sp.zeros  # noqa: N806
     layers = []
     for n in range(N):
         qkv = arch.qkv_bias
@@ -86,7 +103,7 @@ def arch_model(
         )
     return SModel(
         sym_matrix("I", s, h),
-        sym_matrix("pos", s, h) if arch.positions == "learned" else sp.zeros(s, h),
+        sym_matrix("pos", s, h) if arch.positions == "learned" else zeros(s, h),
         sym_matrix("embed", o, h).T if arch.tied else sym_matrix("w_out", h, o),
         tuple(layers),
         eps=eps,
@@ -109,7 +126,7 @@ def _rep(obj, **kw):
 def expand_mlp(m: SModel, p_new: int, zero, prefix: str = ""):
     """``W_l1``, ``b_l1``, ``W_gate``, ``b_gate`` get new columns (``M_l1``, ``m_b_l1``, ``M_gate``,
     ``m_b_gate``), ``W_l2`` new rows ``M_l2``; absent blocks stay absent."""
-    B = _Blocks(zero, prefix, False)
+    B = _Blocks(zero, prefix, _terms(m))
     layers = []
     for n, L in enumerate(m.layers):
         h, p = L.w_l1.shape
@@ -156,7 +173,7 @@ def add_heads(m: SModel, zero, prefix: str = "", mode: str = "per_group", count:
     ``"append"`` appends ``kv`` query heads at the end (the wrong recipe: every later head is
     re-grouped).
     """
-    B = _Blocks(zero, prefix, False)
+    B = _Blocks(zero, prefix, _terms(m))
     layers = []
     for n, L in enumerate(m.layers):
         h = L.w_l1.rows
@@ -195,7 +212,7 @@ def add_heads(m: SModel, zero, prefix: str = "", mode: str = "per_group", count:
 def expand_heads(m: SModel, v_new: int, zero, prefix: str = ""):
     """``W_V -> [W_V M_V]``, ``b_v -> [b_v m_b_v]``, ``W_O,e -> [W_O,e; M_O,e]``; in a grouped layer
     the group's shared ``W_V`` grows once and every query head of the group gets its ``M_O``."""
-    B = _Blocks(zero, prefix, False)
+    B = _Blocks(zero, prefix, _terms(m))
     layers = []
     for n, L in enumerate(m.layers):
 
@@ -237,7 +254,7 @@ def expand_attention(m: SModel, k_new: int, zero, scale, prefix: str = "", rope_
     RoPE the columns are placed by :func:`_place` (``rope_mode="append"``: appended whatever the
     layout) and ``theta -> theta^(k^/k)`` when ``theta`` is in ``scale``. Grouped layers grow the
     group's shared ``W_K`` once and give every query head its ``M_Q``."""
-    B = _Blocks(zero, prefix, False)
+    B = _Blocks(zero, prefix, _terms(m))
     layout = None if m.rope is None else (m.rope[1] if rope_mode == "pairs" else "append")
     layers = []
     k_old = None
@@ -269,7 +286,7 @@ def expand_attention(m: SModel, k_new: int, zero, scale, prefix: str = "", rope_
         layers.append(_rep(L, heads=tuple(heads), kv=kv))
     rope = m.rope
     if rope is not None and "theta" in scale:
-        rope = (rope[0] ** sp.Rational(k_new, k_old), rope[1])
+        rope = (rope[0] ** (sp.sympify(k_new) / k_old), rope[1])
     return m.replace(layers=tuple(layers), rope=rope), B.made
 
 
@@ -293,7 +310,7 @@ def expand_hidden(m: SModel, h_new: int, zero, scale, prefix: str = "", pad: str
     h, s = m.h, m.s
     d = h_new - h
     c = _root(h, h_new)
-    B = _Blocks(zero, prefix, False)
+    B = _Blocks(zero, prefix, _terms(m))
 
     def gain(g, where):
         return (g * c if "g" in scale else g).row_join(B("m_g", 1, d, where))  # [1, h^]
@@ -350,14 +367,19 @@ def expand_hidden(m: SModel, h_new: int, zero, scale, prefix: str = "", pad: str
         w_out = E.row_join(new).T  # [h^, o]
     else:
         w_out = m.w_out.col_join(B("M_out", d, m.w_out.cols))  # [h^, o]
-    pos = m.pos.row_join(sp.zeros(s, d)) if m.pos.is_zero_matrix else writer(m.pos, "M_P")
+    if isinstance(m.pos, C.Zero):  # no learned positions (term model)
+        pos = m.pos.row_join(C.Zero(s, d))
+    elif isinstance(m.pos, sp.MatrixBase) and m.pos.is_zero_matrix:  # no learned positions
+        pos = m.pos.row_join(sp.zeros(s, d))
+    else:
+        pos = writer(m.pos, "M_P")
     final = None if m.final_norm is None else gain(m.final_norm, "final")
     return m.replace(
         inp=writer(m.inp, "M_I"),  # [s, h^]
         pos=pos,  # [s, h^]
         w_out=w_out,
         layers=tuple(layers),
-        eps=m.eps * sp.Integer(h) / h_new if "eps" in scale else m.eps,
+        eps=m.eps * sp.sympify(h) / h_new if "eps" in scale else m.eps,
         final_norm=final,
         final_norm_b=beta(m.final_norm_b, "final"),
     ), B.made
@@ -369,7 +391,7 @@ def add_layer(m: SModel, at: int, zero, prefix: str = ""):
     LayerNorm biases, groups): ``W_Q``, ``W_K``, ``W_V``, ``W_O``, ``b_q``, ``b_k``, ``b_v``, ``b_o``,
     ``g_MHA``, ``beta_MHA``, ``g_MLP``, ``beta_MLP``, ``W_l1``, ``b_l1``, ``W_gate``, ``b_gate``,
     ``W_l2``, ``b_l2``."""
-    B = _Blocks(zero, prefix, False)
+    B = _Blocks(zero, prefix, _terms(m))
     L0 = m.layers[0]
     w = str(at)
 

@@ -38,7 +38,8 @@ Symbolic sizes (block terms, :class:`Term`):
    sizes: block product and block sum (equal partitions; zero blocks may be cut to a
    partition), transpose of a block / product / sum, flattening, distributing products over
    sums, collecting equal terms, products and sums with zero blocks, an elementwise function
-   of a block matrix, ``f(0) = 0`` (as in 3), ``Norm(X, 0) = 0`` (every entry is
+   of a block matrix, the entrywise product of two block matrices of one partition (block by
+   block) and with a zero factor (zero), ``f(0) = 0`` (as in 3), ``Norm(X, 0) = 0`` (every entry is
    ``x g / rms`` with ``g = 0``), and the norm lemma
    ``Norm([X, 0], [c g, m], eps h/h^) = [Norm(X, g, eps), 0]`` for ``c = sqrt(h/h^)``
    (:func:`gains_scaled`), whose scalar identity is itself checked (:func:`norm_lemma_holds`).
@@ -487,7 +488,10 @@ class Fn(Term):
 
     ``act(A)`` (elementwise; ``info`` the activation name), ``norm(X, g)`` (row-wise RMSNorm
     of X [s, w] with gain row g [1, w]; ``info`` epsilon), ``softmax(L)`` (row-wise, L [s, s];
-    ``info`` True for the causal mask).
+    ``info`` True for the causal mask); the blocks of docs/spec.md section 4: ``had(A, B)``
+    (entrywise product of two matrices of one shape: the gated MLP), ``lnorm(X, g, b)``
+    (row-wise LayerNorm with bias row b; ``info`` epsilon), ``rope(Q)`` (RoPE of the rows of
+    Q [s, k], row ``m`` at position ``m``; ``info`` ``(theta, layout)``).
     """
 
     kind: str
@@ -502,7 +506,16 @@ class Fn(Term):
         elif self.kind == "softmax":
             if not same_size(self.args[0].rows, self.args[0].cols):
                 raise KernelError("softmax: logits must be square")
-        elif self.kind != "act":
+        elif self.kind == "had":
+            A, B = self.args
+            if not (same_size(A.rows, B.rows) and same_size(A.cols, B.cols)):
+                raise KernelError("had: the factors must have one shape")
+        elif self.kind == "lnorm":
+            X, g, b = self.args
+            for v in (g, b):
+                if not (same_size(v.rows, 1) and same_size(v.cols, X.cols)):
+                    raise KernelError("lnorm: the gain and bias must be rows as wide as X")
+        elif self.kind not in ("act", "rope"):
             raise KernelError(f"Fn: unknown kind {self.kind!r}")
 
     @property
@@ -830,6 +843,20 @@ def _rule_node(t: Term, activation_zero: bool):
             if isinstance(a, Zero) and activation_zero and ACTIVATIONS[t.info][0]:
                 return f"{t.info}(0) = 0", _zero_like(a)
             return None
+        if t.kind == "had":
+            A, B = t.args
+            if _is_zero(A) or _is_zero(B):
+                return _zero_rule([a for a in (A, B) if _is_zero(a)]), _zero_like(A)
+            if (
+                isinstance(A, Cat)
+                and isinstance(B, Cat)
+                and _same_partition(A.row_sizes, B.row_sizes)
+                and _same_partition(A.col_sizes, B.col_sizes)
+            ):
+                return "entrywise product of blocks", Cat(
+                    tuple(tuple(Fn("had", (a, b)) for a, b in zip(ra, rb)) for ra, rb in zip(A.blocks, B.blocks))
+                )
+            return None
         if t.kind == "norm":
             X, g = t.args
             if _is_zero(g):
@@ -958,6 +985,34 @@ class Explicit:
                 r = K.rsqrt(sum((X[i, c] ** 2 for c in range(X.cols)), sp.Integer(0)) / X.cols + eps)
                 for j in range(X.cols):
                     out[i, j] = X[i, j] * g[0, j] * r
+        elif isinstance(t, Fn) and t.kind == "had":
+            out = self(t.args[0]).multiply_elementwise(self(t.args[1]))
+        elif isinstance(t, Fn) and t.kind == "lnorm":
+            X, g, b = self(t.args[0]).applyfunc(K.let), self(t.args[1]), self(t.args[2])
+            eps = sp.sympify(t.info).xreplace(self.sizes)
+            out = sp.zeros(*X.shape)
+            for i in range(X.rows):
+                mu = K.canon(sum((X[i, c] for c in range(X.cols)), sp.Integer(0)) / X.cols)
+                xc = [K.canon(X[i, c] - mu) for c in range(X.cols)]
+                r = K.rsqrt(sum((x**2 for x in xc), sp.Integer(0)) / X.cols + eps)
+                for j in range(X.cols):
+                    out[i, j] = xc[j] * g[0, j] * r + b[0, j]
+        elif isinstance(t, Fn) and t.kind == "rope":
+            Q = self(t.args[0])
+            theta, layout = t.info
+            if Q.cols % 2:
+                raise KernelError(f"explicit: rope of an odd width {Q.cols} at {self.sizes}")
+            half = Q.cols // 2
+            pairs = (
+                [(i, i + half) for i in range(half)] if layout == "half" else [(2 * i, 2 * i + 1) for i in range(half)]
+            )
+            out = sp.zeros(*Q.shape)
+            for i, (a, b) in enumerate(pairs):
+                freq = theta ** sp.Rational(-2 * i, Q.cols)
+                for m in range(Q.rows):
+                    c, sn = K.cos(m * freq), K.sin(m * freq)
+                    out[m, a] = Q[m, a] * c - Q[m, b] * sn
+                    out[m, b] = Q[m, b] * c + Q[m, a] * sn
         elif isinstance(t, Fn) and t.kind == "softmax":
             L = self(t.args[0])
             out = sp.zeros(*L.shape)

@@ -75,7 +75,14 @@ def tex(t) -> str:
         inner = tex(t.arg)
         return f"{{{inner}}}^T" if isinstance(t.arg, (C.Sym, C.Fn)) else rf"\left( {inner} \right)^T"
     if isinstance(t, C.Fn):
-        name = {"act": r"\mathrm{f}", "norm": r"\mathrm{Norm}", "softmax": r"\mathrm{softmax}"}[t.kind]
+        name = {
+            "act": r"\mathrm{f}",
+            "norm": r"\mathrm{Norm}",
+            "softmax": r"\mathrm{softmax}",
+            "had": r"\mathrm{had}",
+            "lnorm": r"\mathrm{LayerNorm}",
+            "rope": r"\mathrm{RoPE}",
+        }[t.kind]
         return rf"{name}\left( {', '.join(tex(a) for a in t.args)} \right)"
     raise TypeError(f"tex: not a term: {t!r}")
 

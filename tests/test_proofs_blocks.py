@@ -36,14 +36,16 @@ def _claims(recs, name):
 def test_every_recipe_has_its_claim(records, row):
     mine = _claims(records, row.proof)
     assert mine, f"no record named {row.proof}"
+    levels = {r["level"] for r in mine}
+    assert "entries" in levels and levels <= {"entries", "symbolic"}
+    assert ("symbolic" in levels) == (row.proof in V.SYMBOLIC)
     for r in mine:
-        assert r["level"] == "entries" and r["zero"] is not None
         if row.refused:
             assert r["verdict"] == "refuted", r
             assert "counterexample" in r["detail"] and "refused" in r["detail"]
         else:
             assert r["verdict"] == "proved", r
-            assert "free blocks" in r["detail"]
+            assert ("free blocks" if r["level"] == "entries" else "induction over layers checked") in r["detail"]
 
 
 @pytest.mark.parametrize("name", sorted(WRONG_RECIPES))
@@ -151,6 +153,31 @@ def test_a_dropped_constraint_is_refuted(label, run):
     lv = run()
     assert lv.status == "refuted", (label, lv.detail)
     assert "counterexample" in lv.detail
+
+
+SYMBOLIC_MUTATIONS = [
+    ("gated MLP, no zero set", "mlp/glu", {"zero": frozenset()}),
+    ("gated MLP, up set without the bias entries", "mlp/glu:up", {"zero": frozenset({"M_l1"})}),
+    ("grouped-query head addition, appended", "add_heads/gqa", {"options": {"mode": "append"}}),
+    ("grouped-query heads expansion, M_O free", "heads/gqa", {"zero": frozenset()}),
+    ("grouped-query attention expansion, W_K unscaled", "attention/gqa", {"scale": frozenset()}),
+    ("tied, new embedding columns free", "hidden/tied", {"zero": V.BY_NAME["hidden/tied"].zero - {"M_I"}}),
+    ("final norm, eps unscaled", "hidden/final_norm", {"scale": frozenset({"g"})}),
+    ("bias, new b_o entries free", "hidden/bias", {"zero": V.BY_NAME["hidden/bias"].zero - {"m_b_o"}}),
+    ("new layer, b_o free", "add_layer/bias", {"zero": V.BY_NAME["add_layer/bias"].zero - {"b_o"}}),
+]
+
+
+@pytest.mark.parametrize("label,name,changes", SYMBOLIC_MUTATIONS, ids=[m[0] for m in SYMBOLIC_MUTATIONS])
+def test_a_dropped_constraint_is_not_proved_at_symbolic_sizes(label, name, changes):
+    c = dataclasses.replace(V.BY_NAME[name], **changes)
+    assert V.run_symbolic(c).status == "not proved"
+    assert V.run_symbolic(c, "refuted").status == "refuted"  # with the entry-level counterexample
+
+
+@pytest.mark.parametrize("name", ["mlp/glu:gate", "add_heads/gqa", "hidden/tied", "add_layer/layernorm"])
+def test_the_unmutated_claims_are_proved_at_symbolic_sizes(name):
+    assert V.run_symbolic(V.BY_NAME[name]).status == "proved"
 
 
 @pytest.mark.parametrize(
