@@ -18,7 +18,9 @@ def register(subparsers) -> None:
         help="prove the expansions preserve the function (SymPy): both levels, minimality, composition",
         description="Prove Theorems 3.1-3.6 (" + ", ".join(_SIX) + "), the epsilon rescaling (eps) and the "
         "composition of all six (compose), at symbolic sizes (generated, machine-glued lemma chains) and at "
-        "explicit entries (two size assignments), and cross-check the symbolic models against fpt_ref.forward. "
+        "explicit entries (two size assignments), and cross-check the symbolic models against fpt_ref.forward; "
+        "and the recipes of real architectures (fpt_ref.blocks.RECIPES: mlp/glu, attention/rope, hidden/layernorm, ...; "
+        "--variants runs them all), refuting the wrong ones (fpt_ref.blocks.WRONG_RECIPES). "
         "Exit 0 when every claim is proved, 1 when one is refuted or not proved, 2 on bad usage.",
     )
     s.add_argument("theorems", nargs="*", metavar="THEOREM", help=f"any of: {', '.join(NAMES)}")

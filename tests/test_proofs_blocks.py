@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import sympy as sp
 from fpt_ref.proofs import core as C
 from fpt_ref.proofs import variants as V
 from fpt_ref.proofs.entries import prove_equal
-from test_proofs_cli import full_run
+from test_proofs_cli import full_run, prove
 
 from fpt_ref.blocks import RECIPES, WRONG_RECIPES
 
@@ -95,6 +96,17 @@ def test_minimal_sets(records, name, sets):
     (r,) = [r for r in records if r["theorem"] == name and "minimal" in r]
     assert r["verdict"] == "proved"
     assert sorted(map(sorted, r["minimal"])) == sorted(map(sorted, sets))
+
+
+def test_a_row_alone_through_the_command_line():
+    rc, out, err = prove("mlp/glu", "--minimal")
+    assert rc == 0, out + err
+    assert re.search(r"^mlp/glu:gate\s+entries glu, silu p2->3\s+proved", out, re.M)
+    assert re.search(r"^mlp/glu\s+minimal sets .* \{M_l2\}; \{M_l1, m_b_l1\}; \{M_gate, m_b_gate\}", out, re.M)
+    assert re.search(r"^mlp/glu:none\s+.*refuted .*counterexample", out, re.M)
+    rc, out, err = prove("attention/rope:keep_theta", "--json")
+    assert rc == 0, err  # refuted, as a wrong recipe must be: the claim "it is not exact" holds
+    assert [r["verdict"] for r in json.loads(out)] == ["refuted"]
 
 
 # ---- mutations: one constraint dropped, in-process --------------------------------------------------

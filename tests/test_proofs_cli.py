@@ -175,6 +175,9 @@ def test_user_constraint_sets(args, code, word):
         (["hidden", "--size", "k_new=5"], "--size: k_new is not grown by hidden"),
         (["hidden", "--size", "h=8"], "--size: h must be at most 7 to leave room for h_new"),
         (["mlp", "--size", "h=3", "--size", "h=4"], "--size: h given twice"),
+        (["mlp/glu", "--size", "p=3"], "--size: the real-architecture claims run at their own sizes"),
+        (["mlp/glu", "--zero", "M_l2"], "--zero/--scale: give exactly one theorem (not compose, not a real-arch"),
+        (["mlp/nothing"], "unknown theorem 'mlp/nothing'"),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args, needle, capsys):
