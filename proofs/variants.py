@@ -85,6 +85,8 @@ class Claim:
             names.append("gqa")
         if self.eps:
             names.append("eps")
+        if self.causal:
+            names.append("causal")
         return ", ".join(names) or "paper blocks"
 
 
@@ -99,7 +101,7 @@ def build(c: Claim, zero=None, prefix: str = ""):
         causal=c.causal,
     )
     z = set(c.zero if zero is None else zero)
-    g, new = GROWS[c.theorem], sz[GROWS[c.theorem] + "_new"]
+    new = sz[GROWS[c.theorem] + "_new"]
     if c.theorem == "mlp":
         m, blocks = Bk.expand_mlp(base, new, z, prefix)
     elif c.theorem == "add_heads":
@@ -113,7 +115,6 @@ def build(c: Claim, zero=None, prefix: str = ""):
         m, blocks = Bk.expand_hidden(base, new, z, set(c.scale), prefix, **c.options)
     else:
         m, blocks = Bk.add_layer(base, sz["N"] // 2, z, prefix)
-    del g
     return base, m, blocks
 
 
@@ -351,7 +352,7 @@ def _claims() -> list[Claim]:
 
 
 def _preset_claims() -> list[Claim]:
-    """The six expansions (the recipes above) on the llama, qwen2 and gpt2 presets."""
+    """The six expansions (the recipes above) on the llama, qwen2 and gpt2 presets (causal, eps > 0)."""
     out = []
     for name in ("llama", "qwen2", "gpt2"):
         a = PRESETS[name]
@@ -359,9 +360,9 @@ def _preset_claims() -> list[Claim]:
         zero_hidden = {"m_beta"} if ln else set(HIDDEN_ZERO)
         rope = a.positions == "rope"
         out += [
-            _c(f"preset/{name}:mlp", "mlp", a, {"M_l2"}, eps=True),
-            _c(f"preset/{name}:add_heads", "add_heads", a, {"M_O"}, eps=True),
-            _c(f"preset/{name}:heads", "heads", a, {"M_O"}, eps=True),
+            _c(f"preset/{name}:mlp", "mlp", a, {"M_l2"}, eps=True, causal=True),
+            _c(f"preset/{name}:add_heads", "add_heads", a, {"M_O"}, eps=True, causal=True),
+            _c(f"preset/{name}:heads", "heads", a, {"M_O"}, eps=True, causal=True),
             _c(
                 f"preset/{name}:attention",
                 "attention",
@@ -371,6 +372,7 @@ def _preset_claims() -> list[Claim]:
                 sizes={"k": 2},
                 new=4,
                 eps=True,
+                causal=True,
             ),
             _c(
                 f"preset/{name}:hidden",
@@ -379,6 +381,7 @@ def _preset_claims() -> list[Claim]:
                 zero_hidden,
                 {"g", "eps"},
                 eps=True,
+                causal=True,
                 options={"pad": "mean" if ln else "zero"},
             ),
             _c(
@@ -387,6 +390,7 @@ def _preset_claims() -> list[Claim]:
                 a,
                 {"W_O", "W_l2"} | ({"b_l2"} if bias else set()) | ({"b_o"} if a.o_bias else set()),
                 eps=True,
+                causal=True,
             ),
         ]
     return out
