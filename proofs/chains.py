@@ -32,7 +32,7 @@ from fpt_ref.names import tensor_name
 
 from . import core as C
 from . import expand as X
-from .symbolic import SHead, SLayer, SModel
+from .symbolic import SHead, SLayer, SModel, tensors
 
 # ---- sizes ---------------------------------------------------------------------------------
 _pos = dict(integer=True, positive=True)
@@ -76,23 +76,49 @@ def term_model(N: int = 1, E: int = 1, eps=0, causal: bool = False) -> SModel:
     return SModel(C.Sym("I", s, h), C.Sym("pos", s, h), C.Sym("w_out", h, o), tuple(layers), eps=eps, causal=causal)
 
 
-def t_layer(L: SLayer, Xs: C.Term, eps, causal: bool, activation: str) -> C.Term:
-    """One layer of docs/spec.md section 1 as a term: ``X' = X + MHA(Norm(X))``, ``X' + MLP(Norm(X'))``."""
+def _plus_bias(A: C.Term, b) -> C.Term:
+    """``A + 1 b`` (a bias row broadcast over the rows of A); A itself without a bias."""
+    return A if b is None else C.Add((A, C.Mul(sp.Integer(1), (C.Ones(A.rows, 1), b))))
+
+
+def _t_norm(X: C.Term, g, b, eps, norm: str) -> C.Term:
+    return C.Fn("lnorm", (X, g, b), eps) if norm == "layer" else C.Fn("norm", (X, g), eps)
+
+
+def t_layer(L: SLayer, Xs: C.Term, eps, causal: bool, activation: str, rope=None, norm: str = "rms") -> C.Term:
+    """One layer of docs/spec.md section 1 as a term: ``X' = X + MHA(Norm(X))``, ``X' + MLP(Norm(X'))``.
+
+    With the blocks of docs/spec.md section 4 where the layer has them: biases ``1 b``, RoPE
+    ``rope(Q)`` on queries and keys, key/value groups, the gated MLP ``had(act(...), ...)``,
+    LayerNorm ``lnorm(X, g, b)``; without them the terms are the paper's.
+    """
     one = sp.Integer(1)
-    N1 = C.Fn("norm", (Xs, L.norm_mha), eps)  # [s, h]
+    N1 = _t_norm(Xs, L.norm_mha, L.norm_mha_b, eps, norm)  # [s, h]
     heads = []
-    for H in L.heads:
-        logits = C.Mul(1 / sp.sqrt(H.w_q.cols), (C.Mul(one, (N1, H.w_q)), C.Tr(C.Mul(one, (N1, H.w_k)))))  # [s, s]
-        heads.append(C.Mul(one, (C.Fn("softmax", (logits,), causal), C.Mul(one, (N1, H.w_v)))))  # [s, v]
+    for j, H in enumerate(L.heads):
+        w_k, b_k, w_v, b_v = L.head_kv(j)
+        Q, K = _plus_bias(C.Mul(one, (N1, H.w_q)), H.b_q), _plus_bias(C.Mul(one, (N1, w_k)), b_k)  # [s, k]
+        if rope is not None:
+            Q, K = C.Fn("rope", (Q,), rope), C.Fn("rope", (K,), rope)
+        logits = C.Mul(1 / sp.sqrt(H.w_q.cols), (Q, C.Tr(K)))  # [s, s]
+        heads.append(C.Mul(one, (C.Fn("softmax", (logits,), causal), _plus_bias(C.Mul(one, (N1, w_v)), b_v))))
     if len(heads) == 1:
         mha = C.Mul(one, (heads[0], L.heads[0].w_o))  # [s, h]
     else:
         mha = C.Mul(one, (C.Cat((tuple(heads),)), C.Cat(tuple((H.w_o,) for H in L.heads))))  # [s, h]
-    X1 = C.Add((Xs, mha))  # [s, h]
-    N2 = C.Fn("norm", (X1, L.norm_mlp), eps)  # [s, h]
-    u = C.Ones(Xs.rows, 1)  # [s, 1]
-    A = C.Fn("act", (C.Add((C.Mul(one, (N2, L.w_l1)), C.Mul(one, (u, L.b_l1)))),), activation)  # [s, p]
-    return C.Add((X1, C.Add((C.Mul(one, (A, L.w_l2)), C.Mul(one, (u, L.b_l2))))))  # [s, h]
+    X1 = C.Add((Xs, _plus_bias(mha, L.b_o)))  # [s, h]
+    N2 = _t_norm(X1, L.norm_mlp, L.norm_mlp_b, eps, norm)  # [s, h]
+    if L.w_gate is None:
+        A = C.Fn("act", (_plus_bias(C.Mul(one, (N2, L.w_l1)), L.b_l1),), activation)  # [s, p]
+    else:
+        G = C.Fn("act", (_plus_bias(C.Mul(one, (N2, L.w_gate)), L.b_gate),), activation)  # [s, p]
+        A = C.Fn("had", (G, _plus_bias(C.Mul(one, (N2, L.w_l1)), L.b_l1)))  # [s, p]
+    return C.Add((X1, _plus_bias(C.Mul(one, (A, L.w_l2)), L.b_l2)))  # [s, h]
+
+
+def extras(m: SModel) -> dict:
+    """The model-wide blocks :func:`t_layer` needs (RoPE, the kind of norm)."""
+    return {"rope": m.rope, "norm": m.norm}
 
 
 def t_input(m: SModel) -> C.Term:
@@ -101,7 +127,9 @@ def t_input(m: SModel) -> C.Term:
 
 
 def t_output(m: SModel, Xs: C.Term) -> C.Term:
-    """``X_{N+1} W_out`` [s, o]."""
+    """``X_{N+1} W_out`` [s, o] (``Norm_f(X_{N+1}) W_out`` with a final norm)."""
+    if m.final_norm is not None:
+        Xs = _t_norm(Xs, m.final_norm, m.final_norm_b, m.eps, m.norm)
     return C.Mul(sp.Integer(1), (Xs, m.w_out))
 
 
@@ -109,21 +137,15 @@ def t_forward(m: SModel, activation: str = "relu") -> C.Term:
     """The model's output as one term."""
     Xs = t_input(m)
     for L in m.layers:
-        Xs = t_layer(L, Xs, m.eps, m.causal, activation)
+        Xs = t_layer(L, Xs, m.eps, m.causal, activation, **extras(m))
     return t_output(m, Xs)
 
 
 def model_names(m: SModel) -> set:
     """Names of every matrix symbol of a term model."""
     out = set()
-    for t in [m.inp, m.pos, m.w_out]:
+    for t in tensors(m).values():
         out |= C.symbols_of(t)
-    for L in m.layers:
-        for t in (L.norm_mha, L.norm_mlp, L.w_l1, L.b_l1, L.w_l2, L.b_l2):
-            out |= C.symbols_of(t)
-        for H in L.heads:
-            for t in (H.w_q, H.w_k, H.w_v, H.w_o):
-                out |= C.symbols_of(t)
     return out
 
 
@@ -159,7 +181,7 @@ def build(theorem: str, base: SModel, zero, scale, prefix: str = ""):
 
 
 def _lemma(title, start, end, activation, evals=None) -> C.Chain:
-    return C.check_chain(C.derive(title, start, end, activation), SIZE_SETS, activation, evals)
+    return C.check_chain(C.derive(title, start, end, activation), SIZE_SETS if evals is None else [], activation, evals)
 
 
 def check_induction(base: SModel, expanded: SModel, new_layers, R, lemmas, activation: str) -> list[str]:
@@ -192,12 +214,14 @@ def check_induction(base: SModel, expanded: SModel, new_layers, R, lemmas, activ
         if var in names:
             problems.append(f"layer {j}: stream symbol {var} is not fresh")
         sigma = {var: Bs}
-        if C.subst(lm.start, sigma) != t_layer(Lx, Ecur, expanded.eps, expanded.causal, activation):
+        if C.subst(lm.start, sigma) != t_layer(Lx, Ecur, expanded.eps, expanded.causal, activation, **extras(expanded)):
             problems.append(f"layer {j}: the lemma is not about this layer of the expanded model")
-        Bnext = Bs if j in new_layers else t_layer(next(base_iter), Bs, base.eps, base.causal, activation)
+        Bnext = (
+            Bs if j in new_layers else t_layer(next(base_iter), Bs, base.eps, base.causal, activation, **extras(base))
+        )
         if C.subst(lm.end, sigma) != R(Bnext):
             problems.append(f"layer {j}: the lemma does not end at the base stream")
-        Es = t_layer(Lx, Es, expanded.eps, expanded.causal, activation)
+        Es = t_layer(Lx, Es, expanded.eps, expanded.causal, activation, **extras(expanded))
         Bs, Ecur = Bnext, R(Bnext)
     if next(base_iter, None) is not None:
         problems.append("base layers left over")
@@ -213,10 +237,14 @@ def check_induction(base: SModel, expanded: SModel, new_layers, R, lemmas, activ
     return problems
 
 
-def prove_models(theorem: str, base: SModel, expanded: SModel, new_layers, activation: str = "relu"):
-    """``(chains, problems)``: every lemma for ``forward(expanded) = forward(base)`` and the induction."""
+def prove_models(theorem: str, base: SModel, expanded: SModel, new_layers, activation: str = "relu", size_sets=None):
+    """``(chains, problems)``: every lemma for ``forward(expanded) = forward(base)`` and the induction.
+
+    ``size_sets``: the explicit-entry size assignments of the steps (default :data:`SIZE_SETS`).
+    """
     R = relation(theorem, base, expanded)
-    evals = [C.Explicit(sz, activation) for sz in SIZE_SETS]  # shared by the lemmas: common subterms once
+    size_sets = SIZE_SETS if size_sets is None else size_sets
+    evals = [C.Explicit(sz, activation) for sz in size_sets]  # shared by the lemmas: common subterms once
     inp = _lemma("input", t_input(expanded), R(t_input(base)), activation, evals)
     layer_lemmas = []
     base_iter = iter(base.layers)
@@ -226,8 +254,11 @@ def prove_models(theorem: str, base: SModel, expanded: SModel, new_layers, activ
         if j in new_layers:
             title, end = f"layer {j} (new)", R(Xs)
         else:
-            title, end = f"layer {j}", R(t_layer(next(base_iter), Xs, base.eps, base.causal, activation))
-        start = t_layer(Lx, R(Xs), expanded.eps, expanded.causal, activation)
+            title, end = (
+                f"layer {j}",
+                R(t_layer(next(base_iter), Xs, base.eps, base.causal, activation, **extras(base))),
+            )
+        start = t_layer(Lx, R(Xs), expanded.eps, expanded.causal, activation, **extras(expanded))
         layer_lemmas.append((_lemma(title, start, end, activation, evals), var))
     Xo = C.Sym("X_out", s, base.h)
     out = _lemma("output", t_output(expanded, R(Xo)), t_output(base, Xo), activation, evals)

@@ -18,12 +18,21 @@ def register(subparsers) -> None:
         help="prove the expansions preserve the function (SymPy): both levels, minimality, composition",
         description="Prove Theorems 3.1-3.6 (" + ", ".join(_SIX) + "), the epsilon rescaling (eps) and the "
         "composition of all six (compose), at symbolic sizes (generated, machine-glued lemma chains) and at "
-        "explicit entries (two size assignments), and cross-check the symbolic models against fpt_ref.forward. "
+        "explicit entries (two size assignments), and cross-check the symbolic models against fpt_ref.forward; "
+        "and the recipes of real architectures (fpt_ref.blocks.RECIPES: mlp/glu, attention/rope, hidden/layernorm, ...; "
+        "--variants runs them all), refuting the wrong ones (fpt_ref.blocks.WRONG_RECIPES). "
         "Exit 0 when every claim is proved, 1 when one is refuted or not proved, 2 on bad usage.",
     )
     s.add_argument("theorems", nargs="*", metavar="THEOREM", help=f"any of: {', '.join(NAMES)}")
     s.add_argument(
-        "--all", action="store_true", help="every theorem, with minimality (dropped constraints, minimal sets)"
+        "--all",
+        action="store_true",
+        help="every theorem and every real-architecture claim, with minimality (dropped constraints, minimal sets)",
+    )
+    s.add_argument(
+        "--variants",
+        action="store_true",
+        help="every real-architecture claim (blocks of docs/spec.md section 4: glu, rope, gqa, layernorm, ...)",
     )
     s.add_argument("--minimal", action="store_true", help="also drop each constraint and search all minimal sets")
     s.add_argument("--zero", metavar="BLOCK[,BLOCK...]|none", help="your own set of zero blocks (one theorem)")
@@ -44,9 +53,21 @@ def register(subparsers) -> None:
     s.set_defaults(func=cmd_prove)
 
 
+def _variant_names() -> tuple[list, dict]:
+    from .variants import BY_NAME, groups
+
+    return groups(), BY_NAME
+
+
 def _check_name(name: str) -> str:
-    if name not in NAMES:
-        raise ValueError(f"THEOREM: unknown theorem {name!r}; choose from {', '.join(NAMES)}")
+    if name in NAMES:
+        return name
+    groups, claims = _variant_names()
+    if name not in groups and name not in claims:
+        raise ValueError(
+            f"THEOREM: unknown theorem {name!r}; choose from {', '.join(NAMES)}, a real-architecture claim "
+            f"({', '.join(groups[:3])}, ...; --variants runs them all) or one of its sub-claims (mlp/glu:up)"
+        )
     return name
 
 
@@ -94,14 +115,17 @@ def cmd_prove(args) -> int:
         return 0
     names = [_check_name(n) for n in args.theorems]
     if args.all:
-        names = names or list(NAMES)
+        names = names or list(NAMES) + _variant_names()[0]
+    elif args.variants:
+        names = names + _variant_names()[0]
     if not names:
         raise ValueError("THEOREM: name at least one theorem or use --all")
     names = list(dict.fromkeys(names))
     zero = scale = None
+    variants = [n for n in names if n not in NAMES]
     if args.zero is not None or args.scale is not None:
-        if len(names) != 1 or names[0] == "compose":
-            raise ValueError("--zero/--scale: give exactly one theorem (not compose)")
+        if len(names) != 1 or names[0] == "compose" or variants:
+            raise ValueError("--zero/--scale: give exactly one theorem (not compose, not a real-architecture claim)")
         from .theorems import parse_constraints
 
         try:
@@ -114,6 +138,8 @@ def cmd_prove(args) -> int:
 
         if "compose" in names:
             raise ValueError("--size: the composition runs at its own fixed sizes; leave compose out")
+        if variants:
+            raise ValueError(f"--size: the real-architecture claims run at their own sizes; leave {variants[0]} out")
         grown = {THEOREMS[n].grows + "_new" for n in names}
         foreign = sorted(k for k in sizes if k.endswith("_new") and k not in grown)
         if foreign:

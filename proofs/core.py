@@ -16,9 +16,14 @@ Entry level (explicit matrices of SymPy symbols, :class:`Kernel`):
    stand-in; it is keyed by the *exact* canonical argument (:func:`stand_in_key`), and the
    kernel re-checks on every use that the stand-in's recorded argument is the argument asked
    for (congruence: equal arguments give equal values; nothing else is identified).
-3. Two rewrites: ``1/sqrt(c m) = (1/sqrt(c)) (1/sqrt(m))`` for a positive rational content
-   ``c`` of ``m``, and ``f(0) = 0`` for activations where it holds (ReLU, GELU, SiLU; never
-   for the generic ``f``).
+3. Four rewrites: ``1/sqrt(c m) = (1/sqrt(c)) (1/sqrt(m))`` for a positive rational content
+   ``c`` of ``m``; ``f(0) = 0`` for activations where it holds (ReLU, GELU, tanh-GELU, SiLU;
+   never for the generic ``f``); ``cos(0) = 1`` and ``sin(0) = 0`` (RoPE at position 0; every
+   other ``cos(a)``, ``sin(a)`` is a stand-in keyed by the canonical angle ``a``, so no
+   trigonometric identity is used); and, in a residual-stream row, an entry whose canonical
+   form *is* the mean of the row's preceding entries is written as the mean of their
+   stand-ins (:meth:`Kernel.let_row`; exact, since each stand-in equals its definition; it
+   keeps the mean-padded columns of LayerNorm's hidden growth visible as means).
 4. :func:`outputs_equal`: equality of two outputs is equality of shapes (non-empty) and of
    every entry in canonical form. :func:`check_fresh`: every free new block entry is its own
    symbol, used at exactly one position, and no model symbol is a stand-in.
@@ -33,7 +38,8 @@ Symbolic sizes (block terms, :class:`Term`):
    sizes: block product and block sum (equal partitions; zero blocks may be cut to a
    partition), transpose of a block / product / sum, flattening, distributing products over
    sums, collecting equal terms, products and sums with zero blocks, an elementwise function
-   of a block matrix, ``f(0) = 0`` (as in 3), ``Norm(X, 0) = 0`` (every entry is
+   of a block matrix, the entrywise product of two block matrices of one partition (block by
+   block) and with a zero factor (zero), ``f(0) = 0`` (as in 3), ``Norm(X, 0) = 0`` (every entry is
    ``x g / rms`` with ``g = 0``), and the norm lemma
    ``Norm([X, 0], [c g, m], eps h/h^) = [Norm(X, g, eps), 0]`` for ``c = sqrt(h/h^)``
    (:func:`gains_scaled`), whose scalar identity is itself checked (:func:`norm_lemma_holds`).
@@ -70,6 +76,7 @@ ACTIVATIONS = {
     "relu": (True, lambda x: sp.Max(x, 0)),
     "gelu": (True, lambda x: x * (1 + sp.erf(x / sp.sqrt(2))) / 2),
     "silu": (True, lambda x: x / (1 + sp.exp(-x))),
+    "gelu_tanh": (True, lambda x: x * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + sp.Rational(44715, 1000000) * x**3))) / 2),
     # an arbitrary activation: no law is used in proofs; softplus (f(0) = log 2) is the
     # concrete instance used to evaluate it, so a counterexample for it is a real one
     "f": (False, lambda x: sp.log(1 + sp.exp(x))),
@@ -152,6 +159,32 @@ class Kernel:
             return sp.Integer(0)
         return self._atom("act:" + self.activation, arg, "act")
 
+    def cos(self, arg):
+        """``cos(arg)`` (``cos(0) = 1``)."""
+        arg = self.canon(arg)
+        return sp.Integer(1) if arg == 0 else self._atom("cos", arg, "cos")
+
+    def sin(self, arg):
+        """``sin(arg)`` (``sin(0) = 0``)."""
+        arg = self.canon(arg)
+        return sp.Integer(0) if arg == 0 else self._atom("sin", arg, "sin")
+
+    def let_row(self, row: list) -> list:
+        """Name the entries of one residual-stream row (rewrite 3: a mean of the preceding entries stays one).
+
+        Entry ``j`` whose canonical form equals ``(e_0 + ... + e_{j-1}) / j`` (checked exactly)
+        becomes the same mean of the preceding entries' names; any other entry is :meth:`let`.
+        """
+        exprs, out = [], []
+        for j, e in enumerate(row):
+            e = self.canon(e)
+            if j >= 2 and not e.is_number and self.canon(e - sum(exprs, sp.Integer(0)) / j) == 0:
+                out.append(self.canon(sum(out, sp.Integer(0)) / j))
+            else:
+                out.append(self.let(e))
+            exprs.append(e)
+        return out
+
     def let(self, e):
         """Name a residual-stream entry (numbers stay numbers)."""
         e = self.canon(e)
@@ -189,6 +222,10 @@ class Kernel:
                 val = 1 / x
             elif kind == "let":
                 val = x
+            elif kind == "cos":
+                val = sp.cos(x)
+            elif kind == "sin":
+                val = sp.sin(x)
             else:
                 val = ACTIVATIONS[kind.split(":", 1)[1]][1](x)
             env[a] = sp.N(val, prec)
@@ -451,7 +488,10 @@ class Fn(Term):
 
     ``act(A)`` (elementwise; ``info`` the activation name), ``norm(X, g)`` (row-wise RMSNorm
     of X [s, w] with gain row g [1, w]; ``info`` epsilon), ``softmax(L)`` (row-wise, L [s, s];
-    ``info`` True for the causal mask).
+    ``info`` True for the causal mask); the blocks of docs/spec.md section 4: ``had(A, B)``
+    (entrywise product of two matrices of one shape: the gated MLP), ``lnorm(X, g, b)``
+    (row-wise LayerNorm with bias row b; ``info`` epsilon), ``rope(Q)`` (RoPE of the rows of
+    Q [s, k], row ``m`` at position ``m``; ``info`` ``(theta, layout)``).
     """
 
     kind: str
@@ -466,7 +506,16 @@ class Fn(Term):
         elif self.kind == "softmax":
             if not same_size(self.args[0].rows, self.args[0].cols):
                 raise KernelError("softmax: logits must be square")
-        elif self.kind != "act":
+        elif self.kind == "had":
+            A, B = self.args
+            if not (same_size(A.rows, B.rows) and same_size(A.cols, B.cols)):
+                raise KernelError("had: the factors must have one shape")
+        elif self.kind == "lnorm":
+            X, g, b = self.args
+            for v in (g, b):
+                if not (same_size(v.rows, 1) and same_size(v.cols, X.cols)):
+                    raise KernelError("lnorm: the gain and bias must be rows as wide as X")
+        elif self.kind not in ("act", "rope"):
             raise KernelError(f"Fn: unknown kind {self.kind!r}")
 
     @property
@@ -794,6 +843,20 @@ def _rule_node(t: Term, activation_zero: bool):
             if isinstance(a, Zero) and activation_zero and ACTIVATIONS[t.info][0]:
                 return f"{t.info}(0) = 0", _zero_like(a)
             return None
+        if t.kind == "had":
+            A, B = t.args
+            if _is_zero(A) or _is_zero(B):
+                return _zero_rule([a for a in (A, B) if _is_zero(a)]), _zero_like(A)
+            if (
+                isinstance(A, Cat)
+                and isinstance(B, Cat)
+                and _same_partition(A.row_sizes, B.row_sizes)
+                and _same_partition(A.col_sizes, B.col_sizes)
+            ):
+                return "entrywise product of blocks", Cat(
+                    tuple(tuple(Fn("had", (a, b)) for a, b in zip(ra, rb)) for ra, rb in zip(A.blocks, B.blocks))
+                )
+            return None
         if t.kind == "norm":
             X, g = t.args
             if _is_zero(g):
@@ -922,6 +985,34 @@ class Explicit:
                 r = K.rsqrt(sum((X[i, c] ** 2 for c in range(X.cols)), sp.Integer(0)) / X.cols + eps)
                 for j in range(X.cols):
                     out[i, j] = X[i, j] * g[0, j] * r
+        elif isinstance(t, Fn) and t.kind == "had":
+            out = self(t.args[0]).multiply_elementwise(self(t.args[1]))
+        elif isinstance(t, Fn) and t.kind == "lnorm":
+            X, g, b = self(t.args[0]).applyfunc(K.let), self(t.args[1]), self(t.args[2])
+            eps = sp.sympify(t.info).xreplace(self.sizes)
+            out = sp.zeros(*X.shape)
+            for i in range(X.rows):
+                mu = K.canon(sum((X[i, c] for c in range(X.cols)), sp.Integer(0)) / X.cols)
+                xc = [K.canon(X[i, c] - mu) for c in range(X.cols)]
+                r = K.rsqrt(sum((x**2 for x in xc), sp.Integer(0)) / X.cols + eps)
+                for j in range(X.cols):
+                    out[i, j] = xc[j] * g[0, j] * r + b[0, j]
+        elif isinstance(t, Fn) and t.kind == "rope":
+            Q = self(t.args[0])
+            theta, layout = t.info
+            if Q.cols % 2:
+                raise KernelError(f"explicit: rope of an odd width {Q.cols} at {self.sizes}")
+            half = Q.cols // 2
+            pairs = (
+                [(i, i + half) for i in range(half)] if layout == "half" else [(2 * i, 2 * i + 1) for i in range(half)]
+            )
+            out = sp.zeros(*Q.shape)
+            for i, (a, b) in enumerate(pairs):
+                freq = theta ** sp.Rational(-2 * i, Q.cols)
+                for m in range(Q.rows):
+                    c, sn = K.cos(m * freq), K.sin(m * freq)
+                    out[m, a] = Q[m, a] * c - Q[m, b] * sn
+                    out[m, b] = Q[m, b] * c + Q[m, a] * sn
         elif isinstance(t, Fn) and t.kind == "softmax":
             L = self(t.args[0])
             out = sp.zeros(*L.shape)

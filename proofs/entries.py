@@ -15,7 +15,7 @@ import numpy as np
 import sympy as sp
 
 from .core import KernelError, check_fresh, outputs_equal
-from .symbolic import ACTIVATIONS, PREC, Kernel, SHead, SLayer, SModel, forward, model_symbols, tensors
+from .symbolic import ACTIVATIONS, PREC, THETA_NAME, Kernel, SModel, forward, map_model, model_symbols, tensors
 
 # a numeric difference counts as real when it exceeds this (evaluation error is ~10^-PREC)
 DIFF_THRESHOLD = sp.Float("1e-20", PREC)
@@ -77,24 +77,22 @@ class NumKernel(Kernel):
     def let(self, e):
         return sp.N(e, self.prec)
 
+    def let_row(self, row):
+        return [sp.N(e, self.prec) for e in row]
+
+    def cos(self, arg):
+        return sp.N(sp.cos(sp.N(arg, self.prec)), self.prec)
+
+    def sin(self, arg):
+        return sp.N(sp.sin(sp.N(arg, self.prec)), self.prec)
+
 
 def substitute(m: SModel, values: dict) -> SModel:
     """The model with every symbol replaced by its value (a new model)."""
-    f = lambda M: M.xreplace(values)  # noqa: E731
-    layers = tuple(
-        SLayer(
-            f(L.norm_mha),
-            tuple(SHead(f(H.w_q), f(H.w_k), f(H.w_v), f(H.w_o)) for H in L.heads),
-            f(L.norm_mlp),
-            f(L.w_l1),
-            f(L.b_l1),
-            f(L.w_l2),
-            f(L.b_l2),
-        )
-        for L in m.layers
-    )
+    out = map_model(m, lambda M: M.xreplace(values))
     eps = m.eps.xreplace(values) if isinstance(m.eps, sp.Basic) else m.eps
-    return SModel(f(m.inp), f(m.pos), f(m.w_out), layers, eps=eps, causal=m.causal)
+    rope = None if m.rope is None else (sp.sympify(m.rope[0]).xreplace(values), m.rope[1])
+    return out.replace(eps=eps, rope=rope)
 
 
 def evaluate(m: SModel, values: dict, activation: str = "relu", prec: int = PREC) -> sp.Matrix:
@@ -114,8 +112,21 @@ def random_values(symbols, seed: int, fixed: dict | None = None) -> dict:
 
 
 def positive_fix(symbols) -> dict:
-    """Symbols declared positive (epsilon) get a positive value, 1e-6 as in the authors' notebook."""
-    return {s: 1e-6 for s in symbols if s.is_positive}
+    """Symbols declared positive get a positive value: the RoPE base ``theta`` 10000 (Llama's),
+    epsilon 1e-6 as in the authors' notebook."""
+    return {s: (1e4 if s.name == THETA_NAME else 1e-6) for s in symbols if s.is_positive}
+
+
+def rope_symbols(m: SModel) -> set:
+    """The symbols of the RoPE base (``theta``), which :func:`model_symbols` does not hold."""
+    return set() if m.rope is None else sp.sympify(m.rope[0]).free_symbols
+
+
+def _float_forward(m: SModel, values: dict, activation: str) -> np.ndarray:
+    """float64 output [s, o]: fpt_ref's forward for the paper's blocks, else the symbolic model at 17 digits."""
+    if m.is_paper:
+        return numpy_forward(m, values, activation)
+    return np.array(evaluate(m, values, activation, prec=17).tolist(), dtype=float)  # [s, o]
 
 
 def counterexample(
@@ -127,14 +138,14 @@ def counterexample(
     are evaluated there to ``PREC`` digits. The first two seeds are always evaluated to
     ``PREC`` digits, in case a difference is too small for float64.
     """
-    syms = model_symbols(base) | model_symbols(expanded)
+    syms = model_symbols(base) | model_symbols(expanded) | rope_symbols(base) | rope_symbols(expanded)
     fix = positive_fix(syms)
     fix.update(fixed or {})
     for seed in seeds:
         vals = random_values(syms, seed, fix)
         if seed >= 2:
-            y0 = numpy_forward(base, vals, activation)
-            y1 = numpy_forward(expanded, vals, activation)
+            y0 = _float_forward(base, vals, activation)
+            y1 = _float_forward(expanded, vals, activation)
             if not np.max(np.abs(y1 - y0)) > SCREEN_THRESHOLD * max(1.0, float(np.max(np.abs(y0)))):
                 continue
         y0 = evaluate(base, vals, activation)
@@ -198,6 +209,7 @@ ACT_NP = {
     "relu": lambda a: np.maximum(a, 0.0),
     "gelu": lambda a: 0.5 * a * (1.0 + np.vectorize(__import__("math").erf)(a / np.sqrt(2.0))),
     "silu": lambda a: a / (1.0 + np.exp(-a)),
+    "gelu_tanh": lambda a: 0.5 * a * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (a + 0.044715 * a**3))),
     "f": lambda a: np.log1p(np.exp(a)),  # softplus, the numeric instance of the generic f
 }
 
@@ -250,13 +262,13 @@ def float_screen(base: SModel, expanded: SModel, activation: str = "relu", seeds
     float64 rounding of these tiny models is below 1e-13 relative, so a value above
     ``SCREEN_THRESHOLD`` means the functions differ.
     """
-    syms = model_symbols(base) | model_symbols(expanded)
+    syms = model_symbols(base) | model_symbols(expanded) | rope_symbols(base) | rope_symbols(expanded)
     fix = positive_fix(syms)
     worst = 0.0
     for seed in seeds:
         vals = random_values(syms, seed, fix)
-        y0 = numpy_forward(base, vals, activation)
-        y1 = numpy_forward(expanded, vals, activation)
+        y0 = _float_forward(base, vals, activation)
+        y1 = _float_forward(expanded, vals, activation)
         worst = max(worst, float(np.max(np.abs(y1 - y0)) / max(1.0, float(np.max(np.abs(y0))))))
         if worst > SCREEN_THRESHOLD:
             break

@@ -75,7 +75,14 @@ def tex(t) -> str:
         inner = tex(t.arg)
         return f"{{{inner}}}^T" if isinstance(t.arg, (C.Sym, C.Fn)) else rf"\left( {inner} \right)^T"
     if isinstance(t, C.Fn):
-        name = {"act": r"\mathrm{f}", "norm": r"\mathrm{Norm}", "softmax": r"\mathrm{softmax}"}[t.kind]
+        name = {
+            "act": r"\mathrm{f}",
+            "norm": r"\mathrm{Norm}",
+            "softmax": r"\mathrm{softmax}",
+            "had": r"\mathrm{had}",
+            "lnorm": r"\mathrm{LayerNorm}",
+            "rope": r"\mathrm{RoPE}",
+        }[t.kind]
         return rf"{name}\left( {', '.join(tex(a) for a in t.args)} \right)"
     raise TypeError(f"tex: not a term: {t!r}")
 
@@ -135,13 +142,19 @@ class Run:
 def run(theorems: list[str], zero=None, scale=None, minimal: bool = False, sizes: dict | None = None) -> Run:
     """Run the requested claims. ``zero``/``scale`` (sets) apply to a single theorem; ``sizes``
     (old sizes and ``NAME_new``) replaces the two default size assignments by one."""
+    from . import variants as V
     from .theorems import check_sizes
 
     T = time.perf_counter()
     out = Run()
     for name in theorems:
         t = time.perf_counter()
-        if name == "compose":
+        if name in V.BY_NAME or name in V.groups():
+            levels, drops, found, _ = V.run([name], minimal=minimal)
+            out.levels += levels
+            out.drops += drops
+            out.searches += found
+        elif name == "compose":
             out.levels += run_compose()
         else:
             assignments = [check_sizes(name, sizes)] if sizes else default_sizes(name)
@@ -189,7 +202,7 @@ def records(r: Run) -> list[dict]:
                 "level": "entries",
                 "variant": f"{label}, {s.activation}",
                 "verdict": "proved" if not s.undecided else "not proved",
-                "sizes": dict(default_sizes(s.theorem)[0]),
+                "sizes": dict(s.sizes) if hasattr(s, "sizes") else dict(default_sizes(s.theorem)[0]),
                 "seconds": round(s.seconds, 4),
                 "label": label,
                 "detail": s.sets_text(),
@@ -203,13 +216,18 @@ def json_report(r: Run) -> str:
     return json.dumps(records(r), indent=1)
 
 
+def _of(name: str, theorem: str) -> bool:
+    """Whether a claim named ``theorem`` belongs to the group ``name`` (``mlp/glu`` holds ``mlp/glu:up``)."""
+    return theorem == name or ("/" in name and ":" not in name and theorem.startswith(name + ":"))
+
+
 def text_report(r: Run, show_chains: bool = False) -> str:
     lines = []
     for name in r.seconds:
-        for lv in [x for x in r.levels if x.theorem == name]:
-            lines.append(_line(name, lv.name, lv.status, lv.seconds, lv.detail))
-        for d in [x for x in r.drops if x.theorem == name]:
-            lines.append(_line(name, d.name, d.status, d.seconds, d.detail))
+        for lv in [x for x in r.levels if _of(name, x.theorem)]:
+            lines.append(_line(lv.theorem, lv.name, lv.status, lv.seconds, lv.detail))
+        for d in [x for x in r.drops if _of(name, x.theorem)]:
+            lines.append(_line(d.theorem, d.name, d.status, d.seconds, d.detail))
         for s in [x for x in r.searches if x.theorem == name]:
             label = "minimal sets" + (f" ({s.label})" if s.label else "")
             status = "proved" if not s.undecided else "not proved"

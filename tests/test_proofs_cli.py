@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -21,12 +25,20 @@ def prove(*args, cwd=None):
     return r.returncode, r.stdout, r.stderr
 
 
-@pytest.fixture(scope="module")
-def full(tmp_path_factory):
-    d = tmp_path_factory.mktemp("prove")
-    tex, md = str(d / "proofs.tex"), str(d / "proofs.md")
+@functools.cache
+def full_run():
+    """``(rc, stdout, stderr, tex path, md path)`` of ``prove --all --json --latex --markdown``, run once
+    per test session (tests/test_proofs_blocks.py reads the same run)."""
+    d = tempfile.mkdtemp(prefix="fpt-prove-")
+    atexit.register(shutil.rmtree, d, True)
+    tex, md = os.path.join(d, "proofs.tex"), os.path.join(d, "proofs.md")
     rc, out, err = prove("--all", "--json", "--latex", tex, "--markdown", md)
     return rc, out, err, tex, md
+
+
+@pytest.fixture(scope="module")
+def full():
+    return full_run()
 
 
 def _rows(md_path):
@@ -163,6 +175,9 @@ def test_user_constraint_sets(args, code, word):
         (["hidden", "--size", "k_new=5"], "--size: k_new is not grown by hidden"),
         (["hidden", "--size", "h=8"], "--size: h must be at most 7 to leave room for h_new"),
         (["mlp", "--size", "h=3", "--size", "h=4"], "--size: h given twice"),
+        (["mlp/glu", "--size", "p=3"], "--size: the real-architecture claims run at their own sizes"),
+        (["mlp/glu", "--zero", "M_l2"], "--zero/--scale: give exactly one theorem (not compose, not a real-arch"),
+        (["mlp/nothing"], "unknown theorem 'mlp/nothing'"),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args, needle, capsys):
@@ -203,7 +218,9 @@ def test_all_json_has_a_wide_proved_entry_record_for_every_theorem(full):
     rc, out, err = full[:3]
     assert rc == 0, err
     recs = json.loads(out)
-    assert {r["theorem"] for r in recs} == set(NAMES)
+    from fpt_ref.proofs.variants import BY_NAME
+
+    assert {r["theorem"] for r in recs} == set(NAMES) | set(BY_NAME)
     for name in NAMES:
         entries = [r for r in recs if r["theorem"] == name and r["level"] == "entries" and r["verdict"] == "proved"]
         grown = [
