@@ -9,7 +9,7 @@ structure of a layer (``kv_heads`` smaller than the number of heads, :class:`fpt
 :data:`RECIPES` is the table block x expansion -> constraint set, each row naming the claim of
 the proof checker (``fpt-ref prove``) that proves it, and :data:`WRONG_RECIPES` the tempting
 recipes that the checker refutes. docs/spec.md section 4 and docs/architectures.md print them;
-``tests/test_blocks.py`` holds them against ``fpt-ref prove --all --json``.
+``tests/test_proofs_blocks.py`` holds them against ``fpt-ref prove --all --json``.
 
 >>> PRESETS["llama"].mlp, PRESETS["llama"].act, PRESETS["llama"].positions
 ('gated', 'silu', 'rope')
@@ -286,7 +286,8 @@ WRONG_RECIPES: Mapping[str, str] = MappingProxyType(
         "attention/rope:append": "RoPE key growth by appending columns (theta kept)",
         "attention/rope:keep_theta": "RoPE key growth with the old pairs kept but theta unchanged",
         "add_heads/gqa:append": "a new query head appended at the end of a grouped-query layer",
-        "attention/bias:unscaled": "key growth with W_K scaled but b_k not",
+        "attention/bias:unscaled": "key growth with W_K scaled but b_k not (with RoPE; without RoPE the key bias "
+        "shifts each softmax row by a constant and the recipe is exact)",
         "add_layer/bias:b_o_free": "a new layer whose attention output bias is not zero",
         "mlp/glu:none": "gated MLP growth with no zero block",
     }
