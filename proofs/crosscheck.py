@@ -150,3 +150,93 @@ def _paper(theorem: str):
     from .theorems import THEOREMS
 
     return THEOREMS[theorem].paper
+
+
+def to_fpt_arch(m: SModel, values: dict, arch):
+    """``(fpt_ref.Model, I)``: a symbolic model with the blocks of ``arch`` (docs/spec.md 4.1) at
+    ``values``, as an fpt_ref model fed real inputs ``I`` [s, h].
+
+    The symbolic model reads real-valued inputs, so a tied output becomes the untied matrix of
+    the same numbers (``W_out = embed^T`` evaluated); RoPE's base is evaluated from ``m.rope``
+    (an expanded model's ``theta^(k^/k)`` included); a grouped layer's key/value heads are
+    shared by its query heads, as fpt_ref stores them.
+    """
+    from fpt_ref.model import Head, Layer, Model
+
+    def row(M):  # [1, n] -> [n], or None
+        return None if M is None else _np(M, values)[0]
+
+    def mat(M):
+        return None if M is None else _np(M, values)
+
+    layers = []
+    for L in m.layers:
+        kv = None
+        if L.kv is not None:
+            kv = [(mat(G.w_k), row(G.b_k), mat(G.w_v), row(G.b_v)) for G in L.kv]
+        heads = []
+        for j, H in enumerate(L.heads):
+            if kv is None:
+                w_k, b_k, w_v, b_v = mat(H.w_k), row(H.b_k), mat(H.w_v), row(H.b_v)
+            else:
+                w_k, b_k, w_v, b_v = kv[j // (len(L.heads) // len(kv))]
+            heads.append(Head(mat(H.w_q), w_k, w_v, mat(H.w_o), row(H.b_q), b_k, b_v))
+        layers.append(
+            Layer(
+                norm_mha=row(L.norm_mha),
+                heads=tuple(heads),
+                norm_mlp=row(L.norm_mlp),
+                w_l1=mat(L.w_l1),
+                b_l1=row(L.b_l1),
+                w_l2=mat(L.w_l2),
+                b_l2=row(L.b_l2),
+                w_gate=mat(L.w_gate),
+                b_gate=row(L.b_gate),
+                b_o=row(L.b_o),
+                norm_mha_b=row(L.norm_mha_b),
+                norm_mlp_b=row(L.norm_mlp_b),
+                kv_heads=None if kv is None else len(kv),
+            )
+        )
+    changes = {"tied": False}
+    if m.rope is not None:
+        changes["rope_theta"] = float(sp.sympify(m.rope[0]).xreplace(values))
+    model = Model(
+        embed=None,
+        pos=mat(m.pos) if arch.positions == "learned" else None,
+        w_out=mat(m.w_out),
+        layers=tuple(layers),
+        norm_eps=float(sp.sympify(m.eps).xreplace(values)),
+        causal=m.causal,
+        arch=arch.replace(**changes),
+        final_norm=row(m.final_norm),
+        final_norm_b=row(m.final_norm_b),
+        max_seq=None if arch.positions == "learned" else m.s,
+    )
+    return model, _np(m.inp, values)  # [s, h]
+
+
+def compare_forward_arch(m: SModel, values: dict, arch) -> tuple[float, float]:
+    """``(max ulps, tolerance in ulps)``: the symbolic model with the blocks of ``arch`` at
+    ``values`` (40 digits, through the stand-ins the proofs reduce) against ``fpt_ref.forward``.
+
+    Both in ulps of the output scale ``max |output|``; the tolerance is fpt_ref's derived
+    preservation bound for one model (``fpt_ref.tolerance``: the reduction lengths of the
+    blocks of ``arch`` times ulp of the nested natural scale), plus one ulp for rounding the
+    exact value to float64.
+    """
+    from fpt_ref.forward import forward as fpt_forward
+    from fpt_ref.forward import trace
+    from fpt_ref.tolerance import error_stats, preservation_scale, reduction_length, ulp
+
+    from .symbolic import Kernel, forward
+
+    K = Kernel(arch.act)
+    y = K.numeric_matrix(forward(m, K), values)  # [s, o], exact to 40 digits
+    exact = np.array([[float(y[i, j]) for j in range(y.cols)] for i in range(y.rows)])  # [s, o]
+    model, inp = to_fpt_arch(m, values, arch)
+    got = fpt_forward(model, inp)  # [s, o]
+    scale = preservation_scale(model, trace(model, inp))
+    tol_abs = (reduction_length(model, m.s) + 1) * ulp(scale, np.float64)
+    out_ulp = ulp(float(np.max(np.abs(exact))), np.float64)
+    return float(error_stats(exact, got)["max_ulp"]), tol_abs / out_ulp
