@@ -328,7 +328,7 @@ def plan_steps(model: Model, cfg: Config) -> str:
     groups as they have (``groups=true``, ``E`` doubles); ``heads`` and ``attention`` grow every
     head by 2; ``hidden`` grows to ``h + max(2, h/2)`` rounded up to a multiple of the head
     count on RoPE (transformers' ``LlamaConfig`` requires it), and to ``n_head x head size``
-    (GPT-2's ``n_embd``) on a multi-head model when that is larger.
+    (GPT-2's ``n_embd``) on a multi-head model whose base has ``h = n_head x head size``.
     """
     if cfg.plan is not None:
         return cfg.plan
@@ -355,7 +355,7 @@ def plan_steps(model: Model, cfg: Config) -> str:
     h_end = h + max(2, h // 2)
     if rope:  # transformers' LlamaConfig wants hidden_size a multiple of the heads
         h_end = -(-h_end // E_end) * E_end
-    elif E_end * kk > h:  # GPT-2: n_embd = n_head x head size at the end
+    elif h == E * k:  # GPT-2 whose base has n_embd = n_head x head size: so has the end
         h_end = E_end * kk
     return "; ".join(
         [
