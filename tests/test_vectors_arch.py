@@ -104,9 +104,10 @@ def test_manifest_names_the_architecture_and_the_file_holds_it(avec):
     assert not any(n.endswith(("b_q", "b_k", "b_v", "b_l1", "b_l2")) for n in names["llama"])
     assert "layers.0.w_gate" in names["llama"] and "layers.0.heads.1.w_k" not in names["llama"]
     assert base["llama"].layers[0].heads[0].k % 2 == 0
-    # qwen2: a grouped layer and a multi-query layer, q/k/v biases (k and v once per group)
-    assert [(L.E, L.G) for L in base["qwen2"].layers] == [(4, 2), (4, 1)]
-    assert {"layers.1.heads.3.b_q", "layers.0.heads.2.b_k", "layers.1.heads.0.b_v"} <= names["qwen2"]
+    # qwen2: multi-query layers (one key/value head each, uniform for a Hugging Face config),
+    # q/k/v biases (k and v once per group)
+    assert [(L.E, L.G) for L in base["qwen2"].layers] == [(4, 1), (4, 1)]
+    assert {"layers.1.heads.3.b_q", "layers.0.heads.0.b_k", "layers.1.heads.0.b_v"} <= names["qwen2"]
     assert "layers.1.heads.2.b_k" not in names["qwen2"]
     # gpt2: LayerNorm biases, learned positions, tied output (o = vocab, no w_out), every bias
     g = base["gpt2"]
@@ -198,10 +199,15 @@ def test_grouped_head_addition_keeps_the_groups(avec):
     assert np.array_equal(t["layers.1.heads.3.w_k"], p["layers.1.heads.2.w_k"])  # group 1's keys
     m = manifest(avec, "qwen2/add_heads")  # the multi-query layer gains one query head
     assert m["model"]["dims"]["layers"][1]["kv_heads"] == 1 and _roles(m, "zero") == {"layers.1.heads.4.w_o"}
-    m = manifest(avec, "qwen2/plan.2-add_heads")  # a whole new group: one key/value head, four query heads
-    L = m["model"]["dims"]["layers"][1]
-    assert (L["kv_heads"], len(L["heads"])) == (2, 8)
-    assert _roles(m, "zero") == {f"layers.1.heads.{e}.w_o" for e in range(4, 8)}
+    m = manifest(
+        avec, "qwen2/plan.2-add_heads"
+    )  # a whole new group in every layer: one key/value head, four query heads
+    for L in m["model"]["dims"]["layers"]:
+        assert (L["kv_heads"], len(L["heads"])) == (2, 8)
+    assert _roles(m, "zero") == {f"layers.{n}.heads.{e}.w_o" for n in (0, 1) for e in range(4, 8)}
+    m = manifest(avec, "llama/plan.2-add_heads")  # the groups doubled: 2 groups of 2 -> 4 groups of 2
+    assert all((L["kv_heads"], len(L["heads"])) == (4, 8) for L in m["model"]["dims"]["layers"])
+    assert _roles(m, "zero") == {f"layers.{n}.heads.{e}.w_o" for n in (0, 1) for e in range(4, 8)}
 
 
 def test_rope_key_growth_keeps_every_pair(avec):
@@ -222,9 +228,7 @@ def test_rope_key_growth_keeps_every_pair(avec):
             assert new.shape[-1] == 6 and not np.any(new[..., [2, 5]])
             assert np.allclose(new[..., [0, 1, 3, 4]], old * f, rtol=1e-15, atol=0)
             n_checked += 1
-        assert n_checked == (
-            6 if fam == "qwen2" else 4
-        )  # every key/value head of every layer (qwen2: 2 + 1, w_k and b_k)
+        assert n_checked == 4  # every key/value head of every layer (llama: 2 + 2; qwen2: 1 + 1, w_k and b_k)
 
 
 def test_compare_accepts_the_reference_in_float64_and_float32(avec, tmp_path):

@@ -20,21 +20,26 @@ child of the one before). Single expansions act on one layer or head where they 
 heads and layers become heterogeneous.
 
 Three more families use the blocks of real transformers (docs/spec.md section 4,
-:data:`fpt_ref.blocks.PRESETS`), token inputs, causal attention and ``eps > 0``:
+:data:`fpt_ref.blocks.PRESETS`), token inputs, causal attention, ``eps > 0``, equal layers and
+an output over the vocabulary (``o = vocab``), so that a Hugging Face config can express their
+base and most steps of their plan (docs/vectors.md, "Hugging Face layout"):
 
 ====== ============================================== ==========================================
 family blocks                                         attention
 ====== ============================================== ==========================================
 llama  RMSNorm, gated SiLU, RoPE (half), final norm   grouped-query, ``kv_heads = E/2`` per layer
-qwen2  llama plus q/k/v biases                        grouped-query and multi-query layers alternating
-gpt2   LayerNorm, tanh-GELU, biases, tied output      multi-head, heterogeneous layers (as above)
+qwen2  llama plus q/k/v biases                        multi-query (one key/value head per layer)
+gpt2   LayerNorm, tanh-GELU, biases, tied output      multi-head
 ====== ============================================== ==========================================
 
 They have ``E = 2 * heads`` query heads (``llama``, ``qwen2``) and an even ``k`` (RoPE
 rotates pairs). Their expansions follow docs/spec.md section 4.2: ``add_heads`` adds one query
-head per group (single) or a whole group (plan), ``heads`` grows whole groups, ``attention``
-grows every head of every layer at once on RoPE, ``hidden`` mean-pads on LayerNorm, the MLP
-expansions use each zero set of the gated MLP. :func:`families` selects families by
+head per group (single) or doubles the groups of every layer (plan), ``heads`` grows whole
+groups, ``attention`` grows every head of every layer at once on RoPE, ``hidden`` mean-pads on
+LayerNorm, the MLP expansions use each zero set of the gated MLP. The single expansions act on
+one layer or head where they can (heterogeneous layers and heads); the plan grows every layer
+and head alike, so that ``k = v`` again after its ``attention`` step (and, for ``gpt2``,
+``h = heads x k`` after its ``hidden`` step). :func:`families` selects families by
 architecture (``paper`` is the four above).
 """
 
@@ -149,7 +154,7 @@ class Family:
 
     ``arch`` is the preset of :data:`fpt_ref.blocks.PRESETS`; ``kv`` the key/value heads per
     layer: ``"all"`` (multi-head), ``"pairs"`` (``E/2``: groups of two query heads) or
-    ``"pairs-mqa"`` (``E/2`` on even layers, one on odd layers).
+    ``"mqa"`` (one key/value head).
     """
 
     name: str
@@ -171,8 +176,8 @@ FAMILIES = (
 #: the families of the presets of real architectures (docs/spec.md section 4)
 ARCH_FAMILIES = (
     Family("llama", tokens=True, causal=True, eps=True, hetero=False, arch="llama", kv="pairs"),
-    Family("qwen2", tokens=True, causal=True, eps=True, hetero=False, arch="qwen2", kv="pairs-mqa"),
-    Family("gpt2", tokens=True, causal=True, eps=True, hetero=True, arch="gpt2", kv="all"),
+    Family("qwen2", tokens=True, causal=True, eps=True, hetero=False, arch="qwen2", kv="mqa"),
+    Family("gpt2", tokens=True, causal=True, eps=True, hetero=False, arch="gpt2", kv="all"),
 )
 #: every family, in the order of their seeds (:func:`fpt_ref.vectors.write.family_seed`)
 ALL_FAMILIES = FAMILIES + ARCH_FAMILIES
@@ -213,7 +218,8 @@ def base_kwargs(cfg: Config, fam: Family, seed: int) -> dict:
     Heterogeneous families alternate per layer: ``p_n = p + (n mod 2) p/2``,
     ``E_n = heads + (n mod 2)``, ``k_n = k + 2 (n mod 2)``, ``v_n = v + 2 ((n+1) mod 2)``.
     Grouped families (``fam.kv`` not ``"all"``) have ``E = 2 heads``; RoPE families an even
-    ``k`` (``k + k mod 2``).
+    ``k`` (``k + k mod 2``). The families of real architectures have ``o = vocab`` (a Hugging
+    Face causal LM's output is over its vocabulary).
     """
     N = cfg.layers
     p: int | list[int]
@@ -231,7 +237,7 @@ def base_kwargs(cfg: Config, fam: Family, seed: int) -> dict:
     kv_heads: int | list[int] | None = None
     if fam.kv != "all":
         heads = 2 * cfg.heads
-        kv_heads = cfg.heads if fam.kv == "pairs" else [cfg.heads if n % 2 == 0 else 1 for n in range(N)]
+        kv_heads = cfg.heads if fam.kv == "pairs" else 1
     if arch.positions == "rope" and isinstance(k, int):
         k += k % 2
     extra = {} if fam.arch == "paper" else {"arch": fam.arch, "kv_heads": kv_heads}
@@ -242,7 +248,7 @@ def base_kwargs(cfg: Config, fam: Family, seed: int) -> dict:
         k=k,
         v=v,
         n_layers=N,
-        out_dim=cfg.out_dim,
+        out_dim=cfg.out_dim if fam.arch == "paper" else cfg.vocab,
         max_seq=cfg.max_seq,
         vocab=cfg.vocab if fam.tokens else None,
         eps=cfg.eps if fam.eps else 0.0,
@@ -316,9 +322,13 @@ def single_steps(model: Model) -> dict:
 def plan_steps(model: Model, cfg: Config) -> str:
     """The composed plan: all six expansions in sequence (or ``cfg.plan``).
 
-    Real architectures: a gated MLP is grown with ``zero=M_gate``, a plain one with
-    ``zero=M_l1``; a grouped last layer gains a whole group (``groups=true``); ``heads`` grows
-    its first group; on RoPE ``attention`` grows every head of every layer.
+    Real architectures: every step grows every layer and head alike, so that the steps after
+    ``attention`` have one head count and ``k = v`` (a Hugging Face ``head_dim``). A gated MLP
+    is grown with ``zero=M_gate``, a plain one with ``zero=M_l1``; grouped layers gain as many
+    groups as they have (``groups=true``, ``E`` doubles); ``heads`` and ``attention`` grow every
+    head by 2; ``hidden`` grows to ``h + max(2, h/2)`` rounded up to a multiple of the head
+    count on RoPE (transformers' ``LlamaConfig`` requires it), and to ``n_head x head size``
+    (GPT-2's ``n_embd``) on a multi-head model whose base has ``h = n_head x head size``.
     """
     if cfg.plan is not None:
         return cfg.plan
@@ -337,18 +347,23 @@ def plan_steps(model: Model, cfg: Config) -> str:
             ]
         )
     last = model.layers[N - 1]
-    G, r = _group(last)
-    add_heads = (
-        f"add_heads count={r} layers={N - 1} groups=true" if last.grouped else f"add_heads count=1 layers={N - 1}"
-    )
+    E, kk = len(last.heads), k + 2
     rope = arch.positions == "rope"
+    # grouped: count = E query heads in whole groups doubles every layer's groups (h % E stays 0 for llama)
+    add_heads = f"add_heads count={E} groups=true" if last.grouped else "add_heads count=1"
+    E_end = 2 * E if last.grouped else E + 1
+    h_end = h + max(2, h // 2)
+    if rope:  # transformers' LlamaConfig wants hidden_size a multiple of the heads
+        h_end = -(-h_end // E_end) * E_end
+    elif h == E * k:  # GPT-2 whose base has n_embd = n_head x head size: so has the end
+        h_end = E_end * kk
     return "; ".join(
         [
             f"mlp p={p + max(2, p // 2)} zero={'M_gate' if arch.mlp == 'gated' else 'M_l1'}",
             add_heads,
-            f"heads v={v + 2} layers={N - 1} heads={_heads_text(last)}",
-            f"attention k={k + 2}" if rope else f"attention k={k + 2} layers=0",
-            f"hidden h={h + max(2, h // 2)}",
+            f"heads v={v + 2}",
+            f"attention k={kk}",
+            f"hidden h={h_end}",
             f"add_layer at={(N + 1) // 2}",
         ]
     )

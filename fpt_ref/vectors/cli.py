@@ -17,10 +17,11 @@ def cmd_vectors(args) -> int:
     archs = parse_archs(args.arch)  # already checked by _archs
     cfg = load_config(args.config)
     t0 = time.perf_counter()
-    index = write_vectors(args.out, cfg, seed=args.seed, archs=archs)
+    index = write_vectors(args.out, cfg, seed=args.seed, archs=archs, hf=args.hf)
     what = "" if archs == ("paper",) else f", {'/'.join(archs)}"
+    folders = f", {sum(1 for e in index if e['hf'])} Hugging Face folders" if args.hf else ""
     print(
-        f"wrote {len(index)} cases ({cfg.name} config, seed {args.seed}{what}) to {args.out} "
+        f"wrote {len(index)} cases ({cfg.name} config, seed {args.seed}{what}{folders}) to {args.out} "
         f"in {time.perf_counter() - t0:.1f} s"
     )
     return 0
@@ -59,6 +60,12 @@ def register(subparsers) -> None:
         default="paper",
         help="families by architecture: paper (default: the paper's model), llama, qwen2, gpt2, "
         "comma-separated, or all",
+    )
+    s.add_argument(
+        "--hf",
+        action="store_true",
+        help="also write each llama, qwen2 or gpt2 case a Hugging Face config can express as a checkpoint "
+        "folder CASE/hf (float64; the manifest says why a case has none)",
     )
     s.add_argument("-o", "--out", required=True, help="output directory")
     s.set_defaults(func=cmd_vectors)

@@ -9,6 +9,9 @@ Layout of ``DIR`` (docs/vectors.md):
                         manifest.json        what the case is, dims, blocks, tolerances, seeds, versions
                         vectors.npz          inputs and outputs again, for NumPy-only users
                         model.npz            the model's tensors again (same names as model.safetensors)
+                        hf/                  with ``hf``: the model as a Hugging Face checkpoint folder
+                                             (config.json, model.safetensors; float64), when a config can
+                                             express it (:func:`hf_layout`)
 """
 
 from __future__ import annotations
@@ -36,8 +39,53 @@ from .cases import ALL_FAMILIES, EXPANSIONS, Config, Family, base_kwargs, famili
 from .describe import conventions, needs
 
 FORMAT = "fpt-ref-vectors/1"
-#: draws of a family's inputs looking for one without float32 argmax near-ties
-INPUT_ATTEMPTS = 10
+#: draws of a family's inputs looking for one without float32 argmax near-ties (an output over
+#: the vocabulary, as in the preset families, has more near-ties: ``small`` needs up to 20 draws)
+INPUT_ATTEMPTS = 30
+#: the case's Hugging Face checkpoint folder, relative to the case directory
+HF_FOLDER = "hf"
+#: stored dtype of the Hugging Face folders: the reference's values exactly
+HF_DTYPE = "float64"
+#: base config of each preset's Hugging Face folders (:func:`fpt_ref.hf.save` ``like``); the sizes come from the model
+HF_LIKE = {
+    "llama": {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_act": "silu",
+        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+        "bos_token_id": None,
+        "eos_token_id": None,
+    },
+    "qwen2": {
+        "model_type": "qwen2",
+        "architectures": ["Qwen2ForCausalLM"],
+        "hidden_act": "silu",
+        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+        "use_sliding_window": False,
+        "bos_token_id": None,
+        "eos_token_id": None,
+    },
+    "gpt2": {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "activation_function": "gelu_new",
+        "bos_token_id": None,  # no tokenizer: token ids carry no meaning (GPT-2's default 50256 is beyond the vocabulary)
+        "eos_token_id": None,
+    },
+}
+#: the agreement policy (:func:`fpt_ref.tolerances` dtype) that bounds transformers' float64
+#: logits of each preset against the reference (docs/hf.md, "Agreement with transformers")
+HF_AGREEMENT = {
+    "llama": (
+        "float32",
+        "transformers' float64 Llama computes RMSNorm, the RoPE angles and the softmax in float32",
+    ),
+    "qwen2": (
+        "float32",
+        "transformers' float64 Qwen2 computes RMSNorm, the RoPE angles and the softmax in float32",
+    ),
+    "gpt2": ("float64", "transformers' float64 GPT-2 is float64 throughout"),
+}
 
 
 @dataclass(frozen=True)
@@ -224,8 +272,61 @@ def manifest(case: Case, cfg: Config, seed: int, x, iseed: int, ref: dict, tol: 
     }
 
 
+def _hf_path(case_name: str) -> str:
+    return f"{case_name}/{HF_FOLDER}"
+
+
+def hf_reason(case: Case) -> str | None:
+    """Why ``case``'s model has no Hugging Face checkpoint folder, or None when it can have one.
+
+    The reason of a preset family's case is :func:`fpt_ref.hf.check`'s message (the config
+    field that cannot express the model: per-layer widths, ``k != v``, ...).
+    """
+    arch = case.family.arch
+    if arch not in HF_LIKE:
+        return "the paper's model (docs/spec.md section 1) has no Hugging Face architecture"
+    from .. import hf
+
+    try:
+        hf.check(case.model, HF_LIKE[arch])
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def hf_layout(case: Case, reasons: dict) -> dict:
+    """The ``hf`` entry of ``case``'s manifest (docs/vectors.md, "Hugging Face layout").
+
+    ``reasons`` maps every case name of the family to :func:`hf_reason`. ``folder`` is the
+    case's checkpoint folder (relative to the case directory) or None with ``reason``;
+    ``base`` and ``parent`` are the folders (relative to the vectors directory) of the
+    family's base and of the case's parent, None where they have none.
+    """
+    reason = reasons[case.name]
+    root = f"{case.family.name}/base"
+    arch = case.family.arch
+    out: dict[str, Any] = {"folder": None if reason else HF_FOLDER, "reason": reason}
+    if arch in HF_LIKE:
+        policy, why = HF_AGREEMENT[arch]
+        out.update(
+            model_type=HF_LIKE[arch]["model_type"],
+            dtype=HF_DTYPE,
+            config=None if reason else f"{HF_FOLDER}/config.json",
+            weights=None if reason else f"{HF_FOLDER}/model.safetensors",
+            base=None if reasons[root] else _hf_path(root),
+            parent=None if case.parent is None or reasons[case.parent] else _hf_path(case.parent),
+            agreement={
+                "policy": policy,
+                "why": why,
+                "tolerance": f"tolerance.{policy}.output",
+            },
+        )
+    return out
+
+
 def write_case(case_dir: str, case: Case, x, ref: dict, man: dict) -> None:
-    """Write the six files of one case into ``case_dir`` (created), each byte-reproducible."""
+    """Write the six files of one case into ``case_dir`` (created), each byte-reproducible; with an
+    ``hf`` entry naming a folder, the model as a Hugging Face checkpoint folder too."""
     os.makedirs(case_dir, exist_ok=True)
     save(case.model, os.path.join(case_dir, "model.safetensors"))
     in_name = man["inputs"]["name"]
@@ -237,6 +338,11 @@ def write_case(case_dir: str, case: Case, x, ref: dict, man: dict) -> None:
     write_npz(os.path.join(case_dir, "model.npz"), {k: np.asarray(v) for k, v in named_tensors(case.model).items()})
     # strict JSON for other languages
     write_text(os.path.join(case_dir, "manifest.json"), json.dumps(man, indent=1, allow_nan=False) + "\n")
+    if man.get("hf", {}).get("folder"):
+        from .. import hf
+
+        like = HF_LIKE[case.family.arch]
+        hf.save(case.model, os.path.join(case_dir, man["hf"]["folder"]), like=like, dtype=HF_DTYPE, shard_bytes=None)
 
 
 def config_bytes(cfg: Config, archs="paper") -> int:
@@ -282,13 +388,19 @@ def is_vectors_dir(path: str) -> bool:
         return False
 
 
-def write_vectors(out_dir, cfg: Config, seed: int = 0, archs="paper") -> list:
+def write_vectors(out_dir, cfg: Config, seed: int = 0, archs="paper", hf: bool = False) -> list:
     """Build every case of ``cfg`` and write it under ``out_dir``; returns the index entries.
 
     ``archs`` selects the families by architecture (:func:`fpt_ref.vectors.cases.families`:
     ``"paper"``, the default, the four families of the paper's model; ``"all"``; or some of
     ``paper``, ``llama``, ``qwen2``, ``gpt2``, comma-separated or a list). A family's files
     are the same whichever others are written.
+
+    With ``hf``, every case of a preset family (``llama``, ``qwen2``, ``gpt2``) whose model a
+    Hugging Face config can express (:func:`fpt_ref.hf.check`) also gets its model as a
+    checkpoint folder ``hf/`` (float64, :func:`fpt_ref.hf.save`); every manifest gets an
+    ``hf`` entry (:func:`hf_layout`: the folder, or the reason it has none) and every index
+    entry an ``hf`` path (or None). The other files are the same with or without ``hf``.
 
     ``out_dir`` is missing, empty, or an earlier output of this function: it is replaced as
     a whole (:func:`fpt_ref.files.replace_directory`), so no stale case of an older run
@@ -302,13 +414,15 @@ def write_vectors(out_dir, cfg: Config, seed: int = 0, archs="paper") -> list:
     in memory.
     """
     seed = check_int("seed", seed, 0)
+    if not isinstance(hf, bool):
+        raise ValueError(f"hf: expected True or False, got {hf!r}")
     fams = families(archs)
     require(config_bytes(cfg, archs), f"config {cfg.name}: the cases of one family")
     with replace_directory(out_dir, is_vectors_dir, name="out_dir") as tmp:
-        return _write_all(tmp, cfg, seed, fams)
+        return _write_all(tmp, cfg, seed, fams, hf)
 
 
-def _write_all(out_dir: str, cfg: Config, seed: int, fams: tuple) -> list:
+def _write_all(out_dir: str, cfg: Config, seed: int, fams: tuple, hf: bool = False) -> list:
     built = []  # every family is built before anything is written, so a bad plan leaves no partial output
     for fam in fams:
         fseed = family_seed(seed, ALL_FAMILIES.index(fam))
@@ -324,22 +438,27 @@ def _write_all(out_dir: str, cfg: Config, seed: int, fams: tuple) -> list:
     for fseed, cases in built:
         x_base, iseed, refs, tols = choose_inputs(cases, cfg, fseed)
         root_out = refs[cases[0].name]["output"]
+        reasons = {c.name: hf_reason(c) for c in cases} if hf else {}
         for c in cases:
             x = case_inputs(c.model, x_base)
             ref = refs[c.name]
             parent_out = None if c.parent is None else refs[c.parent]["output"]
             man = manifest(c, cfg, seed, x, iseed, ref, tols[c.name], root_out, parent_out)
+            entry = {
+                "case": c.name,
+                "path": c.name,
+                "kind": c.kind,
+                "step": c.step,
+                "parent": c.parent,
+                "arch": c.family.arch,
+            }
+            if hf:
+                man["hf"] = hf_layout(c, reasons)
+                if man["hf"]["folder"]:
+                    man["files"]["hf"] = man["hf"]["folder"]
+                entry["hf"] = None if reasons[c.name] else _hf_path(c.name)
             write_case(os.path.join(out_dir, *c.name.split("/")), c, x, ref, man)
-            index.append(
-                {
-                    "case": c.name,
-                    "path": c.name,
-                    "kind": c.kind,
-                    "step": c.step,
-                    "parent": c.parent,
-                    "arch": c.family.arch,
-                }
-            )
+            index.append(entry)
     archs = sorted({f.arch for f in fams}, key=[f.arch for f in ALL_FAMILIES].index)
     text = json.dumps(
         {"format": FORMAT, "config": cfg.to_dict(), "seed": seed, "archs": archs, "cases": index}, indent=1
