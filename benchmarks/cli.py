@@ -31,7 +31,8 @@ def _list(choices=None):
 
 def add_arguments(s) -> None:
     """The options of ``fpt-ref bench`` (and ``python -m fpt_ref.benchmarks``) on the parser ``s``."""
-    from .ops import OPS  # light: fpt_ref and NumPy only
+    from .ops import ARCH_RULES, ARCHS, OPS  # light: fpt_ref and NumPy only
+    from .runner import BACKENDS
 
     s.add_argument("--quick", action="store_true", help="tiny ladder, few repeats (under a minute on 2 cores)")
     s.add_argument(
@@ -39,9 +40,16 @@ def add_arguments(s) -> None:
     )
     s.add_argument(
         "--backends",
-        type=_list(["numpy", "cupy", "torch"]),
-        default=["numpy", "cupy", "torch"],
-        help="comma-separated: numpy,cupy,torch (unusable ones are skipped with a note)",
+        type=_list(list(BACKENDS)),
+        default=list(BACKENDS),
+        help=f"comma-separated: {','.join(BACKENDS)} (unusable ones are skipped with a note; "
+        "transformers: the llama and qwen2 architectures, CPU)",
+    )
+    s.add_argument(
+        "--arch",
+        choices=list(ARCHS),
+        default="paper",
+        help=f"architecture of every model (default paper; {ARCH_RULES})",
     )
     s.add_argument(
         "--ladder",
@@ -98,6 +106,7 @@ def config_from_args(args, gpu_usable: bool):
         blas_threads=args.blas_threads,
         one_thread=args.one_thread,
         time_budget_s=args.time_budget,
+        arch=args.arch,
     )
     ladder = args.ladder or ("quick" if args.quick else ("gpu" if gpu_usable else "cpu"))
     kw["ladder"] = ladder

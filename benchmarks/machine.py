@@ -319,6 +319,15 @@ def torch_status() -> tuple:
     return torch, "ok"
 
 
+def transformers_status() -> tuple:
+    """``(transformers module or None, reason)``."""
+    try:
+        import transformers
+    except Exception as exc:
+        return None, f"transformers not importable ({type(exc).__name__}: {exc})"
+    return transformers, "ok"
+
+
 def torch_info(torch) -> dict:
     info = {
         "version": torch.__version__,

@@ -2,14 +2,16 @@
 
 ``ratio_matmul``: achieved FLOP/s over the paired reference matmul's FLOP/s;
 ``ratio_copy``: time over the paired copy of the output model's tensors; ``ratio_torch``:
-time over the paired PyTorch forward (same thread setting); ``speedup_gpu``: the NumPy
+time over the paired PyTorch forward (same thread setting); ``ratio_transformers``: time over
+the paired Hugging Face transformers forward of the same weights (same thread setting);
+``speedup_gpu``: the NumPy
 record's time (default threads) over the CuPy record's (same op, dtype and size). ``None``
 where a ratio does not apply.
 """
 
 from __future__ import annotations
 
-RATIOS = ("ratio_matmul", "ratio_copy", "ratio_torch", "speedup_gpu")
+RATIOS = ("ratio_matmul", "ratio_copy", "ratio_torch", "ratio_transformers", "speedup_gpu")
 
 
 def ratio_matmul(flops: float, seconds: float, ref_flops: float, ref_seconds: float) -> float:
@@ -31,6 +33,8 @@ def compute_ratios(records: list) -> list:
             r["ratio_copy"] = r["seconds"] / r["ref_copy_seconds"]
         if r.get("ref_torch_seconds"):
             r["ratio_torch"] = r["seconds"] / r["ref_torch_seconds"]
+        if r.get("ref_transformers_seconds"):
+            r["ratio_transformers"] = r["seconds"] / r["ref_transformers_seconds"]
         out.append(r)
     cpu = {
         (r["op"], r["dtype"], r["size"]): r

@@ -2,7 +2,7 @@
 
 ``write_all(results, out_dir)`` writes ``results.json``, ``table.md`` and the plots
 ``time_vs_params.png`` (every op's time against parameter count), ``backends.png``
-(forward time per backend: NumPy, PyTorch CPU, CuPy, PyTorch CUDA) and ``roofline.png``
+(forward time per backend: NumPy, PyTorch CPU, transformers CPU, CuPy, PyTorch CUDA) and ``roofline.png``
 (forward ``ratio_matmul`` against parameter count, with the targets). Records taken under
 load (``under_load``, docs/benchmarks.md) are marked ``*`` in the tables; one-thread
 records (``thread_setting == "one"``) get columns of their own beside the default ones.
@@ -15,7 +15,14 @@ import os
 
 from .machine import LOAD_THRESHOLD
 
-TARGETS = {"cpu_ratio_matmul": 0.7, "ratio_torch": 1.0, "ratio_copy": 3.0, "gpu_speedup": 20.0, "gpu_ratio_matmul": 0.7}
+TARGETS = {
+    "cpu_ratio_matmul": 0.7,
+    "ratio_torch": 1.0,
+    "ratio_transformers": 1.0,
+    "ratio_copy": 3.0,
+    "gpu_speedup": 20.0,
+    "gpu_ratio_matmul": 0.7,
+}
 
 
 def write_json(results: dict, path: str) -> str:
@@ -70,6 +77,8 @@ def markdown_table(results: dict) -> str:
     dtypes = [d for d in ("float32", "float64") if any(r["dtype"] == d for r in recs)]
     gpu = any(r["backend"] == "cupy" for r in recs)
     torch_cpu = any(r["backend"] == "torch-cpu" for r in recs)
+    hf_cpu = any(r["backend"] == "transformers-cpu" for r in recs)
+    archs = sorted({r.get("arch", "paper") for r in recs})
     torch_cuda = any(r["backend"] == "torch-cuda" for r in recs)
     one = any(r.get("thread_setting") == "one" for r in recs)
     threads = cfg.get("blas_threads")
@@ -83,6 +92,7 @@ def markdown_table(results: dict) -> str:
         + ("; also one thread each, in the same alternating rounds (`1 thr` columns)" if one else "")
         + f"; load average {cpu.get('loadavg')} at start, {m.get('loadavg_end')} at end; "
         f"run took {m.get('wall_seconds')} s (ladder `{cfg.get('ladder')}`).",
+        "Architecture: " + ", ".join(f"`{a}`" for a in archs or [cfg.get("arch", "paper")]) + _arch_note(recs),
     ]
     if simd or torch_cap:
         lines.append(
@@ -111,10 +121,14 @@ def markdown_table(results: dict) -> str:
     head = ["size", "params", "dtype", "NumPy s", "ratio_matmul"]
     if torch_cpu:
         head += ["PyTorch CPU s", "ratio_torch"]
+    if hf_cpu:
+        head += ["transformers s", "ratio_transformers"]
     if one:
         head += ["NumPy s (1 thr)", "ratio_matmul (1 thr)"]
         if torch_cpu:
             head += ["PyTorch CPU s (1 thr)", "ratio_torch (1 thr)"]
+        if hf_cpu:
+            head += ["transformers s (1 thr)", "ratio_transformers (1 thr)"]
     if gpu:
         head += ["CuPy s", "speedup_gpu", "GPU ratio_matmul"]
         if torch_cuda:
@@ -122,7 +136,14 @@ def markdown_table(results: dict) -> str:
     fwd = [
         "**Forward** (median seconds; ratio_matmul = forward FLOP/s / same-run matmul FLOP/s, "
         f"target >= {TARGETS['cpu_ratio_matmul']} on CPU at the largest size; ratio_torch = ours / PyTorch eager, "
-        f"target <= {TARGETS['ratio_torch']})",
+        f"target <= {TARGETS['ratio_torch']}"
+        + (
+            f"; ratio_transformers = ours / transformers' eager model of the same weights, "
+            f"target <= {TARGETS['ratio_transformers']} at the largest size"
+            if hf_cpu
+            else ""
+        )
+        + ")",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" for _ in head) + "|",
@@ -136,12 +157,18 @@ def markdown_table(results: dict) -> str:
             if torch_cpu:
                 t = _find(recs, op="forward", backend="torch-cpu", size=size, dtype=dt)
                 row += [_ts(t), _fmt(r["ratio_torch"])]
+            if hf_cpu:
+                t = _find(recs, op="forward", backend="transformers-cpu", size=size, dtype=dt)
+                row += [_ts(t), _fmt(r.get("ratio_transformers"))]
             if one:
                 r1 = _find(recs, "one", op="forward", backend="numpy", size=size, dtype=dt)
                 row += [_ts(r1), _fmt(r1 and r1["ratio_matmul"])]
                 if torch_cpu:
                     t1 = _find(recs, "one", op="forward", backend="torch-cpu", size=size, dtype=dt)
                     row += [_ts(t1), _fmt(r1 and r1["ratio_torch"])]
+                if hf_cpu:
+                    t1 = _find(recs, "one", op="forward", backend="transformers-cpu", size=size, dtype=dt)
+                    row += [_ts(t1), _fmt(r1 and r1.get("ratio_transformers"))]
             if gpu:
                 g = _find(recs, op="forward", backend="cupy", size=size, dtype=dt)
                 row += [_ts(g), _fmt(g and g["speedup_gpu"], 1), _fmt(g and g["ratio_matmul"])]
@@ -215,6 +242,19 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _arch_note(recs) -> str:
+    """`` (dims ...)``: the dimensions that differ from the paper ladder's (key/value heads, MLP width), or ``"."``."""
+    fwd = [r for r in recs if r["op"] == "forward" and r.get("arch", "paper") != "paper" and "dims" in r]
+    seen, parts = set(), []
+    for r in fwd:
+        d = r["dims"]
+        if r["size"] in seen:
+            continue
+        seen.add(r["size"])
+        parts.append(f"{r['size']}: E={d['E']}, G={d.get('G', d['E'])}, p={d['p']}")
+    return " (" + "; ".join(parts) + "; G key/value heads, p the MLP width)." if parts else "."
+
+
 # ---- plots -----------------------------------------------------------------------------
 def _series(recs, op, backend, dtype, key="seconds", setting="default"):
     pts = sorted(
@@ -277,7 +317,11 @@ def plot_all(results: dict, out_dir: str) -> list:
 
     # 2. backends: forward time per backend (CPU vs GPU)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=80)
-    backends = [b for b in ("numpy", "torch-cpu", "cupy", "torch-cuda") if any(r["backend"] == b for r in recs)]
+    backends = [
+        b
+        for b in ("numpy", "torch-cpu", "transformers-cpu", "cupy", "torch-cuda")
+        if any(r["backend"] == b for r in recs)
+    ]
     for i, b in enumerate(backends):
         for dt in dtypes:
             x, y = _series(recs, "forward", b, dt)

@@ -2,28 +2,33 @@
 
 Timing is :mod:`benchmarks.timing` (interleaved with a reference, docs/benchmarks.md), the
 ratios :mod:`benchmarks.ratios`. The forward of each (size, dtype) is timed in alternating
-rounds (:func:`benchmarks.timing.measure_rounds`): on the CPU, NumPy and PyTorch, each with
-the default thread count and, when ``Config.one_thread``, with one thread; on the GPU, CuPy
-and PyTorch (CUDA). Each group is paired with its own library's matmul. Thread counts are
+rounds (:func:`benchmarks.timing.measure_rounds`): on the CPU, NumPy, PyTorch and (``llama``
+and ``qwen2`` presets) Hugging Face transformers' own model of the same weights
+(:mod:`benchmarks.hf`), each with the default thread count and, when ``Config.one_thread``,
+with one thread; on the GPU, CuPy and PyTorch (CUDA). Each group is paired with its own
+library's matmul. ``Config.arch`` picks the architecture of every model
+(:meth:`benchmarks.ops.Size.for_arch`). Thread counts are
 switched in the process, OpenBLAS's through ``ctypes`` (:func:`benchmarks.machine.set_blas_threads`)
 and PyTorch's with ``torch.set_num_threads``; no dependency is added for it.
 
 Record fields (one dict per measured (op, backend, dtype, size, thread setting)):
 
-``op, backend, dtype, size, dims, params`` identify it (``dims``: h, N, E, k, v, p, o, s, b;
-``params``: parameter count of the input model); ``thread_setting`` (``"default"``: the
+``op, backend, dtype, size, arch, dims, params`` identify it (``arch``: the preset;
+``dims``: h, N, E, G, k, v, p, o, s, b; ``params``: parameter count of the input model); ``thread_setting`` (``"default"``: the
 libraries' own thread count, or ``Config.blas_threads``; ``"one"``: one BLAS / PyTorch
 thread) and ``threads`` (the count in force; ``None`` on the GPU or where unreadable);
 ``seconds`` (median), ``seconds_min``, ``seconds_max``, ``repeats``; work counts ``flops``
 (forward/verify/matmul) and ``bytes`` (expansions: the output model's bytes); the paired
 reference medians ``ref_matmul_seconds`` with ``ref_matmul_flops``, ``ref_copy_seconds``,
-``ref_torch_seconds``; and the ratios ``ratio_matmul``, ``ratio_copy``, ``ratio_torch``,
-``speedup_gpu`` (``None`` where they do not apply), filled by
+``ref_torch_seconds``, ``ref_transformers_seconds``; and the ratios ``ratio_matmul``,
+``ratio_copy``, ``ratio_torch``, ``ratio_transformers``, ``speedup_gpu`` (``None`` where
+they do not apply), filled by
 :func:`benchmarks.ratios.compute_ratios` from those fields alone. The load: ``loadavg`` (1, 5
 and 15 minute load averages when the record was taken), ``cpu_others`` (cores kept busy by
 other processes during its timed rounds, :func:`benchmarks.machine.others_load`) and
 ``under_load`` (:func:`benchmarks.machine.under_load`). Forward records of PyTorch add
-``torch_max_rel`` (its normwise distance from our output); verify records add ``verify_ok``,
+``torch_max_rel`` (its largest difference from our output over our largest output entry),
+those of transformers ``transformers_max_rel``; verify records add ``verify_ok``,
 ``verify_max_ulp``; expansion and verify records add ``out_params``.
 """
 
@@ -38,18 +43,20 @@ import numpy as np
 
 from fpt_ref.model import param_count
 
-from . import machine, ops
+from . import hf, machine, ops
 from .ratios import compute_ratios
 from .timing import Group, cpu_timer, cuda_timer, measure, measure_rounds, summarize
 
-SCHEMA = 2
+SCHEMA = 3
+BACKENDS = ("numpy", "cupy", "torch", "transformers")
 SETTLE_S = 0.1  # pause before each CPU group of a round, so other runtimes' idle threads stop spinning
 PRIMER_N = 256  # the small product that wakes a thread pool before its group's timed calls
 
 
 @dataclass
 class Config:
-    """What one run measures. ``ladder`` is ``"quick"``, ``"cpu"`` or ``"gpu"`` (see :mod:`benchmarks.ops`).
+    """What one run measures. ``ladder`` is ``"quick"``, ``"cpu"`` or ``"gpu"`` and ``arch`` one of
+    :data:`benchmarks.ops.ARCHS` (see :mod:`benchmarks.ops`).
 
     ``one_thread``: also time the CPU forward (NumPy and PyTorch, with their matmuls) with
     one thread, in the same alternating rounds as the default thread count. ``settle_s``:
@@ -60,7 +67,7 @@ class Config:
 
     ladder: str = "cpu"
     sizes: list | None = None
-    backends: tuple = ("numpy", "cupy", "torch")
+    backends: tuple = BACKENDS
     dtypes: tuple = ("float32", "float64")
     ops: tuple = ops.OPS
     min_repeats: int = 3
@@ -72,6 +79,7 @@ class Config:
     one_thread: bool = True
     settle_s: float = SETTLE_S
     time_budget_s: float | None = None
+    arch: str = "paper"
 
     @classmethod
     def quick(cls, **kw) -> Config:
@@ -120,6 +128,7 @@ def _record(op, backend, dtype, size: ops.Size, samples, load: dict, **extra) ->
         "backend": backend,
         "dtype": dtype,
         "size": size.name,
+        "arch": size.arch,
         "dims": size.dims(),
         "params": size.params(),
         "thread_setting": "default",
@@ -150,16 +159,18 @@ def run(config: Config, log_stream=sys.stderr) -> dict:
     ladder order, each on every backend, so a time budget cuts the largest sizes first.
     """
     log = _Log(log_stream)
-    unknown = [b for b in config.backends if b not in ("numpy", "cupy", "torch")]
+    unknown = [b for b in config.backends if b not in BACKENDS]
     if unknown:
-        raise ValueError(f"backends: unknown backend(s) {', '.join(unknown)} (numpy, cupy, torch)")
+        raise ValueError(f"backends: unknown backend(s) {', '.join(unknown)} ({', '.join(BACKENDS)})")
+    if config.arch not in ops.ARCHS:
+        raise ValueError(f"arch: unknown architecture {config.arch!r} ({', '.join(ops.ARCHS)})")
     bad_ops = [o for o in config.ops if o not in ops.OPS]
     if bad_ops:
         raise ValueError(f"ops: unknown op(s) {', '.join(bad_ops)} ({', '.join(ops.OPS)})")
     bad_dt = [d for d in config.dtypes if d not in ("float32", "float64")]
     if bad_dt:
         raise ValueError(f"dtypes: unknown dtype(s) {', '.join(bad_dt)} (float32, float64)")
-    ops.ladder(config.ladder, config.sizes)  # unknown sizes fail here, before any library is probed
+    ops.ladder(config.ladder, config.sizes, arch=config.arch)  # unknown sizes fail here, before any probing
     notes = []
     if config.blas_threads is not None and not machine.set_blas_threads(config.blas_threads):
         notes.append(f"blas_threads={config.blas_threads}: could not set (OpenBLAS not found)")
@@ -168,34 +179,46 @@ def run(config: Config, log_stream=sys.stderr) -> dict:
         cupy, why = machine.cupy_status()
         if cupy is None:
             notes.append(f"cupy: skipped, {why}")
-    if "torch" in config.backends:
+    if "torch" in config.backends or "transformers" in config.backends:
         torch, why = machine.torch_status()
         if torch is None:
             notes.append(f"torch: skipped, {why}")
+    transformers = None
+    if "transformers" in config.backends and torch is not None:
+        if config.arch not in hf.HF_ARCHS:
+            notes.append(f"transformers: skipped, no transformers model for the {config.arch} architecture")
+        else:
+            transformers, why = machine.transformers_status()
+            if transformers is None:
+                notes.append(f"transformers: skipped, {why}")
+    use_torch = torch is not None and "torch" in config.backends
     if config.blas_threads is not None and torch is not None:
         torch.set_num_threads(int(config.blas_threads))
     threads = _Threads(torch)
     one = _one_thread_plan(config, threads, torch, notes)
-    if cupy is not None and torch is not None and not torch.cuda.is_available():
+    if cupy is not None and use_torch and not torch.cuda.is_available():
         notes.append("torch-cuda: skipped, this PyTorch build has no CUDA")
     for n in notes:
         log(n)
     info = machine.machine_info(cupy, torch)
+    info["transformers"] = transformers.__version__ if transformers is not None else None
     log(f"machine: {info['summary']}")
     t_start = time.perf_counter()
     records: list = []
     backends = ["numpy"] + (["cupy"] if cupy is not None else [])
-    ladders = {b: ops.ladder(config.ladder, config.sizes, config.max_params.get(b)) for b in backends}
+    ladders = {b: ops.ladder(config.ladder, config.sizes, config.max_params.get(b), config.arch) for b in backends}
     stopped: set = set()
     out_of_time = False
-    for size in [s for s in ops.LADDERS[config.ladder] if any(s in ladders[b] for b in backends)]:
+    every = ops.ladder(config.ladder, arch=config.arch)
+    for size in [s for s in every if any(s in ladders[b] for b in backends)]:
         for backend in backends:
             if backend in stopped or size not in ladders[backend]:
                 continue
             xp = np if backend == "numpy" else cupy
             tdev = None
-            if torch is not None:
+            if use_torch:
                 tdev = "cpu" if backend == "numpy" else ("cuda" if torch.cuda.is_available() else None)
+            refs = {"torch": tdev, "transformers": "cpu" if transformers is not None and backend == "numpy" else None}
             try:
                 for dtype in config.dtypes:
                     spent = time.perf_counter() - t_start
@@ -207,7 +230,7 @@ def run(config: Config, log_stream=sys.stderr) -> dict:
                         log(notes[-1])
                         out_of_time = True
                         break
-                    records += _run_size(config, backend, xp, torch, tdev, threads, one, size, dtype, log)
+                    records += _run_size(config, backend, xp, torch, refs, threads, one, size, dtype, log)
             except MemoryError as exc:  # also CuPy's OutOfMemoryError, a MemoryError subclass
                 notes.append(
                     f"{backend}: stopped at size {size.name} ({size.params()} parameters): {type(exc).__name__}"
@@ -278,8 +301,10 @@ def _primer(xp_or_torch, dtype: str, n: int = PRIMER_N):
     return run
 
 
-def _forward_groups(config, backend, xp, torch, tdev, threads, one, model, x, mm, tfn, dtype) -> tuple:
-    """The groups of the forward's alternating rounds, and ``{group: (backend label, setting)}``."""
+def _forward_groups(config, backend, xp, torch, tdev, threads, one, model, x, mm, tfn, dtype, hfn=None) -> tuple:
+    """The groups of the forward's alternating rounds, and ``{group: (backend label, setting)}``.
+
+    ``tfn``: the PyTorch forward (or None), ``hfn``: the transformers forward (CPU only, or None)."""
     fwd = ops.forward_fn(model, x)
     groups: dict = {}
     labels: dict = {}
@@ -295,8 +320,9 @@ def _forward_groups(config, backend, xp, torch, tdev, threads, one, model, x, mm
     n_mm = config.matmul_n.get(backend, 2048)
     settings = ["default"] + (["one"] if one["numpy"] or one["torch"] else [])
     np_primer = _primer(np, dtype)
-    t_primer = _primer(torch, dtype) if tfn is not None else None
-    tmm = _torch_matmul(torch, n_mm, dtype, "cpu") if tfn is not None else None
+    uses_torch = tfn is not None or hfn is not None
+    t_primer = _primer(torch, dtype) if uses_torch else None
+    tmm = _torch_matmul(torch, n_mm, dtype, "cpu") if uses_torch else None
     for st in settings:
         if st == "default" or one["numpy"]:
 
@@ -314,13 +340,23 @@ def _forward_groups(config, backend, xp, torch, tdev, threads, one, model, x, mm
 
             groups[f"torch/{st}"] = Group({"ours": tfn, "matmul": tmm}, cpu_timer, enter_t, config.settle_s)
             labels[f"torch/{st}"] = ("torch-cpu", st)
+        if hfn is not None and (st == "default" or one["torch"]):
+
+            def enter_h(st=st):
+                threads.torch_(st)
+                t_primer()
+
+            groups[f"transformers/{st}"] = Group({"ours": hfn, "matmul": tmm}, cpu_timer, enter_h, config.settle_s)
+            labels[f"transformers/{st}"] = ("transformers-cpu", st)
     if len(groups) == 1:  # nothing to alternate with: no pause needed
         groups[next(iter(groups))].settle_s = 0.0
     return groups, labels
 
 
-def _run_size(config: Config, backend, xp, torch, tdev, threads, one, size: ops.Size, dtype: str, log) -> list:
-    """All ops of one (backend, size, dtype)."""
+def _run_size(config: Config, backend, xp, torch, refs: dict, threads, one, size: ops.Size, dtype: str, log) -> list:
+    """All ops of one (backend, size, dtype); ``refs``: the device of each forward reference
+    (``{"torch": "cpu" | "cuda" | None, "transformers": "cpu" | None}``, ``None``: not run)."""
+    tdev = refs.get("torch")
     kw = dict(min_repeats=config.min_repeats, max_repeats=config.max_repeats, budget_s=config.budget_s)
     timer = cpu_timer if backend == "numpy" else cuda_timer(xp)
     cores = machine.usable_cores()
@@ -340,8 +376,12 @@ def _run_size(config: Config, backend, xp, torch, tdev, threads, one, size: ops.
 
     if "forward" in config.ops:
         tfn = ops.torch_forward_fn(model, x, tdev) if tdev is not None else None
-        check = _torch_agreement(model, x, tfn) if tfn is not None else {}
-        groups, labels = _forward_groups(config, backend, xp, torch, tdev, threads, one, model, x, mm, tfn, dtype)
+        hfn = hf.transformers_forward_fn(model, x) if refs.get("transformers") is not None else None
+        checks = {
+            "torch": _torch_agreement(model, x, tfn, "torch_max_rel") if tfn is not None else {},
+            "transformers": _torch_agreement(model, x, hfn, "transformers_max_rel") if hfn is not None else {},
+        }
+        groups, labels = _forward_groups(config, backend, xp, torch, tdev, threads, one, model, x, mm, tfn, dtype, hfn)
         t, load = timed(measure_rounds, groups, **kw)
         threads.restore()
         flops = ops.forward_flops(model, size.b, size.s)
@@ -353,10 +393,12 @@ def _run_size(config: Config, backend, xp, torch, tdev, threads, one, size: ops.
                 )
             common = dict(thread_setting=st, threads=n_threads)
             ref = dict(ref_matmul_seconds=statistics.median(t[g]["matmul"]), ref_matmul_flops=mm_flops)
-            extra = dict(check) if label.startswith("torch") else {}
-            paired = "torch" if backend != "numpy" else f"torch/{st}"  # the PyTorch group of the same setting
-            if label == backend and paired in t:
-                extra["ref_torch_seconds"] = statistics.median(t[paired]["ours"])
+            extra = dict(checks[label.split("-")[0]]) if label.split("-")[0] in checks else {}
+            if label == backend:  # our forward: the paired references of the same thread setting
+                for ref_name in ("torch", "transformers"):
+                    paired = ref_name if backend != "numpy" else f"{ref_name}/{st}"
+                    if paired in t:
+                        extra[f"ref_{ref_name}_seconds"] = statistics.median(t[paired]["ours"])
             recs.append(
                 _record("matmul", label, dtype, size, t[g]["matmul"], load, flops=mm_flops, matmul_n=n_mm, **common)
             )
@@ -440,12 +482,13 @@ def _torch_matmul(torch, n: int, dtype: str, device: str):
     return _synced(lambda: a @ b, None if device == "cpu" else torch.cuda.synchronize)
 
 
-def _torch_agreement(model, x, tfn) -> dict:
-    """How far the PyTorch forward is from ours (normwise relative), so a wrong reference shows."""
+def _torch_agreement(model, x, tfn, key: str = "torch_max_rel") -> dict:
+    """How far a PyTorch-based forward is from ours (largest difference over our largest entry), so a wrong
+    reference shows: ``{key: value}``."""
     from fpt_ref.forward import forward
     from fpt_ref.xp import to_numpy
 
     ours = np.asarray(to_numpy(forward(model, x)), dtype=np.float64)
     theirs = tfn().detach().cpu().numpy().astype(np.float64)
     scale = float(np.max(np.abs(ours))) or 1.0
-    return {"torch_max_rel": float(np.max(np.abs(ours - theirs))) / scale}
+    return {key: float(np.max(np.abs(ours - theirs))) / scale}

@@ -34,14 +34,16 @@ RECORD_FIELDS = {
     "ratio_matmul",
     "ratio_copy",
     "ratio_torch",
+    "ratio_transformers",
     "speedup_gpu",
+    "arch",
     "loadavg",
     "cpu_others",
     "under_load",
     "thread_setting",
     "threads",
 }
-DIMS = {"h", "N", "E", "k", "v", "p", "o", "s", "b"}
+DIMS = {"h", "N", "E", "G", "k", "v", "p", "o", "s", "b"}
 
 
 # ---- work counts -----------------------------------------------------------------------
