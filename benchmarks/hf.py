@@ -6,26 +6,13 @@ SAME weights as an fpt-ref model of the ``llama`` or ``qwen2`` preset (docs/spec
 section 4); :func:`transformers_forward_fn` times its forward under
 ``torch.inference_mode``. Imports torch and transformers only when called.
 
-**Mapping** (fpt-ref weights are ``[in, out]``, row vectors; ``nn.Linear.weight`` is
-``[out, in]``, so every weight is transposed):
-
-- ``q_proj.weight`` ``[E k, h]``: the query heads' ``W_Q^T`` stacked in head order;
-  ``k_proj.weight``, ``v_proj.weight`` ``[G k, h]``, ``[G v, h]``: one block per key/value
-  head, ``W_K^T``, ``W_V^T`` of the group's first head (``layer.heads[g r]``, which stores
-  the group's keys and values; query head ``j`` reads key/value head ``j // r`` in both
-  libraries, HF's ``repeat_kv``); Qwen2's ``q/k/v_proj.bias`` the same way;
-- ``o_proj.weight`` ``[h, E v]``: the heads' ``W_O`` rows stacked in head order, transposed;
-- ``gate_proj``, ``up_proj``, ``down_proj``: ``W_gate^T``, ``W_l1^T``, ``W_l2^T``;
-- ``input_layernorm``, ``post_attention_layernorm``, ``model.norm``: ``norm_mha``,
-  ``norm_mlp``, ``final_norm``; ``rms_norm_eps`` = ``norm_eps``; ``rope_theta`` =
-  ``arch.rope_theta`` (HF's ``rotate_half`` is the ``half`` layout);
-- ``lm_head.weight`` = ``W_out^T`` (``tie_word_embeddings=False``; ``vocab_size = o``);
-  ``embed_tokens`` = ``embed`` when the model has one, else unused: real inputs go in as
-  ``inputs_embeds``.
-
-HF's causal mask is the model's ``causal=True``. What HF computes in float32 even in a
-float64 model (the RMSNorm's mean square, the softmax, the RoPE angles) is listed with the
-measured agreement in ``tests/test_benchmarks_hf.py`` and docs/benchmarks.md.
+The weights and the config are fpt_ref's own export (:mod:`fpt_ref.hf`, the mapping that
+``fpt-ref expand`` writes checkpoint folders with; docs/hf.md), loaded into the module with
+``load_state_dict(strict=True)``. A benchmark model reads real inputs (no embedding table):
+they go in as ``inputs_embeds``, and the export gets a zero table of ``o`` rows that the
+forward never reads. HF's causal mask is the model's ``causal=True``. What HF computes in
+float32 even in a float64 model (the RMSNorm's mean square, the softmax, the RoPE angles) is
+listed with the measured agreement in ``tests/test_benchmarks_hf.py`` and docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -70,79 +57,29 @@ def check_mappable(model: Model) -> str:
     return name
 
 
-def _cat(arrays: list, axis: int):
-    from fpt_ref.xp import to_numpy
-
-    return np.concatenate([to_numpy(a) for a in arrays], axis=axis)
-
-
 def hf_model(model: Model):
     """Hugging Face's ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` with the weights of ``model`` (module doc).
 
-    Eager attention, CPU, the model's dtype, ``eval()`` mode. ``ValueError`` (:func:`check_mappable`)
-    for a model it cannot express.
+    Eager attention, CPU, the model's dtype, ``eval()`` mode. ``ValueError`` (:func:`check_mappable`,
+    then :mod:`fpt_ref.hf`'s refusals) for a model it cannot express.
     """
     import torch
     import transformers
 
-    from fpt_ref.xp import to_numpy
+    from fpt_ref import hf
 
     name = check_mappable(model)
-    L0 = model.layers[0]
-    E, G, d, p = L0.E, L0.G, L0.heads[0].k, L0.p
-    cls = transformers.Qwen2Config if name == "qwen2" else transformers.LlamaConfig
-    extra = {} if name == "qwen2" else {"attention_bias": False, "mlp_bias": False}
-    cfg = cls(
-        vocab_size=model.o if model.embed is None else model.vocab,
-        hidden_size=model.h,
-        intermediate_size=p,
-        num_hidden_layers=model.N,
-        num_attention_heads=E,
-        num_key_value_heads=G,
-        head_dim=d,
-        hidden_act="silu",
-        max_position_embeddings=model.s_max,
-        rms_norm_eps=float(model.norm_eps),
-        rope_theta=float(model.arch.rope_theta),
-        tie_word_embeddings=False,
-        attn_implementation="eager",
-        use_cache=False,
-        **extra,
-    )
+    if model.embed is None:  # real inputs: a table the forward never reads, so that a config can say vocab_size
+        model = model.replace(embed=model.xp.zeros((model.o, model.h), dtype=model.dtype))
+    base = {"model_type": name, "architectures": [HF_ARCHS[name]], "use_cache": False}
+    config, tensors = hf.family_of(base).to_hf(model, base)
+    config.pop("architectures", None)
+    cfg = transformers.AutoConfig.for_model(**config)
     dtype = getattr(torch, str(model.dtype))
-    hf = getattr(transformers, HF_ARCHS[name])(cfg).to(dtype).eval()
-    if model.o != cfg.vocab_size:  # an embedding table of another size than the output: replace the head
-        hf.lm_head = torch.nn.Linear(model.h, model.o, bias=False, dtype=dtype)
-
-    def put(param, array):  # array in nn.Linear layout, shape checked by copy_
-        t = torch.from_numpy(np.ascontiguousarray(to_numpy(array)))
-        if tuple(param.shape) != tuple(t.shape):
-            raise AssertionError(f"hf_model: shape {tuple(t.shape)} for a parameter of shape {tuple(param.shape)}")
-        param.copy_(t)
-
-    with torch.no_grad():
-        for L, B in zip(model.layers, hf.model.layers):
-            r = L.group_size
-            leaders = [L.heads[g * r] for g in range(G)]
-            a = B.self_attn
-            put(a.q_proj.weight, _cat([hd.w_q for hd in L.heads], 1).T)  # [E k, h]
-            put(a.k_proj.weight, _cat([hd.w_k for hd in leaders], 1).T)  # [G k, h]
-            put(a.v_proj.weight, _cat([hd.w_v for hd in leaders], 1).T)  # [G v, h]
-            put(a.o_proj.weight, _cat([hd.w_o for hd in L.heads], 0).T)  # [h, E v]
-            if name == "qwen2":
-                put(a.q_proj.bias, _cat([hd.b_q for hd in L.heads], 0))  # [E k]
-                put(a.k_proj.bias, _cat([hd.b_k for hd in leaders], 0))  # [G k]
-                put(a.v_proj.bias, _cat([hd.b_v for hd in leaders], 0))  # [G v]
-            put(B.mlp.gate_proj.weight, to_numpy(L.w_gate).T)  # [p, h]
-            put(B.mlp.up_proj.weight, to_numpy(L.w_l1).T)  # [p, h]
-            put(B.mlp.down_proj.weight, to_numpy(L.w_l2).T)  # [h, p]
-            put(B.input_layernorm.weight, L.norm_mha)  # [h]
-            put(B.post_attention_layernorm.weight, L.norm_mlp)  # [h]
-        put(hf.model.norm.weight, model.final_norm)  # [h]
-        put(hf.lm_head.weight, to_numpy(model.w_out).T)  # [o, h]
-        if model.embed is not None:
-            put(hf.model.embed_tokens.weight, model.embed)  # [vocab, h]
-    return hf
+    module = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").to(dtype).eval()
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}
+    module.load_state_dict(state, strict=True)
+    return module
 
 
 def transformers_forward_fn(model: Model, x) -> Callable:

@@ -88,9 +88,14 @@ def gelu_tanh(a):
 
 
 def silu(a):
-    """``a / (1 + exp(-a))``, computed as ``a (1 + tanh(a/2)) / 2`` (equal in real arithmetic; no overflow)."""
+    """``a / (1 + exp(-a))``, computed as ``(a/2) (1 + tanh(a/2))`` (equal in real arithmetic; no
+    overflow), in place on ``a`` (an array this module created); returns it."""
     xp = _xp(a)
-    return 0.5 * a * (1.0 + xp.tanh(0.5 * a))
+    a *= 0.5  # a/2, exact
+    u = xp.tanh(a)  # tanh(a/2)
+    u += 1.0
+    a *= u  # (a/2) (1 + tanh(a/2))
+    return a
 
 
 #: ``Arch.act`` -> the elementwise function (each may update its argument in place)

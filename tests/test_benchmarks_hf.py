@@ -1,9 +1,9 @@
 """The transformers reference of the forward benchmark (:mod:`benchmarks.hf`): the SAME weights, its timing.
 
-The HF model built from an fpt-ref model must hold the same weights: checked exactly, by a
-round trip through the independent HF -> fpt-ref mapping of ``tests/test_hf_reference.py``
-(every parameter bit for bit), and by its logits against ``fpt_ref.forward`` on the
-benchmark's own models (real inputs as ``inputs_embeds``) within the bounds derived there:
+The HF model built from an fpt-ref model (through fpt_ref.hf's export, whose mapping
+tests/test_hf_load.py and tests/test_hf_export.py hold against transformers) must hold the same
+weights: its logits against ``fpt_ref.forward`` on the benchmark's own models (real inputs as
+``inputs_embeds``) within the bounds derived in tests/test_forward_arch.py:
 as shipped, the float32 bound (transformers rounds the norm, the softmax and the RoPE angles
 to float32 even in a float64 model; measured about 1.6e-7 relative to the largest logit),
 and with those steps in float64, a few ulps of the natural output scale. Broken mappings
@@ -20,7 +20,7 @@ from fpt_ref.benchmarks import hf, ops, report, runner
 from naive import naive_scale
 from test_benchmarks_arch import TINY
 from test_forward_arch import EXTRA_LAYER, tol_ulps
-from test_hf_reference import float64_throughout, from_llama, hf_llama, hf_qwen2  # noqa: F401  (a fixture)
+from test_hf_load import float64_islands
 
 import fpt_ref
 from fpt_ref import Head
@@ -33,12 +33,12 @@ KV = ("w_k", "w_v", "b_k", "b_v")
 
 
 def _bound64(m, x, s: int) -> float:
-    """tests/test_hf_reference.py's float64 bound: ``tol_ulps`` ulps of the natural output scale."""
+    """The float64 bound of tests/test_forward_arch.py: ``tol_ulps`` ulps of the natural output scale."""
     return tol_ulps(m, s) * ulp(naive_scale(m, x), np.float64)
 
 
 def _bound32(m, x, s: int) -> float:
-    """tests/test_hf_reference.py's float32 bound ``L (u32 + u_dtype) S`` (+ ``2 s`` per layer: RoPE angles)."""
+    """The float32 agreement bound ``L (u32 + u_dtype) S`` (+ ``2 s`` per layer: RoPE angles), as docs/hf.md."""
     L = path_lengths(m, s)["output"] + m.N * (EXTRA_LAYER + 2 * s) + m.h + 6
     return L * (unit_roundoff(np.float32) + unit_roundoff(m.dtype)) * naive_scale(m, x)
 
@@ -66,19 +66,6 @@ def _regroup(m):
     return m.replace(layers=tuple(layers))
 
 
-def test_round_trip_through_the_independent_mapping_is_bit_exact():
-    for src, name in ((hf_llama(tied=False, kv_heads=2), "llama"), (hf_qwen2(kv_heads=1), "qwen2")):
-        back = hf.hf_model(from_llama(src, name))
-        assert type(back) is type(src)
-        want = dict(src.named_parameters())
-        got = dict(back.named_parameters())
-        assert set(got) == set(want)
-        for key, p in got.items():
-            assert p.dtype == want[key].dtype and bool((p == want[key]).all()), key
-        assert back.config.rope_parameters["rope_theta"] == src.config.rope_parameters["rope_theta"]
-        assert back.config.rms_norm_eps == src.config.rms_norm_eps and not back.config.tie_word_embeddings
-
-
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_benchmark_models_agree_with_transformers(arch):
     size = TINY.for_arch(arch)
@@ -95,7 +82,8 @@ def test_benchmark_models_agree_with_transformers(arch):
     assert np.max(np.abs(out32 - _logits(m32, x32))) <= _bound32(m32, x32, size.s)
 
 
-def test_benchmark_models_in_float64_throughout_agree_to_a_few_ulps(float64_throughout):  # noqa: F811
+def test_benchmark_models_in_float64_throughout_agree_to_a_few_ulps(monkeypatch):
+    float64_islands(monkeypatch, "llama")  # transformers' float32 steps (norm, softmax, RoPE) in float64
     size = TINY.for_arch("llama")
     m = ops.build_model(size, "float64")
     x = ops.build_inputs(m, size)
