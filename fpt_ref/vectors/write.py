@@ -47,7 +47,7 @@ HF_FOLDER = "hf"
 #: stored dtype of the Hugging Face folders: the reference's values exactly
 HF_DTYPE = "float64"
 #: base config of each preset's Hugging Face folders (:func:`fpt_ref.hf.save` ``like``); the sizes come from the model
-HF_LIKE = {
+HF_LIKE: dict[str, dict[str, Any]] = {
     "llama": {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
