@@ -96,22 +96,40 @@ def align_layers(ctx: Context, base: Model, grown: Model) -> tuple:
     ``steps`` the chosen ``(base index or None, grown index)`` in grown order and ``checks``
     the :class:`Checker` of each.
     """
-    Nb, Ng = base.N, grown.N
+    return align(
+        ctx,
+        base.N,
+        grown.N,
+        lambda i: base.layers[i],
+        lambda j: grown.layers[j],
+        lambda i, j: holds_sample(ctx, base.layers[i], grown.layers[j]),
+    )
+
+
+def align(ctx: Context, Nb: int, Ng: int, base_layer, grown_layer, sample) -> tuple:
+    """:func:`align_layers` on layers given by functions: ``base_layer(i)``, ``grown_layer(j)``
+    (a :class:`~fpt_ref.model.Layer`), ``sample(i, j)`` (a necessary condition for grown layer
+    ``j`` to hold base layer ``i``'s copied blocks, such as :func:`holds_sample`).
+
+    Layers are asked for in grown order: every call for grown layer ``j`` comes before any
+    for ``j + 1``, so a reader keeping one layer of each model reads each grown layer once
+    (:mod:`fpt_ref.certify.stream`).
+    """
     extra = Ng - Nb
     match: dict = {}
     ident: dict = {}
 
     def m(i, j):
-        if not holds_sample(ctx, base.layers[i], grown.layers[j]):
+        if not sample(i, j):
             return COST_NOT_HELD  # the full audit would find a copied block that differs
         if (i, j) not in match:
-            match[(i, j)] = check_layer(ctx, base.layers[i], grown.layers[j], i, j)
+            match[(i, j)] = check_layer(ctx, base_layer(i), grown_layer(j), i, j)
         c = match[(i, j)][0]
         return 0 if not c.findings else (COST_NOT_HELD if c.copy_failed else COST_CONSTRAINT)
 
     def s(j):
         if j not in ident:
-            ident[j] = check_identity(ctx, grown.layers[j], j)
+            ident[j] = check_identity(ctx, grown_layer(j), j)
         return 0 if not ident[j].findings else COST_NOT_IDENTITY
 
     INF = math.inf
@@ -144,10 +162,10 @@ def align_layers(ctx: Context, base: Model, grown: Model) -> tuple:
             checks.append((ident[gj], None))
         else:
             if (bi, gj) not in match:  # rejected by the sample: audit it in full for the report
-                match[(bi, gj)] = check_layer(ctx, base.layers[bi], grown.layers[gj], bi, gj)
+                match[(bi, gj)] = check_layer(ctx, base_layer(bi), grown_layer(gj), bi, gj)
             c, info = match[(bi, gj)]
             if c.copy_failed:
-                _hint_reordered(ctx, base, grown, bi, gj, c)
+                _hint_reordered(ctx, Nb, base_layer, grown_layer, sample, bi, gj, c)
             checks.append((c, info))
     return steps, checks
 
@@ -166,12 +184,12 @@ def holds_sample(ctx: Context, B, G) -> bool:
     return True
 
 
-def _hint_reordered(ctx, base: Model, grown: Model, bi: int, gj: int, c: Checker) -> None:
+def _hint_reordered(ctx, Nb: int, base_layer, grown_layer, sample, bi: int, gj: int, c: Checker) -> None:
     """A grown layer that does not hold its aligned base layer but another one: say so."""
-    for other in range(base.N):
-        if other == bi or not holds_sample(ctx, base.layers[other], grown.layers[gj]):
+    for other in range(Nb):
+        if other == bi or not sample(other, gj):
             continue
-        oc, _ = check_layer(ctx, base.layers[other], grown.layers[gj], other, gj)
+        oc, _ = check_layer(ctx, base_layer(other), grown_layer(gj), other, gj)
         if not oc.copy_failed:
             f = c.findings[0]
             f.reason += f" (layer {gj} holds base layer {other}, not {bi}: layers reordered?)"
@@ -304,16 +322,44 @@ def certify(
         if not isinstance(m, Model):
             raise TypeError(f"{name}: expected an fpt_ref.Model, got {type(m).__name__}")
     steps = check_int("steps", steps, 1)
+    cert, findings = audit(
+        base,
+        grown,
+        lambda ctx: check_model_tensors(ctx, base, grown),
+        lambda ctx: align_layers(ctx, base, grown),
+        base_config=base_config,
+        grown_config=grown_config,
+        steps=steps,
+    )
+    if findings is None:
+        return cert
+    if forward:
+        findings += _forward(cert, base, grown, batch, seed)
+    cert.findings = sorted(findings, key=_order(grown))
+    cert.ok = not cert.findings
+    return cert
+
+
+def audit(base: Model, grown: Model, model_check, layer_align, *, base_config=None, grown_config=None, steps=1):
+    """The block audit of :func:`certify`: ``(certificate, findings)``, the findings unsorted and
+    the verdict not yet set (``findings`` is ``None`` when the structure already fails: the
+    certificate is then final).
+
+    ``base`` and ``grown`` give the dimensions (their arrays are not read here);
+    ``model_check(ctx)`` returns the :class:`Checker` of the model-wide tensors and
+    ``layer_align(ctx)`` the layer alignment ``(steps, checks)`` (:func:`align_layers`), for
+    each context of :func:`_contexts`.
+    """
     cert = Certificate(base=dims_summary(base), grown=dims_summary(grown), hidden=[base.h, grown.h])
     cert.tensors = len(named_tensors(grown))
     cert.findings = _structure(base, grown)
     if cert.findings:
-        return cert
+        return cert, None
     best = None
     for ctx, hidden_set in _contexts(base, grown, steps):
         top = Checker(ctx)
-        top.merge(check_model_tensors(ctx, base, grown))
-        pairs, checks = align_layers(ctx, base, grown)
+        top.merge(model_check(ctx))
+        pairs, checks = layer_align(ctx)
         for c, _ in checks:
             top.merge(c)
         if best is None or (best[0].findings and not top.findings):
@@ -340,11 +386,7 @@ def certify(
         cert.notes.append(
             f"scaled blocks lie up to {cert.scaled_rounding:.2g} ulp ({np.dtype(grown.dtype)}) from the exact product"
         )
-    if forward:
-        findings += _forward(cert, base, grown, batch, seed)
-    cert.findings = sorted(findings, key=_order(grown))
-    cert.ok = not cert.findings
-    return cert
+    return cert, findings
 
 
 def _forward(cert: Certificate, base: Model, grown: Model, batch: int, seed: int) -> list:

@@ -201,6 +201,44 @@ class Tensors:
             self._handles[file] = safe_open(file, framework="numpy")
         return np.asarray(self._handles[file].get_tensor(name)).astype(dtype)
 
+    def _map(self, name):
+        """Tensor ``name`` as a read-only memory map of its stored values (BF16: ``uint16`` bits)."""
+        if name not in self.entries:
+            raise ValueError(f"path: tensor {name!r} is missing from {self.folder}")
+        file, dt, shape = self.entries[name]
+        if dt not in STORED:
+            raise ValueError(f"path: tensor {name!r} has dtype {dt}; expected one of {', '.join(STORED)}")
+        header, start = self._headers[file]
+        begin, end = (int(o) for o in header[name]["data_offsets"])
+        count = int(np.prod(shape, dtype=np.int64))
+        if end - begin != STORED[dt].itemsize * count:
+            raise ValueError(f"path: tensor {name!r} declares shape {shape} but {end - begin} bytes")
+        if count == 0:
+            return np.zeros(shape, STORED[dt]), dt
+        return np.memmap(file, dtype=STORED[dt], mode="r", offset=start + begin, shape=tuple(shape)), dt
+
+    def read(self, name, dtype=np.float32, index=None):
+        """Tensor ``name`` (or its region ``index``) decoded from a memory map, as a new read-only array.
+
+        The stored values are read once, straight from the mapped file into the result (BF16:
+        widened in place, ``uint32(bits) << 16`` viewed as float32), with no intermediate copy of
+        the whole file. ``dtype`` must hold the stored dtype exactly (float32 for BF16, F16 and
+        F32; float64 for all). Read-only marks the array as the streaming reader's
+        (:func:`fpt_ref.hf.common.t` transposes it as a view).
+        """
+        mm, dt = self._map(name)
+        part = mm if index is None else mm[index]
+        dtype = np.dtype(dtype)
+        if dt == "BF16":
+            u = np.array(part, dtype=np.uint32)  # the one read of the stored bits
+            u <<= np.uint32(16)
+            out = u.view(np.float32).astype(dtype, copy=False)
+        else:
+            out = np.array(part, dtype=dtype)
+        del part, mm
+        out.flags.writeable = False
+        return out
+
     def nbytes(self, itemsize: int) -> int:
         """Bytes the floating tensors take at ``itemsize`` bytes per value."""
         return sum(

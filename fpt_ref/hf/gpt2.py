@@ -29,7 +29,19 @@ import numpy as np
 from ..blocks import Arch
 from ..model import Head, Layer, Model
 from ..xp import to_numpy
-from .common import act_name, act_of, cannot_express, get_float, get_int, head_sizes, refuse, t, unexpected, uniform
+from .common import (
+    act_name,
+    act_of,
+    cannot_express,
+    contig,
+    get_float,
+    get_int,
+    head_sizes,
+    refuse,
+    t,
+    unexpected,
+    uniform,
+)
 
 MODEL_TYPES = ("gpt2",)
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -95,10 +107,10 @@ def to_model(config: dict, tensors, dtype=np.float64, max_seq: int | None = None
             q, k, v = (slice(j * h + e * d, j * h + (e + 1) * d) for j in range(3))
             heads.append(
                 Head(
-                    w_q=np.ascontiguousarray(w[:, q]),  # [h, d]
-                    w_k=np.ascontiguousarray(w[:, k]),  # [h, d]
-                    w_v=np.ascontiguousarray(w[:, v]),  # [h, d]
-                    w_o=np.ascontiguousarray(wo[e * d : (e + 1) * d]),  # [d, h]
+                    w_q=contig(w[:, q]),  # [h, d]
+                    w_k=contig(w[:, k]),  # [h, d]
+                    w_v=contig(w[:, v]),  # [h, d]
+                    w_o=contig(wo[e * d : (e + 1) * d]),  # [d, h]
                     b_q=bias[q].copy(),
                     b_k=bias[k].copy(),
                     b_v=bias[v].copy(),
