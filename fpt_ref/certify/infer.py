@@ -129,8 +129,9 @@ def align(ctx: Context, Nb: int, Ng: int, base_layer, grown_layer, sample) -> tu
 
     def s(j):
         if j not in ident:
-            ident[j] = check_identity(ctx, grown_layer(j), j)
-        return 0 if not ident[j].findings else COST_NOT_IDENTITY
+            G = grown_layer(j)
+            ident[j] = None if not_identity(ctx, G) else check_identity(ctx, G, j)
+        return 0 if ident[j] is not None and not ident[j].findings else COST_NOT_IDENTITY
 
     INF = math.inf
     cost = [[INF] * (Ng + 1) for _ in range(Nb + 1)]
@@ -159,6 +160,8 @@ def align(ctx: Context, Nb: int, Ng: int, base_layer, grown_layer, sample) -> tu
     checks = []
     for bi, gj in steps:
         if bi is None:
+            if ident.get(gj) is None:  # ruled out by not_identity: audited in full for the report
+                ident[gj] = check_identity(ctx, grown_layer(gj), gj)
             checks.append((ident[gj], None))
         else:
             if (bi, gj) not in match:  # rejected by the sample: audit it in full for the report
@@ -168,6 +171,24 @@ def align(ctx: Context, Nb: int, Ng: int, base_layer, grown_layer, sample) -> tu
                 _hint_reordered(ctx, Nb, base_layer, grown_layer, sample, bi, gj, c)
             checks.append((c, info))
     return steps, checks
+
+
+def not_identity(ctx: Context, G) -> bool:
+    """A cheap sufficient condition for grown layer ``G`` not to be an identity layer (then
+    :func:`fpt_ref.certify.check.check_identity` has findings): MLP unit 0 writes to the stream.
+
+    Sound where every constraint set of layer addition zeroes ``W_l2`` (llama, GPT-2, the
+    paper's blocks): then an identity layer has row 0 of ``W_l2`` zero, or (unit by unit)
+    column 0 of ``W_l1`` or of ``W_gate`` zero with its bias entry. Elsewhere it says ``False``.
+    """
+    if not all("W_l2" in zero for zero, _, _ in constraint_sets("add_layer", ctx.arch)):
+        return False
+    if not np.any(host(G.w_l2)[0] != 0):
+        return False
+    for w, b in ((G.w_l1, G.b_l1), (G.w_gate, G.b_gate)):
+        if w is not None and not np.any(host(w)[:, 0] != 0) and (b is None or host(b)[0] == 0):
+            return False
+    return True
 
 
 def holds_sample(ctx: Context, B, G) -> bool:

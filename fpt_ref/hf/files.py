@@ -42,6 +42,8 @@ STORED: dict[str, np.dtype] = {
 DTYPE_NAMES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 #: safetensors dtype name -> config dtype name
 CONFIG_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
+#: bytes :meth:`Tensors.read` reads at a time (one buffer of this size is kept)
+CHUNK = 1024 * 1024
 #: a header larger than this is refused before it is read (the library's own limit)
 MAX_HEADER = 100 * 1024 * 1024
 
@@ -84,6 +86,13 @@ def to_bf16_bits(x):
     if np.any(nan):
         out = np.where(nan, ((u32 >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16), out)
     return out
+
+
+def _decode(stored, dt: str, dtype):
+    """Stored values (``uint16`` bits for BF16) as a new array of ``dtype`` (exact widening)."""
+    if dt == "BF16":
+        return bf16_to_float32(stored).astype(dtype, copy=False)
+    return np.array(stored, dtype=dtype)
 
 
 def read_header(path) -> tuple:
@@ -133,6 +142,7 @@ class Tensors:
         self.entries: dict = {}
         self._headers: dict = {}
         self._handles: dict = {}
+        self._buffer = None  # the chunk buffer of read()
         single = os.path.join(self.folder, SINGLE)
         index = os.path.join(self.folder, INDEX)
         if os.path.isfile(index):
@@ -218,24 +228,49 @@ class Tensors:
         return np.memmap(file, dtype=STORED[dt], mode="r", offset=start + begin, shape=tuple(shape)), dt
 
     def read(self, name, dtype=np.float32, index=None):
-        """Tensor ``name`` (or its region ``index``) decoded from a memory map, as a new read-only array.
+        """Tensor ``name`` (or its region ``index`` of a memory map) as a new read-only array of ``dtype``.
 
-        The stored values are read once, straight from the mapped file into the result (BF16:
-        widened in place, ``uint32(bits) << 16`` viewed as float32), with no intermediate copy of
-        the whole file. ``dtype`` must hold the stored dtype exactly (float32 for BF16, F16 and
-        F32; float64 for all). Read-only marks the array as the streaming reader's
+        The stored values are read once, in chunks of :data:`CHUNK` bytes through one reusable
+        buffer, each chunk decoded straight into the result (BF16: ``uint32(bits) << 16``
+        viewed as float32). ``dtype`` must hold the stored dtype exactly (float32 for BF16, F16
+        and F32; float64 for all). Read-only marks the array as the streaming reader's
         (:func:`fpt_ref.hf.common.t` transposes it as a view).
         """
-        mm, dt = self._map(name)
-        part = mm if index is None else mm[index]
         dtype = np.dtype(dtype)
-        if dt == "BF16":
-            u = np.array(part, dtype=np.uint32)  # the one read of the stored bits
-            u <<= np.uint32(16)
-            out = u.view(np.float32).astype(dtype, copy=False)
-        else:
-            out = np.array(part, dtype=dtype)
-        del part, mm
+        if index is not None:
+            mm, dt = self._map(name)
+            out = _decode(np.array(mm[index]), dt, dtype)
+            del mm
+            out.flags.writeable = False
+            return out
+        mm, dt = self._map(name)  # checks the dtype and the byte count
+        del mm
+        file, _, shape = self.entries[name]
+        header, start = self._headers[file]
+        begin = start + int(header[name]["data_offsets"][0])
+        stored = STORED[dt]
+        count = int(np.prod(shape, dtype=np.int64))
+        out = np.empty(count, dtype=np.float32 if dt == "BF16" else dtype)
+        step = CHUNK // stored.itemsize
+        if self._buffer is None:
+            self._buffer = np.empty(CHUNK, dtype=np.uint8)
+        buf = self._buffer
+        with open(file, "rb", buffering=0) as f:
+            for lo in range(0, count, step):
+                hi = min(count, lo + step)
+                raw = memoryview(buf)[: (hi - lo) * stored.itemsize]
+                f.seek(begin + lo * stored.itemsize)
+                got = f.readinto(raw)
+                if got != len(raw):
+                    raise ValueError(f"path: tensor {name!r}: the file ends before its data")
+                bits = buf[: len(raw)].view(stored)
+                if dt == "BF16":
+                    np.left_shift(bits, 16, out=out[lo:hi].view(np.uint32), dtype=np.uint32)
+                else:
+                    out[lo:hi] = bits
+        out = out.reshape(shape)
+        if out.dtype != dtype:
+            out = out.astype(dtype)
         out.flags.writeable = False
         return out
 

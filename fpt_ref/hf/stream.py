@@ -55,11 +55,12 @@ def working_dtype(*tensors: Tensors) -> np.dtype:
 class _View:
     """The :class:`~fpt_ref.hf.files.Tensors` interface the family readers use, with only ``real`` names read."""
 
-    def __init__(self, tensors: Tensors, real=()):
+    def __init__(self, tensors: Tensors, real=(), check: bool = False):
         self._t = tensors
         self.real = set(real)
         self.requested: list = []
         self.probe = None
+        self.check = check
 
     def __contains__(self, name) -> bool:
         return name in self._t
@@ -74,7 +75,8 @@ class _View:
         self.requested.append(name)
         if name in self.real:
             return self._t.read(name, dtype)
-        self._t._map(name)  # the dtype and byte count are checked all the same
+        if self.check:
+            self._t._map(name)  # the dtype and byte count are checked as reading would check them
         if name == self.probe:  # ones: which model attribute it becomes (Stream.kinds)
             return np.broadcast_to(np.ones((), dtype=dtype), tuple(self._t.shape(name)))
         return placeholder(self._t.shape(name), dtype)
@@ -118,7 +120,7 @@ class Stream:
             raise ValueError(f"dtype: the working dtype must be float32 or float64, got {self.dtype}")
         self.max_seq = max_seq
         self.stored_dtype = self.tensors.stored_dtype()
-        view = _View(self.tensors)
+        view = _View(self.tensors, check=True)
         self.skeleton = self.module.to_model(self.config, view, dtype=self.dtype, max_seq=max_seq)
         self.layer_names: dict = {}
         self.model_names: list = []
@@ -146,18 +148,19 @@ class Stream:
     def N(self) -> int:
         return self.skeleton.N
 
-    def _build(self, real):
+    def _build(self, real, layer=None):
         self.reads += sum(
             int(np.prod(self.tensors.shape(n), dtype=np.int64)) * _itemsize(self.tensors, n) for n in real
         )
-        return self.module.to_model(self.config, _View(self.tensors, real), dtype=self.dtype, max_seq=self.max_seq)
+        view = _View(self.tensors, real)
+        return self.module.to_model(self.config, view, dtype=self.dtype, max_seq=self.max_seq, layer=layer)
 
     def layer(self, n: int):
         """Layer ``n`` with its values (the last one read is kept: reading it again is free)."""
         if self._cache is not None and self._cache[0] == n:
             return self._cache[1]
         self._cache = None  # the previous layer is freed before the next is read
-        layer = self._build(self.layer_names.get(n, [])).layers[n]
+        layer = self._build(self.layer_names.get(n, []), layer=n)
         self._cache = (n, layer)
         return layer
 
