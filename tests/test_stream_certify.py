@@ -252,7 +252,24 @@ def test_peak_memory_is_about_two_layers(tmp_path):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert cert.ok and [L["base"] for L in cert.layers] == [0, 1, None, 2, 3, 4, None, 5, 6, None, 7, 8, 9, None, 10, 11]
+    assert cert.ok and [L["base"] for L in cert.layers] == [
+        0,
+        1,
+        None,
+        2,
+        3,
+        4,
+        None,
+        5,
+        6,
+        None,
+        7,
+        8,
+        9,
+        None,
+        10,
+        11,
+    ]
     assert peak < bound, (peak, bound)
     # and the in-memory certification of the same folders does take the whole models
     tracemalloc.start()
