@@ -308,3 +308,33 @@ def test_benchmark_runs_on_a_tiny_checkpoint():
     r = run("tiny")
     assert r["certify"]["ok"] and r["certify"]["layers"] == [0, 1, None, 2, 3, None]
     assert r["layers"] == [4, 6] and r["bytes"]["grown"] > r["bytes"]["base"] and "certify" in report(r)
+
+
+def test_gpt2_folders_stream_as_they_load(tmp_path):
+    """GPT-2 (fused c_attn, learned positions, LayerNorm): the streamed audit is the in-memory one."""
+    import fpt_ref
+
+    config = {"model_type": "gpt2", "vocab_size": 40, "n_positions": 8, "n_embd": 16, "n_head": 2, "n_layer": 2}
+    model = fpt_ref.init_model(
+        h=16, p=64, n_heads=2, k=8, v=8, n_layers=2, vocab=40, max_seq=8, causal=True, eps=1e-5, arch="gpt2", seed=3
+    )
+    base = hf.save(model, tmp_path / "base", like=config, dtype="float32")
+    good = hf.save(fpt_ref.add_layer(model, 1, seed=2), tmp_path / "good", like=config, dtype="float32")
+    ts = hf.files.Tensors(good)
+    tensors = {n: ts.get(n) for n in ts.names()}
+    (name,) = [n for n in tensors if n.endswith("h.1.mlp.c_proj.weight")]
+    tensors[name][0, 0] = 1.0  # the inserted layer writes to the stream: not the identity
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_checkpoint_tensors(bad, tensors, "F32", {"format": "pt"})
+    (bad / "config.json").write_text((tmp_path / "good" / "config.json").read_text())
+    streamed = certify_folders(base, bad)
+    assert not streamed.ok
+    same(streamed, in_memory(base, bad, "float32"))
+    for grown_dir in (good,):
+        streamed = certify_folders(base, grown_dir)
+        assert streamed.ok and [L["base"] for L in streamed.layers] == [0, None, 1]
+        same(streamed, in_memory(base, grown_dir, "float32"))
+    s = Stream(base)
+    assert set(s.kinds) == {"embed", "pos", "final_norm", "final_norm_b"}
+    assert np.array_equal(s.layer(1).heads[1].w_k, hf.load(base, dtype="float32").layers[1].heads[1].w_k)

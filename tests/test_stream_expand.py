@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tracemalloc
@@ -114,3 +115,26 @@ def test_cli_expand_stream(bases, tmp_path):
     assert r.returncode == 1 and r.stdout.startswith("NOT preserved: final_norm") and not (tmp_path / "bad").exists()
     r = run("expand", bases["F32"], "--plan", "add_layer at=1", "-o", out, "--stream", "--manifest")
     assert r.returncode == 2 and "--manifest: not available with --stream" in r.stderr
+
+
+def test_unchanged_layers_are_copied_bit_for_bit(bases, tmp_path):
+    """A layer no step touches keeps its stored bits (bf16 read and written without conversion)."""
+    from fpt_ref.hf.files import Tensors
+
+    out = tmp_path / "out"
+    expand_stream(bases["BF16"], "add_layer at=1", out)
+    a, b = Tensors(bases["BF16"]), Tensors(out)
+    for name in a.names():
+        moved = re.sub(r"layers\.([0-9]+)\.", lambda m: f"layers.{int(m.group(1)) + (m.group(1) != '0')}.", name)
+        assert (a.raw(name) == b.raw(moved)).all() and b.entries[moved][1] == "BF16", name
+
+
+def test_gpt2_folder_grows_a_layer_at_a_time(tmp_path):
+    config = {"model_type": "gpt2", "vocab_size": 40, "n_positions": 8, "n_embd": 16, "n_head": 2, "n_layer": 2}
+    model = fpt_ref.init_model(
+        h=16, p=64, n_heads=2, k=8, v=8, n_layers=2, vocab=40, max_seq=8, causal=True, eps=1e-5, arch="gpt2", seed=3
+    )
+    base = hf.save(model, tmp_path / "base", like=config, dtype="float64")
+    cert = expand_stream(base, "add_layer at=1; mlp p=96; hidden h=32; add_heads count=2", tmp_path / "o")
+    assert cert.ok and [L["base"] for L in cert.layers] == [0, None, 1]
+    assert fpt_ref.verify(hf.load(base), hf.load(tmp_path / "o"))["ok"]

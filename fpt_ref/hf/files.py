@@ -143,6 +143,8 @@ class Tensors:
         self._headers: dict = {}
         self._handles: dict = {}
         self._buffer = None  # the chunk buffer of read()
+        self._pool: list = []  # arrays read() may reuse (_alloc)
+        self.pool_bytes = 0
         single = os.path.join(self.folder, SINGLE)
         index = os.path.join(self.folder, INDEX)
         if os.path.isfile(index):
@@ -250,7 +252,7 @@ class Tensors:
         begin = start + int(header[name]["data_offsets"][0])
         stored = STORED[dt]
         count = int(np.prod(shape, dtype=np.int64))
-        out = np.empty(count, dtype=np.float32 if dt == "BF16" else dtype)
+        out = self._alloc(count, np.dtype(np.float32 if dt == "BF16" else dtype))
         step = CHUNK // stored.itemsize
         if self._buffer is None:
             self._buffer = np.empty(CHUNK, dtype=np.uint8)
@@ -274,6 +276,40 @@ class Tensors:
         out.flags.writeable = False
         return out
 
+    def _alloc(self, count: int, dtype):
+        """A 1-d array of ``count`` values: a pooled one no array refers to any more (its pages are
+        already mapped: no page faults), else a new one, pooled while the pool holds at most
+        :attr:`pool_bytes` (0: no pool)."""
+        import sys
+
+        nbytes = count * dtype.itemsize
+        pool = self._pool
+        for i in range(len(pool)):
+            if pool[i].nbytes == nbytes and pool[i].dtype == dtype and sys.getrefcount(pool[i]) <= 2:  # list, call
+                return self._reuse(i)
+        out = np.empty(count, dtype=dtype)
+        if nbytes <= self.pool_bytes:
+            held = sum(a.nbytes for a in self._pool)
+            while held + nbytes > self.pool_bytes:
+                free = [i for i in range(len(pool)) if sys.getrefcount(pool[i]) <= 2]
+                if not free:
+                    return out
+                held -= self._pool.pop(free[0]).nbytes
+            self._pool.append(out)
+        return out
+
+    def _reuse(self, i: int):
+        a = self._pool.pop(i)
+        self._pool.append(a)  # most recently used last
+        return a
+
+    def raw(self, name):
+        """Tensor ``name`` as stored (BF16: its ``uint16`` bits), a new array: for copying it unchanged."""
+        mm, _ = self._map(name)
+        out = np.array(mm)
+        del mm
+        return out
+
     def nbytes(self, itemsize: int) -> int:
         """Bytes the floating tensors take at ``itemsize`` bytes per value."""
         return sum(
@@ -282,7 +318,10 @@ class Tensors:
 
 
 def _encode(a, st_dtype: str):
-    """``a`` (float64 or float32 NumPy array) as little-endian bytes of safetensors dtype ``st_dtype``."""
+    """``a`` (float64 or float32 NumPy array; for BF16 also ``uint16`` bits, written as they are) as
+    little-endian bytes of safetensors dtype ``st_dtype``."""
+    if st_dtype == "BF16" and a.dtype == np.uint16:
+        return np.ascontiguousarray(a).astype("<u2", copy=False).tobytes()
     if st_dtype == "BF16":
         return np.ascontiguousarray(to_bf16_bits(a)).astype("<u2").tobytes()
     with np.errstate(over="ignore"):

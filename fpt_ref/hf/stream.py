@@ -59,7 +59,7 @@ class _View:
         self._t = tensors
         self.real = set(real)
         self.requested: list = []
-        self.probe = None
+        self.probes: dict = {}
         self.check = check
 
     def __contains__(self, name) -> bool:
@@ -77,8 +77,8 @@ class _View:
             return self._t.read(name, dtype)
         if self.check:
             self._t._map(name)  # the dtype and byte count are checked as reading would check them
-        if name == self.probe:  # ones: which model attribute it becomes (Stream.kinds)
-            return np.broadcast_to(np.ones((), dtype=dtype), tuple(self._t.shape(name)))
+        if name in self.probes:  # a constant naming the tensor: which model attribute it becomes (Stream.kinds)
+            return np.broadcast_to(np.full((), self.probes[name], dtype=dtype), tuple(self._t.shape(name)))
         return placeholder(self._t.shape(name), dtype)
 
 
@@ -121,6 +121,8 @@ class Stream:
         self.max_seq = max_seq
         self.stored_dtype = self.tensors.stored_dtype()
         view = _View(self.tensors, check=True)
+        model_wide = [n for n in self.tensors.names() if not _LAYER.search(n)]
+        view.probes = {n: i + 1 for i, n in enumerate(model_wide)}
         self.skeleton = self.module.to_model(self.config, view, dtype=self.dtype, max_seq=max_seq)
         self.layer_names: dict = {}
         self.model_names: list = []
@@ -133,16 +135,20 @@ class Stream:
         self.kinds: dict = {}  # model-wide kind (embed, pos, w_out, final_norm, final_norm_b) -> tensor name
         from ..names import MODEL_KINDS
 
-        for name in self.model_names:
-            probe = _View(self.tensors)
-            probe.probe = name
-            model = self.module.to_model(self.config, probe, dtype=self.dtype, max_seq=max_seq)
-            for kind in MODEL_KINDS:
-                a = getattr(model, kind)
-                if a is not None and a.size and a.flat[0] == 1:
-                    self.kinds[kind] = name
+        for kind in MODEL_KINDS:
+            a = getattr(self.skeleton, kind)
+            if a is not None and a.size:
+                self.kinds[kind] = model_wide[int(a.flat[0]) - 1]
         self.reads = 0
         self._cache: tuple | None = None
+        # the arrays of a dropped layer are reused for the next (Tensors._alloc): one layer's worth
+        self.tensors.pool_bytes = max(
+            (
+                sum(int(np.prod(self.tensors.shape(t), dtype=np.int64)) * self.dtype.itemsize for t in names)
+                for names in self.layer_names.values()
+            ),
+            default=0,
+        )
 
     @property
     def N(self) -> int:

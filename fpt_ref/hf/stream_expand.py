@@ -12,6 +12,9 @@ the free blocks, whose random values are drawn per output layer (seed ``seed + j
 against the input by :func:`fpt_ref.certify.stream.certify_folders` before it is put in place:
 nothing is written unless every block holds (the forward check is not run).
 
+A layer no step touches, and the model-wide tensors when no step grows the hidden size, are
+copied as stored (bits, no conversion) when the output keeps the stored dtype.
+
 Memory: one input layer, one output layer and the model-wide tensors of one model in float64.
 """
 
@@ -185,30 +188,47 @@ def expand_stream(
     cfg = None
     layer_prefix = None
     with replace_directory(out_dir, hf._is_ours, name="out_dir") as tmp:
-        # the model-wide tensors: the hidden steps on a model without layers
-        mw = {k: _writable(reader.model_tensor(k)) for k in ("embed", "pos", "w_out", "final_norm", "final_norm_b")}
-        m = Model(
-            layers=(),
-            norm_eps=like.norm_eps,
-            causal=like.causal,
-            arch=like.arch,
-            max_seq=like.max_seq if mw["pos"] is None else None,
-            **mw,
-        )
-        del mw
-        for step in steps:
-            if step.op == "hidden":
-                m = _apply(m, step, init, seed)
-        out = {}
-        for kind, tensor in reader.kinds.items():  # names and orientation as stored: nn.Linear's lm_head [V, h]
-            a = getattr(m, kind)
-            out[tensor] = np.ascontiguousarray(a.T) if kind == "w_out" else a
-        del m
-        write_safetensors_raw(os.path.join(tmp, files[-1]), out, st, meta)
-        total += sum(int(a.size) for a in out.values()) * STORED[st].itemsize
-        weight_map.update({k: files[-1] for k in out})
-        del out
+        # the model-wide tensors: the hidden steps on a model without layers (copied as stored without one)
+        hidden = any(step.op == "hidden" for step in steps)
+        if not hidden and all(reader.tensors.entries[t][1] == st for t in reader.kinds.values()):
+            out = {t: reader.tensors.raw(t) for t in reader.kinds.values()}
+            write_safetensors_raw(os.path.join(tmp, files[-1]), out, st, meta)
+            total += sum(int(a.size) for a in out.values()) * STORED[st].itemsize
+            weight_map.update({k: files[-1] for k in out})
+            del out
+        else:
+            mw = {k: _writable(reader.model_tensor(k)) for k in ("embed", "pos", "w_out", "final_norm", "final_norm_b")}
+            m = Model(
+                layers=(),
+                norm_eps=like.norm_eps,
+                causal=like.causal,
+                arch=like.arch,
+                max_seq=like.max_seq if mw["pos"] is None else None,
+                **mw,
+            )
+            del mw
+            for step in steps:
+                if step.op == "hidden":
+                    m = _apply(m, step, init, seed)
+            out = {}
+            for kind, tensor in reader.kinds.items():  # names and orientation as stored: nn.Linear's lm_head [V, h]
+                a = getattr(m, kind)
+                out[tensor] = np.ascontiguousarray(a.T) if kind == "w_out" else a
+            del m
+            write_safetensors_raw(os.path.join(tmp, files[-1]), out, st, meta)
+            total += sum(int(a.size) for a in out.values()) * STORED[st].itemsize
+            weight_map.update({k: files[-1] for k in out})
+            del out
         for j, slot in enumerate(slots):
+            if slot["origin"][0] == "base" and not slot["steps"]:
+                names = reader.layer_names.get(slot["origin"][1], [])
+                if all(reader.tensors.entries[t][1] == st for t in names):  # unchanged: copied as stored
+                    out = {_renumber(t, j): reader.tensors.raw(t) for t in names}
+                    write_safetensors_raw(os.path.join(tmp, files[j]), out, st, meta)
+                    total += sum(int(a.size) for a in out.values()) * STORED[st].itemsize
+                    weight_map.update({k: files[j] for k in out})
+                    del out
+                    continue
             m = _layer_model(reader, slot, steps, like, init, seed + j)
             options.add((m.norm_eps, m.arch.rope_theta))
             cfg, tensors = module.to_hf(m, _config(reader.config, m))
@@ -229,6 +249,10 @@ def expand_stream(
                 f"plan: the layers grown one at a time disagree on norm_eps or rope_theta ({sorted(options)}): "
                 "a step that changes a model-wide option must select every layer"
             )
+        if cfg is None:  # every layer copied as stored: the config of one of them, as read
+            m = _layer_model(reader, slots[0], steps, like, init, seed)
+            cfg, _ = module.to_hf(m, _config(reader.config, m))
+            del m
         cfg = dict(cfg)
         for key in ("vocab_size", "max_position_embeddings", "n_positions", "n_ctx"):  # no step changes them
             if key in reader.config:
@@ -262,6 +286,13 @@ def expand_stream(
                     f"{(' ' + f.block) if f.block else ''}: {f.reason}"
                 )
     return cert
+
+
+def _renumber(name: str, j: int) -> str:
+    """Tensor ``name`` of some layer as the same tensor of layer ``j``."""
+    import re
+
+    return re.sub(r"((?:^|\.)(?:layers|h)\.)[0-9]+\.", lambda m: f"{m.group(1)}{j}.", name, count=1)
 
 
 def _writable(a):
