@@ -9,7 +9,9 @@
 2. Measures, each in its own subprocess so that each peak resident set is its own:
    ``read``: reading every stored byte of both folders once (64 MiB at a time);
    ``certify``: :func:`fpt_ref.certify.stream.certify_folders` (the block audit; no forward);
-   ``grow``: the block expansion above (read the base, write the grown folder).
+   ``grow``: the block expansion above (read the base, write the grown folder);
+   ``expand``: :func:`fpt_ref.hf.stream_expand.expand_stream` without its certification, on
+   the plans of :func:`plans`.
    The files were just written, so the page cache holds them: "read" is a warm read, the
    same for every measurement of the run.
 3. Prints the figures (seconds, GB/s of stored weights, ratio to the read, peak RSS against
@@ -81,6 +83,14 @@ def model_shapes(z: dict) -> dict:
         "model.norm.weight": (z["h"],),
         "lm_head.weight": (z["V"], z["h"]),
     }
+
+
+def plans(z: dict) -> list:
+    """The plans ``expand --stream`` is timed on: LLaMA-Pro-like insertions (the other layers
+    copied as stored) and an MLP widening of every layer (each one computed in float64)."""
+    n = z["N"]
+    inserts = "; ".join(f"add_layer at={a}" for a in range(z["every"], n + n // z["every"], z["every"] + 1))
+    return [inserts, f"mlp p={z['p'] + max(64, z['p'] // 11 // 64 * 64)}"]
 
 
 def _write_file(path: str, shapes: dict, fill) -> None:
@@ -228,13 +238,18 @@ def _child(args) -> dict:
         )
     elif args.child == "grow":
         info["layers"] = grow_llama_pro(args.folders[0], args.folders[1], args.every)
+    elif args.child == "expand":
+        from fpt_ref.hf.stream_expand import expand_stream
+
+        expand_stream(args.folders[0], args.plan, args.folders[1], check=False)
     seconds = time.perf_counter() - t0
     p = _peak()
     return dict(info, seconds=seconds, rss_before=before, peak_rss=p["VmHWM"])
 
 
-def _run_child(mode: str, folders: list, every: int = 0) -> dict:
-    cmd = [sys.executable, "-m", "fpt_ref.benchmarks.stream", "--child", mode, "--every", str(every), *folders]
+def _run_child(mode: str, folders: list, every: int = 0, plan: str = "") -> dict:
+    cmd = [sys.executable, "-m", "fpt_ref.benchmarks.stream", "--child", mode, "--every", str(every)]
+    cmd += ["--plan", plan, *folders]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode:
         raise RuntimeError(f"{mode} failed: {r.stderr[-2000:]}")
@@ -255,6 +270,13 @@ def run(size: str = "1b", where: str | None = None, keep: bool = False) -> dict:
         cert = _run_child("certify", [base, grown])
         read2 = _run_child("read", [base, grown])  # again after: the page cache as certify saw it
         nb, ng = stored_bytes(base), stored_bytes(grown)
+        expands = []
+        for plan in plans(z):
+            out = os.path.join(root, f"expand{len(expands)}")
+            e = _run_child("expand", [base, out], plan=plan)
+            e.update(plan=plan, bytes=stored_bytes(out))
+            shutil.rmtree(out, ignore_errors=True)
+            expands.append(e)
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -279,6 +301,7 @@ def run(size: str = "1b", where: str | None = None, keep: bool = False) -> dict:
         "certify_GBps": (nb + ng) / cert["seconds"] / 1e9,
         "certify_over_read": cert["seconds"] / read_s,
         "grow_GBps": (nb + ng) / grow["seconds"] / 1e9,
+        "expand": expands,
         "largest_layer_bytes_f32": layer * f32,
         "embeddings_bytes_f32": embeddings * f32,
         "budget_bytes": budget,
@@ -304,6 +327,12 @@ def report(r: dict) -> str:
         f"grow (LLaMA-Pro copies written tensor by tensor): {r['grow']['seconds']:.2f} s, {r['grow_GBps']:.2f} GB/s "
         f"(base read + grown written), peak RSS {r['grow']['peak_rss'] / G:.3f} GB",
     ]
+    for e in r["expand"]:
+        lines.append(
+            f"expand --stream '{e['plan']}' (no check): {e['seconds']:.2f} s, "
+            f"{(r['bytes']['base'] + e['bytes']) / e['seconds'] / G:.2f} GB/s (read + written), "
+            f"peak RSS {e['peak_rss'] / G:.3f} GB"
+        )
     return "\n".join(lines)
 
 
@@ -315,6 +344,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write the figures to this file")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--every", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--plan", default="", help=argparse.SUPPRESS)
     ap.add_argument("folders", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
