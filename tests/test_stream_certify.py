@@ -338,3 +338,22 @@ def test_gpt2_folders_stream_as_they_load(tmp_path):
     s = Stream(base)
     assert set(s.kinds) == {"embed", "pos", "final_norm", "final_norm_b"}
     assert np.array_equal(s.layer(1).heads[1].w_k, hf.load(base, dtype="float32").layers[1].heads[1].w_k)
+
+
+def test_layers_stored_alike_are_compared_without_decoding(folders, monkeypatch):
+    """A grown layer whose stored bytes are its base layer's is audited on the shapes alone: only
+    the inserted layers are decoded (their identity audit needs the values)."""
+    decoded = []
+    real = Stream.layer
+
+    def layer(self, n):
+        decoded.append((os.path.basename(self.folder), n))
+        return real(self, n)
+
+    monkeypatch.setattr(Stream, "layer", layer)
+    cert = certify_folders(folders["F32"], folders["pro_F32"])
+    assert cert.ok and [L["base"] for L in cert.layers] == [0, None, 1, 2, None]
+    assert sorted(set(decoded)) == [("pro_F32", 1), ("pro_F32", 4)]
+    decoded.clear()
+    cert = certify_folders(folders["F32"], folders["pro_F32_down_left"])  # the copy writes: decoded, rejected
+    assert not cert.ok and ("pro_F32_down", 2) in decoded

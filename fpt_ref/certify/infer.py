@@ -106,15 +106,27 @@ def align_layers(ctx: Context, base: Model, grown: Model) -> tuple:
     )
 
 
-def align(ctx: Context, Nb: int, Ng: int, base_layer, grown_layer, sample) -> tuple:
+def align(ctx: Context, Nb: int, Ng: int, base_layer, grown_layer, sample, pair=None, quick=None) -> tuple:
     """:func:`align_layers` on layers given by functions: ``base_layer(i)``, ``grown_layer(j)``
     (a :class:`~fpt_ref.model.Layer`), ``sample(i, j)`` (a necessary condition for grown layer
     ``j`` to hold base layer ``i``'s copied blocks, such as :func:`holds_sample`).
 
     Layers are asked for in grown order: every call for grown layer ``j`` comes before any
     for ``j + 1``, so a reader keeping one layer of each model reads each grown layer once
-    (:mod:`fpt_ref.certify.stream`).
+    (:mod:`fpt_ref.certify.stream`). ``pair(i, j)`` (default :func:`check_layer` on the two
+    layers) and ``quick(j)`` (default :func:`not_identity` on grown layer ``j``) let a reader
+    answer from the files.
     """
+    if pair is None:
+
+        def pair(i, j):
+            return check_layer(ctx, base_layer(i), grown_layer(j), i, j)
+
+    if quick is None:
+
+        def quick(j):
+            return not_identity(ctx, grown_layer(j))
+
     extra = Ng - Nb
     match: dict = {}
     ident: dict = {}
@@ -123,14 +135,13 @@ def align(ctx: Context, Nb: int, Ng: int, base_layer, grown_layer, sample) -> tu
         if not sample(i, j):
             return COST_NOT_HELD  # the full audit would find a copied block that differs
         if (i, j) not in match:
-            match[(i, j)] = check_layer(ctx, base_layer(i), grown_layer(j), i, j)
+            match[(i, j)] = pair(i, j)
         c = match[(i, j)][0]
         return 0 if not c.findings else (COST_NOT_HELD if c.copy_failed else COST_CONSTRAINT)
 
     def s(j):
         if j not in ident:
-            G = grown_layer(j)
-            ident[j] = None if not_identity(ctx, G) else check_identity(ctx, G, j)
+            ident[j] = None if quick(j) else check_identity(ctx, grown_layer(j), j)
         return 0 if ident[j] is not None and not ident[j].findings else COST_NOT_IDENTITY
 
     INF = math.inf
@@ -165,10 +176,10 @@ def align(ctx: Context, Nb: int, Ng: int, base_layer, grown_layer, sample) -> tu
             checks.append((ident[gj], None))
         else:
             if (bi, gj) not in match:  # rejected by the sample: audit it in full for the report
-                match[(bi, gj)] = check_layer(ctx, base_layer(bi), grown_layer(gj), bi, gj)
+                match[(bi, gj)] = pair(bi, gj)
             c, info = match[(bi, gj)]
             if c.copy_failed:
-                _hint_reordered(ctx, Nb, base_layer, grown_layer, sample, bi, gj, c)
+                _hint_reordered(Nb, pair, sample, bi, gj, c)
             checks.append((c, info))
     return steps, checks
 
@@ -181,12 +192,25 @@ def not_identity(ctx: Context, G) -> bool:
     paper's blocks): then an identity layer has row 0 of ``W_l2`` zero, or (unit by unit)
     column 0 of ``W_l1`` or of ``W_gate`` zero with its bias entry. Elsewhere it says ``False``.
     """
+
+    def col(a):
+        return None if a is None else host(a)[:, 0]
+
+    def first(a):
+        return None if a is None else host(a)[0]
+
+    return unit0_writes(ctx, host(G.w_l2)[0], col(G.w_l1), first(G.b_l1), col(G.w_gate), first(G.b_gate))
+
+
+def unit0_writes(ctx: Context, w_l2_row, w_l1_col, b_l1_0, w_gate_col, b_gate_0) -> bool:
+    """:func:`not_identity` from MLP unit 0's entries: row 0 of ``W_l2``, column 0 of ``W_l1``
+    and ``W_gate`` and entry 0 of their biases (``None`` where absent)."""
     if not all("W_l2" in zero for zero, _, _ in constraint_sets("add_layer", ctx.arch)):
         return False
-    if not np.any(host(G.w_l2)[0] != 0):
+    if not np.any(w_l2_row != 0):
         return False
-    for w, b in ((G.w_l1, G.b_l1), (G.w_gate, G.b_gate)):
-        if w is not None and not np.any(host(w)[:, 0] != 0) and (b is None or host(b)[0] == 0):
+    for w, b in ((w_l1_col, b_l1_0), (w_gate_col, b_gate_0)):
+        if w is not None and not np.any(w != 0) and (b is None or b == 0):
             return False
     return True
 
@@ -205,12 +229,12 @@ def holds_sample(ctx: Context, B, G) -> bool:
     return True
 
 
-def _hint_reordered(ctx, Nb: int, base_layer, grown_layer, sample, bi: int, gj: int, c: Checker) -> None:
+def _hint_reordered(Nb: int, pair, sample, bi: int, gj: int, c: Checker) -> None:
     """A grown layer that does not hold its aligned base layer but another one: say so."""
     for other in range(Nb):
         if other == bi or not sample(other, gj):
             continue
-        oc, _ = check_layer(ctx, base_layer(other), grown_layer(gj), other, gj)
+        oc, _ = pair(other, gj)
         if not oc.copy_failed:
             f = c.findings[0]
             f.reason += f" (layer {gj} holds base layer {other}, not {bi}: layers reordered?)"

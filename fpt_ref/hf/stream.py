@@ -181,6 +181,51 @@ class Stream:
             return None
         return getattr(self._build([self.kinds[kind]]), kind)
 
+    def _suffixes(self, n: int) -> dict:
+        """Layer ``n``'s tensor names by their name within the layer (``mlp.up_proj.weight``)."""
+        out = {}
+        for name in self.layer_names.get(n, []):
+            m = _LAYER.search(name)
+            out[name[m.end() :]] = name
+        return out
+
+    def same_layer(self, n: int, other: Stream, m: int) -> bool:
+        """Whether layer ``n`` here and layer ``m`` of ``other`` store the same bytes in the same
+        tensors, and have the same structure (heads, groups, sizes): then their fpt_ref layers are
+        equal. Compared in chunks from the files, nothing decoded."""
+        a, b = self.skeleton.layers[n], other.skeleton.layers[m]
+        if _signature(a) != _signature(b):
+            return False
+        mine, theirs = self._suffixes(n), other._suffixes(m)
+        if set(mine) != set(theirs):
+            return False
+        for key, name in mine.items():
+            size = int(np.prod(self.tensors.shape(name), dtype=np.int64)) * _itemsize(self.tensors, name)
+            self.reads += size
+            other.reads += size
+            if not self.tensors.same_stored(name, other.tensors, theirs[key]):
+                return False
+        return True
+
+    def unit0(self, n: int):
+        """MLP unit 0 of layer ``n`` from the files: ``(w_l2_row, w_l1_col, b_l1_0, w_gate_col,
+        b_gate_0)`` as :func:`fpt_ref.certify.infer.unit0_writes` takes them (``None`` where
+        absent), or ``None`` for a family without a map (:data:`UNIT0`)."""
+        where = UNIT0.get(self.module.__name__)
+        if where is None:
+            return None
+        names = self._suffixes(n)
+        out = {}
+        for key, (suffix, how) in where.items():
+            if suffix not in names:
+                out[key] = None
+                continue
+            index = (0,) if how in ("row", "first") else (slice(None), 0)
+            v = self.tensors.read(names[suffix], self.dtype, index=index)
+            self.reads += v.size * _itemsize(self.tensors, names[suffix])
+            out[key] = v
+        return out["w_l2"], out["w_l1"], out["b_l1"], out.get("w_gate"), out.get("b_gate")
+
     def sample(self, n: int) -> tuple:
         """Row 0 of the two MLP matrices of layer ``n`` as stored (``SAMPLED``), in the working
         dtype; ``None`` for a family without a fingerprint."""
@@ -196,7 +241,28 @@ class Stream:
         return tuple(out)
 
 
+#: per family module name: where MLP unit 0's entries are stored (``(tensor suffix, "row" or "col")``)
+UNIT0 = {
+    "fpt_ref.hf.llama": {
+        "w_l2": ("mlp.down_proj.weight", "col"),
+        "w_l1": ("mlp.up_proj.weight", "row"),
+        "w_gate": ("mlp.gate_proj.weight", "row"),
+        "b_l1": ("mlp.up_proj.bias", "first"),
+        "b_gate": ("mlp.gate_proj.bias", "first"),
+    },
+    "fpt_ref.hf.gpt2": {
+        "w_l2": ("mlp.c_proj.weight", "row"),
+        "w_l1": ("mlp.c_fc.weight", "col"),
+        "b_l1": ("mlp.c_fc.bias", "first"),
+    },
+}
+
+
 def _itemsize(tensors: Tensors, name: str) -> int:
     from .files import STORED
 
     return STORED[tensors.entries[name][1]].itemsize
+
+
+def _signature(layer) -> tuple:
+    return (layer.p, layer.G, tuple((hd.k, hd.v) for hd in layer.heads))
