@@ -11,7 +11,8 @@
    ``certify``: :func:`fpt_ref.certify.stream.certify_folders` (the block audit; no forward);
    ``grow``: the block expansion above (read the base, write the grown folder);
    ``expand``: :func:`fpt_ref.hf.stream_expand.expand_stream` without its certification, on
-   the plans of :func:`plans`.
+   the plans of :func:`plans`, then ``certify`` and ``read`` of base and output (the MLP plan
+   changes every layer: every layer is decoded).
    The files were just written, so the page cache holds them: "read" is a warm read, the
    same for every measurement of the run.
 3. Prints the figures (seconds, GB/s of stored weights, ratio to the read, peak RSS against
@@ -275,6 +276,8 @@ def run(size: str = "1b", where: str | None = None, keep: bool = False) -> dict:
             out = os.path.join(root, f"expand{len(expands)}")
             e = _run_child("expand", [base, out], plan=plan)
             e.update(plan=plan, bytes=stored_bytes(out))
+            e["certify"] = _run_child("certify", [base, out])  # layers that changed are decoded
+            e["read"] = _run_child("read", [base, out])
             shutil.rmtree(out, ignore_errors=True)
             expands.append(e)
     finally:
@@ -332,6 +335,11 @@ def report(r: dict) -> str:
             f"expand --stream '{e['plan']}' (no check): {e['seconds']:.2f} s, "
             f"{(r['bytes']['base'] + e['bytes']) / e['seconds'] / G:.2f} GB/s (read + written), "
             f"peak RSS {e['peak_rss'] / G:.3f} GB"
+        )
+        c, rd = e["certify"], e["read"]
+        lines.append(
+            f"  certify of its output: {c['seconds']:.2f} s ({rd['seconds']:.2f} s to read both once: "
+            f"{c['seconds'] / rd['seconds']:.2f}x), ok={c['ok']}, peak RSS {c['peak_rss'] / G:.3f} GB"
         )
     return "\n".join(lines)
 
