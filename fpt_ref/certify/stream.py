@@ -1,4 +1,4 @@
-"""Certify two checkpoint folders a layer at a time, from memory-mapped safetensors (docs/certify.md).
+"""Certify two checkpoint folders a layer at a time, read from the safetensors files (docs/certify.md section 7).
 
 :func:`certify_folders` runs the block audit of :func:`fpt_ref.certify.certify` (the same
 alignment, the same checks, the same findings) without loading either model: both folders are
@@ -7,7 +7,9 @@ the model-wide tensors are compared one kind at a time (the base's and the grown
 embedding, then the output matrix, then the final norm); the layer alignment asks for layers in
 grown order and each reader keeps one layer, so at most one base and one grown layer are held.
 A pair of layers enters the full audit only when row 0 of their two MLP matrices (a few
-kilobytes read from the maps) holds the base's values, as in the in-memory alignment.
+kilobytes read from the files) holds the base's values, as in the in-memory alignment. A pair
+stored with the same bytes and structure (hidden size unchanged) is compared in the files and
+audited on the skeleton's shapes, without decoding; so are the model-wide tensors.
 
 The forward check is not run: a certificate from here says "blocks certified, forward not run"
 when every block, option and config field holds (:attr:`Certificate.ok` is then true for the

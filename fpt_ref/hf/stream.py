@@ -9,7 +9,7 @@ values. :meth:`Stream.layer` then reads the tensors of one layer (the same reade
 layer's tensors real), :meth:`Stream.model_tensor` one model-wide tensor, :meth:`Stream.sample`
 row 0 of the two MLP matrices (a cheap fingerprint for the layer alignment).
 
-Tensors are read from memory maps (:meth:`fpt_ref.hf.files.Tensors.read`) into the working
+Tensors are read in chunks from the files (:meth:`fpt_ref.hf.files.Tensors.read`) into the working
 dtype: float32 for BF16, F16 and F32 storage (exact widening), float64 when any tensor is
 stored in F64. Nothing is transposed: ``nn.Linear``'s ``[out, in]`` becomes fpt_ref's
 ``[in, out]`` as a view.
