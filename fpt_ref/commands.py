@@ -226,6 +226,8 @@ def _expand_checkpoint(args) -> int:
     for flag, given in (("--manifest-out", args.manifest_out), ("--force", args.force)):
         if given:
             raise ValueError(f"{flag}: not available for a checkpoint folder (the output is a folder)")
+    if getattr(args, "stream", False):
+        return _expand_checkpoint_streamed(args)
     try:
         hf.check_out_dir(args.out)
     except ValueError as exc:
@@ -263,6 +265,36 @@ def _expand_checkpoint(args) -> int:
             f"of two) are rounded once more: the folder computes the base's function to {stored} precision only "
             "(grow by ratios of 4 for factors of 2, or write --dtype float64; docs/hf.md)"
         )
+    return 0
+
+
+def _expand_checkpoint_streamed(args) -> int:
+    """``expand --stream`` on a checkpoint folder: grown a layer at a time and certified block by
+    block against the input before it is put in place (:func:`fpt_ref.hf.stream_expand.expand_stream`)."""
+    from .hf.stream_expand import expand_stream
+
+    if args.manifest:
+        raise ValueError("--manifest: not available with --stream (the blocks are certified instead)")
+    try:
+        cert = expand_stream(args.model, args.plan, args.out, dtype=args.dtype, init=args.init, seed=args.seed)
+    except ValueError as exc:
+        msg = str(exc)
+        if msg.startswith("plan: the grown folder is not certified"):
+            print(f"NOT preserved: {msg[len('plan: the grown folder is not certified, nothing written: ') :]}")
+            print("nothing written")
+            return 1
+        if msg.startswith("out_dir:"):
+            raise ValueError(msg.replace("out_dir:", "-o:", 1)) from None
+        if msg.startswith("dtype:"):
+            raise ValueError(msg.replace("dtype:", "--dtype:", 1)) from None
+        raise ValueError(f"{args.model}: {msg}" if msg.startswith(("config:", "model:", "path:")) else msg) from None
+    layers = " ".join(
+        f"{L['grown']}<-{L['base']}" if L["base"] is not None else f"{L['grown']}=identity" for L in cert.layers
+    )
+    print(f"wrote {args.out}: grown a layer at a time; layers (grown<-base): {layers}")
+    print(f"blocks certified, forward not run: {cert.blocks} blocks of {args.out} hold {args.model} under the rules")
+    for note in cert.notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -519,6 +551,12 @@ def register(subparsers) -> None:
         required=True,
         help="output file: a regular file or a new one (may be the input; see README); for a checkpoint folder, a new "
         "or empty folder",
+    )
+    s.add_argument(
+        "--stream",
+        action="store_true",
+        help="checkpoint folders: grow a layer at a time (one layer held, one shard per layer) and certify the "
+        "blocks of the result against the input (no forward check)",
     )
     s.set_defaults(func=cmd_expand)
 

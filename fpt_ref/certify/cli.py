@@ -1,6 +1,7 @@
 """``fpt-ref certify BASE GROWN [--json]``: the sub-command of :mod:`fpt_ref.certify`.
 
-Exit 0: GROWN contains BASE and computes its function; 1: it does not, or is inconsistent
+Exit 0: GROWN contains BASE and computes its function (with ``--no-forward`` or ``--stream``:
+every block holds, the report says "blocks certified, forward not run"); 1: it does not, or is inconsistent
 (the first offending tensor, block, option or config key is named, with the reason); 2: a
 user error (a missing or unreadable file, not a model), one line on stderr. ``register``
 stays cheap: the work is imported only when the command runs.
@@ -38,6 +39,8 @@ def cmd_certify(args) -> int:
     from .infer import certify
     from .report import format_certificate
 
+    if args.stream:
+        return _certify_streamed(args)
     base_cfg, grown_cfg = _config_of(args.base), _config_of(args.grown)
     base = load(args.base)
     try:
@@ -55,6 +58,46 @@ def cmd_certify(args) -> int:
     cert = certify(
         base, grown, base_config=base_cfg, grown_config=grown_cfg, forward=not args.no_forward, steps=args.steps
     )
+    if args.json:
+        print(json.dumps(cert.to_dict(), indent=1, default=float))
+    else:
+        print(format_certificate(cert, args.base, args.grown))
+    return 0 if cert.ok else 1
+
+
+def _inconsistent(args, reason: str) -> int:
+    import json
+
+    if args.json:
+        print(json.dumps({"preserved": False, "inconsistent": reason, "grown": args.grown}, indent=1))
+    else:
+        print(f"{args.grown}: NOT certified: inconsistent config.json: {reason}")
+    return 1
+
+
+def _certify_streamed(args) -> int:
+    """``--stream``: the block audit of two checkpoint folders a layer at a time (no forward check)."""
+    import json
+
+    from ..hf import is_checkpoint
+    from ..hf.stream import Stream
+    from .report import format_certificate
+    from .stream import certify_folders
+
+    for path in (args.base, args.grown):
+        if not is_checkpoint(path):
+            raise ValueError(f"--stream: {path} is not a checkpoint folder (config.json and model.safetensors)")
+    try:
+        Stream(args.base)
+    except ValueError as exc:
+        raise ValueError(f"{args.base}: {exc}") from None
+    try:
+        cert = certify_folders(args.base, args.grown, steps=args.steps)
+    except ValueError as exc:
+        msg = str(exc)
+        if msg.startswith("config: "):
+            return _inconsistent(args, msg[len("config: ") :])
+        raise ValueError(f"{args.grown}: {msg}") from None
     if args.json:
         print(json.dumps(cert.to_dict(), indent=1, default=float))
     else:
@@ -83,4 +126,10 @@ def register(subparsers) -> None:
         help="the most growth steps any one size took (default 1); each rounds scaled blocks, eps and theta once more",
     )
     s.add_argument("--no-forward", action="store_true", help="audit the blocks only (skip the forward check)")
+    s.add_argument(
+        "--stream",
+        action="store_true",
+        help="checkpoint folders only: audit the blocks a layer at a time from the memory-mapped files "
+        "(at most one layer of each model held; the forward check is not run)",
+    )
     s.set_defaults(func=cmd_certify)

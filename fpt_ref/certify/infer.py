@@ -96,23 +96,53 @@ def align_layers(ctx: Context, base: Model, grown: Model) -> tuple:
     ``steps`` the chosen ``(base index or None, grown index)`` in grown order and ``checks``
     the :class:`Checker` of each.
     """
-    Nb, Ng = base.N, grown.N
+    return align(
+        ctx,
+        base.N,
+        grown.N,
+        lambda i: base.layers[i],
+        lambda j: grown.layers[j],
+        lambda i, j: holds_sample(ctx, base.layers[i], grown.layers[j]),
+    )
+
+
+def align(ctx: Context, Nb: int, Ng: int, base_layer, grown_layer, sample, pair=None, quick=None) -> tuple:
+    """:func:`align_layers` on layers given by functions: ``base_layer(i)``, ``grown_layer(j)``
+    (a :class:`~fpt_ref.model.Layer`), ``sample(i, j)`` (a necessary condition for grown layer
+    ``j`` to hold base layer ``i``'s copied blocks, such as :func:`holds_sample`).
+
+    Layers are asked for in grown order: every call for grown layer ``j`` comes before any
+    for ``j + 1``, so a reader keeping one layer of each model reads each grown layer once
+    (:mod:`fpt_ref.certify.stream`). ``pair(i, j)`` (default :func:`check_layer` on the two
+    layers) and ``quick(j)`` (default :func:`not_identity` on grown layer ``j``) let a reader
+    answer from the files.
+    """
+    if pair is None:
+
+        def pair(i, j):
+            return check_layer(ctx, base_layer(i), grown_layer(j), i, j)
+
+    if quick is None:
+
+        def quick(j):
+            return not_identity(ctx, grown_layer(j))
+
     extra = Ng - Nb
     match: dict = {}
     ident: dict = {}
 
     def m(i, j):
-        if not holds_sample(ctx, base.layers[i], grown.layers[j]):
+        if not sample(i, j):
             return COST_NOT_HELD  # the full audit would find a copied block that differs
         if (i, j) not in match:
-            match[(i, j)] = check_layer(ctx, base.layers[i], grown.layers[j], i, j)
+            match[(i, j)] = pair(i, j)
         c = match[(i, j)][0]
         return 0 if not c.findings else (COST_NOT_HELD if c.copy_failed else COST_CONSTRAINT)
 
     def s(j):
         if j not in ident:
-            ident[j] = check_identity(ctx, grown.layers[j], j)
-        return 0 if not ident[j].findings else COST_NOT_IDENTITY
+            ident[j] = None if quick(j) else check_identity(ctx, grown_layer(j), j)
+        return 0 if ident[j] is not None and not ident[j].findings else COST_NOT_IDENTITY
 
     INF = math.inf
     cost = [[INF] * (Ng + 1) for _ in range(Nb + 1)]
@@ -141,15 +171,48 @@ def align_layers(ctx: Context, base: Model, grown: Model) -> tuple:
     checks = []
     for bi, gj in steps:
         if bi is None:
+            if ident.get(gj) is None:  # ruled out by not_identity: audited in full for the report
+                ident[gj] = check_identity(ctx, grown_layer(gj), gj)
             checks.append((ident[gj], None))
         else:
             if (bi, gj) not in match:  # rejected by the sample: audit it in full for the report
-                match[(bi, gj)] = check_layer(ctx, base.layers[bi], grown.layers[gj], bi, gj)
+                match[(bi, gj)] = pair(bi, gj)
             c, info = match[(bi, gj)]
             if c.copy_failed:
-                _hint_reordered(ctx, base, grown, bi, gj, c)
+                _hint_reordered(Nb, pair, sample, bi, gj, c)
             checks.append((c, info))
     return steps, checks
+
+
+def not_identity(ctx: Context, G) -> bool:
+    """A cheap sufficient condition for grown layer ``G`` not to be an identity layer (then
+    :func:`fpt_ref.certify.check.check_identity` has findings): MLP unit 0 writes to the stream.
+
+    Sound where every constraint set of layer addition zeroes ``W_l2`` (llama, GPT-2, the
+    paper's blocks): then an identity layer has row 0 of ``W_l2`` zero, or (unit by unit)
+    column 0 of ``W_l1`` or of ``W_gate`` zero with its bias entry. Elsewhere it says ``False``.
+    """
+
+    def col(a):
+        return None if a is None else host(a)[:, 0]
+
+    def first(a):
+        return None if a is None else host(a)[0]
+
+    return unit0_writes(ctx, host(G.w_l2)[0], col(G.w_l1), first(G.b_l1), col(G.w_gate), first(G.b_gate))
+
+
+def unit0_writes(ctx: Context, w_l2_row, w_l1_col, b_l1_0, w_gate_col, b_gate_0) -> bool:
+    """:func:`not_identity` from MLP unit 0's entries: row 0 of ``W_l2``, column 0 of ``W_l1``
+    and ``W_gate`` and entry 0 of their biases (``None`` where absent)."""
+    if not all("W_l2" in zero for zero, _, _ in constraint_sets("add_layer", ctx.arch)):
+        return False
+    if not np.any(w_l2_row != 0):
+        return False
+    for w, b in ((w_l1_col, b_l1_0), (w_gate_col, b_gate_0)):
+        if w is not None and not np.any(w != 0) and (b is None or b == 0):
+            return False
+    return True
 
 
 def holds_sample(ctx: Context, B, G) -> bool:
@@ -166,12 +229,12 @@ def holds_sample(ctx: Context, B, G) -> bool:
     return True
 
 
-def _hint_reordered(ctx, base: Model, grown: Model, bi: int, gj: int, c: Checker) -> None:
+def _hint_reordered(Nb: int, pair, sample, bi: int, gj: int, c: Checker) -> None:
     """A grown layer that does not hold its aligned base layer but another one: say so."""
-    for other in range(base.N):
-        if other == bi or not holds_sample(ctx, base.layers[other], grown.layers[gj]):
+    for other in range(Nb):
+        if other == bi or not sample(other, gj):
             continue
-        oc, _ = check_layer(ctx, base.layers[other], grown.layers[gj], other, gj)
+        oc, _ = pair(other, gj)
         if not oc.copy_failed:
             f = c.findings[0]
             f.reason += f" (layer {gj} holds base layer {other}, not {bi}: layers reordered?)"
@@ -304,16 +367,44 @@ def certify(
         if not isinstance(m, Model):
             raise TypeError(f"{name}: expected an fpt_ref.Model, got {type(m).__name__}")
     steps = check_int("steps", steps, 1)
+    cert, findings = audit(
+        base,
+        grown,
+        lambda ctx: check_model_tensors(ctx, base, grown),
+        lambda ctx: align_layers(ctx, base, grown),
+        base_config=base_config,
+        grown_config=grown_config,
+        steps=steps,
+    )
+    if findings is None:
+        return cert
+    if forward:
+        findings += _forward(cert, base, grown, batch, seed)
+    cert.findings = sorted(findings, key=_order(grown))
+    cert.ok = not cert.findings
+    return cert
+
+
+def audit(base: Model, grown: Model, model_check, layer_align, *, base_config=None, grown_config=None, steps=1):
+    """The block audit of :func:`certify`: ``(certificate, findings)``, the findings unsorted and
+    the verdict not yet set (``findings`` is ``None`` when the structure already fails: the
+    certificate is then final).
+
+    ``base`` and ``grown`` give the dimensions (their arrays are not read here);
+    ``model_check(ctx)`` returns the :class:`Checker` of the model-wide tensors and
+    ``layer_align(ctx)`` the layer alignment ``(steps, checks)`` (:func:`align_layers`), for
+    each context of :func:`_contexts`.
+    """
     cert = Certificate(base=dims_summary(base), grown=dims_summary(grown), hidden=[base.h, grown.h])
     cert.tensors = len(named_tensors(grown))
     cert.findings = _structure(base, grown)
     if cert.findings:
-        return cert
+        return cert, None
     best = None
     for ctx, hidden_set in _contexts(base, grown, steps):
         top = Checker(ctx)
-        top.merge(check_model_tensors(ctx, base, grown))
-        pairs, checks = align_layers(ctx, base, grown)
+        top.merge(model_check(ctx))
+        pairs, checks = layer_align(ctx)
         for c, _ in checks:
             top.merge(c)
         if best is None or (best[0].findings and not top.findings):
@@ -340,11 +431,7 @@ def certify(
         cert.notes.append(
             f"scaled blocks lie up to {cert.scaled_rounding:.2g} ulp ({np.dtype(grown.dtype)}) from the exact product"
         )
-    if forward:
-        findings += _forward(cert, base, grown, batch, seed)
-    cert.findings = sorted(findings, key=_order(grown))
-    cert.ok = not cert.findings
-    return cert
+    return cert, findings
 
 
 def _forward(cert: Certificate, base: Model, grown: Model, batch: int, seed: int) -> list:

@@ -12,7 +12,9 @@ from ..audit import Finding
 class Certificate:
     """The outcome of :func:`certify`.
 
-    ``ok``: every block holds and the forward check passed; ``findings`` in file order of the
+    ``ok``: every block holds and the forward check passed, or was not run (``forward`` is
+    ``None``: the text and ``to_dict`` then say "blocks certified, forward not run", never
+    "preserved"); ``findings`` in file order of the
     grown model's tensors (options, configs and the forward check after them; ``first`` names
     the offending tensor or option); ``layers``: one entry per grown layer, the base layer it
     holds (with its sizes and head map) or ``None`` for an inserted identity layer; ``sets``:
@@ -32,6 +34,7 @@ class Certificate:
     base: str = ""
     grown: str = ""
     covered: list = field(default_factory=list, repr=False)  # (tensor, shape, index) of every block checked
+    reads: int = 0  # bytes of stored values read (the streaming audit, fpt_ref.certify.stream)
 
     @property
     def first(self) -> Finding | None:
@@ -39,7 +42,9 @@ class Certificate:
 
     def to_dict(self) -> dict:
         return {
-            "preserved": self.ok,
+            "preserved": self.ok and self.forward is not None,
+            "blocks_certified": self.ok,
+            "forward_run": self.forward is not None,
             "base": self.base,
             "grown": self.grown,
             "hidden": self.hidden,
@@ -57,7 +62,12 @@ class Certificate:
 def format_certificate(cert, base: str, grown: str) -> str:
     """The text report: the verdict, the inferred growth, the figures."""
     lines = []
-    if cert.ok:
+    if cert.ok and cert.forward is None:
+        lines.append(
+            f"blocks certified, forward not run: every block of {grown} holds {base} under the rules "
+            "(the forward check was not run)"
+        )
+    elif cert.ok:
         lines.append(f"preserved: {grown} contains {base} and computes its function")
     else:
         first = cert.first

@@ -13,6 +13,9 @@ NumPy API (:mod:`fpt_ref.hf.files`), bfloat16 widened by bit manipulation.
   a model the family's config cannot express is refused before anything is written
   (:func:`check`), naming the config field.
 
+Checkpoints too large to load: :mod:`fpt_ref.hf.stream` reads a folder a layer at a time and
+:func:`fpt_ref.hf.stream_expand.expand_stream` grows one a layer at a time (docs/hf.md).
+
 Families: ``llama``, ``mistral``, ``qwen2`` (:mod:`fpt_ref.hf.llama`) and ``gpt2``
 (:mod:`fpt_ref.hf.gpt2`).
 """

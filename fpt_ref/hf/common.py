@@ -144,8 +144,19 @@ def head_sizes(d: dict, field: str, family: str) -> int:
 
 
 def t(a):
-    """A 2-d array transposed into a new C-contiguous array (``nn.Linear`` ``[out, in]`` <-> ``[in, out]``)."""
-    return np.ascontiguousarray(np.asarray(a).T)
+    """A 2-d array transposed into a new C-contiguous array (``nn.Linear`` ``[out, in]`` <-> ``[in, out]``).
+
+    A read-only array (the streaming reader's tensors and placeholders, :mod:`fpt_ref.hf.stream`)
+    is transposed as a view: no copy, no memory.
+    """
+    a = np.asarray(a)
+    return a.T if not a.flags.writeable else np.ascontiguousarray(a.T)
+
+
+def contig(a):
+    """``a`` as a C-contiguous array (a copy of a strided view); a read-only array stays a view (:func:`t`)."""
+    a = np.asarray(a)
+    return a if not a.flags.writeable else np.ascontiguousarray(a)
 
 
 def unexpected(extra: list, layer_prefix: str, field: str, n_layers: int) -> ValueError:

@@ -42,6 +42,8 @@ STORED: dict[str, np.dtype] = {
 DTYPE_NAMES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 #: safetensors dtype name -> config dtype name
 CONFIG_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
+#: bytes :meth:`Tensors.read` reads at a time (one buffer of this size is kept)
+CHUNK = 1024 * 1024
 #: a header larger than this is refused before it is read (the library's own limit)
 MAX_HEADER = 100 * 1024 * 1024
 
@@ -84,6 +86,13 @@ def to_bf16_bits(x):
     if np.any(nan):
         out = np.where(nan, ((u32 >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16), out)
     return out
+
+
+def _decode(stored, dt: str, dtype):
+    """Stored values (``uint16`` bits for BF16) as a new array of ``dtype`` (exact widening)."""
+    if dt == "BF16":
+        return bf16_to_float32(stored).astype(dtype, copy=False)
+    return np.array(stored, dtype=dtype)
 
 
 def read_header(path) -> tuple:
@@ -133,6 +142,9 @@ class Tensors:
         self.entries: dict = {}
         self._headers: dict = {}
         self._handles: dict = {}
+        self._buffer = None  # the chunk buffer of read()
+        self._pool: list = []  # arrays read() may reuse (_alloc)
+        self.pool_bytes = 0
         single = os.path.join(self.folder, SINGLE)
         index = os.path.join(self.folder, INDEX)
         if os.path.isfile(index):
@@ -201,6 +213,129 @@ class Tensors:
             self._handles[file] = safe_open(file, framework="numpy")
         return np.asarray(self._handles[file].get_tensor(name)).astype(dtype)
 
+    def _map(self, name):
+        """Tensor ``name`` as a read-only memory map of its stored values (BF16: ``uint16`` bits)."""
+        if name not in self.entries:
+            raise ValueError(f"path: tensor {name!r} is missing from {self.folder}")
+        file, dt, shape = self.entries[name]
+        if dt not in STORED:
+            raise ValueError(f"path: tensor {name!r} has dtype {dt}; expected one of {', '.join(STORED)}")
+        header, start = self._headers[file]
+        begin, end = (int(o) for o in header[name]["data_offsets"])
+        count = int(np.prod(shape, dtype=np.int64))
+        if end - begin != STORED[dt].itemsize * count:
+            raise ValueError(f"path: tensor {name!r} declares shape {shape} but {end - begin} bytes")
+        if count == 0:
+            return np.zeros(shape, STORED[dt]), dt
+        return np.memmap(file, dtype=STORED[dt], mode="r", offset=start + begin, shape=tuple(shape)), dt
+
+    def read(self, name, dtype=np.float32, index=None):
+        """Tensor ``name`` (or its region ``index`` of a memory map) as a new read-only array of ``dtype``.
+
+        The stored values are read once, in chunks of :data:`CHUNK` bytes through one reusable
+        buffer, each chunk decoded straight into the result (BF16: ``uint32(bits) << 16``
+        viewed as float32). ``dtype`` must hold the stored dtype exactly (float32 for BF16, F16
+        and F32; float64 for all). Read-only marks the array as the streaming reader's
+        (:func:`fpt_ref.hf.common.t` transposes it as a view).
+        """
+        dtype = np.dtype(dtype)
+        if index is not None:
+            mm, dt = self._map(name)
+            out = _decode(np.array(mm[index]), dt, dtype)
+            del mm
+            out.flags.writeable = False
+            return out
+        mm, dt = self._map(name)  # checks the dtype and the byte count
+        del mm
+        file, _, shape = self.entries[name]
+        header, start = self._headers[file]
+        begin = start + int(header[name]["data_offsets"][0])
+        stored = STORED[dt]
+        count = int(np.prod(shape, dtype=np.int64))
+        out = self._alloc(count, np.dtype(np.float32 if dt == "BF16" else dtype))
+        step = CHUNK // stored.itemsize
+        if self._buffer is None:
+            self._buffer = np.empty(CHUNK, dtype=np.uint8)
+        buf = self._buffer
+        with open(file, "rb", buffering=0) as f:
+            for lo in range(0, count, step):
+                hi = min(count, lo + step)
+                raw = memoryview(buf)[: (hi - lo) * stored.itemsize]
+                f.seek(begin + lo * stored.itemsize)
+                got = f.readinto(raw)
+                if got != len(raw):
+                    raise ValueError(f"path: tensor {name!r}: the file ends before its data")
+                bits = buf[: len(raw)].view(stored)
+                if dt == "BF16":
+                    np.left_shift(bits, 16, out=out[lo:hi].view(np.uint32), dtype=np.uint32)
+                else:
+                    out[lo:hi] = bits
+        out = out.reshape(shape)
+        if out.dtype != dtype:
+            out = out.astype(dtype)
+        out.flags.writeable = False
+        return out
+
+    def _alloc(self, count: int, dtype):
+        """A 1-d array of ``count`` values: a pooled one no array refers to any more (its pages are
+        already mapped: no page faults), else a new one, pooled while the pool holds at most
+        :attr:`pool_bytes` (0: no pool)."""
+        import sys
+
+        nbytes = count * dtype.itemsize
+        pool = self._pool
+        for i in range(len(pool)):
+            if pool[i].nbytes == nbytes and pool[i].dtype == dtype and sys.getrefcount(pool[i]) <= 2:  # list, call
+                return self._reuse(i)
+        out = np.empty(count, dtype=dtype)
+        if nbytes <= self.pool_bytes:
+            held = sum(a.nbytes for a in self._pool)
+            while held + nbytes > self.pool_bytes:
+                free = [i for i in range(len(pool)) if sys.getrefcount(pool[i]) <= 2]
+                if not free:
+                    return out
+                held -= self._pool.pop(free[0]).nbytes
+            self._pool.append(out)
+        return out
+
+    def _reuse(self, i: int):
+        a = self._pool.pop(i)
+        self._pool.append(a)  # most recently used last
+        return a
+
+    def same_stored(self, name, other: Tensors, other_name) -> bool:
+        """Whether tensor ``name`` and tensor ``other_name`` of ``other`` hold the same stored bytes
+        (same dtype and shape), compared in chunks of :data:`CHUNK` bytes without decoding."""
+        f1, d1, s1 = self.entries[name]
+        f2, d2, s2 = other.entries[other_name]
+        if d1 != d2 or list(s1) != list(s2):
+            return False
+        (b1, e1), (b2, e2) = (
+            [int(o) for o in t._headers[f][0][n]["data_offsets"]]
+            for t, f, n in ((self, f1, name), (other, f2, other_name))
+        )
+        if e1 - b1 != e2 - b2:
+            return False
+        start1, start2 = self._headers[f1][1] + b1, other._headers[f2][1] + b2
+        size = e1 - b1
+        with open(f1, "rb", buffering=0) as x, open(f2, "rb", buffering=0) as y:
+            x.seek(start1)
+            y.seek(start2)
+            done = 0
+            while done < size:
+                n = min(CHUNK, size - done)
+                if x.read(n) != y.read(n):
+                    return False
+                done += n
+        return True
+
+    def raw(self, name):
+        """Tensor ``name`` as stored (BF16: its ``uint16`` bits), a new array: for copying it unchanged."""
+        mm, _ = self._map(name)
+        out = np.array(mm)
+        del mm
+        return out
+
     def nbytes(self, itemsize: int) -> int:
         """Bytes the floating tensors take at ``itemsize`` bytes per value."""
         return sum(
@@ -209,7 +344,10 @@ class Tensors:
 
 
 def _encode(a, st_dtype: str):
-    """``a`` (float64 or float32 NumPy array) as little-endian bytes of safetensors dtype ``st_dtype``."""
+    """``a`` (float64 or float32 NumPy array; for BF16 also ``uint16`` bits, written as they are) as
+    little-endian bytes of safetensors dtype ``st_dtype``."""
+    if st_dtype == "BF16" and a.dtype == np.uint16:
+        return np.ascontiguousarray(a).astype("<u2", copy=False).tobytes()
     if st_dtype == "BF16":
         return np.ascontiguousarray(to_bf16_bits(a)).astype("<u2").tobytes()
     with np.errstate(over="ignore"):

@@ -29,7 +29,19 @@ import numpy as np
 from ..blocks import Arch
 from ..model import Head, Layer, Model
 from ..xp import to_numpy
-from .common import act_name, act_of, cannot_express, get_float, get_int, head_sizes, refuse, t, unexpected, uniform
+from .common import (
+    act_name,
+    act_of,
+    cannot_express,
+    contig,
+    get_float,
+    get_int,
+    head_sizes,
+    refuse,
+    t,
+    unexpected,
+    uniform,
+)
 
 MODEL_TYPES = ("gpt2",)
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -56,10 +68,12 @@ def arch_of(config: dict) -> Arch:
     )
 
 
-def to_model(config: dict, tensors, dtype=np.float64, max_seq: int | None = None) -> Model:
+def to_model(config: dict, tensors, dtype=np.float64, max_seq: int | None = None, layer: int | None = None):
     """An fpt_ref :class:`~fpt_ref.model.Model` from a GPT-2 config and its tensors.
 
     ``max_seq`` keeps the first ``max_seq`` rows of ``wpe`` (default: all ``n_positions``).
+    ``layer``: return layer ``layer`` alone (a :class:`~fpt_ref.model.Layer`; only its tensors
+    are read: :mod:`fpt_ref.hf.stream`).
     """
     arch = arch_of(config)
     h = get_int(config, "n_embd")
@@ -85,7 +99,7 @@ def to_model(config: dict, tensors, dtype=np.float64, max_seq: int | None = None
         return tensors.get(full, dtype)
 
     layers = []
-    for n in range(N):
+    for n in range(N) if layer is None else [int(layer)]:
         b = f"h.{n}."
         w = get(b + "attn.c_attn.weight", (h, 3 * h))  # [h, 3h]  q | k | v
         bias = get(b + "attn.c_attn.bias", (3 * h,))  # [3h]
@@ -95,10 +109,10 @@ def to_model(config: dict, tensors, dtype=np.float64, max_seq: int | None = None
             q, k, v = (slice(j * h + e * d, j * h + (e + 1) * d) for j in range(3))
             heads.append(
                 Head(
-                    w_q=np.ascontiguousarray(w[:, q]),  # [h, d]
-                    w_k=np.ascontiguousarray(w[:, k]),  # [h, d]
-                    w_v=np.ascontiguousarray(w[:, v]),  # [h, d]
-                    w_o=np.ascontiguousarray(wo[e * d : (e + 1) * d]),  # [d, h]
+                    w_q=contig(w[:, q]),  # [h, d]
+                    w_k=contig(w[:, k]),  # [h, d]
+                    w_v=contig(w[:, v]),  # [h, d]
+                    w_o=contig(wo[e * d : (e + 1) * d]),  # [d, h]
                     b_q=bias[q].copy(),
                     b_k=bias[k].copy(),
                     b_v=bias[v].copy(),
@@ -118,6 +132,8 @@ def to_model(config: dict, tensors, dtype=np.float64, max_seq: int | None = None
                 b_l2=get(b + "mlp.c_proj.bias", (h,)),
             )
         )
+    if layer is not None:
+        return layers[0]
     pos = get("wpe.weight", (P, h))  # [P, h]
     if max_seq is not None and int(max_seq) < P:
         pos = pos[: int(max_seq)].copy()

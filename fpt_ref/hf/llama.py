@@ -124,11 +124,12 @@ def check_attention(config: dict, s_max: int) -> None:
         )
 
 
-def to_model(config: dict, tensors, dtype=np.float64, max_seq: int | None = None) -> Model:
+def to_model(config: dict, tensors, dtype=np.float64, max_seq: int | None = None, layer: int | None = None):
     """An fpt_ref :class:`~fpt_ref.model.Model` from a config dict and a :class:`~fpt_ref.hf.files.Tensors`.
 
     ``max_seq`` caps ``s_max`` (default ``max_position_embeddings``). ``ValueError`` starting
-    ``config:`` names an unsupported field or tensor.
+    ``config:`` names an unsupported field or tensor. ``layer``: return layer ``layer`` alone
+    (a :class:`~fpt_ref.model.Layer`; only its tensors are read: :mod:`fpt_ref.hf.stream`).
     """
     arch = arch_of(config)
     z = sizes(config)
@@ -150,7 +151,7 @@ def to_model(config: dict, tensors, dtype=np.float64, max_seq: int | None = None
 
     r = H // G
     layers = []
-    for n in range(N):
+    for n in range(N) if layer is None else [int(layer)]:
         a = f"layers.{n}.self_attn."
         m = f"layers.{n}.mlp."
         wq, wk, wv = (
@@ -204,6 +205,8 @@ def to_model(config: dict, tensors, dtype=np.float64, max_seq: int | None = None
                 kv_heads=G,
             )
         )
+    if layer is not None:
+        return layers[0]
     embed = get("embed_tokens.weight", (V, h))
     final = get("norm.weight", (h,))
     w_out = None
