@@ -318,6 +318,8 @@ def cmd_expand(args) -> int:
             return _expand_checkpoint(args)
     if args.dtype is not None:
         raise ValueError("--dtype: only for a checkpoint folder (convert a model file with fpt_ref.convert)")
+    if getattr(args, "stream", False):
+        raise ValueError("--stream: only for a checkpoint folder (a model file is grown in memory)")
     out = check_output_file(args.out, "-o")  # before any work: a device, FIFO or folder is refused
     record_out = None if args.manifest_out is None else check_output_file(args.manifest_out, "--manifest-out")
     if record_out is not None and record_out == out:

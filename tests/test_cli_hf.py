@@ -74,3 +74,14 @@ def test_expand_refuses_a_foreign_output_folder(llama, tmp_path, capsys):
     rc, text, err = cli(capsys, "expand", llama, "--plan", "mlp p=64", "-o", out)
     assert rc == 2 and err.strip().startswith("fpt-ref: error: -o:") and len(err.strip().splitlines()) == 1, err
     assert (out / "notes.txt").read_text() == "keep me" and sorted(os.listdir(out)) == ["notes.txt"]
+
+
+def test_stream_is_refused_for_a_model_file(tmp_path, capsys):
+    import fpt_ref
+
+    fpt_ref.save(fpt_ref.init_model(h=4, p=4, n_heads=1, k=2, v=2, n_layers=1, max_seq=3), tmp_path / "m.safetensors")
+    rc, text, err = cli(
+        capsys, "expand", tmp_path / "m.safetensors", "--plan", "mlp p=8", "--stream", "-o", tmp_path / "o"
+    )
+    assert rc == 2 and err.strip().startswith("fpt-ref: error: --stream: only for a checkpoint folder"), err
+    assert not (tmp_path / "o").exists()
