@@ -186,6 +186,7 @@ class Stream:
         out = {}
         for name in self.layer_names.get(n, []):
             m = _LAYER.search(name)
+            assert m is not None  # layer_names holds only names the pattern matched
             out[name[m.end() :]] = name
         return out
 
@@ -215,7 +216,7 @@ class Stream:
         if where is None:
             return None
         names = self._suffixes(n)
-        out = {}
+        out: dict = {}
         for key, (suffix, how) in where.items():
             if suffix not in names:
                 out[key] = None
@@ -226,7 +227,7 @@ class Stream:
             out[key] = v
         return out["w_l2"], out["w_l1"], out["b_l1"], out.get("w_gate"), out.get("b_gate")
 
-    def sample(self, n: int) -> tuple:
+    def sample(self, n: int) -> tuple | None:
         """Row 0 of the two MLP matrices of layer ``n`` as stored (``SAMPLED``), in the working
         dtype; ``None`` for a family without a fingerprint."""
         names = SAMPLED.get(self.module.__name__)

@@ -39,7 +39,7 @@ def _slots(N: int, steps: list) -> list:
     """
     from ..plan import _selected
 
-    slots = [{"origin": ("base", i), "steps": []} for i in range(N)]
+    slots: list[dict] = [{"origin": ("base", i), "steps": []} for i in range(N)]
     for s, step in enumerate(steps):
         a = step.args
         if step.op == "add_layer":
@@ -280,10 +280,11 @@ def expand_stream(
 
             cert = certify_folders(path, tmp, steps=_growth_steps(steps), max_seq=max_seq)
             if not cert.ok:
-                f = cert.first
+                first = cert.first
+                assert first is not None  # a certificate that fails names its first finding
                 raise ValueError(
-                    f"plan: the grown folder is not certified, nothing written: {f.tensor}"
-                    f"{(' ' + f.block) if f.block else ''}: {f.reason}"
+                    f"plan: the grown folder is not certified, nothing written: {first.tensor}"
+                    f"{(' ' + first.block) if first.block else ''}: {first.reason}"
                 )
     return cert
 
