@@ -44,6 +44,8 @@ def gpu_available() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    if any(os.path.basename(str(item.fspath)) in _PROVE_READERS for item in items):
+        start_prove_all()  # on the second core while the other tests run
     if gpu_available():
         return
     skip = pytest.mark.skip(reason="no usable GPU (CuPy missing or no CUDA device)")
@@ -140,3 +142,57 @@ def run_cli(capsys, *args):
     rc = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+# ---- the session's one full `fpt-ref prove --all` run, in the background (tests/proofs_job.py) ----
+
+_PROVE_JOB: dict = {}
+_PROVE_READERS = ("test_proofs_cli.py", "test_proofs_blocks.py")
+
+
+def start_prove_all() -> None:
+    """Start tests/proofs_job.py once per session (no-op if started)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    if "proc" in _PROVE_JOB:
+        return
+    out_dir = tempfile.mkdtemp(prefix="fpt-prove-")
+    job = os.path.join(os.path.dirname(__file__), "proofs_job.py")
+    _PROVE_JOB.update(dir=out_dir, proc=subprocess.Popen([sys.executable, job, out_dir]))
+
+
+def prove_all_result() -> tuple:
+    """``(rc, stdout, stderr, tex path, md path, typeset dict)`` of the background run (waits for it)."""
+    import json
+
+    start_prove_all()
+    status = _PROVE_JOB["proc"].wait(timeout=1200)
+    d = _PROVE_JOB["dir"]
+    assert status == 0, f"tests/proofs_job.py failed with status {status}"
+
+    def read(name):
+        with open(os.path.join(d, name)) as f:
+            return f.read()
+
+    typeset = json.loads(read("typeset.json"))
+    return (
+        int(read("rc")),
+        read("stdout"),
+        read("stderr"),
+        os.path.join(d, "proofs.tex"),
+        os.path.join(d, "proofs.md"),
+        typeset,
+    )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    proc = _PROVE_JOB.get("proc")
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if "dir" in _PROVE_JOB:
+        shutil.rmtree(_PROVE_JOB["dir"], ignore_errors=True)
