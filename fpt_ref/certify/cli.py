@@ -15,20 +15,15 @@ from ..cli_args import int_arg
 
 
 def _config_of(path: str) -> dict | None:
-    """A Hugging Face directory's ``config.json`` (``None`` for a model file)."""
-    import json
+    """A Hugging Face directory's ``config.json`` (``None`` for a model file; :func:`fpt_ref.hf.files.read_config`)."""
+    from ..hf.files import CONFIG, read_config
 
-    cfg = os.path.join(path, "config.json")
-    if not os.path.isdir(path) or not os.path.isfile(cfg):
+    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, CONFIG)):
         return None
-    with open(cfg, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{cfg}: not JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{cfg}: not a JSON object")
-    return data
+    try:
+        return read_config(path)
+    except ValueError as exc:
+        raise ValueError(str(exc).removeprefix("path: ")) from None
 
 
 def cmd_certify(args) -> int:
