@@ -217,26 +217,9 @@ def build_model(size: Size, dtype: str, xp=np, seed: int = 0) -> Model:
     ``size.arch`` with ``G`` key/value heads, eps :data:`ARCH_EPS`, the causal mask, and
     (tied output) a vocabulary of ``o``.
     """
-    if size.arch != "paper":
-        tied = PRESETS[size.arch].tied
-        return init_model(
-            h=size.h,
-            p=size.p,
-            n_heads=size.E,
-            k=size.k,
-            v=size.v,
-            n_layers=size.N,
-            out_dim=size.o,
-            max_seq=size.s,
-            vocab=size.o if tied else None,
-            eps=ARCH_EPS,
-            causal=True,
-            dtype=dtype,
-            seed=seed,
-            xp=xp,
-            arch=size.arch,
-            kv_heads=size.G,
-        )
+    paper = size.arch == "paper"
+    tied = not paper and PRESETS[size.arch].tied
+    extra = {} if paper else {"arch": size.arch, "kv_heads": size.G}  # the paper's draw: no arch arguments
     return init_model(
         h=size.h,
         p=size.p,
@@ -246,12 +229,13 @@ def build_model(size: Size, dtype: str, xp=np, seed: int = 0) -> Model:
         n_layers=size.N,
         out_dim=size.o,
         max_seq=size.s,
-        vocab=None,
-        eps=0.0,
-        causal=False,
+        vocab=size.o if tied else None,
+        eps=0.0 if paper else ARCH_EPS,
+        causal=not paper,
         dtype=dtype,
         seed=seed,
         xp=xp,
+        **extra,
     )
 
 
