@@ -243,3 +243,31 @@ def replace_directory(path, is_ours: Callable[[str], bool], name: str = "out_dir
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+#: a safetensors header larger than this is refused before it is read (the library's own limit is 100 MB)
+MAX_HEADER = 100 * 1024 * 1024
+
+
+def read_safetensors_header(path: str, size: int, bad: str, error: type = ValueError) -> tuple:
+    """``(header, n)``: the JSON header object of safetensors file ``path`` (``size`` bytes) and
+    its length ``n`` (the data section starts at byte ``8 + n``), reading only the header.
+
+    A file that is not safetensors raises ``error(f"{bad} (why)")``: shorter than 8 bytes, a
+    declared length over :data:`MAX_HEADER` or past the end, a header that is not a JSON object.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise error(f"{bad} (shorter than 8 bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER or 8 + n > size:
+            raise error(f"{bad} (header of {n} bytes in a file of {size} bytes)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{bad} (header is not JSON: {exc})") from None
+    if not isinstance(header, dict):
+        raise error(f"{bad} (header is not a JSON object)")
+    return header, n

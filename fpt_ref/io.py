@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 import os
 import stat
-import struct
 
 import numpy as np
 
 from .blocks import Arch
 from .checks import parse_int
-from .files import file_kind, write_safetensors
+from .files import file_kind, read_safetensors_header, write_safetensors
 from .model import Model, from_tensors, named_tensors
 from .xp import to_numpy
 
@@ -35,8 +34,6 @@ FORMAT_ARCH = "fpt-ref/2"
 
 #: safetensors dtype names this format accepts, and their NumPy dtypes
 DTYPES: dict[str, np.dtype] = {"F64": np.dtype("float64"), "F32": np.dtype("float32")}
-#: a header larger than this is refused before it is read (the library's own limit is 100 MB)
-MAX_HEADER = 100 * 1024 * 1024
 
 
 class FormatError(ValueError):
@@ -97,22 +94,9 @@ def read_header(path) -> tuple:
     size = check_input_file(path)
     bad = f"{path}: not a readable safetensors file"
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise FormatError(f"{bad} (shorter than 8 bytes)")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER or 8 + n > size:
-                raise FormatError(f"{bad} (header of {n} bytes in a file of {size} bytes)")
-            raw = f.read(n)
+        header, n = read_safetensors_header(path, size, bad, FormatError)
     except PermissionError:
         raise PermissionError(f"{path}: permission denied") from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{bad} (header is not JSON: {exc})") from None
-    if not isinstance(header, dict):
-        raise FormatError(f"{bad} (header is not a JSON object)")
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise FormatError(f"{bad} (__metadata__ is not an object of strings)")

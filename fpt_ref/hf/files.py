@@ -25,7 +25,7 @@ import struct
 
 import numpy as np
 
-from ..files import atomic_write, write_text
+from ..files import atomic_write, read_safetensors_header, write_text
 
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
@@ -45,7 +45,6 @@ CONFIG_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
 #: bytes :meth:`Tensors.read` reads at a time (one buffer of this size is kept)
 CHUNK = 1024 * 1024
 #: a header larger than this is refused before it is read (the library's own limit)
-MAX_HEADER = 100 * 1024 * 1024
 
 
 def bf16_to_float32(bits):
@@ -104,21 +103,7 @@ def read_header(path) -> tuple:
     """
     path = os.fspath(path)
     bad = f"path: {path} is not a readable safetensors file"
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{bad} (shorter than 8 bytes)")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER or 8 + n > size:
-            raise ValueError(f"{bad} (header of {n} bytes in a file of {size} bytes)")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{bad} (header is not JSON: {exc})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{bad} (header is not a JSON object)")
+    header, n = read_safetensors_header(path, os.path.getsize(path), bad)
     meta = header.pop("__metadata__", None) or {}
     return meta, header, 8 + n
 
