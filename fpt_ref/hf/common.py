@@ -176,3 +176,17 @@ def unexpected(extra: list, layer_prefix: str, field: str, n_layers: int) -> Val
             f"the config was not updated",
         )
     return refuse("tensors", f"unexpected tensor {extra[0]!r} (a block this family's reader does not support)")
+
+
+def check_decoder(d: dict, arch, causal: bool, family: str, causal_field: str, layers_field: str) -> None:
+    """What every family's config needs of a model (dims ``d``): causal attention, an embedding
+    table, an output over the vocabulary (or tied), at least one layer; ``cannot_express``
+    naming the family's field otherwise."""
+    if not causal:
+        raise cannot_express(causal_field, family, "the model is not causal")
+    if d["vocab"] is None:
+        raise cannot_express("vocab_size", family, "the model has no embedding table")
+    if not arch.tied and d["o"] != d["vocab"]:
+        raise cannot_express("vocab_size", family, f"output size o={d['o']} differs from the vocabulary {d['vocab']}")
+    if not d["layers"]:
+        raise cannot_express(layers_field, family, "the model has no layers")

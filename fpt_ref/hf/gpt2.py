@@ -33,6 +33,7 @@ from .common import (
     act_name,
     act_of,
     cannot_express,
+    check_decoder,
     contig,
     get_float,
     get_int,
@@ -182,15 +183,8 @@ def check(d: dict, arch: Arch, causal: bool, base: dict) -> dict:
     for key, (field, value) in want.items():
         if getattr(arch, key) != value:
             raise cannot_express(field, family, f"{key}={getattr(arch, key)!r}, GPT-2 has {value!r}")
-    if not causal:
-        raise cannot_express("n_layer", family, "the model is not causal")
-    if d["vocab"] is None:
-        raise cannot_express("vocab_size", family, "the model has no embedding table")
-    if not arch.tied and d["o"] != d["vocab"]:
-        raise cannot_express("vocab_size", family, f"output size o={d['o']} differs from the vocabulary {d['vocab']}")
+    check_decoder(d, arch, causal, family, "n_layer", "n_layer")
     layers = d["layers"]
-    if not layers:
-        raise cannot_express("n_layer", family, "the model has no layers")
     if any("kv_heads" in x for x in layers):
         raise cannot_express("n_head", family, "GPT-2 has no grouped-query attention")
     p = uniform([x["p"] for x in layers], "n_inner", family, "MLP width p")

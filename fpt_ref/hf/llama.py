@@ -35,6 +35,7 @@ from .common import (
     act_name,
     act_of,
     cannot_express,
+    check_decoder,
     get_float,
     get_int,
     head_sizes,
@@ -262,15 +263,8 @@ def check(d: dict, arch: Arch, causal: bool, base: dict, family: str) -> dict:
             family,
             f"biases (qkv, o, mlp)=({arch.qkv_bias}, {arch.o_bias}, {arch.mlp_bias}); the family has ({qkv}, {o}, {mlp})",
         )
-    if not causal:
-        raise cannot_express("is_decoder", family, "the model is not causal")
-    if d["vocab"] is None:
-        raise cannot_express("vocab_size", family, "the model has no embedding table")
-    if not arch.tied and d["o"] != d["vocab"]:
-        raise cannot_express("vocab_size", family, f"output size o={d['o']} differs from the vocabulary {d['vocab']}")
+    check_decoder(d, arch, causal, family, "is_decoder", "num_hidden_layers")
     layers = d["layers"]
-    if not layers:
-        raise cannot_express("num_hidden_layers", family, "the model has no layers")
     p = uniform([x["p"] for x in layers], "intermediate_size", family, "MLP width p")
     H = uniform([len(x["heads"]) for x in layers], "num_attention_heads", family, "head count")
     G = uniform([x.get("kv_heads", len(x["heads"])) for x in layers], "num_key_value_heads", family, "kv head count")
