@@ -221,7 +221,6 @@ def _expand_checkpoint(args) -> int:
     """``expand`` on a Hugging Face checkpoint folder: the plan's end state is checked against
     the family's config, and the output folder, before any step runs (docs/hf.md)."""
     from . import hf
-    from .plan import parse_plan, plan_dims
 
     for flag, given in (("--manifest-out", args.manifest_out), ("--force", args.force)):
         if given:
@@ -229,19 +228,12 @@ def _expand_checkpoint(args) -> int:
     if getattr(args, "stream", False):
         return _expand_checkpoint_streamed(args)
     try:
-        hf.check_out_dir(args.out)
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("out_dir:", "-o:", 1)) from None
-    try:
-        ck = hf.read(args.model)
-        steps = parse_plan(args.plan)
-        ends = plan_dims(ck.model, steps)
-        if ends:
-            hf.check_dims(ends[-1], ck.model.arch, ck.model.causal, ck)
-        if args.dtype is not None and args.dtype not in hf.DTYPE_NAMES:
-            raise ValueError(f"--dtype: expected one of {', '.join(hf.DTYPE_NAMES)}, got {args.dtype!r}")
+        ck, steps = hf.plan_checkpoint(args.model, args.plan, args.out, dtype=args.dtype)
     except ValueError as exc:
         msg = str(exc)
+        for name, flag in (("out_dir:", "-o:"), ("dtype:", "--dtype:")):
+            if msg.startswith(name):
+                raise ValueError(flag + msg[len(name) :]) from None
         raise ValueError(f"{args.model}: {msg}" if msg.startswith(("config:", "model:", "path:")) else msg) from None
     _require_plan_and_write(ck.model, steps)
     results = _run_and_print(ck.model, steps, args.init, args.seed, args.manifest, scale=args.scale)

@@ -42,6 +42,7 @@ __all__ = [
     "expand",
     "check",
     "check_out_dir",
+    "plan_checkpoint",
     "check_dims",
     "family_of",
     "is_checkpoint",
@@ -282,6 +283,26 @@ def save(model, out_dir, like, dtype: str | None = None, shard_bytes: int | None
     return os.path.realpath(os.fspath(out_dir))
 
 
+def plan_checkpoint(path, plan, out_dir, dtype: str | None = None, max_seq: int | None = None) -> tuple:
+    """``(Checkpoint, steps)``: everything :func:`expand` checks before any step runs.
+
+    ``dtype`` (a stored dtype or None), ``out_dir`` (:func:`check_out_dir`), the checkpoint
+    (:func:`read`), the plan (:func:`fpt_ref.plan.parse_plan`) and its end state against the
+    family's config (:func:`check_dims`); ``ValueError`` naming the first that fails.
+    """
+    from ..plan import parse_plan, plan_dims
+
+    if dtype is not None and dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
+    check_out_dir(out_dir)
+    ck = read(path, max_seq=max_seq)
+    steps = parse_plan(plan)
+    ends = plan_dims(ck.model, steps)
+    if ends:
+        check_dims(ends[-1], ck.model.arch, ck.model.causal, ck)
+    return ck, steps
+
+
 def expand(
     path,
     plan,
@@ -312,16 +333,9 @@ def expand(
         ``model:`` naming the config field the end state cannot fill, ``plan:`` for a refused
         or non-preserving step, ``path:``/``config:`` for the input, ``dtype:``, ``out_dir:``.
     """
-    from ..plan import parse_plan, plan_dims, run_plan
+    from ..plan import run_plan
 
-    if dtype is not None and dtype not in DTYPE_NAMES:
-        raise ValueError(f"dtype: expected one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
-    check_out_dir(out_dir)
-    ck = read(path, max_seq=max_seq)
-    steps = parse_plan(plan)
-    ends = plan_dims(ck.model, steps)
-    if ends:
-        check_dims(ends[-1], ck.model.arch, ck.model.causal, ck)
+    ck, steps = plan_checkpoint(path, plan, out_dir, dtype=dtype, max_seq=max_seq)
     results = run_plan(ck.model, steps, init=init, seed=seed, check=check)
     for r in results:
         if check and not r.error["ok"]:
