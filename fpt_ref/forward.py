@@ -19,6 +19,7 @@ expressions they replace (``a += b`` rounds like ``a + b``; ``x + y == y + x`` i
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -102,31 +103,42 @@ def silu(a):
 ACTIVATIONS = {"relu": relu, "gelu": gelu, "gelu_tanh": gelu_tanh, "silu": silu}
 
 
+@functools.lru_cache(maxsize=32)
 def rope_tables(theta: float, k: int, s: int, xp, dtype):
     """``cos`` and ``sin`` of the RoPE angles ``m theta^(-2i/k)``, each [s, k/2] (spec 4.1).
 
     The angles are computed in float64 whatever the model's dtype (the reference semantics),
-    then cast.
+    then cast. The tables depend only on the arguments, so they are computed once and kept
+    (read-only for NumPy): every layer and every forward of the same sizes shares them.
     """
     i = np.arange(k // 2, dtype=np.float64)  # [k/2]
     inv_freq = float(theta) ** (-2.0 * i / k)  # [k/2]
     ang = np.arange(s, dtype=np.float64)[:, None] * inv_freq[None, :]  # [s, k/2]
-    return xp.asarray(np.cos(ang), dtype=dtype), xp.asarray(np.sin(ang), dtype=dtype)
+    cos, sin = xp.asarray(np.cos(ang), dtype=dtype), xp.asarray(np.sin(ang), dtype=dtype)  # [s, k/2] each
+    for t in (cos, sin):
+        if isinstance(t, np.ndarray):
+            t.setflags(write=False)
+    return cos, sin
 
 
 def rope(x, cos, sin, layout: str):
     """Rotate the pairs of the last axis of ``x`` by the angles of ``cos``/``sin`` (spec 4.1).
 
     x: [..., s, k], cos/sin: [s, k/2] -> [..., s, k] (a new array). ``layout="half"`` pairs
-    ``i`` with ``i + k/2``, ``"interleaved"`` pairs ``2i`` with ``2i + 1``.
+    ``i`` with ``i + k/2``, ``"interleaved"`` pairs ``2i`` with ``2i + 1``; each pair ``(a, b)``
+    becomes ``(a cos - b sin, b cos + a sin)``, written straight into its place in the output.
     """
     xp = _xp(x)
     k = x.shape[-1]
-    if layout == "half":
-        a, b = x[..., : k // 2], x[..., k // 2 :]  # [..., s, k/2] each
-        return xp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)  # [..., s, k]
-    a, b = x[..., 0::2], x[..., 1::2]  # [..., s, k/2] each
-    return xp.stack([a * cos - b * sin, b * cos + a * sin], axis=-1).reshape(x.shape)  # [..., s, k]
+    out = xp.empty(x.shape, dtype=x.dtype)  # [..., s, k]
+    halves = (slice(None, k // 2), slice(k // 2, None)) if layout == "half" else (slice(0, None, 2), slice(1, None, 2))
+    a, b = x[..., halves[0]], x[..., halves[1]]  # [..., s, k/2] each
+    lo, hi = out[..., halves[0]], out[..., halves[1]]  # [..., s, k/2] each, views of out
+    xp.multiply(a, cos, out=lo)
+    lo -= b * sin  # a cos - b sin
+    xp.multiply(b, cos, out=hi)
+    hi += a * sin  # b cos + a sin
+    return out
 
 
 def attention(q, k, v, causal: bool):

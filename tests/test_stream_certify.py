@@ -136,6 +136,9 @@ def folders(tmp_path_factory):
         out[f"pro_{st}"] = llama_pro(base, root / f"pro_{st}", after=[0, 2])
         out[f"pro_{st}_sharded"] = llama_pro(base, root / f"pro_{st}_sharded", after=[1], shard_bytes=20_000)
         out[f"pro_{st}_down_left"] = llama_pro(base, root / f"pro_{st}_down", after=[1], zero=("self_attn.o_proj",))
+        # every layer grown, hidden size kept: the base's tensors are the leading corners of the grown ones
+        wide = run_plan(model, parse_plan("mlp p=64; add_heads count=4"), seed=2)[-1].model
+        out[f"wide_{st}"] = hf.save(wide, root / f"wide_{st}", like=base)
     return out
 
 
@@ -148,6 +151,7 @@ def folders(tmp_path_factory):
         ("pro_{}", True),
         ("pro_{}_sharded", True),
         ("pro_{}_down_left", False),
+        ("wide_{}", True),
     ],
 )
 def test_streamed_certificate_is_the_in_memory_one(folders, st, grown, ok):
@@ -357,3 +361,88 @@ def test_layers_stored_alike_are_compared_without_decoding(folders, monkeypatch)
     decoded.clear()
     cert = certify_folders(folders["F32"], folders["pro_F32_down_left"])  # the copy writes: decoded, rejected
     assert not cert.ok and ("pro_F32_down", 2) in decoded
+
+
+def _rewritten(folder, out, change) -> str:
+    """Folder ``folder`` written again to ``out`` in its stored dtype with ``change(tensors)`` applied."""
+    from fpt_ref.hf.files import Tensors
+
+    ts = Tensors(folder)
+    tensors = {n: ts.get(n) for n in ts.names()}
+    change(tensors)
+    os.makedirs(out)
+    write_checkpoint_tensors(out, tensors, ts.stored_dtype(), {"format": "pt"})
+    with open(os.path.join(folder, "config.json")) as f, open(os.path.join(out, "config.json"), "w") as g:
+        g.write(f.read())
+    return str(out)
+
+
+def test_base_tensors_held_as_corners_are_views_of_the_grown_layer(folders):
+    """``Stream.layer_within``: each base tensor the grown layer stores as its leading corner is a
+    view of the grown layer's decoded array (decoded once), with the values ``layer`` decodes."""
+    base, grown = Stream(folders["BF16"]), Stream(folders["wide_BF16"])
+    own = hf.load(folders["BF16"], dtype="float32").layers[1]
+    L = base.layer_within(1, grown, 1)
+    G = grown.layer(1)
+    for kind in ("w_gate", "w_l1", "w_l2", "norm_mha", "norm_mlp"):
+        a = getattr(L, kind)
+        assert np.array_equal(a, getattr(own, kind)) and not a.flags.writeable
+        assert np.shares_memory(a, getattr(G, kind)), kind
+    # the new query heads join the two groups (2 -> 4 heads each): the grown q_proj and o_proj
+    # interleave them, so those are decoded on their own; k_proj and v_proj are stored alike
+    assert G.p == 64 and L.p == 48 and (G.E, G.G, L.E, L.G) == (8, 2, 4, 2)
+    for e, H in enumerate(L.heads):
+        g = (e // 2) * 4 + e % 2  # base head e's place in the grown layer
+        assert np.array_equal(H.w_q, own.heads[e].w_q) and not np.shares_memory(H.w_q, G.heads[g].w_q)
+        assert np.array_equal(H.w_k, own.heads[e].w_k) and np.shares_memory(H.w_k, G.heads[g].w_k)
+        assert np.array_equal(H.w_o, own.heads[e].w_o)
+
+
+@pytest.mark.parametrize(
+    "where,bits",
+    [
+        ("model.layers.1.mlp.up_proj.weight", (3, 5)),  # inside the corner: a copied entry
+        ("model.layers.2.mlp.down_proj.weight", (7, 47)),  # the corner's last column
+        ("model.layers.0.self_attn.q_proj.weight", (0, 0)),  # the first entry
+    ],
+)
+def test_a_changed_corner_is_decoded_on_its_own_and_rejected(folders, tmp_path, where, bits):
+    """One bit of a base tensor's corner changed in the grown folder: that tensor is not taken as
+    a view (it is decoded from the base's own file) and the copied block is reported, with the
+    in-memory certification's findings."""
+
+    def change(t):
+        a = t[where].copy()
+        a[bits] = np.nextafter(a[bits], np.inf, dtype=np.float32)  # one float32 ulp: BF16 keeps it only in F32
+        t[where] = a
+
+    grown = _rewritten(folders["wide_F32"], tmp_path / "g", change)
+    streamed = certify_folders(folders["F32"], grown)
+    assert not streamed.ok and "copied block differs" in streamed.first.reason
+    same(streamed, in_memory(folders["F32"], grown, "float32"))
+    n = int(where.split(".")[2])
+    b, g = Stream(folders["F32"]), Stream(grown)
+    L, G = b.layer_within(n, g, n), g.layer(n)
+    kind = {"up_proj": "w_l1", "down_proj": "w_l2"}.get(where.split(".")[-2])
+    if kind is not None:
+        assert not np.shares_memory(getattr(L, kind), getattr(G, kind))
+        assert np.array_equal(getattr(L, kind), getattr(hf.load(folders["F32"], dtype="float32").layers[n], kind))
+
+
+def test_negative_zero_in_a_corner_is_a_different_bit_pattern(folders, tmp_path):
+    """-0.0 where the base stores +0.0 is not the same stored bits: no view; the values still compare equal."""
+    from fpt_ref.hf.files import Tensors
+
+    name = "model.layers.0.mlp.up_proj.weight"
+    zeroed = _rewritten(folders["F32"], tmp_path / "z", lambda t: t[name].__setitem__((0, 0), 0.0))
+
+    def neg(t):
+        a = t[name].copy()
+        a[0, 0] = -0.0
+        t[name] = a
+
+    grown = _rewritten(zeroed, tmp_path / "n", neg)
+    zb, gb = Tensors(zeroed), Tensors(grown)
+    assert not zb.holds_corner(name, gb, name)
+    assert zb.holds_corner(name, Tensors(zeroed), name)
+    assert zb.holds_corner("model.norm.weight", gb, "model.norm.weight")

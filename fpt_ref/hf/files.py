@@ -314,6 +314,31 @@ class Tensors:
                 done += n
         return True
 
+    def holds_corner(self, name, other: Tensors, other_name) -> bool:
+        """Whether tensor ``name`` stores the same values as the leading corner of ``other``'s tensor
+        ``other_name`` (``other[:d0, :d1, ...]`` for this tensor's shape ``[d0, d1, ...]``): the same
+        stored dtype and rank, each dimension at most ``other``'s, and the same stored bits entry by
+        entry. Compared as stored (BF16: ``uint16`` bits) in blocks of rows, nothing decoded."""
+        _, d1, s1 = self.entries[name]
+        _, d2, s2 = other.entries[other_name]
+        if d1 != d2 or d1 not in STORED or len(s1) != len(s2) or any(a > b for a, b in zip(s1, s2)):
+            return False
+        if list(s1) == list(s2):
+            return self.same_stored(name, other, other_name)
+        bits = np.dtype(f"<u{STORED[d1].itemsize}")  # compare bits, not values (-0.0, NaN)
+        mine, theirs = self._map(name)[0].view(bits), other._map(other_name)[0].view(bits)
+        if mine.size == 0:
+            return True
+        corner = theirs[tuple(slice(0, d) for d in s1)]  # [d0, d1, ...] a strided view of the map
+        row = max(1, int(np.prod(s2[1:], dtype=np.int64)) * STORED[d1].itemsize)  # bytes of one row of other's
+        step = max(1, CHUNK // row)
+        try:
+            return all(
+                np.array_equal(mine[lo : lo + step], corner[lo : lo + step]) for lo in range(0, int(s1[0]), step)
+            )
+        finally:
+            del mine, theirs, corner
+
     def raw(self, name):
         """Tensor ``name`` as stored (BF16: its ``uint16`` bits), a new array: for copying it unchanged."""
         mm, _ = self._map(name)

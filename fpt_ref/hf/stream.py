@@ -55,9 +55,11 @@ def working_dtype(*tensors: Tensors) -> np.dtype:
 class _View:
     """The :class:`~fpt_ref.hf.files.Tensors` interface the family readers use, with only ``real`` names read."""
 
-    def __init__(self, tensors: Tensors, real=(), check: bool = False):
+    def __init__(self, tensors: Tensors, real=(), check: bool = False, given=None):
         self._t = tensors
         self.real = set(real)
+        self.given = {} if given is None else given  # name -> an array already holding its values
+        self.loaded: dict = {}  # name -> the array get() returned for a real name
         self.requested: list = []
         self.probes: dict = {}
         self.check = check
@@ -73,8 +75,12 @@ class _View:
 
     def get(self, name, dtype=np.float64):
         self.requested.append(name)
+        if name in self.given and self.given[name].dtype == np.dtype(dtype):
+            self.loaded[name] = self.given[name]
+            return self.given[name]
         if name in self.real:
-            return self._t.read(name, dtype)
+            self.loaded[name] = self._t.read(name, dtype)
+            return self.loaded[name]
         if self.check:
             self._t._map(name)  # the dtype and byte count are checked as reading would check them
         if name in self.probes:  # a constant naming the tensor: which model attribute it becomes (Stream.kinds)
@@ -154,21 +160,60 @@ class Stream:
     def N(self) -> int:
         return self.skeleton.N
 
-    def _build(self, real, layer=None):
+    def _build(self, real, layer=None, given=None):
+        """The model with tensors ``real`` read (``given``: name -> array already holding its
+        values, not read): what ``to_model`` returns for ``layer``, and ``{name: array as read}``."""
+        given = {} if given is None else given
         self.reads += sum(
-            int(np.prod(self.tensors.shape(n), dtype=np.int64)) * _itemsize(self.tensors, n) for n in real
+            int(np.prod(self.tensors.shape(n), dtype=np.int64)) * _itemsize(self.tensors, n)
+            for n in real
+            if n not in given
         )
-        view = _View(self.tensors, real)
-        return self.module.to_model(self.config, view, dtype=self.dtype, max_seq=self.max_seq, layer=layer)
+        view = _View(self.tensors, real, given=given)
+        built = self.module.to_model(self.config, view, dtype=self.dtype, max_seq=self.max_seq, layer=layer)
+        return built, view.loaded
 
     def layer(self, n: int):
         """Layer ``n`` with its values (the last one read is kept: reading it again is free)."""
         if self._cache is not None and self._cache[0] == n:
             return self._cache[1]
         self._cache = None  # the previous layer is freed before the next is read
-        layer = self._build(self.layer_names.get(n, []), layer=n)
-        self._cache = (n, layer)
-        return layer
+        built, loaded = self._build(self.layer_names.get(n, []), layer=n)
+        self._cache = (n, built, loaded)
+        return built
+
+    def layer_within(self, n: int, other: Stream, m: int):
+        """Layer ``n``, as :meth:`layer`, with every tensor that stores the leading corner of its
+        counterpart in ``other``'s layer ``m`` (same name within the layer; the stored bits compared
+        in the files, :meth:`~fpt_ref.hf.files.Tensors.holds_corner`) taken as a view of that
+        corner of ``other``'s decoded array instead of being decoded again.
+
+        The values are the same either way (the same stored bits decode to the same values); a
+        grown layer that holds its base layer's tensors as its leading corners (MLP width, heads
+        appended, layers stored alike) is then decoded once, and the audit's comparison of a copied
+        block with the base finds the same memory. Reads ``other``'s layer ``m`` if it is not kept.
+        """
+        if self._cache is not None and self._cache[0] == n:
+            return self._cache[1]
+        self._cache = None
+        other.layer(m)
+        assert other._cache is not None  # other.layer(m) keeps layer m
+        loaded = other._cache[2] if other.dtype == self.dtype else {}
+        theirs = other._suffixes(m)
+        given = {}
+        for key, name in self._suffixes(n).items():
+            oname = theirs.get(key)
+            if oname not in loaded:
+                continue
+            shape = self.tensors.shape(name)
+            size = int(np.prod(shape, dtype=np.int64)) * _itemsize(self.tensors, name)
+            self.reads += size  # both sides' stored bits are read to compare them
+            other.reads += size
+            if self.tensors.holds_corner(name, other.tensors, oname):
+                given[name] = loaded[oname][tuple(slice(0, d) for d in shape)]  # a read-only view
+        built, mine = self._build(self.layer_names.get(n, []), layer=n, given=given)
+        self._cache = (n, built, mine)
+        return built
 
     def drop(self) -> None:
         """Forget the layer kept by :meth:`layer`."""
@@ -179,7 +224,7 @@ class Stream:
         with its values, as the model holds it (``None`` when the model has none)."""
         if kind not in self.kinds:
             return None
-        return getattr(self._build([self.kinds[kind]]), kind)
+        return getattr(self._build([self.kinds[kind]])[0], kind)
 
     def _suffixes(self, n: int) -> dict:
         """Layer ``n``'s tensor names by their name within the layer (``mlp.up_proj.weight``)."""
