@@ -322,7 +322,7 @@ def torch_forward_fn(model: Model, x, device: str = "cpu") -> Callable:
     from fpt_ref.xp import to_numpy
 
     def T(a):  # a NumPy or CuPy array (or None) -> torch tensor on `device`
-        return None if a is None else torch.from_numpy(np.ascontiguousarray(to_numpy(a))).to(device)
+        return None if a is None else torch.from_numpy(np.array(to_numpy(a), order="C")).to(device)  # a writable copy
 
     arch = model.arch
     h, eps, causal = model.h, float(model.norm_eps), bool(model.causal)

@@ -692,3 +692,34 @@ def test_half_and_interleaved_give_different_functions():
     m2 = fpt_ref.init_model(**{**DIMS, "k": 2}, vocab=20, arch="llama", seed=11)
     i2 = m2.replace(arch=m2.arch.replace(rope_layout="interleaved"))
     assert np.array_equal(fpt_ref.forward(m2, x), fpt_ref.forward(i2, x))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_rope_is_the_spec_expression_bit_for_bit(dtype, layout):
+    """``rope`` writes each pair straight into its place: the same roundings as the spec's
+    expression ``(a cos - b sin, b cos + a sin)`` computed whole and then put together."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 3, 5, 8)).astype(dtype)[..., ::1]  # [b, G, s, k]
+    x = np.swapaxes(np.swapaxes(x, 1, 2).copy(), 1, 2)  # a strided view, as the fused Q/K/V columns are
+    cos, sin = F.rope_tables(10000.0, 8, 5, np, np.dtype(dtype))
+    a, b = (x[..., :4], x[..., 4:]) if layout == "half" else (x[..., 0::2], x[..., 1::2])
+    first, second = a * cos - b * sin, b * cos + a * sin
+    if layout == "half":
+        expected = np.concatenate([first, second], axis=-1)
+    else:
+        expected = np.stack([first, second], axis=-1).reshape(x.shape)
+    got = F.rope(x, cos, sin, layout)
+    assert got.dtype == x.dtype and np.array_equal(got.view(f"u{got.itemsize}"), expected.view(f"u{got.itemsize}"))
+
+
+def test_rope_tables_are_kept_read_only_and_equal_fresh_ones():
+    """The tables are computed once per (theta, k, s, array library, dtype) and shared: read-only,
+    with the values of the float64 angles computed afresh."""
+    c1, s1 = F.rope_tables(500000.0, 16, 7, np, np.dtype("float32"))
+    c2, s2 = F.rope_tables(500000.0, 16, 7, np, np.dtype("float32"))
+    assert c1 is c2 and s1 is s2 and not c1.flags.writeable and not s1.flags.writeable
+    ang = np.arange(7.0)[:, None] * 500000.0 ** (-2.0 * np.arange(8.0) / 16)
+    assert np.array_equal(c1, np.cos(ang).astype(np.float32)) and np.array_equal(s1, np.sin(ang).astype(np.float32))
+    with pytest.raises(ValueError):
+        c1[0, 0] = 2.0
