@@ -125,20 +125,15 @@ def rope(x, cos, sin, layout: str):
     """Rotate the pairs of the last axis of ``x`` by the angles of ``cos``/``sin`` (spec 4.1).
 
     x: [..., s, k], cos/sin: [s, k/2] -> [..., s, k] (a new array). ``layout="half"`` pairs
-    ``i`` with ``i + k/2``, ``"interleaved"`` pairs ``2i`` with ``2i + 1``; each pair ``(a, b)``
-    becomes ``(a cos - b sin, b cos + a sin)``, written straight into its place in the output.
+    ``i`` with ``i + k/2``, ``"interleaved"`` pairs ``2i`` with ``2i + 1``.
     """
     xp = _xp(x)
     k = x.shape[-1]
-    out = xp.empty(x.shape, dtype=x.dtype)  # [..., s, k]
-    halves = (slice(None, k // 2), slice(k // 2, None)) if layout == "half" else (slice(0, None, 2), slice(1, None, 2))
-    a, b = x[..., halves[0]], x[..., halves[1]]  # [..., s, k/2] each
-    lo, hi = out[..., halves[0]], out[..., halves[1]]  # [..., s, k/2] each, views of out
-    xp.multiply(a, cos, out=lo)
-    lo -= b * sin  # a cos - b sin
-    xp.multiply(b, cos, out=hi)
-    hi += a * sin  # b cos + a sin
-    return out
+    if layout == "half":
+        a, b = x[..., : k // 2], x[..., k // 2 :]  # [..., s, k/2] each
+        return xp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)  # [..., s, k]
+    a, b = x[..., 0::2], x[..., 1::2]  # [..., s, k/2] each
+    return xp.stack([a * cos - b * sin, b * cos + a * sin], axis=-1).reshape(x.shape)  # [..., s, k]
 
 
 def attention(q, k, v, causal: bool):

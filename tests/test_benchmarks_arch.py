@@ -67,3 +67,29 @@ def test_torch_reference_computes_our_forward_on_every_architecture(arch):
     assert np.max(np.abs(ours - theirs)) <= tol
     wrong = m.replace(norm_eps=0.0)  # a mutation the reference must see: eps dropped
     assert np.max(np.abs(ours - ops.torch_forward_fn(wrong, x)().numpy())) > 1e3 * tol
+
+
+def test_profile_times_the_parts_inside_real_forwards_and_restores_them():
+    """``benchmarks/profile.py``: every part of a llama forward is timed, the parts fit inside the
+    forward's time, the output is unchanged while timed, and the module is restored afterwards."""
+    import importlib
+
+    from fpt_ref.benchmarks.profile import PARTS, profile, report, timed_parts
+
+    F = importlib.import_module("fpt_ref.forward")
+    before = {name: getattr(F, name) for name in PARTS if name != "activation"}
+    acts = dict(F.ACTIVATIONS)
+    (z,) = ops.ladder("quick", ["xxs"], arch="llama")
+    model = ops.build_model(z, "float64", np)
+    x = ops.build_inputs(model, z, np)
+    plain = F.forward(model, x)
+    totals: dict = {}
+    with timed_parts(totals):
+        assert np.array_equal(F.forward(model, x), plain)
+    assert set(totals) == set(PARTS) and all(v > 0 for v in totals.values())
+    assert {name: getattr(F, name) for name in before} == before and F.ACTIVATIONS == acts
+    r = profile("llama", "xxs", "float64", repeats=2, ladder="quick")
+    assert all(v > 0 for v in r["parts_s"].values())
+    assert sum(r["parts_s"].values()) <= r["forward_mean_s"]
+    assert r["dense_flops"] < r["flops"] and 0 < r["ratio_matmul"] < r["ratio_matmul_if_only_dense"]
+    assert "| _dense |" in report(r) and "everything else" in report(r)
