@@ -372,3 +372,33 @@ def test_sharded_bf16_checkpoint_and_buffers(tmp_path, checkpoints, monkeypatch)
     save_file(tensors, str(old / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ValueError, match="unexpected tensor 'transformer.h.0.attn.q_norm.weight'"):
         hf.load(old)
+
+
+@pytest.mark.parametrize("st", ["BF16", "F16", "F32", "F64"])
+def test_tensors_are_written_in_blocks_of_rows_with_the_bytes_of_the_whole(tmp_path, st):
+    """``write_safetensors_raw`` rounds a tensor larger than one block in blocks of rows, and
+    transposed (non-contiguous) arrays as they are: the file holds the bytes of the whole tensor
+    encoded at once, in C order; the values read back are the stored dtype's rounding of each entry."""
+    from safetensors.numpy import load_file
+
+    from fpt_ref.hf.files import CHUNK, STORED, _encode, write_safetensors_raw
+
+    rng = np.random.default_rng(5)
+    big = rng.normal(size=(CHUNK // 8 // 64 * 3 + 7, 64)) * 10.0 ** rng.integers(-40, 40, size=(1, 64))  # [R, 64]
+    big[3, :4] = [np.nan, np.inf, -0.0, 2.0**-140]  # NaN, inf, -0.0, a float32 subnormal
+    tensors = {"big": big, "tall_t": rng.normal(size=(64, CHUNK // 8 // 64 * 2 + 5)).T, "vec": rng.normal(size=5)}
+    with np.errstate(over="ignore"):
+        path = write_safetensors_raw(tmp_path / "t.safetensors", tensors, st, {"format": "pt"})
+    raw = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    body = raw[8 + n :]
+    for key, a in tensors.items():
+        lo, hi = header[key]["data_offsets"]
+        with np.errstate(over="ignore"):
+            assert body[lo:hi] == _encode(np.ascontiguousarray(a), st), key
+        assert header[key]["shape"] == list(a.shape)
+    if st != "BF16":  # safetensors' NumPy reader has no bfloat16
+        back = load_file(path)
+        with np.errstate(over="ignore"):
+            assert all(np.array_equal(back[k], tensors[k].astype(STORED[st]), equal_nan=True) for k in tensors)

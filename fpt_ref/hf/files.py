@@ -390,7 +390,15 @@ def write_safetensors_raw(path, tensors: dict, st_dtype: str, metadata: dict, na
             f.write(struct.pack("<Q", len(text)))
             f.write(text)
             for key in names:
-                f.write(_encode(np.asarray(tensors[key]), st_dtype))
+                a = np.asarray(tensors[key])
+                if a.ndim == 0:
+                    f.write(_encode(a, st_dtype))
+                    continue
+                # blocks of rows: rounding is per entry, so each block's bytes are that block's part
+                # of the whole tensor's (C order); temporaries stay the size of a block
+                step = max(1, CHUNK // max(1, a[0].size * a.itemsize))
+                for lo in range(0, a.shape[0], step):
+                    f.write(_encode(a[lo : lo + step], st_dtype))
 
     return atomic_write(path, write, name)
 

@@ -15,7 +15,9 @@ nothing is written unless every block holds (the forward check is not run).
 A layer no step touches, and the model-wide tensors when no step grows the hidden size, are
 copied as stored (bits, no conversion) when the output keeps the stored dtype.
 
-Memory: one input layer, one output layer and the model-wide tensors of one model in float64.
+Memory: one input layer, one output layer and the model-wide tensors of one model in float64;
+the output layer's weights are written from views (no transposed copies), rounded to the
+stored dtype in blocks of rows (:func:`fpt_ref.hf.files.write_safetensors_raw`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 
 import numpy as np
 
-from ..model import Layer, Model
+from ..model import Layer, Model, named_tensors
 
 __all__ = ["expand_stream"]
 
@@ -230,7 +232,12 @@ def expand_stream(
                     del out
                     continue
             m = _layer_model(reader, slot, steps, like, init, seed + j)
+            reader.drop()  # the input layer's arrays the grown layer does not hold are freed here
             options.add((m.norm_eps, m.arch.rope_theta))
+            for a in named_tensors(m).values():
+                # read-only: to_hf then transposes nn.Linear's weights as views instead of copies
+                # (fpt_ref.hf.common.t), and the writer rounds them in blocks of rows
+                a.flags.writeable = False
             cfg, tensors = module.to_hf(m, _config(reader.config, m))
             del m
             out = {}
