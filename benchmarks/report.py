@@ -15,14 +15,21 @@ import os
 
 from .machine import LOAD_THRESHOLD
 
+#: the performance targets (docs/benchmarks.md, "Where we stand"), each at the ladder's largest size
 TARGETS = {
-    "cpu_ratio_matmul": 0.7,
-    "ratio_torch": 1.0,
+    "cpu_ratio_matmul": 0.8,  # the paper's model
+    "cpu_ratio_matmul_arch": 0.7,  # the other presets (llama, qwen2, gpt2)
+    "ratio_torch": 0.95,
     "ratio_transformers": 1.0,
     "ratio_copy": 3.0,
     "gpu_speedup": 20.0,
     "gpu_ratio_matmul": 0.7,
 }
+
+
+def cpu_ratio_matmul_target(archs) -> float:
+    """The CPU forward's ``ratio_matmul`` target for a run of architectures ``archs``."""
+    return TARGETS["cpu_ratio_matmul"] if set(archs) <= {"paper"} else TARGETS["cpu_ratio_matmul_arch"]
 
 
 def write_json(results: dict, path: str) -> str:
@@ -135,7 +142,7 @@ def markdown_table(results: dict) -> str:
             head += ["PyTorch CUDA s"]
     fwd = [
         "**Forward** (median seconds; ratio_matmul = forward FLOP/s / same-run matmul FLOP/s, "
-        f"target >= {TARGETS['cpu_ratio_matmul']} on CPU at the largest size; ratio_torch = ours / PyTorch eager, "
+        f"target >= {cpu_ratio_matmul_target(archs)} on CPU at the largest size; ratio_torch = ours / PyTorch eager, "
         f"target <= {TARGETS['ratio_torch']}"
         + (
             f"; ratio_transformers = ours / transformers' eager model of the same weights, "
@@ -350,7 +357,8 @@ def plot_all(results: dict, out_dir: str) -> list:
             x, y = _series(recs, "forward", b, dt, "ratio_matmul")
             if x:
                 ax.plot(x, y, styles[dt], marker="o", ms=3, color=f"C{i}", label=f"{b} {dt}")
-    ax.axhline(TARGETS["cpu_ratio_matmul"], color="k", lw=0.8, ls=":", label="CPU target 0.7")
+    cpu_target = cpu_ratio_matmul_target({r.get("arch", "paper") for r in recs})
+    ax.axhline(cpu_target, color="k", lw=0.8, ls=":", label=f"CPU target {cpu_target}")
     if gpu:
         ax.axhline(
             TARGETS["gpu_ratio_matmul"],
