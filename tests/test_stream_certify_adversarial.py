@@ -704,6 +704,9 @@ def test_take_index_runs_equal_numpy_fancy_indexing():
         assert got.shape == ref.shape and np.array_equal(got, ref), spec
     assert np.shares_memory(take(a, specs[0]), a) and np.shares_memory(take(a, specs[1]), a)
     assert not np.shares_memory(take(a, specs[2]), a)
+    for beyond in (np.arange(3, 7), np.arange(5, 9)):  # a run past the axis (6 rows) raises as fancy indexing does
+        with pytest.raises(IndexError):
+            take(a, (beyond, slice(None)))
 
 
 def test_same_bits_takes_the_same_memory_only_with_the_same_strides():

@@ -94,12 +94,13 @@ def where(arr, idx, block: str = "") -> str:
     return f"{text} ({block})" if block else text
 
 
-def _as_slice(spec):
-    """An index array of consecutive increasing indices as the equal slice (a view, not a copy)."""
+def _as_slice(spec, size: int):
+    """An index array of consecutive increasing indices within an axis of ``size`` as the equal
+    slice (a view, not a copy); anything else as it is (out-of-range indices still raise)."""
     if isinstance(spec, slice):
         return spec
     a = np.asarray(spec)
-    run = a.ndim == 1 and a.size > 0 and a.dtype.kind in "iu" and int(a[0]) >= 0
+    run = a.ndim == 1 and a.size > 0 and a.dtype.kind in "iu" and 0 <= int(a[0]) and int(a[-1]) < size
     if run and bool(np.all(np.diff(a.astype(np.int64)) == 1)):
         return slice(int(a[0]), int(a[-1]) + 1)
     return spec
@@ -108,7 +109,7 @@ def _as_slice(spec):
 def take(arr, idx):
     """The region ``idx`` (one slice or index array per axis) of ``arr``: a view when every axis
     is a slice or a run of consecutive indices, else a copy."""
-    idx = tuple(_as_slice(s) for s in idx)
+    idx = tuple(_as_slice(s, d) for s, d in zip(idx, arr.shape))
     if all(isinstance(s, slice) for s in idx):
         return arr[tuple(idx)]
     axes = [np.arange(d)[s] if isinstance(s, slice) else np.asarray(s, dtype=np.intp) for s, d in zip(idx, arr.shape)]

@@ -396,7 +396,8 @@ def write_safetensors_raw(path, tensors: dict, st_dtype: str, metadata: dict, na
                     continue
                 # blocks of rows: rounding is per entry, so each block's bytes are that block's part
                 # of the whole tensor's (C order); temporaries stay the size of a block
-                step = max(1, CHUNK // max(1, a[0].size * a.itemsize))
+                row = int(np.prod(a.shape[1:], dtype=np.int64)) * a.itemsize  # bytes of one row (0: none)
+                step = max(1, CHUNK // max(1, row))
                 for lo in range(0, a.shape[0], step):
                     f.write(_encode(a[lo : lo + step], st_dtype))
 
