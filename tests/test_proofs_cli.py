@@ -1,4 +1,5 @@
-"""`fpt-ref prove` end to end, through a subprocess: the full set, user constraint sets, exit codes, LaTeX."""
+"""`fpt-ref prove` end to end: the full set, user constraint sets (in-process), exit codes and output through a
+subprocess, LaTeX."""
 
 from __future__ import annotations
 
@@ -140,8 +141,11 @@ def test_markdown_holds_chains_and_counterexample_values(full):
         (["attention", "--zero", "M_K", "--scale", "none"], 1, "refuted"),
     ],
 )
-def test_user_constraint_sets(args, code, word):
-    rc, out, err = prove(*args)
+def test_user_constraint_sets(args, code, word, capsys):
+    from fpt_ref.cli import main
+
+    rc = main(["prove", *args])  # in-process (the console script's code path; subprocesses: tests below)
+    out, err = capsys.readouterr()
     assert rc == code, out + err
     verdicts = [ln for ln in out.splitlines() if ln.startswith(args[0]) and " total " not in ln]
     verdicts = [ln for ln in verdicts if "cross-check" not in ln]  # the cross-check is about the paper's set
