@@ -9,6 +9,8 @@
 2. Measures, each in its own subprocess so that each peak resident set is its own:
    ``read``: reading every stored byte of both folders once (64 MiB at a time);
    ``certify``: :func:`fpt_ref.certify.stream.certify_folders` (the block audit; no forward);
+   ``forward``: :func:`fpt_ref.certify.stream_forward.forward_folders` (the sampled forward check,
+   float64, a layer at a time);
    ``grow``: the block expansion above (read the base, write the grown folder);
    ``expand``: :func:`fpt_ref.hf.stream_expand.expand_stream` without its certification, on
    the plans of :func:`plans`, then ``certify`` and ``read`` of base and output (the MLP plan
@@ -237,6 +239,11 @@ def _child(args) -> dict:
             layers=[L["base"] for L in cert.layers],
             reads=cert.reads,
         )
+    elif args.child == "forward":
+        from fpt_ref.certify.stream_forward import forward_folders
+
+        res = forward_folders(args.folders[0], args.folders[1])
+        info.update(ok=res["ok"], max_ulp=res["max_ulp"], tol_ulp=res["tol_ulp"], inputs=res["inputs"])
     elif args.child == "grow":
         info["layers"] = grow_llama_pro(args.folders[0], args.folders[1], args.every)
     elif args.child == "expand":
@@ -270,6 +277,7 @@ def run(size: str = "1b", where: str | None = None, keep: bool = False) -> dict:
         read = _run_child("read", [base, grown])
         cert = _run_child("certify", [base, grown])
         read2 = _run_child("read", [base, grown])  # again after: the page cache as certify saw it
+        forward = _run_child("forward", [base, grown])  # the sampled forward check, streamed
         nb, ng = stored_bytes(base), stored_bytes(grown)
         expands = []
         for plan in plans(z):
@@ -299,6 +307,7 @@ def run(size: str = "1b", where: str | None = None, keep: bool = False) -> dict:
         "grow": grow,
         "read": [read, read2],
         "certify": cert,
+        "forward": forward,
         "read_s": read_s,
         "read_GBps": (nb + ng) / read_s / 1e9,
         "certify_GBps": (nb + ng) / cert["seconds"] / 1e9,
@@ -327,6 +336,9 @@ def report(r: dict) -> str:
         f"  peak RSS {c['peak_rss'] / G:.3f} GB (before the work {c['rss_before'] / G:.3f} GB); budget 2 layers + "
         f"embeddings (float32) = {r['budget_bytes'] / G:.3f} GB: peak/budget {r['certify_peak_over_budget']:.2f}, "
         f"added/budget {r['certify_added_over_budget']:.2f}",
+        f"forward check (streamed, float64, {r['forward']['inputs']['sets']['random']} tokens): "
+        f"{r['forward']['seconds']:.2f} s, ok={r['forward']['ok']}, {r['forward']['max_ulp']:.3g} ulp "
+        f"(tolerance {r['forward']['tol_ulp']:.3g}), peak RSS {r['forward']['peak_rss'] / G:.3f} GB",
         f"grow (LLaMA-Pro copies written tensor by tensor): {r['grow']['seconds']:.2f} s, {r['grow_GBps']:.2f} GB/s "
         f"(base read + grown written), peak RSS {r['grow']['peak_rss'] / G:.3f} GB",
     ]

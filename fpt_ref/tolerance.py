@@ -225,34 +225,46 @@ def magnitudes(model: Model, tr, nested: bool) -> list:
 
     Returns a list of N + 1 arrays [b, s, h] (or [s, h] for an unbatched trace).
     """
-    xp = model.xp
-    s = tr.inputs.shape[-2]
-    M = xp.abs(tr.inputs)  # [b, s, h]
-    if model.pos is not None:
-        M = M + xp.abs(model.pos[:s])  # M_1 [b, s, h]
+    M = first_magnitude(model, tr.inputs, model.pos)  # M_1 [b, s, h]
     out = [M]
+    for layer, t in zip(model.layers, tr.layers):
+        M = magnitude_step(model, layer, t, M, nested)  # M_{n+1} [b, s, h]
+        out.append(M)
+    return out
+
+
+def first_magnitude(model: Model, inputs, pos):
+    """``M_1 = |I| + |P|`` (``|I|`` without learned positions): inputs [b, s, h], pos [s_max, h] or None."""
+    xp = model.xp
+    M = xp.abs(inputs)  # [b, s, h]
+    if pos is not None:
+        M = M + xp.abs(pos[: inputs.shape[-2]])  # [b, s, h]
+    return M
+
+
+def magnitude_step(model: Model, layer: Layer, t, M, nested: bool):
+    """``M_{n+1}`` from ``M_n`` [b, s, h] through ``layer`` and its :class:`~fpt_ref.forward.LayerTrace`
+    ``t`` (:func:`magnitudes`; one layer at a time, as a streamed forward computes them)."""
+    xp = model.xp
 
     def plus(a, bias):  # a + |bias| (bias may be absent)
         return a if bias is None else a + xp.abs(bias)
 
-    for layer, t in zip(model.layers, tr.layers):
-        if nested:
-            w_v = xp.concatenate([hd.w_v for hd in layer.heads], axis=1)  # [h, sum v]
-            w_o = xp.concatenate([hd.w_o for hd in layer.heads], axis=0)  # [sum v, h]
-            V = xp.abs(t.attn_in) @ xp.abs(w_v)  # [b, s, sum v]
-            if model.arch.qkv_bias:
-                V = V + xp.abs(xp.concatenate([hd.b_v for hd in layer.heads]))  # [b, s, sum v]
-            H = xp.max(V, axis=-2, keepdims=True)  # [b, 1, sum v]  >= |H|
-            A = plus(xp.abs(t.mlp_in) @ xp.abs(layer.w_l1), layer.b_l1)  # [b, s, p]  >= |up|
-            if layer.w_gate is not None:
-                A = A * plus(xp.abs(t.mlp_in) @ xp.abs(layer.w_gate), layer.b_gate)  # [b, s, p]  >= |A|
-        else:
-            w_o = t.w_o  # [sum v, h]  in the trace's head order, like H
-            H, A = xp.abs(t.heads), xp.abs(t.act)  # [b, s, sum v], [b, s, p]
-        M = plus(M + H @ xp.abs(w_o), layer.b_o)  # M'_n [b, s, h]
-        M = plus(M + A @ xp.abs(layer.w_l2), layer.b_l2)  # M_{n+1} [b, s, h]
-        out.append(M)
-    return out
+    if nested:
+        w_v = xp.concatenate([hd.w_v for hd in layer.heads], axis=1)  # [h, sum v]
+        w_o = xp.concatenate([hd.w_o for hd in layer.heads], axis=0)  # [sum v, h]
+        V = xp.abs(t.attn_in) @ xp.abs(w_v)  # [b, s, sum v]
+        if model.arch.qkv_bias:
+            V = V + xp.abs(xp.concatenate([hd.b_v for hd in layer.heads]))  # [b, s, sum v]
+        H = xp.max(V, axis=-2, keepdims=True)  # [b, 1, sum v]  >= |H|
+        A = plus(xp.abs(t.mlp_in) @ xp.abs(layer.w_l1), layer.b_l1)  # [b, s, p]  >= |up|
+        if layer.w_gate is not None:
+            A = A * plus(xp.abs(t.mlp_in) @ xp.abs(layer.w_gate), layer.b_gate)  # [b, s, p]  >= |A|
+    else:
+        w_o = t.w_o  # [sum v, h]  in the trace's head order, like H
+        H, A = xp.abs(t.heads), xp.abs(t.act)  # [b, s, sum v], [b, s, p]
+    M = plus(M + H @ xp.abs(w_o), layer.b_o)  # M'_n [b, s, h]
+    return plus(M + A @ xp.abs(layer.w_l2), layer.b_l2)  # M_{n+1} [b, s, h]
 
 
 def magnitude_streams(model: Model, x) -> list:

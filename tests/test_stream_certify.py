@@ -293,13 +293,18 @@ def run_cli(*args):
 
 
 def test_cli_stream_says_what_was_checked(folders):
-    r = run_cli(folders["F32"], folders["pro_F32"], "--stream")
+    r = run_cli(folders["F32"], folders["pro_F32"], "--stream", "--no-forward")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("blocks certified, forward not run: ") and "preserved" not in r.stdout.split("\n")[0]
     assert "the forward check was not run" in r.stdout
     r = run_cli(folders["F32"], folders["pro_F32"], "--stream", "--json")
     d = json.loads(r.stdout)
-    assert d["preserved"] is False and d["blocks_certified"] is True and d["forward_run"] is False
+    assert d["preserved"] is True and d["blocks_certified"] is True and d["forward_run"] is True
+    inputs = d["forward"]["inputs"]  # 2 sequences of 16 tokens: the folder's s_max (max_position_embeddings)
+    assert inputs["sets"] == {"random": [2, 16]} and inputs["sampled"] is True and 1 < inputs["tokens_covered"] <= 32
+    r = run_cli(folders["F32"], folders["pro_F32"], "--stream")
+    assert r.returncode == 0 and r.stdout.startswith("preserved: ")
+    assert "forward check streamed a layer at a time on a sample: 2 random sequences of 16 tokens" in r.stdout
     r = run_cli(folders["F32"], folders["pro_F32_down_left"], "--stream")
     assert r.returncode == 1 and r.stdout.startswith("not preserved: ")
     r = run_cli(folders["F32"], os.path.join(folders["F32"], "config.json"), "--stream")
@@ -446,3 +451,52 @@ def test_negative_zero_in_a_corner_is_a_different_bit_pattern(folders, tmp_path)
     assert not zb.holds_corner(name, gb, name)
     assert zb.holds_corner(name, Tensors(zeroed), name)
     assert zb.holds_corner("model.norm.weight", gb, "model.norm.weight")
+
+
+def test_streamed_forward_is_the_models_forward_a_layer_at_a_time(folders):
+    """``run_stream``: the output of the folder's model, read a layer at a time, agrees with
+    ``fpt_ref.forward`` of the loaded model within the bound for two computations of one model
+    (``tolerance_abs(m, m, s, S)``: the streamed weights are views, the loaded ones copies, so the
+    products may take other kernels), and its nested magnitudes give the same scale ``S``."""
+    from fpt_ref.certify.stream_forward import run_stream
+    from fpt_ref.forward import trace
+    from fpt_ref.init import random_inputs
+    from fpt_ref.tolerance import natural_scale, preservation_scale, tolerance_abs
+
+    for st in ("F32", "BF16"):
+        s = Stream(folders[st], dtype="float64")
+        m = hf.load(folders[st], dtype="float64")
+        x = random_inputs(m, 3, 16, seed=4)  # [3, 16] token ids
+        out, M, X, top = run_stream(s, x)
+        tr = trace(m, x)
+        S = preservation_scale(m, tr)
+        assert out.shape == tr.output.shape == (3, 16, 64)
+        assert np.max(np.abs(out - tr.output)) <= tolerance_abs(m, m, 16, S)
+        assert abs(natural_scale(top, M, X) - S) <= 1e-12 * S
+
+
+@pytest.mark.parametrize("st", ["F32", "BF16"])
+def test_streamed_forward_check_passes_growth_and_catches_a_writing_unit(folders, tmp_path, st):
+    """``forward_folders``: preserving growth (every layer widened; layers inserted) within the
+    derived tolerance; a new MLP unit that writes to the stream (a new column of ``down_proj``
+    nonzero) is not preserved, and ``certify_folders(forward=True)`` reports both findings."""
+    from fpt_ref.certify.stream_forward import forward_folders
+
+    for grown in (f"wide_{st}", f"pro_{st}"):
+        res = forward_folders(folders[st], folders[grown])
+        assert res["ok"] and res["max_abs"] <= res["tol_abs"] and res["reason"] is None, (grown, res)
+
+    def write(t):
+        a = t["model.layers.1.mlp.down_proj.weight"].copy()  # [h, p^]: columns 48.. are the new units
+        a[:, 50] = 1.0
+        t["model.layers.1.mlp.down_proj.weight"] = a
+
+    bad = _rewritten(folders[f"wide_{st}"], tmp_path / "bad", write)
+    res = forward_folders(folders[st], bad)
+    assert not res["ok"] and res["max_abs"] > res["tol_abs"]
+    cert = certify_folders(folders[st], bad, forward=True)
+    assert not cert.ok and cert.forward is not None and not cert.forward["ok"]
+    assert [f.tensor for f in cert.findings][-1] == "(forward)" and "outputs differ" in cert.findings[-1].reason
+    assert any("down_proj" in f.tensor or "w_l2" in f.tensor for f in cert.findings[:-1])
+    good = certify_folders(folders[st], folders[f"wide_{st}"], forward=True)
+    assert good.ok and good.forward["ok"] and any("on a sample" in n for n in good.notes)

@@ -4,8 +4,9 @@ No manifest is needed: :func:`certify` infers the layer alignment, the added hea
 and the widened tensors from the two models, audits every block under the constraint sets of
 docs/spec.md sections 2 and 4 (:func:`fpt_ref.blocks.constraint_sets`), then runs both models
 in float64. docs/certify.md describes what is accepted and rejected. :func:`certify_folders`
-audits two Hugging Face checkpoint folders a layer at a time from the files (no forward check;
-docs/certify.md section 7).
+audits two Hugging Face checkpoint folders a layer at a time from the files, and with
+``forward=True`` runs the forward check a layer at a time on a sample of random sequences
+(docs/certify.md section 7).
 """
 
 from __future__ import annotations

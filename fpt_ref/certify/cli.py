@@ -1,7 +1,8 @@
 """``fpt-ref certify BASE GROWN [--json]``: the sub-command of :mod:`fpt_ref.certify`.
 
-Exit 0: GROWN contains BASE and computes its function (with ``--no-forward`` or ``--stream``:
-every block holds, the report says "blocks certified, forward not run"); 1: it does not, or is inconsistent
+Exit 0: GROWN contains BASE and computes its function (with ``--no-forward``: every block holds,
+the report says "blocks certified, forward not run"; with ``--stream`` the forward check runs a
+layer at a time on a sample of random sequences); 1: it does not, or is inconsistent
 (the first offending tensor, block, option or config key is named, with the reason); 2: a
 user error (a missing or unreadable file, not a model), one line on stderr. ``register``
 stays cheap: the work is imported only when the command runs.
@@ -71,7 +72,8 @@ def _inconsistent(args, reason: str) -> int:
 
 
 def _certify_streamed(args) -> int:
-    """``--stream``: the block audit of two checkpoint folders a layer at a time (no forward check)."""
+    """``--stream``: the block audit of two checkpoint folders a layer at a time, then (unless
+    ``--no-forward``) the forward check, streamed too, on a sample of random sequences."""
     import json
 
     from ..hf import is_checkpoint
@@ -87,7 +89,7 @@ def _certify_streamed(args) -> int:
     except ValueError as exc:
         raise ValueError(f"{args.base}: {exc}") from None
     try:
-        cert = certify_folders(args.base, args.grown, steps=args.steps)
+        cert = certify_folders(args.base, args.grown, steps=args.steps, forward=not args.no_forward)
     except ValueError as exc:
         msg = str(exc)
         if msg.startswith("config: "):
@@ -124,7 +126,8 @@ def register(subparsers) -> None:
     s.add_argument(
         "--stream",
         action="store_true",
-        help="checkpoint folders only: audit the blocks a layer at a time from the memory-mapped files "
-        "(at most one layer of each model held; the forward check is not run)",
+        help="checkpoint folders only: audit the blocks a layer at a time from the files (at most one layer "
+        "of each model held), then run the float64 forward check a layer at a time on 2 random sequences of "
+        "16 tokens (not every token id; --no-forward skips it)",
     )
     s.set_defaults(func=cmd_certify)

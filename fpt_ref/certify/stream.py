@@ -11,12 +11,13 @@ kilobytes read from the files) holds the base's values, as in the in-memory alig
 stored with the same bytes and structure (hidden size unchanged) is compared in the files and
 audited on the skeleton's shapes, without decoding; so are the model-wide tensors.
 
-The forward check is not run: a certificate from here says "blocks certified, forward not run"
-when every block, option and config field holds (:attr:`Certificate.ok` is then true for the
-audit only; :attr:`Certificate.forward` is ``None``). The blocks certified are what makes the
-function preserved (docs/spec.md sections 2 and 4); the forward check is the independent
-numerical confirmation, and on a model of a billion parameters over every token id it is too
-slow for two CPU cores.
+The forward check runs only with ``forward=True``, streamed too and on a sample of random
+sequences (:mod:`fpt_ref.certify.stream_forward`): over every token id, as in memory, it is
+too slow for two CPU cores on a billion parameters. Without it a certificate from here says
+"blocks certified, forward not run" when every block, option and config field holds
+(:attr:`Certificate.ok` is then true for the audit only; :attr:`Certificate.forward` is
+``None``). The blocks certified are what makes the function preserved (docs/spec.md sections 2
+and 4); the forward check is the independent numerical confirmation.
 
 Working dtype: float32 for checkpoints stored in bf16, fp16 or float32 (exact widening), float64
 when either stores float64; the scaled-block allowance is in ulps of that dtype.
@@ -90,7 +91,19 @@ def _same(a, b) -> bool:
     return a.shape == b.shape and same_bits(a, b)
 
 
-def certify_folders(base, grown, *, steps: int = 1, dtype=None, configs: bool = True, max_seq=None) -> Certificate:
+def certify_folders(
+    base,
+    grown,
+    *,
+    steps: int = 1,
+    dtype=None,
+    configs: bool = True,
+    max_seq=None,
+    forward: bool = False,
+    batch: int | None = None,
+    seq: int | None = None,
+    seed: int = 0,
+) -> Certificate:
     """The block audit of checkpoint folder ``grown`` against ``base``, a layer at a time.
 
     Parameters
@@ -106,12 +119,17 @@ def certify_folders(base, grown, *, steps: int = 1, dtype=None, configs: bool = 
         Check both ``config.json`` files (:func:`fpt_ref.certify.config.check_configs`).
     max_seq : int, optional
         Cap on ``s_max`` (:func:`fpt_ref.hf.read`).
+    forward : bool
+        Also run the float64 forward check of both folders a layer at a time on a sample of
+        random sequences (:func:`fpt_ref.certify.stream_forward.forward_folders`; ``batch``
+        sequences of ``seq`` tokens, seed ``seed``; defaults there).
 
     Returns
     -------
     Certificate
-        ``ok`` when every block, option and config field holds; ``forward`` is ``None`` (not run)
-        and a note says so. ``reads``: bytes of stored values read from both folders.
+        ``ok`` when every block, option and config field holds (and, with ``forward``, the
+        sampled forward check passed); without ``forward``, ``forward`` is ``None`` (not run) and
+        a note says so. ``reads``: bytes of stored values the block audit read from both folders.
 
     Raises
     ------
@@ -185,7 +203,41 @@ def certify_folders(base, grown, *, steps: int = 1, dtype=None, configs: bool = 
     cert.reads = rb.reads + rg.reads
     if findings is None:
         return cert
+    if forward:
+        findings += _sampled_forward(cert, base, grown, batch, seq, seed, max_seq)
     cert.findings = sorted(findings, key=_order(G))
     cert.ok = not cert.findings
-    cert.notes.append(f"streamed from the checkpoint folders in {np.dtype(dtype).name}: the forward check was not run")
+    if forward:
+        cert.notes.append(f"blocks streamed from the checkpoint folders in {np.dtype(dtype).name}")
+    else:
+        cert.notes.append(
+            f"streamed from the checkpoint folders in {np.dtype(dtype).name}: the forward check was not run"
+        )
     return cert
+
+
+def _sampled_forward(cert: Certificate, base, grown, batch, seq, seed: int, max_seq) -> list:
+    """The streamed forward check into ``cert.forward`` (and a note); a finding when it fails."""
+    from ..audit import Finding
+    from .stream_forward import BATCH, SEQ, forward_folders
+
+    try:
+        res = forward_folders(
+            base, grown, BATCH if batch is None else batch, SEQ if seq is None else seq, seed, max_seq=max_seq
+        )
+    except ValueError as exc:
+        cert.forward = {"ok": False, "error": str(exc)}
+        return [Finding("(forward)", f"the forward check could not run: {exc}")]
+    cert.forward = res
+    shape = res["inputs"]["sets"]["random"]
+    cert.notes.append(
+        f"forward check streamed a layer at a time on a sample: {shape[0]} random sequences of {shape[1]} tokens "
+        f"({res['inputs']['tokens_covered']} distinct token ids), not every token id"
+    )
+    if res["ok"]:
+        return []
+    why = res["reason"] or (
+        f"max error {res['max_abs']:.3g} ({res['max_ulp']:.3g} ulp) exceeds the derived tolerance "
+        f"{res['tol_abs']:.3g} ({res['tol_ulp']:.3g} ulp)"
+    )
+    return [Finding("(forward)", f"outputs differ: {why}")]
