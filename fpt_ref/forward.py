@@ -375,9 +375,14 @@ def _first_stream(model: Model, inp):
 
 def output(model: Model, X):
     """``Norm_f(X_{N+1}) W_out`` (``W_out = embed^T`` when tied); [b, s, h] -> [b, s, o]."""
-    if model.final_norm is not None:
-        X = norm(model, X, model.final_norm, model.final_norm_b)  # [b, s, h]
-    return _dense(X, model.output_matrix)  # [b, s, o]
+    return _dense(final_normed(model, X), model.output_matrix)  # [b, s, o]
+
+
+def final_normed(model: Model, X):
+    """``Norm_f(X_{N+1})``, or ``X_{N+1}`` itself without a final norm: the rows ``W_out`` reads; [b, s, h]."""
+    if model.final_norm is None:
+        return X
+    return norm(model, X, model.final_norm, model.final_norm_b)  # [b, s, h]
 
 
 def _batched(model: Model, x):

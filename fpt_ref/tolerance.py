@@ -284,6 +284,14 @@ def natural_scale(model: Model, last, stream=None) -> float:
     xp = model.xp
     if not last.size:
         return 0.0
+    M = output_magnitude(model, last, stream)  # [..., s, h]
+    return float(xp.max(M @ xp.abs(model.output_matrix).astype(xp.float64)))
+
+
+def output_magnitude(model: Model, last, stream=None):
+    """The magnitude ``W_out`` reads, in float64: ``|M|``, or ``|M| |g| / r + |beta|`` with a final norm
+    (:func:`natural_scale` is ``max`` of it times ``|W_out|``); last, stream [..., s, h] -> [..., s, h]."""
+    xp = model.xp
     f64 = xp.float64
     M = xp.abs(last).astype(f64)  # [..., s, h]
     if model.final_norm is not None:
@@ -296,7 +304,7 @@ def natural_scale(model: Model, last, stream=None) -> float:
         M = M * xp.abs(model.final_norm).astype(f64) / xp.maximum(r, xp.finfo(f64).tiny)  # [..., s, h]
         if model.final_norm_b is not None:
             M = M + xp.abs(model.final_norm_b).astype(f64)
-    return float(xp.max(M @ xp.abs(model.output_matrix).astype(f64)))
+    return M
 
 
 def preservation_scale(model: Model, tr, nested: bool = True) -> float:

@@ -319,7 +319,7 @@ def test_benchmark_runs_on_a_tiny_checkpoint():
     assert r["layers"] == [4, 6] and r["bytes"]["grown"] > r["bytes"]["base"] and "certify" in report(r)
 
 
-def test_gpt2_folders_stream_as_they_load(tmp_path):
+def test_gpt2_folders_stream_as_they_load(tmp_path, monkeypatch):
     """GPT-2 (fused c_attn, learned positions, LayerNorm): the streamed audit is the in-memory one."""
     import fpt_ref
 
@@ -347,6 +347,20 @@ def test_gpt2_folders_stream_as_they_load(tmp_path):
     s = Stream(base)
     assert set(s.kinds) == {"embed", "pos", "final_norm", "final_norm_b"}
     assert np.array_equal(s.layer(1).heads[1].w_k, hf.load(base, dtype="float32").layers[1].heads[1].w_k)
+    # the streamed forward: learned positions, LayerNorm, the tied output read in chunks of 3 rows
+    from fpt_ref.certify import stream_forward
+    from fpt_ref.forward import trace
+    from fpt_ref.tolerance import preservation_scale, tolerance_abs
+
+    m = hf.load(base, dtype="float64")
+    x = np.array([[0, 39, 5, 5, 7, 1, 2, 3], [9, 9, 9, 9, 9, 9, 9, 9]])  # [2, 8] the first and last ids
+    tr = trace(m, x)
+    S = preservation_scale(m, tr)
+    for chunk in (stream_forward.CHUNK_BYTES, 3 * 8 * 16):
+        monkeypatch.setattr(stream_forward, "CHUNK_BYTES", chunk)
+        out, S_streamed = stream_forward.run_stream(Stream(base, dtype="float64"), x)
+        assert np.max(np.abs(out - tr.output)) <= tolerance_abs(m, m, 8, S) and abs(S_streamed - S) <= 1e-12 * S
+    assert stream_forward.forward_folders(base, good)["ok"] and not stream_forward.forward_folders(base, bad)["ok"]
 
 
 def test_layers_stored_alike_are_compared_without_decoding(folders, monkeypatch):
@@ -461,18 +475,18 @@ def test_streamed_forward_is_the_models_forward_a_layer_at_a_time(folders):
     from fpt_ref.certify.stream_forward import run_stream
     from fpt_ref.forward import trace
     from fpt_ref.init import random_inputs
-    from fpt_ref.tolerance import natural_scale, preservation_scale, tolerance_abs
+    from fpt_ref.tolerance import preservation_scale, tolerance_abs
 
     for st in ("F32", "BF16"):
         s = Stream(folders[st], dtype="float64")
         m = hf.load(folders[st], dtype="float64")
         x = random_inputs(m, 3, 16, seed=4)  # [3, 16] token ids
-        out, M, X, top = run_stream(s, x)
+        out, S_streamed = run_stream(s, x)
         tr = trace(m, x)
         S = preservation_scale(m, tr)
         assert out.shape == tr.output.shape == (3, 16, 64)
         assert np.max(np.abs(out - tr.output)) <= tolerance_abs(m, m, 16, S)
-        assert abs(natural_scale(top, M, X) - S) <= 1e-12 * S
+        assert abs(S_streamed - S) <= 1e-12 * S
 
 
 @pytest.mark.parametrize("st", ["F32", "BF16"])

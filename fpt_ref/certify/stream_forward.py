@@ -12,8 +12,9 @@ tokens, not every token id (on a billion parameters, a forward over the whole vo
 hours on two CPU cores). The blocks certified are what makes the function preserved; this is
 the numerical confirmation on a sample, and the certificate says which.
 
-Memory: the model-wide tables of one model in float64 (the embedding and output matrices),
-one layer of it, and the activations ``[batch, seq, h]``; the base is run, then the grown one.
+Memory: one layer of one model in float64 (and its magnitudes' absolute values), the
+embedding rows of the sampled tokens, 64 MiB of the output matrix at a time, and the
+activations ``[batch, seq, h]``; the base is run, then the grown one.
 """
 
 from __future__ import annotations
@@ -22,35 +23,64 @@ import dataclasses
 
 import numpy as np
 
-from ..forward import _first_stream, block, input_rows, output
-from ..names import MODEL_KINDS
-from ..tolerance import error_stats, first_magnitude, magnitude_step, natural_scale, tolerance_abs, ulp
+from ..forward import _dense, block, final_normed
+from ..tolerance import error_stats, first_magnitude, magnitude_step, output_magnitude, tolerance_abs, ulp
 
 #: the default sample: sequences and their length (capped by both models' ``s_max``)
 BATCH, SEQ = 2, 16
+#: bytes of the output matrix read at a time (float64)
+CHUNK_BYTES = 64 * 2**20
 
 
 def run_stream(stream, x) -> tuple:
     """The float64 forward of ``stream``'s model on token ids ``x`` [b, s], a layer at a time.
 
-    Returns ``(output [b, s, o], M [b, s, h], X [b, s, h], top)``: the output, the last nested
-    magnitude stream ``M_{N+1}`` and residual stream ``X_{N+1}`` (for the tolerance's scale), and
-    the skeleton with the model-wide tensors read (``top``; its layers stay placeholders).
+    Returns ``(output [b, s, o], S)``: the output and the preservation scale ``S`` of
+    docs/tolerance.md on these inputs (:func:`fpt_ref.tolerance.natural_scale` of the last nested
+    magnitude stream, folded a layer at a time). The model-wide tables are not held whole: the
+    embedding rows of the tokens in ``x`` and the first ``s`` learned positions are read, and the
+    output matrix is read :data:`CHUNK_BYTES` at a time (its stored rows, one per vocabulary entry).
     """
     sk = stream.skeleton
-    top = dataclasses.replace(sk, **{k: stream.model_tensor(k) for k in MODEL_KINDS if getattr(sk, k) is not None})
-    inp = input_rows(top, x)  # [b, s, h]  validates the token ids
-    X = _first_stream(top, inp)  # X_1 [b, s, h]
-    M = first_magnitude(top, inp, top.pos)  # M_1 [b, s, h]
+    x = np.asarray(x)
+    b, s = x.shape
+    small = {k: stream.model_tensor(k) for k in ("final_norm", "final_norm_b") if getattr(sk, k) is not None}
+    top = dataclasses.replace(sk, **small)  # [h] gains; the tables stay placeholders
+    ids, where = np.unique(x, return_inverse=True)  # [u] distinct ids, [b s] their places
+    if ids.size and (ids[0] < 0 or ids[-1] >= sk.vocab):
+        raise ValueError(f"x: token ids must lie in [0, {sk.vocab}), got range [{ids[0]}, {ids[-1]}]")
+    rows = _rows(stream, "embed", ids)  # [u, h]
+    inp = rows[where.reshape(b, s)]  # I [b, s, h]
+    pos = None if sk.pos is None else _rows(stream, "pos", np.arange(s))  # [s, h] learned positions
+    X = inp if pos is None else inp + pos  # X_1 [b, s, h]
+    M = first_magnitude(sk, inp, pos)  # M_1 [b, s, h]
     for n in range(sk.N):
         layer = stream.layer(n)
         rec: list = []
         X_next = block(sk, layer, X, rec)  # X_{n+1} [b, s, h]
         M = magnitude_step(sk, layer, rec[0], M, nested=True)  # M_{n+1} [b, s, h]
         X = X_next
-        del rec
+        del rec, layer
     stream.drop()
-    return output(top, X), M, X, top
+    Xf = final_normed(top, X)  # [b, s, h]
+    Mf = output_magnitude(top, M, X)  # [b, s, h]  float64
+    name = stream.kinds["w_out" if "w_out" in stream.kinds else "embed"]  # stored [o, h]: one row per output
+    o, h = (int(d) for d in stream.tensors.shape(name))
+    if (o, h) != (sk.o, sk.h):  # every family stores the output matrix as nn.Linear / nn.Embedding: [o, h]
+        raise AssertionError(f"{name}: stored as {[o, h]}, expected [{sk.o}, {sk.h}]")
+    out = np.empty((b, s, o))  # [b, s, o]
+    scale = 0.0
+    step = max(1, CHUNK_BYTES // (8 * h))
+    for lo in range(0, o, step):
+        W = stream.tensors.read(name, np.float64, index=(slice(lo, lo + step),))  # [c, h]  rows lo.. of W_out^T
+        out[..., lo : lo + W.shape[0]] = _dense(Xf, W.T)  # [b, s, c]
+        scale = max(scale, float(np.max(Mf @ np.abs(W).T)))  # max |M_f| |W_out| over these columns
+    return out, scale
+
+
+def _rows(stream, kind: str, index):
+    """Rows ``index`` of model-wide table ``kind`` (``embed``, ``pos``; stored [rows, h]) in float64."""
+    return stream.tensors.read(stream.kinds[kind], np.float64, index=(np.asarray(index),))
 
 
 def forward_folders(base, grown, batch: int = BATCH, seq: int = SEQ, seed: int = 0, max_seq=None) -> dict:
@@ -83,9 +113,7 @@ def forward_folders(base, grown, batch: int = BATCH, seq: int = SEQ, seed: int =
     _check_models(a, [b])
     s = min(seq, a.s_max, b.s_max)
     x = random_inputs(min([a, b], key=lambda m: m.vocab), batch, s, seed)  # [batch, s] token ids both take
-    ref, M, X, top = run_stream(rb, x)  # [b, s, o]
-    scale = natural_scale(top, M, X)  # S: the base's preservation scale on these inputs
-    del M, X, top
+    ref, scale = run_stream(rb, x)  # [b, s, o]; S: the base's preservation scale on these inputs
     out = run_stream(rg, x)[0]  # [b, s, o]
     st = error_stats(ref, out)
     tol = tolerance_abs(a, b, s, scale)
