@@ -211,7 +211,11 @@ def stored_bytes(folder: str) -> int:
 
 
 def _child(args) -> dict:
-    """One measurement (run in its own process)."""
+    """One measurement (run in its own process; the modules it runs are imported before the clock starts)."""
+    from fpt_ref.certify.stream import certify_folders
+    from fpt_ref.certify.stream_forward import forward_folders
+    from fpt_ref.hf.stream_expand import expand_stream
+
     before = _peak()["VmRSS"]
     t0 = time.perf_counter()
     info: dict = {}
@@ -229,8 +233,6 @@ def _child(args) -> dict:
                             n += got
         info["bytes"] = n
     elif args.child == "certify":
-        from fpt_ref.certify.stream import certify_folders
-
         cert = certify_folders(args.folders[0], args.folders[1])
         info.update(
             ok=cert.ok,
@@ -240,15 +242,11 @@ def _child(args) -> dict:
             reads=cert.reads,
         )
     elif args.child == "forward":
-        from fpt_ref.certify.stream_forward import forward_folders
-
         res = forward_folders(args.folders[0], args.folders[1])
         info.update(ok=res["ok"], max_ulp=res["max_ulp"], tol_ulp=res["tol_ulp"], inputs=res["inputs"])
     elif args.child == "grow":
         info["layers"] = grow_llama_pro(args.folders[0], args.folders[1], args.every)
     elif args.child == "expand":
-        from fpt_ref.hf.stream_expand import expand_stream
-
         expand_stream(args.folders[0], args.plan, args.folders[1], check=False)
     seconds = time.perf_counter() - t0
     p = _peak()
