@@ -450,12 +450,22 @@ def _forward(cert: Certificate, base: Model, grown: Model, batch: int, seed: int
     try:
         res = verify(convert(base, np, dt), convert(grown, np, dt), batch=batch, seed=seed)
     except ValueError as exc:
-        cert.forward = {"ok": False, "error": str(exc)}
-        return [Finding("(forward)", f"the forward check could not run: {exc}")]
+        return forward_not_run(cert, exc)
     keys = ("ok", "max_abs", "max_rel", "max_ulp", "tol_abs", "tol_ulp", "reason")
     cert.forward = {k: res[k] for k in keys}
     cert.forward["dtype"] = np.dtype(dt).name
     cert.forward["inputs"] = res["inputs"]
+    return forward_findings(res)
+
+
+def forward_not_run(cert: Certificate, exc: Exception) -> list:
+    """A forward check that could not run: recorded in ``cert.forward``, and its finding."""
+    cert.forward = {"ok": False, "error": str(exc)}
+    return [Finding("(forward)", f"the forward check could not run: {exc}")]
+
+
+def forward_findings(res: dict) -> list:
+    """The finding of a forward check's figures (:func:`fpt_ref.verify`'s keys); none when it passed."""
     if res["ok"]:
         return []
     why = res["reason"] or (

@@ -30,7 +30,7 @@ import os
 import numpy as np
 
 from .check import Checker, check_layer, check_model_tensors
-from .infer import _order, align, audit, holds_sample, not_identity, unit0_writes
+from .infer import _order, align, audit, forward_findings, forward_not_run, holds_sample, not_identity, unit0_writes
 from .report import Certificate
 
 
@@ -218,7 +218,6 @@ def certify_folders(
 
 def _sampled_forward(cert: Certificate, base, grown, batch, seq, seed: int, max_seq) -> list:
     """The streamed forward check into ``cert.forward`` (and a note); a finding when it fails."""
-    from ..audit import Finding
     from .stream_forward import BATCH, SEQ, forward_folders
 
     try:
@@ -226,18 +225,11 @@ def _sampled_forward(cert: Certificate, base, grown, batch, seq, seed: int, max_
             base, grown, BATCH if batch is None else batch, SEQ if seq is None else seq, seed, max_seq=max_seq
         )
     except ValueError as exc:
-        cert.forward = {"ok": False, "error": str(exc)}
-        return [Finding("(forward)", f"the forward check could not run: {exc}")]
+        return forward_not_run(cert, exc)
     cert.forward = res
     shape = res["inputs"]["sets"]["random"]
     cert.notes.append(
         f"forward check streamed a layer at a time on a sample: {shape[0]} random sequences of {shape[1]} tokens "
         f"({res['inputs']['tokens_covered']} distinct token ids), not every token id"
     )
-    if res["ok"]:
-        return []
-    why = res["reason"] or (
-        f"max error {res['max_abs']:.3g} ({res['max_ulp']:.3g} ulp) exceeds the derived tolerance "
-        f"{res['tol_abs']:.3g} ({res['tol_ulp']:.3g} ulp)"
-    )
-    return [Finding("(forward)", f"outputs differ: {why}")]
+    return forward_findings(res)

@@ -311,7 +311,7 @@ class Tensors:
             while done < size:
                 n = min(CHUNK, size - done)
                 a, b = bufs[0][:n], bufs[1][:n]
-                if x.readinto(memoryview(a)) != n or y.readinto(memoryview(b)) != n:
+                if x.readinto(a.data) != n or y.readinto(b.data) != n:
                     raise ValueError("path: a tensor's file ends before its data")
                 if not _same_bits(a, b):
                     return False
