@@ -145,6 +145,36 @@ def test_a_tied_model_reads_the_embedding_not_a_stored_head(family):
     assert Stream(family["llama_tied_stale_head"]).kinds.get("w_out") is None
 
 
+def test_model_wide_tables_are_read_by_rows_and_shards_change_nothing(family, tmp_path, monkeypatch):
+    """The embedding is read at the sampled ids only and the output matrix in row ranges that
+    cover ``[0, V)`` once (never a whole table); a sharded copy of the folder gives the same bits."""
+    from fpt_ref.hf.files import Tensors
+
+    folder = family["llama_biases"]
+    x = _inputs()[0]  # [2, 8]
+    whole, S = run_stream(Stream(folder, dtype="float64"), x)
+    m = hf.load(folder, dtype="float64")
+    sharded = hf.save(m, tmp_path / "sharded", like=folder, shard_bytes=3000)
+    assert os.path.isfile(os.path.join(sharded, "model.safetensors.index.json"))
+    calls = []
+    real = Tensors.read
+
+    def read(self, name, dtype=np.float32, index=None):
+        calls.append((name, index))
+        return real(self, name, dtype, index)
+
+    monkeypatch.setattr(Tensors, "read", read)
+    monkeypatch.setattr(stream_forward, "CHUNK_BYTES", 8 * m.h * 5)  # 5 rows at a time
+    out, S2 = run_stream(Stream(sharded, dtype="float64"), x)
+    assert np.array_equal(out, whole) and S2 == S
+    tables = [(n, i) for n, i in calls if n in ("model.embed_tokens.weight", "lm_head.weight")]
+    assert all(i is not None for _, i in tables)  # no table read whole
+    (emb,) = [i for n, i in tables if n == "model.embed_tokens.weight"]
+    assert np.array_equal(np.asarray(emb[0]), np.unique(x))
+    rows = [i[0] for n, i in tables if n == "lm_head.weight"]
+    assert [(r.start, min(r.stop, V)) for r in rows] == [(lo, min(lo + 5, V)) for lo in range(0, V, 5)]
+
+
 def test_gpt2_positions_are_read_up_to_s_under_a_max_seq_cap(family):
     """``Stream(max_seq=4)`` keeps the first 4 rows of ``wpe``: the streamed forward of 4 positions
     is the capped model's."""
