@@ -204,7 +204,7 @@ def certify_folders(
     if findings is None:
         return cert
     if forward:
-        findings += _sampled_forward(cert, base, grown, batch, seq, seed, max_seq)
+        findings += _sampled_forward(cert, base, grown, batch, seq, seed, max_seq, dtype)
     cert.findings = sorted(findings, key=_order(G))
     cert.ok = not cert.findings
     if forward:
@@ -216,13 +216,17 @@ def certify_folders(
     return cert
 
 
-def _sampled_forward(cert: Certificate, base, grown, batch, seq, seed: int, max_seq) -> list:
+def _sampled_forward(cert: Certificate, base, grown, batch, seq, seed: int, max_seq, working) -> list:
     """The streamed forward check into ``cert.forward`` (and a note); a finding when it fails."""
     from .stream_forward import BATCH, SEQ, forward_folders
 
+    dt = "float64"
+    if np.dtype(working) == np.float32 and cert.scaled_rounding > 0:  # as fpt_ref.certify.certify's forward
+        dt = "float32"
+        cert.notes.append("forward check in float32: the stored scaled blocks are rounded in float32")
     try:
         res = forward_folders(
-            base, grown, BATCH if batch is None else batch, SEQ if seq is None else seq, seed, max_seq=max_seq
+            base, grown, BATCH if batch is None else batch, SEQ if seq is None else seq, seed, max_seq, dt
         )
     except ValueError as exc:
         return forward_not_run(cert, exc)

@@ -1,6 +1,7 @@
 """The forward check of two checkpoint folders, a layer at a time (docs/certify.md section 7).
 
-:func:`forward_folders` runs the float64 forward pass of both folders' models on the same
+:func:`forward_folders` runs the forward pass of both folders' models (float64, or float32
+where the stored scaled blocks are rounded in float32) on the same
 random token sequences, reading one layer at a time (:class:`fpt_ref.hf.stream.Stream`), and
 compares the outputs under the preservation tolerance of docs/tolerance.md, as
 :func:`fpt_ref.verify` does in memory: the same layer function (:func:`fpt_ref.forward.block`),
@@ -28,12 +29,13 @@ from ..tolerance import error_stats, first_magnitude, magnitude_step, output_mag
 
 #: the default sample: sequences and their length (capped by both models' ``s_max``)
 BATCH, SEQ = 2, 16
-#: bytes of the output matrix read at a time (float64)
+#: bytes of the output matrix read at a time (counted at 8 bytes a value)
 CHUNK_BYTES = 64 * 2**20
 
 
 def run_stream(stream, x) -> tuple:
-    """The float64 forward of ``stream``'s model on token ids ``x`` [b, s], a layer at a time.
+    """The forward of ``stream``'s model on token ids ``x`` [b, s], a layer at a time, in the
+    stream's working dtype (``stream.dtype``; the scale is computed in float64).
 
     Returns ``(output [b, s, o], S)``: the output and the preservation scale ``S`` of
     docs/tolerance.md on these inputs (:func:`fpt_ref.tolerance.natural_scale` of the last nested
@@ -42,8 +44,13 @@ def run_stream(stream, x) -> tuple:
     output matrix is read :data:`CHUNK_BYTES` at a time (its stored rows, one per vocabulary entry).
     """
     sk = stream.skeleton
+    dt = np.dtype(stream.dtype)
     x = np.asarray(x)
+    if x.dtype.kind not in "iu" or x.ndim != 2:
+        raise ValueError(f"x: token ids must be an integer array [b, s], got dtype {x.dtype} shape {list(x.shape)}")
     b, s = x.shape
+    if s < 1 or s > sk.s_max:
+        raise ValueError(f"x: sequence length {s} must be between 1 and s_max={sk.s_max}")
     small = {k: stream.model_tensor(k) for k in ("final_norm", "final_norm_b") if getattr(sk, k) is not None}
     top = dataclasses.replace(sk, **small)  # [h] gains; the tables stay placeholders
     ids, where = np.unique(x, return_inverse=True)  # [u] distinct ids, [b s] their places
@@ -68,31 +75,36 @@ def run_stream(stream, x) -> tuple:
     o, h = (int(d) for d in stream.tensors.shape(name))
     if (o, h) != (sk.o, sk.h):  # every family stores the output matrix as nn.Linear / nn.Embedding: [o, h]
         raise AssertionError(f"{name}: stored as {[o, h]}, expected [{sk.o}, {sk.h}]")
-    out = np.empty((b, s, o))  # [b, s, o]
+    out = np.empty((b, s, o), dtype=dt)  # [b, s, o]
     scale = 0.0
     step = max(1, CHUNK_BYTES // (8 * h))
     for lo in range(0, o, step):
-        W = stream.tensors.read(name, np.float64, index=(slice(lo, lo + step),))  # [c, h]  rows lo.. of W_out^T
+        W = stream.tensors.read(name, dt, index=(slice(lo, lo + step),))  # [c, h]  rows lo.. of W_out^T
         out[..., lo : lo + W.shape[0]] = _dense(Xf, W.T)  # [b, s, c]
-        scale = max(scale, float(np.max(Mf @ np.abs(W).T)))  # max |M_f| |W_out| over these columns
+        scale = max(scale, float(np.max(Mf @ np.abs(W).T.astype(np.float64))))  # max |M_f| |W_out|, these columns
     return out, scale
 
 
 def _rows(stream, kind: str, index):
-    """Rows ``index`` of model-wide table ``kind`` (``embed``, ``pos``; stored [rows, h]) in float64."""
-    return stream.tensors.read(stream.kinds[kind], np.float64, index=(np.asarray(index),))
+    """Rows ``index`` of model-wide table ``kind`` (``embed``, ``pos``; stored [rows, h]) in the stream's dtype."""
+    return stream.tensors.read(stream.kinds[kind], stream.dtype, index=(np.asarray(index),))
 
 
-def forward_folders(base, grown, batch: int = BATCH, seq: int = SEQ, seed: int = 0, max_seq=None) -> dict:
-    """Compare the float64 forward passes of checkpoint folders ``base`` and ``grown`` on ``batch``
-    random sequences of ``seq`` tokens (seed ``seed``), a layer at a time (module doc).
+def forward_folders(
+    base, grown, batch: int = BATCH, seq: int = SEQ, seed: int = 0, max_seq=None, dtype="float64"
+) -> dict:
+    """Compare the forward passes of checkpoint folders ``base`` and ``grown`` on ``batch`` random
+    sequences of ``seq`` tokens (seed ``seed``), a layer at a time (module doc), in ``dtype``:
+    float64, or float32 for folders whose scaled blocks are stored rounded in float32 (whose
+    derived tolerance in float32 covers that rounding; in float64 it would not, as in
+    :func:`fpt_ref.certify.certify`).
 
     Returns
     -------
     dict
         As :func:`fpt_ref.verify`: ``ok``, ``max_abs``, ``max_rel``, ``max_ulp``, ``tol_abs``,
         ``tol_ulp``, ``reason`` (why ``grown`` cannot compute ``base``'s function on all its
-        inputs, or ``None``), ``dtype`` (``"float64"``) and ``inputs`` (``sets``: the shape of the
+        inputs, or ``None``), ``dtype`` and ``inputs`` (``sets``: the shape of the
         sample; ``sampled``: true; ``tokens_covered``: the distinct token ids in the sample).
 
     Raises
@@ -108,7 +120,10 @@ def forward_folders(base, grown, batch: int = BATCH, seq: int = SEQ, seed: int =
 
     batch = check_int("batch", batch, 1)
     seq = check_int("seq", seq, 1)
-    rb, rg = Stream(base, dtype="float64", max_seq=max_seq), Stream(grown, dtype="float64", max_seq=max_seq)
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype: the forward check runs in float32 or float64, got {dt}")
+    rb, rg = Stream(base, dtype=dt, max_seq=max_seq), Stream(grown, dtype=dt, max_seq=max_seq)
     a, b = rb.skeleton, rg.skeleton
     _check_models(a, [b])
     s = min(seq, a.s_max, b.s_max)
@@ -125,8 +140,8 @@ def forward_folders(base, grown, batch: int = BATCH, seq: int = SEQ, seed: int =
         "max_rel": st["max_rel"],
         "max_ulp": st["max_ulp"],
         "tol_abs": tol,
-        "tol_ulp": tol / ulp(peak, np.float64),
+        "tol_ulp": tol / ulp(peak, dt),
         "reason": lost,
-        "dtype": "float64",
+        "dtype": dt.name,
         "inputs": {"sets": {"random": [batch, s]}, "sampled": True, "tokens_covered": int(np.unique(x).size)},
     }

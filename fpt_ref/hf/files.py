@@ -370,7 +370,8 @@ def _encode(a, st_dtype: str):
     if st_dtype == "BF16" and a.dtype == np.uint16:
         return np.ascontiguousarray(a).astype("<u2", copy=False).tobytes()
     if st_dtype == "BF16":
-        return np.ascontiguousarray(to_bf16_bits(a)).astype("<u2").tobytes()
+        with np.errstate(over="ignore"):  # beyond bfloat16's range: inf, as for the other dtypes
+            return np.ascontiguousarray(to_bf16_bits(a)).astype("<u2").tobytes()
     with np.errstate(over="ignore"):
         return np.ascontiguousarray(a.astype(STORED[st_dtype])).tobytes()
 
