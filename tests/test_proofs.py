@@ -6,7 +6,7 @@ import pytest
 import sympy as sp
 from fpt_ref.proofs import core as C
 from fpt_ref.proofs import summary_line
-from fpt_ref.proofs.chains import SIZE_SETS, prove_chains, prove_compose
+from fpt_ref.proofs.chains import SIZE_SETS, prove_chains
 from fpt_ref.proofs.entries import DIFF_THRESHOLD, SCREEN_THRESHOLD, float_screen, numpy_forward, prove_equal
 from fpt_ref.proofs.expand import BLOCKS, PAPER, SCALINGS, expand_hidden
 from fpt_ref.proofs.minimal import drop_each, search
@@ -237,8 +237,16 @@ def test_generic_activation_keeps_the_mlp_alternative_unproved():
 
 
 def test_composition_is_glued_and_proved():
-    chains, problems = prove_compose()
-    assert not problems and len(chains) > 20
+    """``prove_compose`` (through ``run_compose``) in the session's one ``prove --all`` run
+    (tests/proofs_job.py): proved, with more than 20 machine-glued lemmas."""
+    import re
+
+    from conftest import prove_all_result
+
+    md = prove_all_result()[4]
+    (row,) = [line for line in open(md).read().splitlines() if line.startswith("| compose | symbolic sizes | ")]
+    lemmas = re.search(r"; (\d+) lemmas, \d+ rewrite steps", row)
+    assert "| proved |" in row and lemmas and int(lemmas.group(1)) > 20, row
 
 
 def test_explicit_step_checks_use_sizes_of_at_least_two():
