@@ -32,6 +32,21 @@ def refuse(field: str, why: str) -> ValueError:
     return ValueError(f"config: {field}: {why}")
 
 
+def read_output(arch, names: set, used: set, get, V: int, h: int):
+    """``W_out`` [h, V] from ``lm_head.weight`` (``nn.Linear``'s [V, h], read by ``get(name, shape)``),
+    or ``None`` when the output is tied; a tied checkpoint's stored copy is marked ``used``
+    (transformers ties it to the embedding and ignores it). Refuses an untied config without one."""
+    if not arch.tied:
+        if "lm_head.weight" not in names:
+            raise refuse(
+                "tie_word_embeddings", "false, but the checkpoint has no lm_head.weight (transformers would draw it)"
+            )
+        return t(get("lm_head.weight", (V, h)))  # [h, V]
+    if "lm_head.weight" in names:
+        used.add("lm_head.weight")
+    return None
+
+
 def cannot_express(field: str, family: str, why: str) -> ValueError:
     """``ValueError("model: ...")`` for a model that config field ``field`` of ``family`` cannot express."""
     return ValueError(f"model: a {family} config cannot express this model ({field}): {why}")

@@ -38,6 +38,7 @@ from .common import (
     get_float,
     get_int,
     head_sizes,
+    read_output,
     refuse,
     t,
     unexpected,
@@ -138,15 +139,7 @@ def to_model(config: dict, tensors, dtype=np.float64, max_seq: int | None = None
     pos = get("wpe.weight", (P, h))  # [P, h]
     if max_seq is not None and int(max_seq) < P:
         pos = pos[: int(max_seq)].copy()
-    w_out = None
-    if not arch.tied:
-        if "lm_head.weight" not in names:
-            raise refuse(
-                "tie_word_embeddings", "false, but the checkpoint has no lm_head.weight (transformers would draw it)"
-            )
-        w_out = t(get("lm_head.weight", (V, h)))  # [h, V]
-    elif "lm_head.weight" in names:
-        used.add("lm_head.weight")  # tied: transformers ties it to wte and ignores the stored copy
+    w_out = read_output(arch, names, used, get, V, h)  # [h, V] or None (tied)
     model_kw = {
         "embed": get("wte.weight", (V, h)),
         "final_norm": get("ln_f.weight", (h,)),

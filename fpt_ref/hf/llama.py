@@ -39,6 +39,7 @@ from .common import (
     get_float,
     get_int,
     head_sizes,
+    read_output,
     refuse,
     rope_theta,
     set_rope_theta,
@@ -210,15 +211,7 @@ def to_model(config: dict, tensors, dtype=np.float64, max_seq: int | None = None
         return layers[0]
     embed = get("embed_tokens.weight", (V, h))
     final = get("norm.weight", (h,))
-    w_out = None
-    if not arch.tied:
-        if "lm_head.weight" not in names:
-            raise refuse(
-                "tie_word_embeddings", "false, but the checkpoint has no lm_head.weight (transformers would draw it)"
-            )
-        w_out = t(get("lm_head.weight", (V, h)))  # [h, V]
-    elif "lm_head.weight" in names:
-        used.add("lm_head.weight")  # tied: transformers ties it to the embedding and ignores the stored copy
+    w_out = read_output(arch, names, used, get, V, h)  # [h, V] or None (tied)
     extra = sorted(x for x in names - used if not x.endswith(IGNORED_SUFFIXES))
     if extra:
         raise unexpected(extra, "model.layers.", "num_hidden_layers", len(layers))
