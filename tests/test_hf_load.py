@@ -402,3 +402,32 @@ def test_tensors_are_written_in_blocks_of_rows_with_the_bytes_of_the_whole(tmp_p
         back = load_file(path)
         with np.errstate(over="ignore"):
             assert all(np.array_equal(back[k], tensors[k].astype(STORED[st]), equal_nan=True) for k in tensors)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_an_untied_config_without_lm_head_is_refused_and_a_tied_copy_ignored(tmp_path, arch):
+    """``tie_word_embeddings: false`` but no ``lm_head.weight``: refused (transformers would draw
+    random weights); tied with a stored ``lm_head.weight`` of other values: the copy is ignored."""
+    from fpt_ref.blocks import PRESETS
+    from fpt_ref.hf.files import Tensors, write_checkpoint_tensors
+
+    kw = dict(h=8, p=16, n_heads=2, k=4, v=4, n_layers=1, vocab=12, max_seq=4, causal=True, eps=1e-5, seed=1)
+    like = {"gpt2": {"model_type": "gpt2"}, "llama": {"model_type": "llama"}}[arch]
+    m = fpt_ref.init_model(**kw, arch=PRESETS[arch].replace(tied=True))
+    folder = hf.save(m, tmp_path / "tied", like=like, dtype="float64")
+    ts = Tensors(folder)
+    tensors = {n: ts.get(n) for n in ts.names()}
+    assert "lm_head.weight" not in tensors
+    cfg = json.loads((tmp_path / "tied" / "config.json").read_text())
+    untied = tmp_path / "untied"
+    untied.mkdir()
+    write_checkpoint_tensors(untied, tensors, "F64", {"format": "pt"})
+    (untied / "config.json").write_text(json.dumps(dict(cfg, tie_word_embeddings=False)))
+    with pytest.raises(ValueError, match="tie_word_embeddings: false, but the checkpoint has no lm_head.weight"):
+        hf.read(untied)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    write_checkpoint_tensors(copy, dict(tensors, **{"lm_head.weight": np.ones((12, 8))}), "F64", {"format": "pt"})
+    (copy / "config.json").write_text(json.dumps(cfg))
+    x = np.array([[0, 5, 11, 3]])
+    assert np.array_equal(fpt_ref.forward(hf.load(copy), x), fpt_ref.forward(hf.load(folder), x))
