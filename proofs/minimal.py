@@ -46,6 +46,30 @@ class Search:
         )
 
 
+def screened(base, expanded, activation: str, blocks) -> str:
+    """One candidate's verdict (module doc): ``"refuted"`` by the float64 screen, else the
+    entry-level proof's status (``"proved"``, ``"refuted"`` or ``"not proved"``)."""
+    if float_screen(base, expanded, activation) > SCREEN_THRESHOLD:
+        return "refuted"
+    return prove_equal(base, expanded, activation, blocks).status
+
+
+def minimal_supersets(fixed: frozenset, rest: list, decide, minimal: list, undecided: list) -> None:
+    """Visit ``fixed`` plus every subset of ``rest`` by increasing size, skipping supersets of a set
+    already in ``minimal``; append each set ``decide`` proves to ``minimal`` (so each is minimal,
+    by monotonicity) and each it leaves ``"not proved"`` to ``undecided``."""
+    for r in range(len(rest) + 1):
+        for combo in combinations(rest, r):
+            S = fixed | frozenset(combo)
+            if any(m <= S for m in minimal):
+                continue
+            st = decide(S)
+            if st == "proved":
+                minimal.append(S)
+            elif st == "not proved":
+                undecided.append(S)
+
+
 def _decider(theorem: str, scale, activation: str):
     sizes = default_sizes(theorem)[0]
     memo: dict = {}
@@ -53,10 +77,7 @@ def _decider(theorem: str, scale, activation: str):
     def decide(zero: frozenset) -> str:
         if zero not in memo:
             base, expanded, blocks = build_entries(theorem, sizes, zero, scale)
-            if float_screen(base, expanded, activation) > SCREEN_THRESHOLD:
-                memo[zero] = "refuted"
-            else:
-                memo[zero] = prove_equal(base, expanded, activation, blocks).status
+            memo[zero] = screened(base, expanded, activation, blocks)
         return memo[zero]
 
     return decide, memo
@@ -76,16 +97,7 @@ def search(theorem: str, label: str, scale, activation: str) -> Search:
     else:
         out.necessary = frozenset(b for b in blocks if decide(ALL - {b}) == "refuted")
         rest = [b for b in blocks if b not in out.necessary]
-        for r in range(len(rest) + 1):
-            for combo in combinations(rest, r):
-                S = out.necessary | frozenset(combo)
-                if any(m <= S for m in out.minimal):
-                    continue
-                st = decide(S)
-                if st == "proved":
-                    out.minimal.append(S)
-                elif st == "not proved":
-                    out.undecided.append(S)
+        minimal_supersets(out.necessary, rest, decide, out.minimal, out.undecided)
     out.checks = len(memo)
     out.seconds = time.perf_counter() - t
     return out

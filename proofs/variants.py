@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from itertools import combinations
 
 from fpt_ref.blocks import PRESETS, RECIPES, WRONG_RECIPES, Arch
 
 from . import blocks as Bk
 from . import core as C
-from .entries import SCREEN_THRESHOLD, float_screen, prove_equal
+from .entries import prove_equal
+from .minimal import minimal_supersets, screened
 from .theorems import Level
 
 PAPER = Arch()
@@ -499,22 +499,10 @@ def search(name: str) -> VSearch:
     def decide(S: frozenset) -> str:
         if S not in memo:
             base, expanded, blocks = build(c, zero=S)
-            if float_screen(base, expanded, c.activation) > SCREEN_THRESHOLD:
-                memo[S] = "refuted"
-            else:
-                memo[S] = prove_equal(base, expanded, c.activation, blocks).status
+            memo[S] = screened(base, expanded, c.activation, blocks)
         return memo[S]
 
-    for r in range(len(names) + 1):
-        for combo in combinations(names, r):
-            S = frozenset(combo)
-            if any(m <= S for m in out.minimal):
-                continue
-            st = decide(S)
-            if st == "proved":
-                out.minimal.append(S)
-            elif st == "not proved":
-                out.undecided.append(S)
+    minimal_supersets(frozenset(), list(names), decide, out.minimal, out.undecided)
     out.checks = len(memo)
     out.seconds = time.perf_counter() - t
     return out
