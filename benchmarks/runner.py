@@ -332,22 +332,16 @@ def _forward_groups(config, backend, xp, torch, tdev, threads, one, model, x, mm
 
             groups[f"numpy/{st}"] = Group({"ours": fwd, "matmul": mm}, cpu_timer, enter_np, config.settle_s)
             labels[f"numpy/{st}"] = ("numpy", st)
-        if tfn is not None and (st == "default" or one["torch"]):
+        if uses_torch and (st == "default" or one["torch"]):
 
-            def enter_t(st=st):
+            def enter_t(st=st):  # PyTorch and transformers share the thread setting and the primer
                 threads.torch_(st)
                 t_primer()
 
-            groups[f"torch/{st}"] = Group({"ours": tfn, "matmul": tmm}, cpu_timer, enter_t, config.settle_s)
-            labels[f"torch/{st}"] = ("torch-cpu", st)
-        if hfn is not None and (st == "default" or one["torch"]):
-
-            def enter_h(st=st):
-                threads.torch_(st)
-                t_primer()
-
-            groups[f"transformers/{st}"] = Group({"ours": hfn, "matmul": tmm}, cpu_timer, enter_h, config.settle_s)
-            labels[f"transformers/{st}"] = ("transformers-cpu", st)
+            for key, fn, label in (("torch", tfn, "torch-cpu"), ("transformers", hfn, "transformers-cpu")):
+                if fn is not None:
+                    groups[f"{key}/{st}"] = Group({"ours": fn, "matmul": tmm}, cpu_timer, enter_t, config.settle_s)
+                    labels[f"{key}/{st}"] = (label, st)
     if len(groups) == 1:  # nothing to alternate with: no pause needed
         groups[next(iter(groups))].settle_s = 0.0
     return groups, labels
