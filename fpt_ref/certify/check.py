@@ -129,8 +129,10 @@ def same_bits(a, b) -> bool:
         return False
     if a.strides == b.strides and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]:
         return True  # the same bytes
+    from ..hf.files import same_uint_bits
+
     bits = np.dtype(f"u{a.dtype.itemsize}")  # a view of any strides: no copy of either array
-    return bool(np.array_equal(a.view(bits), b.view(bits)))
+    return same_uint_bits(a.view(bits), b.view(bits))
 
 
 def set_text(zero, scalings=(), mean=()) -> str:

@@ -313,7 +313,7 @@ class Tensors:
                 a, b = bufs[0][:n], bufs[1][:n]
                 if x.readinto(a.data) != n or y.readinto(b.data) != n:
                     raise ValueError("path: a tensor's file ends before its data")
-                if not _same_bits(a, b):
+                if not same_uint_bits(a, b):
                     return False
                 done += n
         return True
@@ -337,7 +337,7 @@ class Tensors:
         row = max(1, int(np.prod(s2[1:], dtype=np.int64)) * STORED[d1].itemsize)  # bytes of one row of other's
         step = max(1, CHUNK // row)
         try:
-            return all(_same_bits(mine[lo : lo + step], corner[lo : lo + step]) for lo in range(0, int(s1[0]), step))
+            return all(same_uint_bits(mine[lo : lo + step], corner[lo : lo + step]) for lo in range(0, int(s1[0]), step))
         finally:
             del mine, theirs, corner
 
@@ -355,11 +355,11 @@ class Tensors:
         )
 
 
-def _same_bits(a, b) -> bool:
-    """Whether unsigned-integer arrays ``a`` and ``b`` (same shape and dtype, last axis contiguous)
-    hold the same bits, compared 8 bytes at a time where the last axis allows it."""
-    n = a.shape[-1] * a.itemsize  # bytes of the last axis
-    if a.ndim and n % 8 == 0 and a.strides[-1] == b.strides[-1] == a.itemsize:
+def same_uint_bits(a, b) -> bool:
+    """Whether unsigned-integer arrays ``a`` and ``b`` (same shape and dtype, any strides) hold the
+    same bits, compared 8 bytes at a time where the last axis is contiguous and allows it."""
+    n = a.shape[-1] * a.itemsize if a.ndim else 0  # bytes of the last axis
+    if n and n % 8 == 0 and a.strides[-1] == b.strides[-1] == a.itemsize:
         a, b = a.view(np.uint64), b.view(np.uint64)
     return bool(np.array_equal(a, b))
 
