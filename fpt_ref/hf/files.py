@@ -337,7 +337,9 @@ class Tensors:
         row = max(1, int(np.prod(s2[1:], dtype=np.int64)) * STORED[d1].itemsize)  # bytes of one row of other's
         step = max(1, CHUNK // row)
         try:
-            return all(same_uint_bits(mine[lo : lo + step], corner[lo : lo + step]) for lo in range(0, int(s1[0]), step))
+            return all(
+                same_uint_bits(mine[lo : lo + step], corner[lo : lo + step]) for lo in range(0, int(s1[0]), step)
+            )
         finally:
             del mine, theirs, corner
 
